@@ -1,0 +1,1 @@
+"""sciqa: MLflow-tracked ScienceQA experiments (benchmark, prefix/LoRA adapters, KD vs golden)."""

@@ -1,0 +1,4 @@
+"""``python -m sciqa`` = the ``sciqa`` command."""
+from sciqa.cli import main
+
+main()

@@ -1,0 +1,108 @@
+"""Adapter registry: variant name -> "module:Class", imported lazily (``sciqa --help`` never loads torch).
+
+Every variant builds an :class:`AdaptedLM` around a frozen base model: ``forward(**inputs)``
+returns the base's output (``.logits``), ``generate(...)`` takes the arguments of
+``transformers``' ``generate`` (greedy), ``trainable_state()`` is what a checkpoint keeps. An
+adapter folder holds ``adapter_config.json`` (variant, base model, options) and
+``adapter.safetensors`` (trainable weights only, never the base).
+
+    from sciqa import models
+    from sciqa.adapters import attach, save_adapter, load_adapter
+    lm = models.load("tiny-qwen2-vl")
+    adapted = attach(lm, "pkv", {"prefix_len": 50})
+    save_adapter(adapted, lm, "adapter/")
+    lm2 = load_adapter(models.load("tiny-qwen2-vl"), "adapter/")   # lm2.model.generate(...) applies it
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sciqa.errors import SciqaError
+
+if TYPE_CHECKING:
+    from sciqa.models.base import Family, LoadedModel
+
+VARIANTS: dict[str, str] = {
+    "pkv": "sciqa.adapters.pkv:PKV",
+    "peft": "sciqa.adapters.peft_prefix:PeftPrefix",
+    "lora": "sciqa.adapters.lora:Lora",
+}
+PREFIX_VARIANTS = ("pkv", "peft")
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter.safetensors"
+
+
+def check_variant(name: str, family: Family | None = None) -> str:
+    """Validate a variant name (and that the model family can take it) before any run starts."""
+    if name not in VARIANTS:
+        raise SciqaError(f"unknown adapter variant '{name}'; accepted: {', '.join(VARIANTS)}")
+    if family is not None and name in PREFIX_VARIANTS and not family.supports_prefix:
+        raise SciqaError(f"model family '{family.name}' does not support prefix adapters ('{name}'); "
+                         "use train-lora instead")
+    return name
+
+
+def variant_class(name: str):
+    module, attr = VARIANTS[check_variant(name)].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def attach(lm: LoadedModel, variant: str, options: dict[str, Any]):
+    """Freeze the base model and wrap it with a fresh adapter of ``variant`` (an ``AdaptedLM``)."""
+    check_variant(variant, lm.family)
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    adapted = variant_class(variant).build(lm, dict(options))
+    adapted.variant = variant
+    adapted.options = dict(options)
+    return adapted
+
+
+def save_adapter(adapted, base_model: str, folder: str | Path) -> Path:
+    """Write the adapter weights (trainable parameters only) and its config into ``folder``."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in adapted.trainable_state().items()}
+    save_file(state, str(folder / WEIGHTS_FILE))
+    (folder / CONFIG_FILE).write_text(json.dumps(
+        {"variant": adapted.variant, "base_model": base_model, "options": adapted.options}, indent=2))
+    return folder
+
+
+def read_adapter_config(folder: str | Path) -> dict:
+    path = Path(folder) / CONFIG_FILE
+    if not path.exists():
+        raise SciqaError(f"'{folder}' is not an adapter folder (no {CONFIG_FILE}); pass a training run's "
+                         "adapter/ folder or --adapter-run")
+    return json.loads(path.read_text())
+
+
+def load_into(adapted, folder: str | Path) -> None:
+    """Load saved trainable weights into a freshly attached adapter; every trainable tensor must match."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(folder) / WEIGHTS_FILE))
+    own = adapted.trainable_state()
+    missing, unexpected = set(own) - set(state), set(state) - set(own)
+    if missing or unexpected:
+        raise SciqaError(f"adapter weights in '{folder}' do not fit the {adapted.variant} adapter "
+                         f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    adapted.load_trainable_state(state)
+
+
+def load_adapter(lm: LoadedModel, folder: str | Path) -> LoadedModel:
+    """The loaded model with the adapter in ``folder`` applied (``.model.generate`` uses it)."""
+    cfg = read_adapter_config(folder)
+    if cfg["base_model"] != lm.name:
+        raise SciqaError(f"adapter in '{folder}' was trained on '{cfg['base_model']}', not '{lm.name}'; "
+                         f"score it with --model {cfg['base_model']}")
+    adapted = attach(lm, cfg["variant"], cfg["options"])
+    load_into(adapted, folder)
+    adapted.eval()
+    return replace(lm, model=adapted)

@@ -1,0 +1,35 @@
+"""The one small interface every generation backend implements."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from sciqa.data.problems import Problem
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One model answer: the text (cut at the end of the turn) and why generation stopped."""
+
+    raw_output: str
+    finish_reason: str  # "stop" (end of turn) or "length" (max_new_tokens reached)
+    n_output_tokens: int
+
+
+class Backend(ABC):
+    """Generates answers for a batch of problems given their prompt texts (one per problem)."""
+
+    name: str = ""
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        """Validate the config before any run starts (raise SciqaError); loads nothing heavy."""
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, cfg, adapter: str | None = None) -> "Backend":
+        """Build the backend for a step config; ``adapter``: a trained adapter folder to apply."""
+
+    @abstractmethod
+    def generate(self, problems: list[Problem], prompts: list[str]) -> list[Generation]:
+        """Greedy by default; the same stop handling in every backend."""

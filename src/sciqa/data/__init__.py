@@ -1,0 +1,4 @@
+"""ScienceQA problems from any source, with stable string ids."""
+from sciqa.data.problems import Problem, load_problems
+
+__all__ = ["Problem", "load_problems"]

@@ -1,0 +1,89 @@
+"""What every model family provides: loading, chat rendering and the end-of-turn rules."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    """``auto`` = CUDA + bf16 when a GPU is present, else CPU + float32 (CPU bf16 is slow and lossy)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    return torch.device(device), DTYPES[dtype]
+
+
+@dataclass
+class LoadedModel:
+    """A model with the processor and family rules that belong to it."""
+
+    name: str
+    model: Any
+    processor: Any
+    family: Family
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+@dataclass
+class Family:
+    """The per-family quirks, kept here instead of branches in shared code.
+
+    ``turn_markers``: text that starts a new turn; generation output is cut at the first one
+    (Pixtral leaked ``[INST]`` turns in the study). ``end_of_turn``: the token that closes the
+    assistant turn; generation stops there and training supervises it.
+    """
+
+    name: str
+    model_class: str
+    end_of_turn: str
+    turn_markers: tuple[str, ...]
+    processor_kwargs: dict[str, Any] = field(default_factory=dict)
+    supports_prefix: bool = True
+
+    def load(self, name: str, path: str, revision: str | None, dtype: str, device: str) -> LoadedModel:
+        import transformers
+
+        dev, dt = pick_device_dtype(device, dtype)
+        cls = getattr(transformers, self.model_class)
+        model = cls.from_pretrained(path, revision=revision, dtype=dt).to(dev).eval()
+        return LoadedModel(name=name, model=model, processor=self.load_processor(path, revision), family=self)
+
+    def load_processor(self, path: str, revision: str | None):
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(path, revision=revision, **self.processor_kwargs)
+
+    def messages(self, prompt: str, target: str | None = None) -> list[dict]:
+        """Chat messages: the image first in the user turn, then the text (the study's protocol)."""
+        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        if target is not None:
+            msgs.append({"role": "assistant", "content": [{"type": "text", "text": target}]})
+        return msgs
+
+    def render_prompt(self, processor, prompt: str) -> str:
+        """The prompt text up to where the assistant starts answering."""
+        return processor.apply_chat_template(self.messages(prompt), add_generation_prompt=True, tokenize=False)
+
+    def end_of_turn_id(self, tokenizer) -> int:
+        return tokenizer.convert_tokens_to_ids(self.end_of_turn)
+
+    def clean_output(self, text: str) -> str:
+        """Cut at the first end-of-turn or new-turn marker that leaked into the text."""
+        for marker in (self.end_of_turn, *self.turn_markers):
+            text = text.split(marker, 1)[0]
+        return text.strip()
+
+    def reset_state(self, model) -> None:
+        """Clear state a model keeps between calls (Qwen2-VL's rope_deltas); no-op by default."""

@@ -1,0 +1,52 @@
+"""The four prompt settings and the study's prompt protocol, kept so numbers stay comparable.
+
+QTCH = question, task, choices, hint; L adds the lecture, S the solution. Choices are written
+``(0) first (1) second`` on one line, an empty hint becomes ``N/A``, each field is on its own line,
+and the instruction asks for JSON with ``answer`` (a choice, verbatim) and ``solution``.
+"""
+from __future__ import annotations
+
+import json
+
+from sciqa.data.problems import Problem
+from sciqa.errors import SciqaError
+
+# setting -> the optional fields it adds after the hint, in order
+SETTINGS: dict[str, tuple[str, ...]] = {
+    "QTCH": (),
+    "QTCHL": ("lecture",),
+    "QTCHLS": ("lecture", "solution"),
+    "QTCHS": ("solution",),
+}
+INSTRUCTION = (
+    'Instruction: Answer in JSON style with two fields: "answer", one of the choices written exactly as '
+    'given, and "solution", a short explanation. For example: {"answer": "<choice>", "solution": "<explanation>"}'
+)
+
+
+def check_setting(setting: str) -> str:
+    if setting not in SETTINGS:
+        raise SciqaError(f"unknown setting '{setting}'; accepted: {', '.join(SETTINGS)}")
+    return setting
+
+
+def format_choices(choices: tuple[str, ...] | list[str]) -> str:
+    return " ".join(f"({i}) {c}" for i, c in enumerate(choices))
+
+
+def build_prompt(problem: Problem, setting: str) -> str:
+    """The user-turn text of one problem in one setting (the image goes before it in the chat)."""
+    lines = [
+        f"Question: {problem.question}",
+        f"Task: {problem.task}",
+        f"Choices: {format_choices(problem.choices)}",
+        f"Hint: {problem.hint.strip() or 'N/A'}",
+    ]
+    lines += [f"{name.capitalize()}: {getattr(problem, name)}" for name in SETTINGS[check_setting(setting)]]
+    lines.append(INSTRUCTION)
+    return "\n".join(lines)
+
+
+def target_json(answer: str, solution: str) -> str:
+    """The answer the instruction asks for: the training target for golden and KD runs alike."""
+    return json.dumps({"answer": answer, "solution": solution}, ensure_ascii=False)

@@ -1,0 +1,1 @@
+"""One module per step; each is a plain function taking a dataclass config."""

@@ -1,0 +1,63 @@
+"""Benchmark a VLM on one split and prompt setting: the outputs CSV of every problem.
+
+    sciqa benchmark --model tiny-qwen2-vl --split validation --setting QTCHS
+    sciqa benchmark --model Qwen/Qwen2-VL-2B-Instruct --dataset derek-thomas/ScienceQA --batch-size 16
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sciqa.backends import backend_class
+from sciqa.data import load_problems
+from sciqa.errors import SciqaError
+from sciqa.prompts import check_setting
+from sciqa.steps.generation import check_workdir, generate_outputs
+from sciqa.tracking import StepRun, step_run
+
+
+@dataclass
+class BenchmarkConfig:
+    model: str = field(default="tiny-qwen2-vl", metadata={"help": "tiny model name, hub id or local folder"})
+    dataset: str = field(default="sample", metadata={"help": "sample, a hub dataset id, or a local folder"})
+    split: str = field(default="validation", metadata={"help": "train, validation (val) or test"})
+    setting: str = field(default="QTCH", metadata={"help": "prompt setting: QTCH, QTCHL, QTCHLS or QTCHS"})
+    backend: str = field(default="hf", metadata={"help": "generation backend"})
+    batch_size: int = field(default=8, metadata={"help": "prompts per generate() call"})
+    max_new_tokens: int = field(default=256, metadata={"help": "generation budget per answer"})
+    limit: int = field(default=0, metadata={"help": "first N problems only (0 = all)"})
+    keep_all: bool = field(default=False, metadata={"help": "keep problems without lecture or solution"})
+    revision: str = field(default="", metadata={"help": "model revision (hub models)"})
+    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16 or float16"})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA + bf16 when present), cpu or cuda"})
+    workdir: str = field(default="sciqa-work", metadata={"help": "local folder for outputs (resume state)"})
+    force: bool = field(default=False, metadata={"help": "recompute even if a finished run matches"})
+
+
+def identity(cfg: BenchmarkConfig) -> dict:
+    """The parameters that define the outputs (not where they are kept, nor force)."""
+    return {k: v for k, v in vars(cfg).items() if k not in ("workdir", "force")}
+
+
+def benchmark(cfg: BenchmarkConfig, parent_run_id: str | None = None) -> StepRun:
+    """Validate everything, then generate (resuming by id) inside one MLflow run."""
+    from sciqa.models.base import DTYPES
+
+    check_setting(cfg.setting)
+    backend_cls = backend_class(cfg.backend)
+    if cfg.dtype != "auto" and cfg.dtype not in DTYPES:
+        raise SciqaError(f"unknown dtype '{cfg.dtype}'; accepted: auto, {', '.join(DTYPES)}")
+    workdir = check_workdir(cfg.workdir)
+    problems = load_problems(cfg.dataset, cfg.split, cfg.keep_all, cfg.limit or None)
+    if not problems:
+        raise SciqaError(f"no problems in split '{cfg.split}' of '{cfg.dataset}' after filtering")
+    backend_cls.check(cfg)
+    tags = {"sciqa.model": cfg.model, "sciqa.teacher": "false", "sciqa.split": problems[0].split,
+            "sciqa.setting": cfg.setting, "sciqa.backend": cfg.backend}
+    name = f"benchmark-{cfg.model.split('/')[-1]}-{problems[0].split}-{cfg.setting}"
+    with step_run("benchmark", identity(cfg), tags, name, cfg.force, parent_run_id) as run:
+        if run.reused:
+            print(f"benchmark: reusing finished run {run.run_id}")
+            return run
+        generate_outputs(run, workdir, problems, cfg.setting, lambda: backend_cls.from_config(cfg), cfg.batch_size,
+                         {"model": cfg.model, "adapter": ""})
+    return run

@@ -1,0 +1,135 @@
+"""MLflow run handling shared by every step: where runs go, reuse, resume, attach, end state.
+
+A step's identity is a hash of its entry point and parameters (tag ``sciqa.key``). A finished run
+with the same key is reused (no work is redone, as in MLflow's multistep example, but with the
+parameters compared as strings so the cache really hits); an unfinished one (crash, ``kill -9``,
+a dead node leaves it RUNNING) is resumed; ``MLFLOW_RUN_ID`` (set by ``mlflow run`` and by our
+Slurm jobs) attaches to an existing run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from sciqa.errors import SciqaError
+
+DEFAULT_URI = "sqlite:///mlflow.db"  # what `mlflow ui` and `mlflow run` default to (MLflow >= 3.6)
+DEFAULT_EXPERIMENT = "sciqa"
+SECRET = re.compile(r"token|secret|password|passwd|api_key|apikey|credential", re.I)
+
+
+def setup() -> str:
+    """Point MLflow at MLFLOW_TRACKING_URI (unset: a sqlite store in the working directory) and
+    fail within seconds, with one line, when a server cannot be reached."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+        except requests.RequestException as exc:
+            raise SciqaError(f"MLflow server at {uri} cannot be reached ({type(exc).__name__}); start it, "
+                             "or unset MLFLOW_TRACKING_URI to log to ./mlflow.db") from None
+    mlflow.set_tracking_uri(uri)
+    if not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
+    return uri
+
+
+def public(params: dict) -> dict[str, str]:
+    """Params as strings, without anything that looks like a secret."""
+    return {k: "" if v is None else str(v) for k, v in params.items() if not SECRET.search(k)}
+
+
+def step_key(step: str, params: dict) -> str:
+    blob = json.dumps({"step": step, **public(params)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class StepRun:
+    """The run a step logs to. ``reused``: a finished run with the same key exists, do nothing.
+    ``earlier``: runs with the same key, newest first, whose artifacts can seed a resume."""
+
+    run_id: str
+    key: str
+    reused: bool = False
+    earlier: list[str] = field(default_factory=list)
+
+
+def _same_key_runs(key: str) -> list:
+    import mlflow
+
+    exp = mlflow.tracking.fluent._get_experiment_id()
+    return mlflow.search_runs([exp], filter_string=f"tags.`sciqa.key` = '{key}'", output_format="list",
+                              order_by=["attributes.start_time DESC"])
+
+
+def _log_params(run_id: str, params: dict[str, str]) -> None:
+    """Log params not yet on the run (``mlflow run`` logs its own strings first; MLflow refuses
+    a changed value, and the entry point's value is the one the user typed)."""
+    import mlflow
+
+    have = mlflow.get_run(run_id).data.params
+    new = {k: v for k, v in params.items() if k not in have}
+    if new:
+        mlflow.log_params(new)
+
+
+@contextmanager
+def step_run(step: str, params: dict, tags: dict[str, str], run_name: str, force: bool = False,
+             parent_run_id: str | None = None) -> Iterator[StepRun]:
+    """Start, resume, attach to or reuse the step's run; end it FINISHED, FAILED or KILLED."""
+    import mlflow
+
+    key = step_key(step, params)
+    attach = None if parent_run_id else os.environ.get("MLFLOW_RUN_ID")
+    earlier = [r for r in _same_key_runs(key) if r.info.run_id != attach]
+    finished = [r for r in earlier if r.info.status == "FINISHED"]
+    if finished and not force and not attach:
+        yield StepRun(run_id=finished[0].info.run_id, key=key, reused=True)
+        return
+    unfinished = [r for r in earlier if r.info.status != "FINISHED"]
+    if attach:
+        run = mlflow.start_run(run_id=attach)
+    elif unfinished and not force:
+        run = mlflow.start_run(run_id=unfinished[0].info.run_id)
+    else:
+        run = mlflow.start_run(run_name=run_name, nested=parent_run_id is not None,
+                               parent_run_id=parent_run_id)
+    mlflow.set_tags({**tags, "sciqa.step": step, "sciqa.key": key})
+    _log_params(run.info.run_id, public(params))
+    status = "FAILED"
+    try:
+        yield StepRun(run_id=run.info.run_id, key=key,
+                      earlier=[r.info.run_id for r in earlier if r.info.run_id != run.info.run_id])
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        mlflow.end_run(status=status)
+
+
+def fetch_artifact(run_ids: list[str], artifact_path: str, dest: Path) -> bool:
+    """Copy an artifact from the first run that has it to ``dest`` (to resume from another machine)."""
+    import mlflow
+
+    for run_id in run_ids:
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path)
+        except Exception:  # noqa: BLE001 - "not found" comes as several exception types
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        Path(dest).write_bytes(Path(local).read_bytes())
+        return True
+    return False
