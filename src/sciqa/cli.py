@@ -11,6 +11,7 @@ from typing import Callable
 
 import click
 
+from sciqa.cli_slurm import slurm_group, slurm_options
 from sciqa.errors import SciqaError
 
 CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING, bool: click.BOOL}
@@ -49,6 +50,9 @@ def main() -> None:
     """sciqa: ScienceQA experiments (benchmark, adapters, KD vs golden) tracked in MLflow."""
 
 
+main.add_command(slurm_group)  # sciqa slurm profiles | status RUN_ID
+
+
 def _benchmark_config():
     from sciqa.steps.benchmark import BenchmarkConfig
 
@@ -56,6 +60,7 @@ def _benchmark_config():
 
 
 @main.command()
+@slurm_options("benchmark", _benchmark_config(), "sciqa.steps.benchmark:check")
 @config_options(_benchmark_config())
 def benchmark(**kwargs) -> None:
     """Benchmark a model on one split and setting; writes outputs/<split>_<setting>.csv."""
@@ -74,6 +79,7 @@ def _main_config():
 
 
 @main.command("main")
+@slurm_options("main", _main_config(), "sciqa.steps.pipeline:settings_of")
 @config_options(_main_config())
 def main_cmd(**kwargs) -> None:
     """The whole experiment as one parent MLflow run with nested child runs."""
@@ -83,3 +89,61 @@ def main_cmd(**kwargs) -> None:
     uri = tracking.setup()
     run_id = run_main(MainConfig(**kwargs))
     click.echo(f"main run: {run_id}\nlook at it: mlflow ui --backend-store-uri {uri}")
+
+
+def _train_config():
+    from sciqa.steps.train import TrainConfig
+
+    return TrainConfig
+
+
+def _run_training(step: str, kwargs: dict) -> None:
+    """Train; on SIGUSR1/SIGTERM save a checkpoint, requeue a Slurm job on SIGUSR1, exit 75."""
+    from sciqa import slurm, tracking
+    from sciqa.steps.train import TrainConfig, train
+    from sciqa.training import PREEMPTED_EXIT, Preempted
+
+    tracking.setup()
+    stop = slurm.stop_signal()
+    try:
+        run = train(TrainConfig(**kwargs), step=step, stop=stop)
+    except Preempted as exc:
+        click.echo(f"sciqa: {exc}; run the same command again (or requeue) to resume", err=True)
+        if exc.signal == "SIGUSR1" and slurm.current_job_id():
+            slurm.requeue_self()
+        sys.exit(PREEMPTED_EXIT)
+    click.echo(f"{step} run: {run.run_id}")
+
+
+@main.command("train-prefix")
+@config_options(_train_config())
+def train_prefix(**kwargs) -> None:
+    """Train a prefix adapter (--variant pkv or peft) on golden or teacher (KD) targets."""
+    if kwargs["variant"] not in ("pkv", "peft"):
+        raise SciqaError(f"unknown prefix variant '{kwargs['variant']}'; accepted: pkv, peft (LoRA: train-lora)")
+    _run_training("train_prefix", kwargs)
+
+
+@main.command("train-lora")
+@config_options(_train_config())
+def train_lora(**kwargs) -> None:
+    """Train a LoRA adapter on golden or teacher (KD) targets (--variant is always lora)."""
+    _run_training("train_lora", {**kwargs, "variant": "lora"})
+
+
+def _score_config():
+    from sciqa.steps.score import ScoreConfig
+
+    return ScoreConfig
+
+
+@main.command("score")
+@config_options(_score_config())
+def score_cmd(**kwargs) -> None:
+    """Generate for a split with the base model plus a trained adapter (same CSV as benchmark)."""
+    from sciqa import tracking
+    from sciqa.steps.score import ScoreConfig, score
+
+    tracking.setup()
+    run = score(ScoreConfig(**kwargs))
+    click.echo(f"score run: {run.run_id}")

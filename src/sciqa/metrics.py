@@ -46,7 +46,11 @@ METRIC_SETTINGS = {
 
 # --------------------------------------------------------------------------- accuracy
 
-_SUBJECTS = {"natural science": "acc_natural", "social science": "acc_social", "language science": "acc_language"}
+_SUBJECTS = {
+    "natural science": "acc_natural",
+    "social science": "acc_social",
+    "language science": "acc_language",
+}
 
 
 def accuracy_breakdown(df: pd.DataFrame) -> dict[str, float]:
@@ -111,9 +115,12 @@ def explanation_scores(predictions: Sequence[str], references: Sequence[str]) ->
 
 
 def summarize_explanations(rows: pd.DataFrame) -> dict[str, float]:
-    """Means as the study took them (ROUGE-L and METEOR over non-empty predictions only) and the overall score."""
+    """Means as the study took them (ROUGE-L, METEOR: non-empty predictions only) and the overall score.
+
+    ``mean`` skips NaN, which is how empty predictions leave ROUGE-L and METEOR.
+    """
     summary = {name: float(rows[name].mean()) for name in ("bleu1", "bleu4", "rougeL", "meteor", "cosine")}
-    parts = [summary["bleu1"], summary["bleu4"], summary["rougeL"], summary["meteor"], 2 * summary["cosine"] - 1]
+    parts = [summary[name] for name in ("bleu1", "bleu4", "rougeL", "meteor")] + [2 * summary["cosine"] - 1]
     summary["overall"] = 100.0 * sum(parts) / len(parts)
     return summary
 
@@ -124,7 +131,9 @@ def _bleu(prediction: str, reference: str) -> tuple[float, float]:
 
     with warnings.catch_warnings():  # nltk warns on every zero n-gram overlap
         warnings.simplefilter("ignore")
-        scores = sentence_bleu([_bleu_tokens(reference)], _bleu_tokens(prediction), weights=[(1,), (0.25,) * 4])
+        scores = sentence_bleu(
+            [_bleu_tokens(reference)], _bleu_tokens(prediction), weights=[(1,), (0.25,) * 4]
+        )
     return float(scores[0]), float(scores[1])
 
 
@@ -143,7 +152,7 @@ def _rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[floa
 
 
 def _meteor(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
-    """nltk METEOR on whitespace tokens; WordNet and stemmer lookups memoised (same values, far fewer calls)."""
+    """nltk METEOR on whitespace tokens; WordNet and stemmer lookups memoised (same values, fewer calls)."""
     from nltk.translate.meteor_score import meteor_score
 
     wordnet, stemmer = _meteor_helpers()
@@ -172,13 +181,21 @@ def _meteor_helpers():
 
 
 def _cosine(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
-    """Cosine of normalised MiniLM embeddings, all texts in one batched pass."""
-    if not predictions:
+    """Cosine of normalised MiniLM embeddings: each distinct text encoded once, all in one batched pass.
+
+    The encoder's forward pass is nearly all of the metrics' time, and texts
+    repeat (shared lectures, copied solutions), so duplicates are not re-encoded.
+    Small batches: sentences are sorted by length inside ``encode``, and on CPU
+    large batches of 256-token texts run slower, not faster.
+    """
+    unique = list(dict.fromkeys([*predictions, *references]))
+    if not unique:
         return []
-    texts = list(predictions) + list(references)
-    vectors = _embedder().encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
-    n = len(predictions)
-    return (vectors[:n] * vectors[n:]).sum(axis=1).astype(float).tolist()
+    vectors = _embedder().encode(unique, batch_size=16, normalize_embeddings=True, convert_to_numpy=True)
+    row = {text: i for i, text in enumerate(unique)}
+    pred = vectors[[row[text] for text in predictions]]
+    ref = vectors[[row[text] for text in references]]
+    return (pred * ref).sum(axis=1).astype(float).tolist()
 
 
 @lru_cache(maxsize=1)
@@ -245,7 +262,7 @@ def _build_wordnet(target: Path) -> None:
     try:
         for name in _WORDNET_FILES:
             shutil.copyfile(_DEBIAN_WORDNET / name, staging / name)
-        lines = (f"{number:02d}\t{name}\t{_CATEGORY[name.split('.')[0]]}\n" for number, name in enumerate(_LEXNAMES))
+        lines = [f"{i:02d}\t{name}\t{_CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(_LEXNAMES)]
         (staging / "lexnames").write_text("".join(lines), encoding="utf-8")
         for path in staging.iterdir():
             path.chmod(0o644)

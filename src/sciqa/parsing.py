@@ -70,12 +70,9 @@ def parse_output(raw: str, choices: Sequence[str], number_base: int = 0) -> Pars
     answer = _ANSWER_FIELD.search(text)
     solution = _SOLUTION_FIELD.search(text)
     if answer or solution:
-        answer_text = ""
-        if answer:
-            answer_text = _unescape(answer.group("text") if answer.group("text") is not None else answer.group("bare"))
-            answer_text = answer_text.strip()
+        answer_text = _field(answer, "bare")
         index = _match_span(answer_text, choices, number_base) if answer_text else None
-        return Parsed(index, answer_text, _unescape(solution.group("text")).strip() if solution else "")
+        return Parsed(index, answer_text, _field(solution))
     return _parse_free_text(text.replace("**", ""), choices, number_base)
 
 
@@ -95,7 +92,7 @@ def _parse_free_text(text: str, choices: Sequence[str], number_base: int) -> Par
 
 
 def _match_span(span: str, choices: Sequence[str], number_base: int) -> int | None:
-    """Resolve an answer span: exact choice text, then a label, then a label with text, then a whole-word mention."""
+    """Resolve a span: exact choice text, a bare label, a label with text, else a whole-word mention."""
     norm = _norm(span)
     normalized = [_norm(c) for c in choices]
     if norm in normalized:
@@ -139,13 +136,24 @@ def _mentioned_choice(span: str, normalized: list[str]) -> int | None:
     }
     if len(kept) == 1:
         return kept.pop()
-    yes_no = [i for i, c in enumerate(normalized) if span in ("yes", "no") and c.split(" ")[0].strip(",.") == span]
-    return yes_no[0] if len(yes_no) == 1 and not kept else None
+    if kept or span not in ("yes", "no"):
+        return None
+    # A bare "No" for a choice written "no, it isn't".
+    starting = [i for i, choice in enumerate(normalized) if re.match(rf"{span}\b", choice)]
+    return starting[0] if len(starting) == 1 else None
 
 
 def _norm(text: str) -> str:
     """Lower case, one space between words, no quotes/markup/punctuation at the edges."""
     return " ".join(text.lower().split()).strip(_EDGE_PUNCT)
+
+
+def _field(match: re.Match | None, bare: str | None = None) -> str:
+    """A JSON field's value, quoted or (for a bare number) not, unescaped and stripped; "" when absent."""
+    if match is None:
+        return ""
+    value = match.group("text")
+    return _unescape(value if value is not None else match.group(bare)).strip()
 
 
 def _unescape(value: str) -> str:

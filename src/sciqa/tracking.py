@@ -108,6 +108,9 @@ def step_run(step: str, params: dict, tags: dict[str, str], run_name: str, force
                                parent_run_id=parent_run_id)
     mlflow.set_tags({**tags, "sciqa.step": step, "sciqa.key": key})
     _log_params(run.info.run_id, public(params))
+    in_job = bool(os.environ.get("SLURM_JOB_ID"))
+    if in_job:
+        _slurm_job_start()
     status = "FAILED"
     try:
         yield StepRun(run_id=run.info.run_id, key=key,
@@ -116,8 +119,52 @@ def step_run(step: str, params: dict, tags: dict[str, str], run_name: str, force
     except KeyboardInterrupt:
         status = "KILLED"
         raise
+    except BaseException as exc:
+        # a Slurm stop signal ended the step at a safe point (sciqa.submit.StepStopped, training's
+        # Preempted): SCHEDULED when the job comes back (requeued), KILLED otherwise
+        sig = getattr(exc, "signal", None)
+        if sig in ("SIGUSR1", "SIGTERM"):
+            requeued = getattr(exc, "requeued", in_job and sig == "SIGUSR1")
+            status = "SCHEDULED" if requeued else "KILLED"
+        raise
     finally:
+        if in_job:
+            _slurm_job_end(status, nested=parent_run_id is not None)
         mlflow.end_run(status=status)
+
+
+_SLURM_STATUS = {"FINISHED": "COMPLETED", "FAILED": "FAILED", "KILLED": "STOPPED", "SCHEDULED": "REQUEUED"}
+
+
+def _slurm_job_start() -> None:
+    """Inside a Slurm job: job id, restart count (a metric: params cannot change on requeue), state."""
+    import mlflow
+
+    from sciqa import slurm
+
+    restarts = slurm.restart_count()
+    mlflow.set_tags({"sciqa.slurm_job_id": slurm.current_job_id() or "", "sciqa.slurm_status": "RUNNING"})
+    mlflow.log_metric("slurm_restart_count", restarts, step=restarts)
+
+
+def _slurm_job_end(status: str, nested: bool) -> None:
+    """Inside a Slurm job: the final state tag and (top-level runs) the job log as slurm/job.log."""
+    import mlflow
+
+    try:
+        mlflow.set_tag("sciqa.slurm_status", _SLURM_STATUS.get(status, status))
+        from sciqa.submit import job_log_path
+
+        log = job_log_path()
+        if log is not None and not nested:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                copy = Path(tmp) / "job.log"
+                copy.write_bytes(log.read_bytes())
+                mlflow.log_artifact(str(copy), "slurm")
+    except Exception as exc:  # noqa: BLE001 - never let the log upload hide the step's own outcome
+        print(f"sciqa: warning: could not attach the Slurm job log: {exc}", flush=True)
 
 
 def fetch_artifact(run_ids: list[str], artifact_path: str, dest: Path) -> bool:

@@ -7,6 +7,8 @@ from sciqa.errors import SciqaError
 
 BACKENDS: dict[str, str] = {
     "hf": "sciqa.backends.hf:HFBackend",
+    "vllm": "sciqa.backends.vllm:VLLMBackend",
+    "openai": "sciqa.backends.openai:OpenAIBackend",
 }
 
 

@@ -33,3 +33,7 @@ class Backend(ABC):
     @abstractmethod
     def generate(self, problems: list[Problem], prompts: list[str]) -> list[Generation]:
         """Greedy by default; the same stop handling in every backend."""
+
+    def metrics(self) -> dict[str, float]:
+        """Counters to log as MLflow metrics after generation (API tokens, cost); none by default."""
+        return {}

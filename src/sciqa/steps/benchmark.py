@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sciqa.backends import backend_class
-from sciqa.data import load_problems
+from sciqa.data import Problem, load_problems
 from sciqa.errors import SciqaError
 from sciqa.prompts import check_setting
 from sciqa.steps.generation import check_workdir, generate_outputs
@@ -31,6 +31,23 @@ class BenchmarkConfig:
     device: str = field(default="auto", metadata={"help": "auto (CUDA + bf16 when present), cpu or cuda"})
     workdir: str = field(default="sciqa-work", metadata={"help": "local folder for outputs (resume state)"})
     force: bool = field(default=False, metadata={"help": "recompute even if a finished run matches"})
+    # openai backend (any OpenAI-compatible chat-completions API)
+    api_base: str = field(default="", metadata={"help": "openai backend: API base URL, e.g. http://127.0.0.1:8000/v1"})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={
+        "help": "openai backend: environment variable holding the API key (never logged; '' = send no key)"})
+    concurrency: int = field(default=4, metadata={"help": "openai backend: requests in flight"})
+    timeout: float = field(default=120.0, metadata={"help": "openai backend: seconds per request"})
+    max_retries: int = field(default=5, metadata={"help": "openai backend: retries on 429/5xx/connection errors"})
+    prompt_cost_per_1k: float = field(default=0.0, metadata={"help": "openai backend: price per 1k prompt tokens"})
+    completion_cost_per_1k: float = field(default=0.0, metadata={
+        "help": "openai backend: price per 1k completion tokens (logs api_cost)"})
+    # vllm backend (pip install -e '.[vllm]'); serves LoRA adapters only, prefix adapters need --backend hf
+    tensor_parallel: int = field(default=1, metadata={"help": "vllm backend: GPUs for tensor parallelism"})
+    max_model_len: int = field(default=0, metadata={"help": "vllm backend: context length cap (0 = model's)"})
+    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vllm backend: GPU memory fraction"})
+    max_images: int = field(default=1, metadata={"help": "vllm backend: images per prompt (limit_mm_per_prompt)"})
+    cpu_offload_gb: float = field(default=0.0, metadata={
+        "help": "vllm backend: GiB of weights offloaded to CPU (may be a no-op on vLLM V1)"})
 
 
 def identity(cfg: BenchmarkConfig) -> dict:
@@ -38,19 +55,31 @@ def identity(cfg: BenchmarkConfig) -> dict:
     return {k: v for k, v in vars(cfg).items() if k not in ("workdir", "force")}
 
 
-def benchmark(cfg: BenchmarkConfig, parent_run_id: str | None = None) -> StepRun:
-    """Validate everything, then generate (resuming by id) inside one MLflow run."""
+def check_dtype(dtype: str) -> None:
     from sciqa.models.base import DTYPES
 
+    if dtype != "auto" and dtype not in DTYPES:
+        raise SciqaError(f"unknown dtype '{dtype}'; accepted: auto, {', '.join(DTYPES)}")
+
+
+def check(cfg: BenchmarkConfig) -> list[Problem]:
+    """Every input error, before any run starts or any file is written; returns the problems."""
     check_setting(cfg.setting)
+    check_dtype(cfg.dtype)
     backend_cls = backend_class(cfg.backend)
-    if cfg.dtype != "auto" and cfg.dtype not in DTYPES:
-        raise SciqaError(f"unknown dtype '{cfg.dtype}'; accepted: auto, {', '.join(DTYPES)}")
-    workdir = check_workdir(cfg.workdir)
+    check_workdir(cfg.workdir)
     problems = load_problems(cfg.dataset, cfg.split, cfg.keep_all, cfg.limit or None)
     if not problems:
         raise SciqaError(f"no problems in split '{cfg.split}' of '{cfg.dataset}' after filtering")
     backend_cls.check(cfg)
+    return problems
+
+
+def benchmark(cfg: BenchmarkConfig, parent_run_id: str | None = None) -> StepRun:
+    """Validate everything, then generate (resuming by id) inside one MLflow run."""
+    problems = check(cfg)
+    backend_cls = backend_class(cfg.backend)
+    workdir = check_workdir(cfg.workdir)
     tags = {"sciqa.model": cfg.model, "sciqa.teacher": "false", "sciqa.split": problems[0].split,
             "sciqa.setting": cfg.setting, "sciqa.backend": cfg.backend}
     name = f"benchmark-{cfg.model.split('/')[-1]}-{problems[0].split}-{cfg.setting}"

@@ -13,7 +13,10 @@ from sciqa.data.problems import Problem
 from sciqa.errors import SciqaError
 from sciqa.outputs import OutputsCSV, read_outputs
 from sciqa.prompts import build_prompt
+from sciqa.submit import stop_step, stop_watch
 from sciqa.tracking import StepRun, fetch_artifact
+
+CSV_LOG_SECONDS = 300  # log the partial CSV this often (a signal-free crash loses at most this much)
 
 
 def check_workdir(workdir: str) -> Path:
@@ -51,10 +54,25 @@ def generate_outputs(run: StepRun, workdir: Path, problems: list[Problem], setti
     out = OutputsCSV(path)
     todo = [p for p in problems if p.id not in out.done]
     started, generated = time.perf_counter(), 0
+
+    def save_csv() -> None:  # the resume state, for a restart on another node
+        if path.exists():
+            mlflow.log_artifact(str(path), "outputs")
+
     if todo:
-        backend = make_backend()
-        with tqdm(total=len(problems), initial=len(problems) - len(todo), unit="row", desc=setting) as bar:
+        # Slurm stop signals (time limit near, preemption, requeue): finish the batch in flight,
+        # log the CSV, exit 75 (sciqa.submit.stop_step); the restarted job resumes by id
+        with stop_watch() as stop:
+            backend = make_backend()
+            saved = time.monotonic()
+            bar = tqdm(total=len(problems), initial=len(problems) - len(todo), unit="row", desc=setting)
             for i in range(0, len(todo), batch_size):
+                if stop.is_set():
+                    bar.close()
+                    stop_step(stop, f"{len(out.done)}/{len(problems)} rows of {name}", save_csv)
+                if time.monotonic() - saved > CSV_LOG_SECONDS:  # a node that dies loses at most this
+                    save_csv()
+                    saved = time.monotonic()
                 batch = todo[i: i + batch_size]
                 prompts = [build_prompt(p, setting) for p in batch]
                 t0 = time.perf_counter()
@@ -70,6 +88,9 @@ def generate_outputs(run: StepRun, workdir: Path, problems: list[Problem], setti
                                  "seconds": round(per_row, 4)})
                 generated += out.append(rows)
                 bar.update(len(batch))
+                if extra := backend.metrics():  # API tokens/cost so far (a killed run keeps them)
+                    mlflow.log_metrics(extra)
+            bar.close()
     seconds = time.perf_counter() - started
     df = read_outputs(path)
     mlflow.log_metrics({"rows": len(df), "rows_generated": generated, "seconds": seconds,

@@ -1,0 +1,54 @@
+"""``pkv``: our own prefix. A learned embedding of ``prefix_len`` virtual tokens, an MLP
+reparameterisation (Li & Liang 2021), projected to per-layer keys and values for the model's
+KV heads and head_dim (grouped-query models get ``num_key_value_heads``, not attention heads)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sciqa.adapters.prefix import PrefixLM
+
+
+def text_shape(config) -> tuple[int, int, int, int]:
+    """(layers, kv_heads, head_dim, hidden) of the language model inside a VLM config."""
+    text = config.get_text_config()
+    heads = text.num_attention_heads
+    kv = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    return text.num_hidden_layers, kv, head_dim, text.hidden_size
+
+
+class PrefixEncoder(nn.Module):
+    """(batch) -> per layer (keys, values), each (batch, kv_heads, prefix_len, head_dim)."""
+
+    def __init__(self, prefix_len: int, layers: int, kv_heads: int, head_dim: int, hidden: int, proj_hidden: int):
+        super().__init__()
+        self.shape = (prefix_len, layers, 2, kv_heads, head_dim)
+        self.embedding = nn.Embedding(prefix_len, hidden)
+        self.mlp = nn.Sequential(nn.Linear(hidden, proj_hidden), nn.Tanh(),
+                                 nn.Linear(proj_hidden, layers * 2 * kv_heads * head_dim))
+
+    def forward(self, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        p, layers, _, kv, hd = self.shape
+        flat = self.mlp(self.embedding.weight)                      # (P, layers*2*kv*hd)
+        kvs = flat.view(p, layers, 2, kv, hd).permute(1, 2, 3, 0, 4)  # (layers, 2, kv, P, hd)
+        kvs = kvs.unsqueeze(2).expand(layers, 2, batch_size, kv, p, hd)
+        return [(kvs[i, 0], kvs[i, 1]) for i in range(layers)]
+
+
+class PKV(PrefixLM):
+    variant = "pkv"
+
+    @classmethod
+    def build(cls, lm, options: dict) -> "PKV":
+        layers, kv, hd, hidden = text_shape(lm.model.config)
+        prefix_len = int(options.get("prefix_len", 50))
+        self = cls(lm.model, lm.family, prefix_len)
+        self.encoder = PrefixEncoder(prefix_len, layers, kv, hd, hidden,
+                                     int(options.get("prefix_hidden", 0)) or hidden)
+        self.encoder.to(device=lm.device)  # float32 master weights, cast to the base dtype per call
+        return self
+
+    def prefix_kv(self, batch_size: int):
+        dtype = self.base.dtype
+        return [(k.to(dtype), v.to(dtype)) for k, v in self.encoder(batch_size)]

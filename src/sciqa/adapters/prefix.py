@@ -1,0 +1,105 @@
+"""The prefix mechanism shared by ``pkv`` and ``peft``: per-layer K/V fed as the model's cache.
+
+A source (our own MLP-reparameterised encoder, or PEFT's ``PrefixEncoder``) emits keys and values
+for ``prefix_len`` virtual tokens; this module puts them in a ``DynamicCache`` (built through
+``update``, the API that survived transformers 5), prepends ones to the attention mask, and passes
+explicit position ids so the real tokens keep positions ``0..n`` as without a prefix. Qwen2-VL's
+multimodal rotary positions come from the model's own ``get_rope_index`` on the real tokens only:
+PEFT's forward hands it the prefix-extended mask and fails (IndexError) or, in generate, silently
+misplaces positions (PITFALLS 1). ``generate`` is our own greedy loop with cache reuse, so the
+prefix reaches every decoding step; a test checks it against a full recompute per step.
+"""
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from sciqa.adapters.base import AdaptedLM
+
+
+def real_positions(base, input_ids, attention_mask, inputs: dict):
+    """Position ids of the real tokens, as the base model computes them without a prefix.
+
+    Returns (positions, next_position): (3, B, L) for multimodal rotary models (those with
+    ``get_rope_index`` and ``mm_token_type_ids``), else (B, L); ``next_position`` (B,) is where the
+    next generated token goes (text continues all rotary axes together)."""
+    inner = getattr(base, "model", None)
+    if hasattr(inner, "get_rope_index") and inputs.get("mm_token_type_ids") is not None:
+        pos, _ = inner.get_rope_index(input_ids, inputs["mm_token_type_ids"], inputs.get("image_grid_thw"),
+                                      None, attention_mask)
+        masked = pos.masked_fill(attention_mask[None] == 0, -1)
+        return pos, masked.amax(dim=(0, 2)) + 1
+    pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    return pos, pos.masked_fill(attention_mask == 0, -1).amax(-1) + 1
+
+
+def step_positions(next_position: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Positions (same layout as ``like``) of one new token per row."""
+    if like.ndim == 3:
+        return next_position.view(1, -1, 1).expand(3, -1, 1)
+    return next_position.view(-1, 1)
+
+
+class PrefixLM(AdaptedLM):
+    """A frozen base model whose every forward starts from a learned prefix cache."""
+
+    prefix = True
+
+    def __init__(self, base, family, prefix_len: int):
+        super().__init__(base, family)
+        self.prefix_len = prefix_len
+
+    def prefix_kv(self, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer (keys, values), each (batch, kv_heads, prefix_len, head_dim)."""
+        raise NotImplementedError
+
+    def prefix_cache(self, batch_size: int) -> DynamicCache:
+        cache = DynamicCache()
+        for layer, (k, v) in enumerate(self.prefix_kv(batch_size)):
+            cache.update(k, v, layer)
+        return cache
+
+    def _run(self, input_ids, attention_mask, positions, cache, **inputs):
+        mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], self.prefix_len), attention_mask], 1)
+        return self.base(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                         use_cache=True, **inputs)
+
+    def forward(self, input_ids, attention_mask=None, labels=None, **inputs) -> CausalLMOutputWithPast:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        positions, _ = real_positions(self.base, input_ids, attention_mask, inputs)
+        return self._run(input_ids, attention_mask, positions, self.prefix_cache(input_ids.shape[0]), **inputs)
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 256, eos_token_id=None,
+                 pad_token_id=None, do_sample: bool = False, **inputs) -> torch.Tensor:
+        """Greedy decoding with the prefix in the cache; returns prompt + new tokens like HF generate."""
+        if do_sample:
+            raise ValueError("prefix adapters generate greedily only (do_sample=False)")
+        inputs = {k: v for k, v in inputs.items() if v is not None and k in _MODEL_INPUTS}
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        eos = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
+        pad = pad_token_id if pad_token_id is not None else (min(eos) if eos else 0)
+        self.family.reset_state(self.base)
+        positions, nxt = real_positions(self.base, input_ids, attention_mask, inputs)
+        cache = self.prefix_cache(input_ids.shape[0])
+        out = self._run(input_ids, attention_mask, positions, cache, **inputs)
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        new, mask = [], attention_mask
+        for step in range(max_new_tokens):
+            token = out.logits[:, -1].argmax(-1)
+            token = torch.where(done, torch.full_like(token, pad), token)
+            new.append(token)
+            done |= torch.isin(token, torch.tensor(sorted(eos), device=token.device)) if eos else done
+            if bool(done.all()) or step == max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
+            out = self._run(token[:, None], mask, step_positions(nxt, positions), cache)  # cache grows in place
+            nxt = nxt + 1
+        return torch.cat([input_ids, torch.stack(new, 1)], 1) if new else input_ids
+
+
+# per-call inputs a VLM forward accepts at prefill (everything the processors here return)
+_MODEL_INPUTS = {"pixel_values", "image_grid_thw", "mm_token_type_ids", "image_sizes"}

@@ -1,0 +1,73 @@
+"""Prompt + completion batches for training (TRL's ``_collate_prompt_completion``, with images).
+
+The prompt is chat-templated and processed with its image by the model's processor (so Qwen2-VL
+expands its image tokens); the completion is the target text tokenised on its own
+(``add_special_tokens=False``) plus the end-of-turn token. Labels are -100 on the prompt and on
+padding: only the answer is supervised. The study instead padded the solution to the prompt
+length and its adapters learned to emit empty strings. Rows are right-padded; per-token inputs
+(``mm_token_type_ids``) are extended with zeros (text) for the completion.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sciqa.data.problems import Problem
+from sciqa.models.base import LoadedModel
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training example: the problem (for its image), the prompt text and the target text."""
+
+    problem: Problem
+    prompt: str
+    target: str
+
+
+def collate(lm: LoadedModel, examples: list[Example], max_length: int = 0) -> dict[str, torch.Tensor]:
+    """Model inputs plus ``labels``; ``max_length`` > 0 cuts the completion (never the prompt)."""
+    texts = [lm.family.render_prompt(lm.processor, ex.prompt) for ex in examples]
+    enc = lm.processor(text=texts, images=[ex.problem.image() for ex in examples], padding=True,
+                       padding_side="right", return_tensors="pt")
+    eot = lm.family.end_of_turn_id(lm.tokenizer)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else eot
+    per_token = [k for k, v in enc.items() if k != "input_ids" and torch.is_tensor(v)
+                 and v.shape == enc["input_ids"].shape]
+    rows = []
+    for i, ex in enumerate(examples):
+        n = int(enc["attention_mask"][i].sum())
+        completion = lm.tokenizer(ex.target, add_special_tokens=False)["input_ids"] + [eot]
+        if max_length:
+            completion = completion[: max(0, max_length - n)]
+        rows.append((n, completion))
+    width = max(n + len(c) for n, c in rows)
+    batch = {"input_ids": torch.full((len(rows), width), pad, dtype=torch.long),
+             "labels": torch.full((len(rows), width), IGNORE, dtype=torch.long)}
+    for k in per_token:
+        batch[k] = torch.zeros((len(rows), width), dtype=enc[k].dtype)
+    for i, (n, completion) in enumerate(rows):
+        c = torch.tensor(completion, dtype=torch.long)
+        batch["input_ids"][i, :n] = enc["input_ids"][i, :n]
+        batch["input_ids"][i, n:n + len(c)] = c
+        batch["labels"][i, n:n + len(c)] = c
+        for k in per_token:
+            batch[k][i, :n] = enc[k][i, :n]
+            if k == "attention_mask":
+                batch[k][i, n:n + len(c)] = 1
+    for k, v in enc.items():
+        if k not in batch and k != "input_ids":
+            batch[k] = v
+    return batch
+
+
+def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over supervised tokens (next-token shift) and their count."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:].to(logits.device)
+    loss = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
+                                             shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
+    return loss, int((shift_labels != IGNORE).sum())

@@ -1,0 +1,190 @@
+"""`sciqa <step> --slurm-gpu ...` on the real test cluster with the real `mlflow server` fixture.
+
+    python -m pytest tests/slurm -q          # root; starts slurm/testcluster and an mlflow server
+
+Errors cost one line, exit 2 and leave no MLflow run; a submitted benchmark runs as a job in
+the run the CLI created and ends FINISHED with its CSV, job file, job log and job id; a job
+requeued mid-run (`scontrol requeue`) resumes its CSV by id in the same run.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sciqa import slurm
+
+pytestmark = pytest.mark.slurm
+
+
+def run_cli(*args: str, cwd: Path, timeout: int = 120, check: bool = True, env: dict | None = None):
+    """The real CLI in a subprocess (tests/conftest.py's helper; both conftests are named conftest)."""
+    proc = subprocess.run([sys.executable, "-m", "sciqa", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"sciqa {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-4000:]}")
+    return proc
+
+TINY = ["--model", "tiny-qwen2-vl", "--max-new-tokens", "8"]
+
+
+@pytest.fixture
+def slurm_env(slurm_cluster, experiment, monkeypatch, tmp_path):
+    """Cluster + server + a fresh experiment; jobs write their files under tmp_path."""
+    monkeypatch.setenv("SCIQA_SLURM_POLL_SECONDS", "0.5")
+    monkeypatch.delenv("SCIQA_SLURM_PROFILE", raising=False)
+    return experiment
+
+
+def all_runs(exp_id: str):
+    import mlflow
+    from mlflow.entities import ViewType
+
+    return mlflow.search_runs([exp_id], run_view_type=ViewType.ALL, output_format="list")
+
+
+def one_error_line(proc) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("sciqa: error: "), proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--slurm-gpu", "v100"], r"unknown GPU type 'v100' .*accepted: a100, h100"),
+    (["--slurm-gpu", "h100", "--slurm-profile", "nosuch"], r"unknown Slurm profile 'nosuch'.*accepted: .*local"),
+    (["--slurm-gpu", "h100", "--slurm-gpus", "5"], r"5 h100 GPUs do not fit one node.*accepted: 1-4"),
+    (["--slurm-gpu", "h100", "--slurm-time", "2-00:00:00"], r"exceeds the 1-00:00:00 limit"),
+    (["--slurm-gpu", "h100", "--setting", "XYZ"], r"setting"),  # the step's own check, before anything
+    (["--slurm-time", "00:10:00"], r"--slurm-time only apply to a Slurm job"),
+])
+def test_bad_input_is_one_line_and_leaves_no_run(slurm_env, tmp_path, args, expected):
+    proc = run_cli("benchmark", *TINY, "--limit", "2", *args, cwd=tmp_path, check=False)
+    assert re.search(expected, one_error_line(proc)), proc.stderr
+    assert all_runs(slurm_env) == []
+    assert not (tmp_path / "sciqa-slurm").exists()
+
+
+def test_missing_sbatch_is_one_line_and_leaves_no_run(slurm_env, tmp_path):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    proc = run_cli("benchmark", *TINY, "--limit", "2", "--slurm-gpu", "h100", cwd=tmp_path, check=False,
+                   env={"PATH": str(empty)})
+    assert "sbatch not found on PATH" in one_error_line(proc)
+    assert all_runs(slurm_env) == []
+
+
+def test_cluster_refusal_is_one_line_and_leaves_no_run(slurm_env, tmp_path):
+    """A profile that promises a GPU type the cluster lacks: sbatch --test-only says no before any run."""
+    text = (Path(slurm.load_profile("local").path).read_text()
+            .replace("[gpus.a100]", "[gpus.v100]\npartitions = [\"gpu_4_a100\"]\n\n[gpus.a100]"))
+    profile = tmp_path / "wrong.toml"
+    profile.write_text(text)
+    proc = run_cli("benchmark", *TINY, "--limit", "2", "--slurm-gpu", "v100", "--slurm-profile", str(profile),
+                   cwd=tmp_path, check=False)
+    assert "the cluster refuses this job" in one_error_line(proc)
+    assert all_runs(slurm_env) == []
+
+
+def test_profiles_and_status_commands(slurm_env, tmp_path):
+    out = run_cli("slurm", "profiles", "--slurm-profile", "bwunicluster", cwd=tmp_path).stdout
+    assert "gpu_4_h100" in out and "v100-dev" in out and "bwunicluster (shown)" in out
+    proc = run_cli("slurm", "status", "0123456789abcdef0123456789abcdef", cwd=tmp_path, check=False)
+    assert "no MLflow run 0123456789abcdef0123456789abcdef" in one_error_line(proc)
+
+
+def artifacts(run_id: str) -> set[str]:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    found = set()
+    for top in client.list_artifacts(run_id):
+        found |= {f.path for f in client.list_artifacts(run_id, top.path)} if top.is_dir else {top.path}
+    return found
+
+
+def artifact_rows(run_id: str, path: str) -> list[dict]:
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)
+    return list(csv.DictReader(io.StringIO(Path(local).read_text(encoding="utf-8"))))
+
+
+def ids_of(stdout: str) -> tuple[str, int]:
+    run_id = re.search(r"benchmark run: (\w+)", stdout).group(1)
+    job_id = int(re.search(r"slurm job: (\d+)", stdout).group(1))
+    return run_id, job_id
+
+
+def test_benchmark_job_end_to_end(slurm_env, tmp_path):
+    t0 = time.monotonic()
+    proc = run_cli("benchmark", *TINY, "--limit", "4", "--slurm-gpu", "h100", "--slurm-profile", "local",
+                   "--wait", cwd=tmp_path, timeout=240)
+    run_id, job_id = ids_of(proc.stdout)
+    assert f"slurm job {job_id}: COMPLETED" in proc.stdout and f"mlflow run {run_id}: FINISHED" in proc.stdout
+
+    [run] = all_runs(slurm_env)  # one run: the submit side's, re-opened by the job
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert tags["sciqa.slurm_job_id"] == str(job_id)
+    assert (tags["sciqa.slurm_gpu"], tags["sciqa.slurm_partition"]) == ("h100", "gpu_4_h100")
+    assert tags["sciqa.slurm_status"] == "COMPLETED" and tags["sciqa.step"] == "benchmark"
+    assert run.data.metrics["slurm_restart_count"] == 0 and run.data.metrics["rows"] == 4
+    assert {"outputs/validation_QTCH.csv", "slurm/job.sbatch", "slurm/job.log"} <= artifacts(run_id)
+    assert len(artifact_rows(run_id, "outputs/validation_QTCH.csv")) == 4
+
+    import mlflow
+
+    sbatch = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="slurm/job.sbatch")).read_text()
+    assert f"export MLFLOW_RUN_ID={run_id}" in sbatch and "--requeue" in sbatch
+    assert "--slurm" not in sbatch and "TOKEN" not in sbatch
+    log = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="slurm/job.log")).read_text()
+    assert f"job {job_id} start (restart 0)" in log
+
+    status = run_cli("slurm", "status", run_id, cwd=tmp_path).stdout
+    assert f"run {run_id}: FINISHED" in status and f"slurm job {job_id}: COMPLETED, restarts 0" in status
+    print(f"end to end: {time.monotonic() - t0:.1f} s")
+
+
+def csv_rows(workdir: Path) -> int:
+    files = list(workdir.glob("*/validation_QTCH.csv"))
+    if not files:
+        return 0
+    return len(list(csv.DictReader(io.StringIO(files[0].read_text(encoding="utf-8")))))
+
+
+def test_requeued_benchmark_resumes_in_the_same_run(slurm_env, tmp_path):
+    t0 = time.monotonic()
+    limit = 6
+    proc = run_cli("benchmark", *TINY, "--limit", str(limit), "--batch-size", "1", "--slurm-gpu", "a100",
+                   cwd=tmp_path)
+    run_id, job_id = ids_of(proc.stdout)
+    deadline = time.monotonic() + 120
+    while csv_rows(tmp_path / "sciqa-work") < 1:  # first row written: the job is mid-run
+        assert slurm.job_state(job_id) in ("PENDING", "CONFIGURING", "RUNNING"), slurm.job_state(job_id)
+        assert time.monotonic() < deadline, "the job wrote no row within 120 s"
+        time.sleep(0.1)
+    subprocess.run(["scontrol", "requeue", str(job_id)], check=True)
+    assert slurm.wait_for_job(job_id, timeout=180, poll=0.5) == "COMPLETED"
+
+    [run] = all_runs(slurm_env)
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    ids = [r["id"] for r in artifact_rows(run_id, "outputs/validation_QTCH.csv")]
+    assert len(ids) == limit and len(set(ids)) == limit  # every id once
+    assert run.data.metrics["slurm_restart_count"] == 1 and slurm.job_info(job_id)["Restarts"] == "1"
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    generated = [m.value for m in client.get_metric_history(run_id, "rows_generated")]
+    assert 0 < generated[-1] < limit, generated  # the restarted job generated only what was missing
+    log = (tmp_path / "sciqa-slurm" / "logs" / f"{job_id}.out").read_text()
+    assert "stopped by SIGTERM" in log and "start (restart 1)" in log
+    assert "status 75" in log  # the first run exited with the distinctive code
+    print(f"requeue: {time.monotonic() - t0:.1f} s")

@@ -1,0 +1,150 @@
+"""Adapters on the tiny models: masking, prefix reaching generate(), save/load, refusals."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sciqa import models
+from sciqa.adapters import attach, check_variant, load_adapter, save_adapter
+from sciqa.backends.hf import encode_prompts
+from sciqa.collate import IGNORE, Example, collate, token_loss_sum
+from sciqa.data import load_problems
+from sciqa.errors import SciqaError
+from sciqa.prompts import build_prompt, target_json
+
+MODELS = ["tiny-qwen2-vl", "tiny-llava"]
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return load_problems("sample", "train", limit=3)
+
+
+def _lm(name):
+    return models.load(name, dtype="float32", device="cpu")
+
+
+def _mm(inputs):
+    return {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_loss_is_cross_entropy_over_target_tokens_only(name, problems):
+    """Collated batch (right padding, images) gives exactly the hand-computed CE of each example's
+    target + end-of-turn tokens, with the prompt and padding ignored."""
+    lm = _lm(name)
+    exs = [Example(p, build_prompt(p, "QTCH"), target_json(p.answer_text, p.solution[: 20 + 40 * i]))
+           for i, p in enumerate(problems[:2])]
+    batch = collate(lm, exs)
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        loss, n = token_loss_sum(lm.model(**batch).logits, labels)
+    eot = lm.family.end_of_turn_id(lm.tokenizer)
+    hand, count = 0.0, 0
+    for i, ex in enumerate(exs):
+        enc = lm.processor(text=[lm.family.render_prompt(lm.processor, ex.prompt)], images=[ex.problem.image()],
+                           return_tensors="pt")
+        target = lm.tokenizer(ex.target, add_special_tokens=False)["input_ids"] + [eot]
+        ids = torch.cat([enc["input_ids"], torch.tensor([target])], 1)
+        extra = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+        if "mm_token_type_ids" in extra:
+            extra["mm_token_type_ids"] = torch.cat([extra["mm_token_type_ids"], torch.zeros(1, len(target), dtype=torch.long)], 1)
+        lm.family.reset_state(lm.model)
+        with torch.no_grad():
+            logits = lm.model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra).logits[0]
+        n_prompt = enc["input_ids"].shape[1]
+        pred = logits[n_prompt - 1: n_prompt - 1 + len(target)]
+        hand += float(torch.nn.functional.cross_entropy(pred, torch.tensor(target), reduction="sum"))
+        count += len(target)
+        # labels: -100 everywhere but the target (prompt and right padding)
+        assert labels[i].ne(IGNORE).sum() == len(target)
+        assert labels[i, n_prompt: n_prompt + len(target)].tolist() == target
+    assert n == count
+    assert float(loss) / n == pytest.approx(hand / count, rel=1e-4)
+
+
+def _reference_greedy(adapted, inputs, steps):
+    """Greedy decoding that recomputes the whole forward pass, prefix included, at every step."""
+    ids, mask, mm = inputs["input_ids"], inputs["attention_mask"], _mm(inputs)
+    out = ids
+    with torch.no_grad():
+        for _ in range(steps):
+            extra = out.shape[1] - ids.shape[1]
+            m = torch.cat([mask, mask.new_ones(mask.shape[0], extra)], 1)
+            kw = dict(mm)
+            if "mm_token_type_ids" in kw:
+                kw["mm_token_type_ids"] = torch.cat([kw["mm_token_type_ids"],
+                                                     kw["mm_token_type_ids"].new_zeros(m.shape[0], extra)], 1)
+            logits = adapted(input_ids=out, attention_mask=m, **kw).logits
+            out = torch.cat([out, logits[:, -1].argmax(-1, keepdim=True)], 1)
+    return out[:, ids.shape[1]:]
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("variant", ["pkv", "peft"])
+def test_prefix_generate_equals_full_recompute_and_changes_output(name, variant, problems):
+    lm = _lm(name)
+    inputs = encode_prompts(lm, problems, [build_prompt(p, "QTCH") for p in problems])
+    steps = 10
+    base = lm.model.generate(**inputs, max_new_tokens=steps, do_sample=False, eos_token_id=-1,
+                             pad_token_id=lm.tokenizer.pad_token_id)[:, inputs["input_ids"].shape[1]:]
+    torch.manual_seed(0)
+    adapted = attach(lm, variant, {"prefix_len": 6, "prefix_projection": True}).eval()
+    with torch.no_grad():  # a clearly non-trivial prefix
+        for p in adapted.encoder.parameters():
+            p.mul_(3)
+    got = adapted.generate(**inputs, max_new_tokens=steps, do_sample=False, eos_token_id=-1,
+                           pad_token_id=lm.tokenizer.pad_token_id)[:, inputs["input_ids"].shape[1]:]
+    assert got.shape == (len(problems), steps)
+    assert got.tolist() == _reference_greedy(adapted, inputs, steps).tolist()
+    assert got.tolist() != base.tolist()
+
+
+def test_prefix_keeps_real_token_positions(problems):
+    """Real tokens keep the positions the base model gives them (Qwen2-VL's 3-D mrope ones)."""
+    from sciqa.adapters.prefix import real_positions
+
+    lm = _lm("tiny-qwen2-vl")
+    inputs = encode_prompts(lm, problems, [build_prompt(p, "QTCH") for p in problems])
+    ours, nxt = real_positions(lm.model, inputs["input_ids"], inputs["attention_mask"], _mm(inputs))
+    theirs, deltas = lm.model.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
+                                                   inputs["image_grid_thw"], None, inputs["attention_mask"])
+    assert torch.equal(ours, theirs)
+    assert nxt.tolist() == (deltas[:, 0] + inputs["attention_mask"].sum(-1)).tolist()  # = max position + 1
+
+
+@pytest.mark.parametrize("variant", ["pkv", "peft", "lora"])
+def test_save_load_round_trip(variant, problems, tmp_path):
+    lm = _lm("tiny-qwen2-vl")
+    torch.manual_seed(1)
+    adapted = attach(lm, variant, {"prefix_len": 4, "lora_r": 2})
+    assert all(not p.requires_grad for p in lm.model.parameters() if not any(p is q for q in adapted.trainable_state().values()))
+    assert adapted.n_trainable() > 0
+    with torch.no_grad():
+        for p in adapted.trainable_state().values():
+            p.add_(torch.randn_like(p) * 0.5)
+    save_adapter(adapted, "tiny-qwen2-vl", tmp_path / "a")
+    inputs = encode_prompts(lm, problems, [build_prompt(p, "QTCH") for p in problems])
+    kw = dict(max_new_tokens=6, do_sample=False, eos_token_id=-1, pad_token_id=lm.tokenizer.pad_token_id)
+    want = adapted.eval().generate(**inputs, **kw)
+    loaded = load_adapter(_lm("tiny-qwen2-vl"), tmp_path / "a")
+    for k, v in adapted.trainable_state().items():
+        assert torch.equal(loaded.model.trainable_state()[k], v)
+    assert torch.equal(loaded.model.generate(**inputs, **kw), want)
+    base = _lm("tiny-qwen2-vl").model.generate(**inputs, **kw)
+    assert not torch.equal(base, want)
+
+
+def test_refusals(tmp_path):
+    from dataclasses import replace
+
+    lm = _lm("tiny-qwen2-vl")
+    with pytest.raises(SciqaError, match="unknown adapter variant 'nope'"):
+        check_variant("nope")
+    with pytest.raises(SciqaError, match="does not support prefix"):
+        check_variant("pkv", replace(lm.family, supports_prefix=False))
+    with pytest.raises(ValueError, match="gradient checkpointing"):
+        attach(lm, "pkv", {"prefix_len": 2}).enable_gradient_checkpointing()
+    save_adapter(attach(_lm("tiny-qwen2-vl"), "pkv", {"prefix_len": 2}), "tiny-qwen2-vl", tmp_path / "a")
+    with pytest.raises(SciqaError, match="trained on 'tiny-qwen2-vl'"):
+        load_adapter(_lm("tiny-llava"), tmp_path / "a")
