@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from sciqa import metrics
 
@@ -40,30 +42,59 @@ def load_pairs(n_rows: int, seed: int = 0) -> tuple[list[str], list[str]]:
     return predictions, references
 
 
-def study_way(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """One library call per row and metric, one encode per row, a new RougeScorer per row."""
+def ours(predictions: list[str], references: list[str]) -> tuple[dict[str, float], dict[str, float]]:
+    """sciqa's path (what explanation_scores runs), timed per metric."""
+    times, rows = {}, {}
+    steps = {
+        "bleu": lambda: list(zip(*[metrics._bleu(p, r) for p, r in zip(predictions, references)])),
+        "rougeL": lambda: metrics._rouge_l(predictions, references),
+        "meteor": lambda: metrics._meteor(predictions, references),
+        "cosine": lambda: metrics._cosine(predictions, references),
+    }
+    for name, step in steps.items():
+        start = time.perf_counter()
+        rows[name] = step()
+        times[name] = time.perf_counter() - start
+    rows["bleu1"], rows["bleu4"] = rows.pop("bleu")
+    return metrics.summarize_explanations(pd.DataFrame(rows)), times
+
+
+def study(predictions: list[str], references: list[str]) -> tuple[dict[str, float], dict[str, float]]:
+    """The study's path: per row, one call per metric, a new RougeScorer, one ``encode``."""
     from nltk.translate.bleu_score import sentence_bleu
     from nltk.translate.meteor_score import meteor_score
     from rouge_score.rouge_scorer import RougeScorer
 
     model = metrics._embedder()
-    bleu1, bleu4, rouge, meteor, cosine = [], [], [], [], []
-    for prediction, reference in zip(predictions, references):
-        ref_tokens, pred_tokens = metrics._bleu_tokens(reference), metrics._bleu_tokens(prediction)
+    pairs = list(zip(predictions, references))
+    times, values = {}, {}
+
+    def bleu():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            bleu1.append(sentence_bleu([ref_tokens], pred_tokens, weights=(1,)))
-            bleu4.append(sentence_bleu([ref_tokens], pred_tokens, weights=(0.25,) * 4))
-        if prediction.strip():
-            scorer = RougeScorer(["rougeL"], use_stemmer=False)
-            rouge.append(scorer.score(reference, prediction)["rougeL"].fmeasure)
-            meteor.append(meteor_score([reference.split()], prediction.split()))
-        pred_vec, ref_vec = model.encode([prediction, reference], normalize_embeddings=True)
-        cosine.append(float(np.dot(pred_vec, ref_vec)))
-    means = [float(np.mean(x)) for x in (bleu1, bleu4, rouge, meteor, cosine)]
-    summary = dict(zip(("bleu1", "bleu4", "rougeL", "meteor", "cosine"), means))
-    summary["overall"] = 100.0 * float(np.mean(means[:4] + [2 * means[4] - 1]))
-    return summary
+            for weights, name in (((1,), "bleu1"), ((0.25,) * 4, "bleu4")):
+                values[name] = [
+                    sentence_bleu([metrics._bleu_tokens(r)], metrics._bleu_tokens(p), weights=weights) for p, r in pairs
+                ]
+
+    def rouge():
+        values["rougeL"] = [
+            RougeScorer(["rougeL"], use_stemmer=False).score(r, p)["rougeL"].fmeasure for p, r in pairs if p.strip()
+        ]
+
+    def meteor():
+        values["meteor"] = [meteor_score([r.split()], p.split()) for p, r in pairs if p.strip()]
+
+    def cosine():
+        values["cosine"] = [float(np.dot(*model.encode([p, r], normalize_embeddings=True))) for p, r in pairs]
+
+    for name, step in (("bleu", bleu), ("rougeL", rouge), ("meteor", meteor), ("cosine", cosine)):
+        start = time.perf_counter()
+        step()
+        times[name] = time.perf_counter() - start
+    means = {name: float(np.mean(v)) for name, v in values.items()}
+    parts = [means["bleu1"], means["bleu4"], means["rougeL"], means["meteor"], 2 * means["cosine"] - 1]
+    return {**means, "overall": 100.0 * float(np.mean(parts))}, times
 
 
 def main() -> None:
@@ -73,26 +104,23 @@ def main() -> None:
     predictions, references = load_pairs(args.rows)
 
     start = time.perf_counter()
-    metrics.ensure_wordnet()
-    metrics._embedder()
-    metrics.explanation_scores(predictions[:2], references[:2])  # load WordNet and model outside the timing
-    setup = time.perf_counter() - start
+    metrics.explanation_scores(predictions[:2], references[:2])  # load WordNet and the model outside the timing
+    print(f"rows={args.rows}  setup (WordNet + model load)={time.perf_counter() - start:.1f}s")
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
-    start = time.perf_counter()
-    ours = metrics.summarize_explanations(metrics.explanation_scores(predictions, references))
-    ours_s = time.perf_counter() - start
+    our_values, our_times = ours(predictions, references)
+    study_values, study_times = study(predictions, references)
 
-    start = time.perf_counter()
-    study = study_way(predictions, references)
-    study_s = time.perf_counter() - start
-
-    print(f"rows={args.rows} setup(load WordNet + model)={setup:.1f}s")
-    print(f"{'metric':8s} {'sciqa':>12s} {'study':>12s}")
-    for name in ours:
-        print(f"{name:8s} {ours[name]:12.6f} {study[name]:12.6f}")
-    print(f"sciqa batched: {ours_s:.1f}s  study per-row: {study_s:.1f}s  speed-up: {study_s / ours_s:.1f}x")
-    same = all(abs(ours[k] - study[k]) < 1e-4 for k in ours)
-    print("same values:", same)
+    print(f"{'metric':8s} {'sciqa':>10s} {'study':>10s}")
+    for name in our_values:
+        print(f"{name:8s} {our_values[name]:10.6f} {study_values[name]:10.6f}")
+    print(f"{'seconds':8s} {'sciqa':>10s} {'study':>10s} {'ratio':>7s}")
+    for name in our_times:
+        print(f"{name:8s} {our_times[name]:10.1f} {study_times[name]:10.1f} {study_times[name] / our_times[name]:7.1f}x")
+    our_total, study_total = sum(our_times.values()), sum(study_times.values())
+    print(f"{'total':8s} {our_total:10.1f} {study_total:10.1f} {study_total / our_total:7.1f}x")
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+    print("same values (1e-4):", all(abs(our_values[k] - study_values[k]) < 1e-4 for k in our_values))
 
 
 if __name__ == "__main__":

@@ -189,15 +189,11 @@ def test_interrupted_run_resumes_without_paying_twice(api, experiment, tmp_path)
     first = outputs(workdir)
     assert 3 <= len(first) < 9, "the run was not interrupted midway"
     paid_before = Counter(api.served)
-    from sciqa.outputs import OutputsCSV, _complete_prefix
-    (pp,) = workdir.glob("*/*.csv"); t = pp.read_text(encoding="utf-8")
-    print("DONE", OutputsCSV(pp).done, len(t), _complete_prefix(t, 13), len(t.splitlines()), [hex(ord(c)) for c in set(t) if c in "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\r"])
 
     api.reset()
     done = run_cli(*args, cwd=tmp_path, env={KEY_ENV: KEY})
     df = outputs(workdir)
     assert len(df) == 9 and df["id"].is_unique and set(first["id"]) <= set(df["id"])
-    print(first["id"].tolist(), df["id"].tolist(), dict(api.received).values(), sum(paid_before.values()), done.stdout, done.stderr[-3000:])
     assert not set(api.received) & set(first["prompt"]), "a finished id was requested again"
     assert api.served == Counter(df["prompt"][~df["id"].isin(first["id"])])
     assert sum(paid_before.values()) + sum(api.served.values()) <= 9 + 3  # at most the killed batch again

@@ -10,6 +10,11 @@ RUN = ["run", "running", "ran"]
 ANIMALS = ["koala", "bald eagle", "eagle"]
 CITY = ["New York", "New York City", "Boston"]
 THREE = ["sodium chloride", "water", "oxygen"]
+CAPS = ["A breath of Fresh Air", "A Breath of Fresh Air"]  # real ScienceQA: choices that differ only in case
+TITLE = ["***The Lion and the Mouse***", '"The Lion and the Mouse"']  # italics vs quotes
+CLOSING = ["your friend,\nCarla", "Your friend,\nCarla"]
+GREETING = ["Dear ms. Allen,", "Dear Ms. Allen,"]
+TRAITS = ["Logan's mother has blue eyes. She passed this trait down to Logan.", "Logan likes a blue sweater."]
 SOL = "The text uses apostrophe, a direct address to an absent person."
 
 # (raw output, choices, expected answer_index, expected solution)
@@ -70,6 +75,17 @@ CASES = [
     ("The word is running.", RUN, 1, ""),
     ("It is a bald eagle.", ANIMALS, 1, ""),
     ("New York City", CITY, 1, ""),
+    # Choices from real problems: case-only variants, markup, periods and line breaks inside a choice.
+    ('{"answer": "A Breath of Fresh Air", "solution": "Capitalize important words."}', CAPS, 1,
+     "Capitalize important words."),
+    ("The answer is A breath of Fresh Air.", CAPS, 0, ""),
+    ("The answer is ***The Lion and the Mouse***.", TITLE, 0, ""),
+    ('I think it is "The Lion and the Mouse", since it is a story.', TITLE, 1, ""),
+    ("Your friend,\nCarla\nA closing capitalizes only the first word.", CLOSING, 1,
+     "A closing capitalizes only the first word."),
+    ("Answer: Dear Ms. Allen, because Ms is a title.", GREETING, 1, "Ms is a title."),
+    ("Logan's mother has blue eyes. She passed this trait down to Logan. Eye color is inherited.", TRAITS, 0,
+     "Eye color is inherited."),
     # Unmapped: out-of-range number or letter, no choice, two choices, contradictions.
     ('{"answer": 2, "solution": "Out of range."}', FIG, None, "Out of range."),
     ("(5)", FIG, None, ""),
@@ -81,6 +97,8 @@ CASES = [
     ('{"answer": "(0) apostrophe", "solution": "Label says 0, text says 1."}', FIG, None, "Label says 0, text says 1."),
     ("The answer is eagle or koala.", ANIMALS, None, ""),
     ("", FIG, None, ""),
+    ("A BREATH OF FRESH AIR", CAPS, None, ""),  # the case was the question
+    ("The answer is *The Lion and the Mouse*.", TITLE, None, ""),
     ('{"answer": "", "solution": "Nothing chosen."}', FIG, None, "Nothing chosen."),
 ]
 

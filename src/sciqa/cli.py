@@ -147,3 +147,53 @@ def score_cmd(**kwargs) -> None:
     tracking.setup()
     run = score(ScoreConfig(**kwargs))
     click.echo(f"score run: {run.run_id}")
+
+
+def _evaluate_config():
+    from sciqa.steps.evaluate import EvaluateConfig
+
+    return EvaluateConfig
+
+
+@main.command()
+@config_options(_evaluate_config())
+def evaluate(**kwargs) -> None:
+    """Accuracy breakdowns and explanation metrics (BLEU, ROUGE-L, METEOR, cosine) of outputs."""
+    from sciqa import tracking
+    from sciqa.steps.evaluate import EvaluateConfig, evaluate as run_evaluate
+
+    tracking.setup()
+    click.echo(f"evaluate run: {run_evaluate(EvaluateConfig(**kwargs))}")
+
+
+@main.command()
+@click.option("--model", "model", default="", help="hub id (or local folder, with --dest) of the model to fetch")
+@click.option("--dataset", "dataset", default="", help="hub dataset id (or local folder, with --dest) to fetch")
+@click.option("--dest", "dest", default="", help="copy into this folder instead of the Hugging Face cache")
+@click.option("--revision", "revision", default="", help="model revision (branch, tag or commit)")
+@click.option("--verify/--no-verify", "verify", default=True, show_default=True,
+              help="load the copies afterwards with HF_HUB_OFFLINE=1")
+def prefetch(model: str, dataset: str, dest: str, revision: str, verify: bool) -> None:
+    """Download a model (with its processor) and a dataset for compute nodes without internet.
+
+    Run it on a login node; with the default HF cache (HF_HOME on a shared filesystem) the jobs
+    then run with HF_HUB_OFFLINE=1 and the same --model/--dataset; with --dest, pass the printed
+    folders as --model/--dataset.
+    """
+    from pathlib import Path
+
+    from sciqa import prefetch as pf
+
+    if not model and not dataset:
+        raise SciqaError("prefetch needs --model and/or --dataset")
+    target = Path(dest).expanduser().resolve() if dest else None
+    fetched = []
+    if model:
+        fetched.append(pf.prefetch_model(model, target, revision or None))
+    if dataset:
+        fetched.append(pf.prefetch_dataset(dataset, target))
+    if verify:
+        pf.verify_offline(fetched)
+    for f in fetched:
+        click.echo(f"{f.what}: {f.source} -> {f.path}")
+        click.echo(f"  on compute nodes: HF_HUB_OFFLINE=1 sciqa ... --{f.what} {f.use_as}")

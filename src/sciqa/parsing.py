@@ -42,20 +42,20 @@ _SOLUTION_FIELD = re.compile(
 )
 
 # "The answer is", "Answer:", "correct answer is:" - an explicit answer marker.
-_MARKER = re.compile(r"\banswer\s*(?:is\b\s*:?|:)\s*", re.IGNORECASE)
+_MARKER = re.compile(r"\banswer\s*(?:is\b\s*:?|:)\s*(?:\*\*(?!\*)\s*)?", re.IGNORECASE)  # and "**Answer:** B"
 # A choice label: "B", "(B)", "B.", "(1)", "1)", "Option B", "choice 2".
 _LABEL = r"(?:(?:option|choice)\s*)?\(?(?P<label>[A-Za-z]|\d{1,2})\)?"
 _LABEL_ONLY = re.compile(rf"{_LABEL}[.:)]?", re.IGNORECASE)
 _LABEL_PREFIX = re.compile(rf"{_LABEL}(?:[.:)]|(?<=\))|\s*-)\s*(?P<rest>.+)", re.IGNORECASE | re.DOTALL)
 # The answer span in free text ends at a sentence end, a line end, or an
-# explanation marker ("BECAUSE:"); a leading label's own "." is not an end.
-_SPAN = re.compile(
-    r"\s*(?P<span>(?:\(?(?:[A-Za-z]|\d{1,2})[.:)]\s*)?.*?)"
-    r"\s*(?:[.!?](?=\s|\Z)|\n|\Z|(?=\b(?:because|explanation|solution|reason)\s*:))",
-    re.IGNORECASE | re.DOTALL,
+# explanation marker ("BECAUSE:") - unless that end lies inside a choice's text
+# ("Dear Ms. Allen,", "Your friend,\nCarla") or a leading label ("B.").
+_SPAN_END = re.compile(
+    r"[.!?](?=\s|\Z)|\n|(?=\b(?:because\b|(?:explanation|solution|reason)\s*:))", re.IGNORECASE
 )
+_LEADING_LABEL = re.compile(r"\s*\(?(?:[A-Za-z]|\d{1,2})[.:)]")
 _EXPLANATION_LABEL = re.compile(
-    r"^\s*(?:because|explanation|solution|reason(?:ing)?)\s*:\s*", re.IGNORECASE
+    r"^\s*(?:because\b\s*:?|(?:explanation|solution|reason(?:ing)?)\s*:)\s*", re.IGNORECASE
 )
 _EDGE_PUNCT = " \t\n\"'`*.,;:!?()[]{}"
 
@@ -73,7 +73,7 @@ def parse_output(raw: str, choices: Sequence[str], number_base: int = 0) -> Pars
         answer_text = _field(answer, "bare")
         index = _match_span(answer_text, choices, number_base) if answer_text else None
         return Parsed(index, answer_text, _field(solution))
-    return _parse_free_text(text.replace("**", ""), choices, number_base)
+    return _parse_free_text(text, choices, number_base)
 
 
 def _parse_free_text(text: str, choices: Sequence[str], number_base: int) -> Parsed:
@@ -84,32 +84,60 @@ def _parse_free_text(text: str, choices: Sequence[str], number_base: int) -> Par
     """
     marker = _MARKER.search(text)
     before, rest = (text[: marker.start()], text[marker.end() :]) if marker else ("", text)
-    span = _SPAN.match(rest)
-    answer_text = span.group("span").strip().rstrip(".,;:").strip()
-    after = _EXPLANATION_LABEL.sub("", rest[span.end() :].strip(), count=1).strip()
+    end = _span_end(rest, choices)
+    answer_text = rest[:end].strip().rstrip(".,;:").strip()
+    after = _EXPLANATION_LABEL.sub("", rest[end:].lstrip(".!?").strip(), count=1).strip()
     reasoning = re.sub(r"[^.!?\n]*\Z", "", before).strip()  # drop the "So the" lead-in
     return Parsed(_match_span(answer_text, choices, number_base), answer_text, after or reasoning)
 
 
+def _span_end(text: str, choices: Sequence[str]) -> int:
+    """Where the answer span ends: the first sentence/line end not inside a choice's text or a leading label.
+
+    A choice's own final "." still ends the span ("...down to Logan. Eye color is ...").
+    """
+    protected = [(m.start(), m.end() - 1) for c in choices if c.strip() for m in re.finditer(_choice_pattern(c), text)]
+    label = _LEADING_LABEL.match(text)
+    protected += [label.span()] if label else []
+    for end in _SPAN_END.finditer(text):
+        if not any(start <= end.start() < stop for start, stop in protected):
+            return end.start()
+    return len(text)
+
+
+def _choice_pattern(choice: str) -> re.Pattern:
+    """A choice's words as whole words, any case, any whitespace between them."""
+    words = r"\s+".join(re.escape(word) for word in choice.split())
+    return re.compile(rf"(?<!\w){words}(?!\w)", re.IGNORECASE)
+
+
 def _match_span(span: str, choices: Sequence[str], number_base: int) -> int | None:
     """Resolve a span: exact choice text, a bare label, a label with text, else a whole-word mention."""
-    norm = _norm(span)
-    normalized = [_norm(c) for c in choices]
-    if norm in normalized:
-        return normalized.index(norm) if normalized.count(norm) == 1 else None
+    same = _same_text(span, choices)
+    if same:
+        return same[0] if len(same) == 1 else None
     only = _LABEL_ONLY.fullmatch(span.strip(" *`,;"))
     if only:
         return _label_index(only.group("label"), len(choices), number_base)
     prefixed = _LABEL_PREFIX.fullmatch(span.strip())
     if prefixed:
         by_label = _label_index(prefixed.group("label"), len(choices), number_base)
-        rest = _norm(prefixed.group("rest"))
-        by_text = normalized.index(rest) if normalized.count(rest) == 1 else None
+        same = _same_text(prefixed.group("rest"), choices)
+        by_text = same[0] if len(same) == 1 else None
         if by_text is not None and by_label is not None and by_text != by_label:
             return None  # "(0) apostrophe" with apostrophe at 1: contradictory, don't guess
         if by_text is not None or by_label is not None:
             return by_text if by_text is not None else by_label
-    return _mentioned_choice(norm, normalized)
+    return _mentioned_choice(span, choices)
+
+
+def _same_text(text: str, choices: Sequence[str]) -> list[int]:
+    """Choices equal to the text, at the strictest level that finds any: some choices differ only in case."""
+    for fold in (_exact, _unpunctuated, _norm):
+        same = [i for i, choice in enumerate(choices) if fold(choice) == fold(text)]
+        if same:
+            return same
+    return []
 
 
 def _label_index(label: str, n_choices: int, number_base: int) -> int | None:
@@ -118,34 +146,55 @@ def _label_index(label: str, n_choices: int, number_base: int) -> int | None:
     return index if 0 <= index < n_choices else None
 
 
-def _mentioned_choice(span: str, normalized: list[str]) -> int | None:
-    """The one choice named as whole words in the span; a mention inside a longer named choice doesn't count.
+def _mentioned_choice(span: str, choices: Sequence[str]) -> int | None:
+    """The one choice the span names as whole words; case and markup decide only between variants.
 
-    "running" must not also count as "run", and "New York City" not also as
-    "New York"; two different choices left over means no answer.
+    "Yes, not no" names two choices (unmapped), but "A Breath of Fresh Air"
+    names one of two choices that differ only in capitals.
+    """
+    found = _mentions(_norm(span), [_norm(c) for c in choices])
+    for fold in (_unpunctuated, _exact):  # variants of one text (case, quotes vs italics): stricter decides
+        if len(found) > 1 and len({_norm(choices[i]) for i in found}) == 1:
+            found = _mentions(fold(span), [fold(c) if i in found else "" for i, c in enumerate(choices)])
+    if len(found) == 1:
+        return found.pop()
+    if found or _norm(span) not in ("yes", "no"):
+        return None
+    # A bare "No" for a choice written "no, it isn't".
+    starting = [i for i, choice in enumerate(choices) if re.match(rf"{_norm(span)}\b", _norm(choice))]
+    return starting[0] if len(starting) == 1 else None
+
+
+def _mentions(span: str, choices: list[str]) -> set[int]:
+    """Choices found as whole words in the span, less those only found inside a longer found choice.
+
+    "running" must not also count as "run", nor "New York City" as "New York".
     """
     hits = []
-    for index, choice in enumerate(normalized):
+    for index, choice in enumerate(choices):
         if choice:
             pattern = rf"(?<!\w){re.escape(choice)}(?!\w)"
             hits += [(m.start(), m.end(), index) for m in re.finditer(pattern, span)]
-    kept = {
+    return {
         index
         for start, end, index in hits
         if not any(s <= start and end <= e and (e - s) > (end - start) for s, e, _ in hits)
     }
-    if len(kept) == 1:
-        return kept.pop()
-    if kept or span not in ("yes", "no"):
-        return None
-    # A bare "No" for a choice written "no, it isn't".
-    starting = [i for i, choice in enumerate(normalized) if re.match(rf"{span}\b", choice)]
-    return starting[0] if len(starting) == 1 else None
+
+
+def _exact(text: str) -> str:
+    """One space between words, nothing else changed."""
+    return " ".join(text.split())
+
+
+def _unpunctuated(text: str) -> str:
+    """No quotes/markup/punctuation at the edges; case kept."""
+    return _exact(text).strip(_EDGE_PUNCT)
 
 
 def _norm(text: str) -> str:
     """Lower case, one space between words, no quotes/markup/punctuation at the edges."""
-    return " ".join(text.lower().split()).strip(_EDGE_PUNCT)
+    return _unpunctuated(text.lower())
 
 
 def _field(match: re.Match | None, bare: str | None = None) -> str:

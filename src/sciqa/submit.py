@@ -197,8 +197,16 @@ def submit(step: str, command: str, cfg, check_fn: Callable | None, *, gpu: str,
     model = str(getattr(cfg, "model", "") or "")
     gpus = gpus or prof.gpus_for(model)
     spec = prof.gpu(gpu, gpus)  # unknown type / too many GPUs: lists the accepted values
-    if time_limit:
-        slurm.parse_time(time_limit)
+    base = job_dir()
+    log_dir = base / "logs"
+    cmd = slurm.sciqa_command(prof, job_args(command, cfg))
+    job_name = f"sciqa-{step}"
+
+    def render(run_id: str, exp_id: str, uri: str) -> str:
+        exports = {**slurm.mlflow_exports(run_id, uri, exp_id), LOG_ENV: str(log_dir / "%j.out")}
+        return slurm.build_job(prof, gpu, cmd, job_name, time_limit, log_dir, exports, os.getcwd(), gpus=gpus)
+
+    render("0" * 32, "0", "http://127.0.0.1:5000")  # time limit and signal margin, before anything slow
     if shutil.which("sbatch") is None:
         raise SciqaError("sbatch not found on PATH: submitting needs the Slurm client tools (run on the "
                          "cluster's login node, or drop --slurm-gpu to run here)")
@@ -210,24 +218,14 @@ def submit(step: str, command: str, cfg, check_fn: Callable | None, *, gpu: str,
     uri = shared_tracking_uri(tracking.setup())
     import mlflow
 
-    base = job_dir()
-    log_dir = base / "logs"
-    exports = {"SCIQA_SLURM_LOG": str(log_dir / "%j.out")}
-    cmd = slurm.sciqa_command(prof, job_args(command, cfg))
-    job_name = f"sciqa-{step}"
-
-    def render(run_id: str, exp_id: str) -> str:
-        return slurm.build_job(prof, gpu, cmd, job_name, time_limit, log_dir,
-                               {**slurm.mlflow_exports(run_id, uri, exp_id), **exports}, os.getcwd(), gpus=gpus)
-
-    _test_only(render("0" * 32, "0"))  # every check before a run exists
+    _test_only(render("0" * 32, "0", uri))  # the cluster's word, before a run exists
 
     attach = os.environ.get("MLFLOW_RUN_ID")  # `mlflow run` made the run: use it, make no second one
     short = model.split("/")[-1] or step
     run = mlflow.start_run(run_id=attach) if attach else mlflow.start_run(run_name=f"{step}-{short}-slurm")
     run_id = run.info.run_id
     try:
-        script = render(run_id, run.info.experiment_id)
+        script = render(run_id, run.info.experiment_id, uri)
         mlflow.set_tags({"sciqa.step": step, "sciqa.model": model, "sciqa.slurm_gpu": gpu,
                          "sciqa.slurm_gpus": str(gpus), "sciqa.slurm_partition": spec.partition,
                          "sciqa.slurm_profile": prof.name, "sciqa.slurm_status": "PENDING"})

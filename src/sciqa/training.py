@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from sciqa.collate import Example, collate, token_loss_sum
+from sciqa.errors import SciqaError
 
 STATE_FILE = "state.pt"
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: "stopped by a signal after a checkpoint; run again to resume"
@@ -203,6 +204,9 @@ def train(adapted, lm, base_model: str, train_set: list[Example], val_set: list[
             window = mbs[window_start: window_start + cfg.grad_accum]
             collated = [collate(lm, mb, cfg.max_length) for mb in window]  # cheap at tiny sizes; exact token-mean
             n_window = sum(int((c["labels"][:, 1:] != -100).sum()) for c in collated)
+            if n_window == 0:
+                raise SciqaError(f"no target token left in a batch: max_length {cfg.max_length} is shorter than "
+                                 "the prompts; raise --max-length (0 = no limit)")
             batch = _to(collated[i - window_start], lm.device)
             labels = batch.pop("labels")
             lm.family.reset_state(lm.model)

@@ -42,7 +42,7 @@ class BenchmarkConfig:
     completion_cost_per_1k: float = field(default=0.0, metadata={
         "help": "openai backend: price per 1k completion tokens (logs api_cost)"})
     # vllm backend (pip install -e '.[vllm]'); serves LoRA adapters only, prefix adapters need --backend hf
-    tensor_parallel: int = field(default=1, metadata={"help": "vllm backend: GPUs for tensor parallelism"})
+    tensor_parallel: int = field(default=1, metadata={"help": "vllm backend: GPUs for tensor parallelism (vLLM serves LoRA adapters only; prefix adapters: --backend hf)"})
     max_model_len: int = field(default=0, metadata={"help": "vllm backend: context length cap (0 = model's)"})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vllm backend: GPU memory fraction"})
     max_images: int = field(default=1, metadata={"help": "vllm backend: images per prompt (limit_mm_per_prompt)"})

@@ -1,0 +1,69 @@
+"""``sciqa prefetch``: local folder sources copied to --dest and loaded offline; hub ids go through
+``snapshot_download`` (faked here: no hub is reachable) with the right arguments; failures are one line."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+
+def test_local_folders_copied_and_load_offline(tmp_path):
+    from sciqa import models
+    from sciqa.data import load_problems
+    from sciqa.data.sources import SAMPLE_DIR
+
+    model_src = Path(models.resolve("tiny-qwen2-vl")[0])
+    data_src = tmp_path / "scienceqa-orig"
+    shutil.copytree(SAMPLE_DIR, data_src)
+    dest = tmp_path / "dest"
+    proc = run_cli("prefetch", "--model", str(model_src), "--dataset", str(data_src), "--dest", str(dest),
+                   cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"})
+    model_copy, data_copy = dest / "models" / model_src.name, dest / "datasets" / data_src.name
+    assert f"--model {model_copy}" in proc.stdout and f"--dataset {data_copy}" in proc.stdout
+    shutil.rmtree(data_src)  # the copies stand on their own
+    lm = models.load(str(model_copy))  # HF_HUB_OFFLINE=1 in every test (conftest)
+    assert lm.family.name == "qwen2_vl"
+    assert len(load_problems(str(data_copy), "validation", limit=3)) == 3
+
+
+def test_hub_ids_use_snapshot_download(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from sciqa import prefetch
+
+    calls = []
+
+    def fake_snapshot_download(**kw):
+        calls.append(kw)
+        return kw.get("local_dir") or str(tmp_path / "cache" / kw["repo_id"])
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    m = prefetch.prefetch_model("Qwen/Qwen2-VL-2B-Instruct", None, "main")
+    d = prefetch.prefetch_dataset("derek-thomas/ScienceQA", tmp_path / "dest")
+    assert calls[0]["repo_type"] == "model" and calls[0]["revision"] == "main" and "local_dir" not in calls[0]
+    assert "*.safetensors" in calls[0]["allow_patterns"] and "*.jinja" in calls[0]["allow_patterns"]
+    assert m.use_as == "Qwen/Qwen2-VL-2B-Instruct"  # from the cache: the same --model on the node
+    assert calls[1]["repo_type"] == "dataset"
+    assert calls[1]["local_dir"] == str(tmp_path / "dest" / "datasets" / "derek-thomas--ScienceQA")
+    assert d.use_as == calls[1]["local_dir"]  # with --dest: the folder
+
+
+def test_errors_are_one_line(tmp_path):
+    proc = run_cli("prefetch", "--model", "nobody/no-such-model-xyz", "--no-verify", cwd=tmp_path, check=False,
+                   env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "cannot download model 'nobody/no-such-model-xyz'" in proc.stderr
+    proc = run_cli("prefetch", "--dataset", str(tmp_path), cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "pass --dest" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2-vl", "sample"])
+def test_nothing_to_prefetch(name):
+    from sciqa import prefetch
+    from sciqa.errors import SciqaError
+
+    with pytest.raises(SciqaError, match="nothing to prefetch"):
+        (prefetch.prefetch_model if name.startswith("tiny") else prefetch.prefetch_dataset)(name)

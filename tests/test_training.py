@@ -1,0 +1,214 @@
+"""Training steps against the test MLflow server: curves, checkpoints, resume, teachers, bad input."""
+from __future__ import annotations
+
+import csv
+import os
+import threading
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_cli
+from sciqa import tracking
+from sciqa.data import load_problems
+from sciqa.steps.train import TrainConfig, train
+from sciqa.training import Preempted
+
+FAST = dict(limit=4, val_limit=2, epochs=3, prefix_len=4, batch_size=2, max_length=400, lr=3e-2, log_every=1)
+CLI_FAST = ["--limit", "4", "--val-limit", "2", "--epochs", "2", "--prefix-len", "4", "--batch-size", "2",
+            "--max-length", "400", "--lr", "0.03", "--log-every", "1"]
+
+
+def _history(run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in sorted(mlflow.MlflowClient().get_metric_history(run_id, key),
+                                               key=lambda m: m.step)]
+
+
+def _artifacts(run_id: str, path: str = "") -> set[str]:
+    return {a.path for a in mlflow.artifacts.list_artifacts(run_id=run_id, artifact_path=path or None)}
+
+
+@pytest.mark.parametrize("variant", ["pkv", "peft", "lora"])
+def test_loss_decreases_with_one_point_per_epoch(variant, experiment, tmp_path):
+    tracking.setup()
+    step = "train_lora" if variant == "lora" else "train_prefix"
+    run = train(TrainConfig(variant=variant, workdir=str(tmp_path), **FAST), step=step)
+    r = mlflow.get_run(run.run_id)
+    assert r.info.status == "FINISHED"
+    assert r.data.tags["sciqa.step"] == step and r.data.tags["sciqa.variant"] == variant
+    assert r.data.tags["sciqa.teacher"] == "false" and int(r.data.params["trainable_params"]) > 0
+    train_loss = _history(run.run_id, "train_loss")
+    assert [s for s, _ in train_loss] == [1, 2, 3]
+    assert [s for s, _ in _history(run.run_id, "val_loss")] == [1, 2, 3]
+    assert [s for s, _ in _history(run.run_id, "epoch_seconds")] == [1, 2, 3]
+    assert train_loss[-1][1] < train_loss[0][1] - 0.05
+    assert len(_history(run.run_id, "train_loss_step")) == 6  # 2 optimizer steps per epoch, every step
+    assert {"checkpoints/epoch_1", "checkpoints/epoch_2", "checkpoints/epoch_3"} <= _artifacts(run.run_id, "checkpoints")
+    assert "plots/loss.png" in _artifacts(run.run_id, "plots")
+    assert {"adapter/adapter.safetensors", "adapter/adapter_config.json"} <= _artifacts(run.run_id, "adapter")
+    # a second call with the same parameters reuses the finished run
+    assert train(TrainConfig(variant=variant, workdir=str(tmp_path), **FAST), step=step).reused
+
+
+def _final(run_id: str, dest: Path) -> dict[str, torch.Tensor]:
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="adapter/adapter.safetensors",
+                                                dst_path=str(dest))
+    return load_file(local)
+
+
+def test_kill_after_epoch_then_resume_equals_uninterrupted(mlflow_server, experiment, tmp_path, monkeypatch):
+    """Crash (as kill -9) after epoch 1, rerun the same command on a 'fresh node' (local checkpoints
+    gone): it resumes the same run from the downloaded checkpoint and ends exactly as a clean run."""
+    args = ["train-prefix", "--variant", "pkv", *CLI_FAST, "--epochs", "3"]
+    crashed = run_cli(*args, "--workdir", str(tmp_path / "w1"), cwd=tmp_path, check=False,
+                      env={"SCIQA_TEST_CRASH_AFTER_EPOCH": "1"})
+    assert crashed.returncode == 137
+    runs = mlflow.search_runs([experiment], output_format="list")
+    assert len(runs) == 1 and runs[0].info.status == "RUNNING"
+    run_id = runs[0].info.run_id
+    resumed = run_cli(*args, "--workdir", str(tmp_path / "w2"), cwd=tmp_path)
+    assert "downloaded checkpoint epoch_1" in resumed.stdout and "resumed from epoch_1" in resumed.stdout
+    assert run_id in resumed.stdout
+    # the uninterrupted reference, in its own experiment
+    ref_exp = f"ref-{experiment}"
+    mlflow.create_experiment(ref_exp)
+    clean = run_cli(*args, "--workdir", str(tmp_path / "w3"), cwd=tmp_path, env={"MLFLOW_EXPERIMENT_NAME": ref_exp})
+    ref_id = clean.stdout.strip().split()[-1]
+    for key in ("train_loss", "val_loss"):
+        got, want = _history(run_id, key), _history(ref_id, key)
+        assert [s for s, _ in got] == [1, 2, 3]
+        assert [s for s, _ in got] == [s for s, _ in want]
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6)
+    a, b = _final(run_id, tmp_path / "a"), _final(ref_id, tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-7) for k in a)
+
+
+def test_signal_saves_mid_epoch_checkpoint_and_resume_matches(experiment, tmp_path):
+    """A stop request (SIGUSR1/SIGTERM set the event) saves at the next step boundary; the rerun
+    continues mid-epoch and ends with the adapter of an uninterrupted run."""
+    tracking.setup()
+    cfg = dict(FAST, epochs=2, limit=6)
+    stop = threading.Event()
+    stop.set()
+    stop.signal = "SIGTERM"
+    with pytest.raises(Preempted) as info:
+        train(TrainConfig(variant="peft", workdir=str(tmp_path / "w"), **cfg), stop=stop)
+    assert info.value.checkpoint.name == "epoch_0-step_1"
+    run = train(TrainConfig(variant="peft", workdir=str(tmp_path / "w"), **cfg))
+    assert not run.reused and len(_history(run.run_id, "train_loss")) == 2
+    ref = train(TrainConfig(variant="peft", workdir=str(tmp_path / "r"), force=True, **cfg))
+    a, b = _final(run.run_id, tmp_path / "a"), _final(ref.run_id, tmp_path / "b")
+    assert all(torch.allclose(a[k], b[k], atol=1e-7) for k in a)
+    assert _history(run.run_id, "train_loss")[-1][1] == pytest.approx(_history(ref.run_id, "train_loss")[-1][1])
+
+
+def test_sigterm_exits_with_requeue_code(mlflow_server, experiment, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "sciqa", "train-prefix", *CLI_FAST, "--epochs", "50",
+                             "--workdir", str(tmp_path)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    ckpts = tmp_path
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(ckpts.glob("*/checkpoints/epoch_1")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-2000:]
+    assert "stopped by SIGTERM" in err
+
+
+def _study_csv(path: Path, rows: list[tuple], sep: str = "\t") -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, delimiter=sep)
+        w.writerow(["index", "input", "answer", "explanation"])
+        w.writerows(rows)
+    return path
+
+
+def test_teacher_csv_study_format_counts_unparseable(experiment, tmp_path):
+    tracking.setup()
+    probs = load_problems("sample", "train", limit=4)
+    rows = [(p.id, "q", p.choices[(p.answer + 1) % len(p.choices)], f"teacher says {i}") for i, p in enumerate(probs[:3])]
+    rows.append((probs[3].id, "q", "no idea at all", "??"))
+    path = _study_csv(tmp_path / "teacher.tsv", rows)
+    run = train(TrainConfig(variant="pkv", teacher=True, teacher_csv=str(path), workdir=str(tmp_path),
+                            **dict(FAST, epochs=1)))
+    r = mlflow.get_run(run.run_id)
+    assert r.data.tags["sciqa.teacher"] == "true"
+    assert r.data.metrics["teacher_skipped_unparsed"] == 1 and r.data.metrics["train_examples"] == 3
+    # the KD target is the teacher's (wrong) answer, not the golden one
+    from sciqa import teacher
+
+    by_id, skipped = teacher.from_csv(str(path), load_problems("sample", "train", keep_all=True))
+    assert skipped == 1 and f'"teacher says 0"' in by_id[probs[0].id]
+    assert probs[0].choices[(probs[0].answer + 1) % len(probs[0].choices)] in by_id[probs[0].id]
+
+
+def _fake_benchmark(tmp_path: Path, split: str = "train", model: str = "tiny-llava") -> str:
+    """A finished benchmark-like run whose outputs CSV holds mapped teacher answers."""
+    from sciqa.outputs import OutputsCSV
+
+    probs = load_problems("sample", split, limit=4)
+    path = tmp_path / f"{split}_QTCH.csv"
+    OutputsCSV(path).append([{"id": p.id, "split": split, "setting": "QTCH", "model": model, "adapter": "",
+                              "prompt": "", "raw_output": "x", "answer_index": p.answer, "answer_text": p.answer_text,
+                              "solution": "from the teacher", "finish_reason": "stop", "n_output_tokens": 1,
+                              "seconds": 0} for p in probs])
+    with mlflow.start_run() as r:
+        mlflow.set_tags({"sciqa.step": "benchmark", "sciqa.split": split, "sciqa.model": model})
+        mlflow.log_artifact(str(path), "outputs")
+    return r.info.run_id
+
+
+def test_default_teacher_is_newest_train_benchmark(experiment, tmp_path):
+    tracking.setup()
+    _fake_benchmark(tmp_path / "old") if (tmp_path / "old").mkdir() is None else None
+    (tmp_path / "new").mkdir()
+    newest = _fake_benchmark(tmp_path / "new")
+    run = train(TrainConfig(variant="lora", teacher=True, workdir=str(tmp_path), **dict(FAST, epochs=1)),
+                step="train_lora")
+    tags = mlflow.get_run(run.run_id).data.tags
+    assert tags["sciqa.teacher_run"] == newest
+
+
+def _no_runs(exp: str) -> bool:
+    return mlflow.search_runs([exp], output_format="list") == []
+
+
+@pytest.mark.parametrize("case", ["variant", "columns", "ids", "no_train_outputs", "lora_on_prefix_cmd"])
+def test_bad_input_is_one_line_exit_2_and_no_run(case, experiment, tmp_path):
+    tracking.setup()
+    args = ["train-prefix", *CLI_FAST, "--workdir", str(tmp_path)]
+    if case == "variant":
+        args += ["--variant", "ia3"]
+        want = "unknown prefix variant 'ia3'"
+    elif case == "columns":
+        bad = tmp_path / "t.csv"
+        bad.write_text("index,input,answer\n1,q,a\n")
+        args += ["--teacher", "true", "--teacher-csv", str(bad)]
+        want = "lacks columns explanation"
+    elif case == "ids":
+        args += ["--teacher", "true", "--teacher-csv", str(_study_csv(tmp_path / "t.csv", [("nope-1", "q", "a", "b")], ","))]
+        want = "ids not in the train split"
+    elif case == "no_train_outputs":
+        rid = _fake_benchmark(tmp_path, split="validation")
+        args += ["--teacher", "true", "--teacher-run", rid]
+        want = "has no train-split outputs"
+    else:
+        args = ["train-lora", *CLI_FAST, "--prefix-len", "2", "--gradient-checkpointing", "true",
+                "--workdir", str(tmp_path)]
+        args[args.index("train-lora")] = "train-prefix"
+        want = "gradient checkpointing"
+    before = {r.info.run_id for r in mlflow.search_runs([experiment], output_format="list")}
+    proc = run_cli(*args, cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("sciqa: error")]
+    assert len(lines) == 1 and want in lines[0], proc.stderr[-2000:]
+    assert {r.info.run_id for r in mlflow.search_runs([experiment], output_format="list")} == before
