@@ -22,7 +22,10 @@ import pandas as pd
 
 from sciqa import metrics
 
-SOURCES = (Path(__file__).resolve().parents[1] / "src/sciqa/data/sample/problems.json", Path("/work/shared/data/scienceqa/problems.json"))
+SOURCES = (
+    Path(__file__).resolve().parents[1] / "src/sciqa/data/sample/problems.json",
+    Path("/work/shared/data/scienceqa/problems.json"),
+)
 
 
 def load_pairs(n_rows: int, seed: int = 0) -> tuple[list[str], list[str]]:
@@ -74,12 +77,15 @@ def study(predictions: list[str], references: list[str]) -> tuple[dict[str, floa
             warnings.simplefilter("ignore")
             for weights, name in (((1,), "bleu1"), ((0.25,) * 4, "bleu4")):
                 values[name] = [
-                    sentence_bleu([metrics._bleu_tokens(r)], metrics._bleu_tokens(p), weights=weights) for p, r in pairs
+                    sentence_bleu([metrics._bleu_tokens(r)], metrics._bleu_tokens(p), weights=weights)
+                    for p, r in pairs
                 ]
 
     def rouge():
         values["rougeL"] = [
-            RougeScorer(["rougeL"], use_stemmer=False).score(r, p)["rougeL"].fmeasure for p, r in pairs if p.strip()
+            RougeScorer(["rougeL"], use_stemmer=False).score(r, p)["rougeL"].fmeasure
+            for p, r in pairs
+            if p.strip()
         ]
 
     def meteor():
@@ -109,6 +115,7 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
     our_values, our_times = ours(predictions, references)
+    print(f"sciqa done in {sum(our_times.values()):.1f}s: {our_times}", flush=True)
     study_values, study_times = study(predictions, references)
 
     print(f"{'metric':8s} {'sciqa':>10s} {'study':>10s}")

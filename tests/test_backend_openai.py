@@ -82,9 +82,10 @@ class Proxy:
         return plan[tries - 1] if tries <= len(plan) else 200
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def api(tmp_path_factory):
-    """``transformers serve`` on the tiny LLaVA plus the proxy, for the whole module."""
+    """``transformers serve`` on the tiny LLaVA plus the proxy (session scope: it starts while the
+    MLflow server does; only this file uses it)."""
     cache = tmp_path_factory.getbasetemp() / "sciqa-cache"
     env = {**os.environ, "SCIQA_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     model_path = subprocess.run([sys.executable, "-c", "from sciqa import models; print(models.resolve('tiny-llava')[0])"],
@@ -96,27 +97,31 @@ def api(tmp_path_factory):
                                  "--host", "127.0.0.1", "--port", str(port)],
                                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     upstream = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            if requests.get(upstream + "/health", timeout=1).ok:
-                break
-        except requests.RequestException:
-            time.sleep(0.3)
-        if proc.poll() is not None:
-            break
-    else:
-        proc.kill()
-    if proc.poll() is not None:
+
+    def wait_ready() -> None:  # called by the tests, so the server starts while MLflow's does
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if requests.get(upstream + "/health", timeout=1).ok:
+                    return
+            except requests.RequestException:
+                time.sleep(0.3)
         raise RuntimeError("transformers serve did not start: " + log_path.read_text()[-3000:])
+
     proxy = Proxy(upstream, model_path)
+    proxy.wait_ready = wait_ready
     yield proxy
     proxy.server.shutdown()
     os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def bench_args(api: Proxy, workdir: Path, limit: int = 6, *extra: str) -> list[str]:
+    api.wait_ready()
     return ["benchmark", "--backend", "openai", "--model", "tiny-llava", "--api-base", api.url,
             "--api-key-env", KEY_ENV, "--limit", str(limit), "--max-new-tokens", "8", "--batch-size", "3",
             "--concurrency", "3", "--workdir", str(workdir), *extra]
@@ -201,7 +206,7 @@ def test_interrupted_run_resumes_without_paying_twice(api, experiment, tmp_path)
     assert run.data.metrics["rows"] == 9 and run.info.status == "FINISHED"
 
 
-def test_config_errors_are_one_line(tmp_path, mlflow_server, monkeypatch):
+def test_config_errors_are_one_line(tmp_path, experiment, monkeypatch):
     from sciqa.backends.openai import OpenAIBackend
     from sciqa.errors import SciqaError
     from sciqa.steps.benchmark import BenchmarkConfig
@@ -215,7 +220,8 @@ def test_config_errors_are_one_line(tmp_path, mlflow_server, monkeypatch):
     proc = run_cli("benchmark", "--backend", "openai", "--api-base", "http://127.0.0.1:9/v1", "--limit", "2",
                    "--workdir", str(tmp_path / "w"), cwd=tmp_path, check=False)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "OPENAI_API_KEY" in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith("sciqa: error: API key missing: set the environment variable OPENAI_API_KEY")
 
 
 def test_request_body_and_output_cleaning():

@@ -79,7 +79,7 @@ def _main_config():
 
 
 @main.command("main")
-@slurm_options("main", _main_config(), "sciqa.steps.pipeline:settings_of")
+@slurm_options("main", _main_config(), "sciqa.steps.pipeline:variants_of")
 @config_options(_main_config())
 def main_cmd(**kwargs) -> None:
     """The whole experiment as one parent MLflow run with nested child runs."""
@@ -197,3 +197,17 @@ def prefetch(model: str, dataset: str, dest: str, revision: str, verify: bool) -
     for f in fetched:
         click.echo(f"{f.what}: {f.source} -> {f.path}")
         click.echo(f"  on compute nodes: HF_HUB_OFFLINE=1 sciqa ... --{f.what} {f.use_as}")
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--dest", default="sciqa-artifacts", show_default=True, help="folder to download into")
+@click.option("--children", is_flag=True, help="also the child runs (a main run's steps)")
+def download(run_id: str, dest: str, children: bool) -> None:
+    """Download a run's outputs, metrics, plots and comparison (like `mlflow artifacts download`)."""
+    from sciqa import tracking
+    from sciqa.download import download as fetch
+
+    tracking.setup()
+    for path in fetch(run_id, dest, children):
+        click.echo(str(path))

@@ -91,6 +91,8 @@ def slurm_options(step_name: str, config_cls, check_fn: Callable | str | None = 
                          help="with --slurm-gpu: wait for the job to end; print its final state and the "
                               "run's MLflow status; exit 1 if it failed"),
         ]
+        wrapper.__sciqa_slurm__ = (step_name, config_cls, check_fn)  # for tests: check_fn must resolve
+
         def holder():
             pass
 

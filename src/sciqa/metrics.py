@@ -103,8 +103,8 @@ def explanation_scores(predictions: Sequence[str], references: Sequence[str]) ->
     """One row per pair: bleu1, bleu4, rougeL and meteor (NaN for an empty prediction), cosine."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
-    predictions = [p or "" for p in predictions]
-    references = [r or "" for r in references]
+    predictions = [p if isinstance(p, str) else "" for p in predictions]  # NaN/None from a CSV = no text
+    references = [r if isinstance(r, str) else "" for r in references]
     rows = pd.DataFrame(
         [_bleu(p, r) for p, r in zip(predictions, references)], columns=["bleu1", "bleu4"], dtype=float
     )
@@ -142,6 +142,7 @@ def _bleu_tokens(text: str) -> list[str]:
 
 
 def _rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """rouge-score ROUGE-L F; one scorer for all rows. Its tokenizer keeps only [a-z0-9], as the study's did."""
     from rouge_score.rouge_scorer import RougeScorer
 
     scorer = RougeScorer(["rougeL"], use_stemmer=METRIC_SETTINGS["rouge_stemmer"])
@@ -166,6 +167,7 @@ def _meteor(predictions: Sequence[str], references: Sequence[str]) -> list[float
 
 @lru_cache(maxsize=1)
 def _meteor_helpers():
+    """A WordNet and a Porter stemmer that remember answers: METEOR asks the same words row after row."""
     from nltk.stem.porter import PorterStemmer
 
     ensure_wordnet()

@@ -293,7 +293,15 @@ def status_lines(run_id: str) -> list[str]:
 
     from sciqa import tracking
 
-    tracking.setup()
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.DEFAULT_URI
+    if uri.startswith(("http://", "https://")):  # fail in seconds, not after MLflow's retries
+        import requests
+
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+        except requests.RequestException as exc:
+            raise SciqaError(f"MLflow server at {uri} cannot be reached ({type(exc).__name__})") from None
+    mlflow.set_tracking_uri(uri)  # tracking.setup() would create an experiment: not for a read
     try:
         run = mlflow.MlflowClient().get_run(run_id)
     except Exception as exc:  # noqa: BLE001 - RestException / MlflowException

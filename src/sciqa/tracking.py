@@ -12,8 +12,10 @@ import hashlib
 import json
 import os
 import re
+import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
@@ -50,8 +52,27 @@ def public(params: dict) -> dict[str, str]:
     return {k: "" if v is None else str(v) for k, v in params.items() if not SECRET.search(k)}
 
 
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """The package version plus the git commit of the checkout it runs from (when it is one), so a
+    cached step is redone after the code changes (MLflow's multistep example compares commits too)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("sciqa")
+    except PackageNotFoundError:
+        v = "unknown"
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{v}+{sha[:12]}" if sha else v
+
+
 def step_key(step: str, params: dict) -> str:
-    blob = json.dumps({"step": step, **public(params)}, sort_keys=True)
+    """Identity of a step's result: entry point, parameters (as strings) and code version."""
+    blob = json.dumps({"step": step, "code": code_version(), **public(params)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -106,7 +127,7 @@ def step_run(step: str, params: dict, tags: dict[str, str], run_name: str, force
     else:
         run = mlflow.start_run(run_name=run_name, nested=parent_run_id is not None,
                                parent_run_id=parent_run_id)
-    mlflow.set_tags({**tags, "sciqa.step": step, "sciqa.key": key})
+    mlflow.set_tags({**tags, "sciqa.step": step, "sciqa.key": key, "sciqa.code_version": code_version()})
     _log_params(run.info.run_id, public(params))
     in_job = bool(os.environ.get("SLURM_JOB_ID"))
     if in_job:

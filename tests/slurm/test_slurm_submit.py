@@ -162,11 +162,18 @@ def csv_rows(workdir: Path) -> int:
 
 
 def test_requeued_benchmark_resumes_in_the_same_run(slurm_env, tmp_path):
+    """Submitted the way `mlflow run . -e benchmark -P slurm_gpu=a100` does it (a RUNNING run in
+    MLFLOW_RUN_ID), requeued after its first row: one run, every id once, restart count 1."""
+    import mlflow
+
     t0 = time.monotonic()
     limit = 6
+    client = mlflow.MlflowClient()
+    made = client.create_run(slurm_env).info.run_id  # what `mlflow run` does before the command
     proc = run_cli("benchmark", *TINY, "--limit", str(limit), "--batch-size", "1", "--slurm-gpu", "a100",
-                   cwd=tmp_path)
+                   cwd=tmp_path, env={"MLFLOW_RUN_ID": made, "MLFLOW_EXPERIMENT_ID": slurm_env})
     run_id, job_id = ids_of(proc.stdout)
+    assert run_id == made
     deadline = time.monotonic() + 120
     while csv_rows(tmp_path / "sciqa-work") < 1:  # first row written: the job is mid-run
         assert slurm.job_state(job_id) in ("PENDING", "CONFIGURING", "RUNNING"), slurm.job_state(job_id)
@@ -180,12 +187,12 @@ def test_requeued_benchmark_resumes_in_the_same_run(slurm_env, tmp_path):
     ids = [r["id"] for r in artifact_rows(run_id, "outputs/validation_QTCH.csv")]
     assert len(ids) == limit and len(set(ids)) == limit  # every id once
     assert run.data.metrics["slurm_restart_count"] == 1 and slurm.job_info(job_id)["Restarts"] == "1"
-    import mlflow
-
-    client = mlflow.MlflowClient()
     generated = [m.value for m in client.get_metric_history(run_id, "rows_generated")]
     assert 0 < generated[-1] < limit, generated  # the restarted job generated only what was missing
+    assert run.data.tags["sciqa.slurm_job_id"] == str(job_id) and run.data.tags["sciqa.slurm_status"] == "COMPLETED"
     log = (tmp_path / "sciqa-slurm" / "logs" / f"{job_id}.out").read_text()
     assert "stopped by SIGTERM" in log and "start (restart 1)" in log
     assert "status 75" in log  # the first run exited with the distinctive code
+    assert f"job {job_id} start (restart 1)" in Path(
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="slurm/job.log")).read_text()
     print(f"requeue: {time.monotonic() - t0:.1f} s")

@@ -24,6 +24,8 @@ class BenchmarkConfig:
     backend: str = field(default="hf", metadata={"help": "generation backend"})
     batch_size: int = field(default=8, metadata={"help": "prompts per generate() call"})
     max_new_tokens: int = field(default=256, metadata={"help": "generation budget per answer"})
+    answer_mode: str = field(default="free", metadata={"help": "free (the study's) or choice: pick the likeliest "
+                                                               "choice, then explain (hf backend)"})
     limit: int = field(default=0, metadata={"help": "first N problems only (0 = all)"})
     keep_all: bool = field(default=False, metadata={"help": "keep problems without lecture or solution"})
     revision: str = field(default="", metadata={"help": "model revision (hub models)"})
@@ -67,6 +69,9 @@ def check(cfg: BenchmarkConfig) -> list[Problem]:
     check_setting(cfg.setting)
     check_dtype(cfg.dtype)
     backend_cls = backend_class(cfg.backend)
+    if cfg.answer_mode not in ("free", "choice") or (cfg.answer_mode == "choice" and cfg.backend != "hf"):
+        raise SciqaError(f"unknown answer mode '{cfg.answer_mode}' for backend '{cfg.backend}'; accepted: free, "
+                         "choice (hf backend only)")
     check_workdir(cfg.workdir)
     problems = load_problems(cfg.dataset, cfg.split, cfg.keep_all, cfg.limit or None)
     if not problems:

@@ -142,7 +142,7 @@ def evaluate(cfg: EvaluateConfig, parent_run_id: str | None = None) -> str:
         results = {stem: evaluate_frame(frame) for stem, frame in frames.items()}
         settings = {f"eval_{k}": v for k, v in METRIC_SETTINGS.items()}
         if cfg.run:
-            run = mlflow.start_run(run_id=cfg.run)
+            run = mlflow.start_run(run_id=cfg.run, nested=mlflow.active_run() is not None)
             mlflow.log_params({k: v for k, v in settings.items() if k not in mlflow.get_run(cfg.run).data.params})
             try:
                 _log_all(results)

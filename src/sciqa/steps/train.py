@@ -138,29 +138,39 @@ def _targets(cfg: TrainConfig, source, all_train, train, workdir: Path, run: Ste
 
 
 def _resume_point(run: StepRun, run_dir: Path) -> Path | None:
-    """Newest checkpoint: local, else downloaded from this run's (or an earlier same-key run's) artifacts."""
+    """This run's newest checkpoint: local, else downloaded from its artifacts (another node).
+
+    Only the run's own checkpoints count: a ``--force`` rerun of the same key starts afresh, and
+    the local folder (shared by the key) is wiped when it belongs to another run."""
+    import shutil
+
     import mlflow
 
     from sciqa.training import checkpoint_key, newest_checkpoint
 
+    owner = run_dir / "run_id"
+    if owner.exists() and owner.read_text().strip() != run.run_id:
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        shutil.rmtree(run_dir / "adapter", ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    owner.write_text(run.run_id)
     local = newest_checkpoint(run_dir / "checkpoints")
     if local is not None:
         return local
-    for run_id in [run.run_id, *run.earlier]:
-        try:
-            names = [Path(a.path).name for a in mlflow.artifacts.list_artifacts(run_id=run_id,
-                                                                                artifact_path="checkpoints")]
-        except Exception:  # noqa: BLE001
-            continue
-        keyed = sorted((checkpoint_key(n), n) for n in names if checkpoint_key(n))
-        if keyed:
-            name = keyed[-1][1]
-            dest = run_dir / "checkpoints"
-            dest.mkdir(parents=True, exist_ok=True)
-            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"checkpoints/{name}", dst_path=str(dest))
-            print(f"train: downloaded checkpoint {name} from run {run_id}")
-            return dest / name
-    return None
+    try:
+        names = [Path(a.path).name for a in mlflow.artifacts.list_artifacts(run_id=run.run_id,
+                                                                            artifact_path="checkpoints")]
+    except Exception:  # noqa: BLE001 - a run without artifacts yet
+        names = []
+    keyed = sorted((checkpoint_key(n), n) for n in names if checkpoint_key(n))
+    if not keyed:
+        return None
+    name = keyed[-1][1]
+    dest = run_dir / "checkpoints"
+    dest.mkdir(parents=True, exist_ok=True)
+    mlflow.artifacts.download_artifacts(run_id=run.run_id, artifact_path=f"checkpoints/{name}", dst_path=str(dest))
+    print(f"train: downloaded checkpoint {name} from run {run.run_id}")
+    return dest / name
 
 
 def train(cfg: TrainConfig, step: str = "train_prefix", parent_run_id: str | None = None, stop=None) -> StepRun:
@@ -197,6 +207,7 @@ def _train_in_run(cfg, step, run, workdir, all_train, train_set, val_set, source
                 if p.id in targets.by_id]
     val = [Example(p, build_prompt(p, cfg.setting), target_json(p.answer_text, p.solution)) for p in val_set]
     lm = models.load(cfg.model, None, cfg.dtype, cfg.device)
+    torch.manual_seed(cfg.seed)  # the adapter's initial weights depend on the seed only
     adapted = attach(lm, cfg.variant, adapter_options(cfg))
     if cfg.gradient_checkpointing:
         adapted.enable_gradient_checkpointing()
