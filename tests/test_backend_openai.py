@@ -31,6 +31,7 @@ class Proxy:
     def __init__(self, upstream: str, model_path: str):
         self.upstream, self.model_path = upstream, model_path
         self.lock = threading.Lock()
+        self.inflight = 0
         self.reset()
         proxy = self
 
@@ -39,6 +40,15 @@ class Proxy:
                 pass
 
             def do_POST(self):  # noqa: N802
+                with proxy.lock:
+                    proxy.inflight += 1
+                try:
+                    self.answer()
+                finally:
+                    with proxy.lock:
+                        proxy.inflight -= 1
+
+            def answer(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 prompt = body["messages"][0]["content"][-1]["text"]
                 status = proxy.record(prompt, self.headers.get("Authorization", ""))
@@ -66,6 +76,10 @@ class Proxy:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def reset(self, fault: bool = False, delay: float = 0.0) -> None:
+        """New counters, once the requests of an earlier (killed) client have been answered."""
+        deadline = time.time() + 60
+        while self.inflight and time.time() < deadline:
+            time.sleep(0.05)
         self.fault, self.delay = fault, delay
         self.received, self.served, self.auth = Counter(), Counter(), set()
 
@@ -88,7 +102,8 @@ def api(tmp_path_factory):
     MLflow server does; only this file uses it)."""
     cache = tmp_path_factory.getbasetemp() / "sciqa-cache"
     env = {**os.environ, "SCIQA_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    model_path = subprocess.run([sys.executable, "-c", "from sciqa import models; print(models.resolve('tiny-llava')[0])"],
+    code = "from sciqa import models; print(models.resolve('tiny-llava')[0])"
+    model_path = subprocess.run([sys.executable, "-c", code],
                                 env=env, capture_output=True, text=True, check=True).stdout.strip()
     port = free_port()
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
@@ -142,8 +157,8 @@ def test_benchmark_rows_tokens_and_key_never_logged(api, experiment, tmp_path):
     import mlflow
 
     api.reset()
-    proc = run_cli(*bench_args(api, tmp_path / "w", 6, "--prompt-cost-per-1k", "0.5", "--completion-cost-per-1k", "1.5"),
-                   cwd=tmp_path, env={KEY_ENV: KEY})
+    prices = ("--prompt-cost-per-1k", "0.5", "--completion-cost-per-1k", "1.5")
+    proc = run_cli(*bench_args(api, tmp_path / "w", 6, *prices), cwd=tmp_path, env={KEY_ENV: KEY})
     df = outputs(tmp_path / "w")
     assert len(df) == 6 and df["id"].is_unique
     assert set(df["finish_reason"]) <= {"stop", "length"} and (df["n_output_tokens"] > 0).all()

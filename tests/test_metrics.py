@@ -107,6 +107,22 @@ def test_cosine_matches_row_by_row_encoding(scored):
     assert scored.cosine[5] > 0.6 > scored.cosine[3]
 
 
+def test_cosine_encodes_each_text_once_per_process(monkeypatch):
+    calls = []
+
+    class FakeModel:
+        def encode(self, texts, **kwargs):
+            calls.append(list(texts))
+            return np.array([[1.0, 0.0] if "cat" in t else [0.6, 0.8] for t in texts])
+
+    monkeypatch.setattr(metrics, "_embedder", lambda: FakeModel())
+    monkeypatch.setattr(metrics, "_VECTORS", {})
+    assert metrics._cosine(["a cat", "a dog"], ["the cat", "the cat"]) == pytest.approx([1.0, 0.6])
+    assert metrics._cosine(["a dog", "a cow"], ["the cat", "a cat"]) == pytest.approx([0.6, 0.6])
+    assert calls == [["a cat", "a dog", "the cat"], ["a cow"]]
+    assert metrics._cosine([], []) == []
+
+
 def test_summary_averaging_rules_and_overall_formula():
     rows = pd.DataFrame(
         {

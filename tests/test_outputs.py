@@ -37,3 +37,12 @@ def test_record_without_final_newline_is_redone(tmp_path):
     OutputsCSV(path).append([_row(1)])
     path.write_bytes(path.read_bytes() + b"2" + b",x" * (len(COLUMNS) - 1))  # complete fields, no newline
     assert OutputsCSV(path).done == {"1"}
+
+
+def test_control_characters_in_outputs_survive_reopen(tmp_path):
+    """csv does not quote \\x1c or \\u2028; they must not be taken for line ends on repair."""
+    path = tmp_path / "o.csv"
+    OutputsCSV(path).append([_row(1, "noise \x1c more \x85 and \u2028 end"), _row(2)])
+    again = OutputsCSV(path)
+    assert again.done == {"1", "2"} and not again.repaired
+    assert read_outputs(path).loc[0, "raw_output"] == "noise \x1c more \x85 and \u2028 end"

@@ -1,7 +1,8 @@
 """``sciqa prefetch``: local folder sources copied to --dest and loaded offline; hub ids go through
-``snapshot_download`` (faked here: no hub is reachable) with the right arguments; failures are one line."""
+``snapshot_download`` / ``load_dataset`` (faked here: no hub is reachable); failures are one line."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -29,10 +30,15 @@ def test_local_folders_copied_and_load_offline(tmp_path):
     assert len(load_problems(str(data_copy), "validation", limit=3)) == 3
 
 
-def test_hub_ids_use_snapshot_download(tmp_path, monkeypatch):
+def test_hub_ids(tmp_path, monkeypatch):
+    """Models: snapshot_download's arguments. Datasets: what load_dataset returns is saved where
+    sciqa reads it offline (load_dataset is faked with the sample's rows: no hub here)."""
+    import datasets
     import huggingface_hub
 
     from sciqa import prefetch
+    from sciqa.data import load_problems
+    from sciqa.data.sources import SAMPLE_DIR
 
     calls = []
 
@@ -40,15 +46,23 @@ def test_hub_ids_use_snapshot_download(tmp_path, monkeypatch):
         calls.append(kw)
         return kw.get("local_dir") or str(tmp_path / "cache" / kw["repo_id"])
 
+    rows = [dict(r, image=None) for r in json.loads((SAMPLE_DIR / "problems.json").read_text()).values()
+            if r["split"] == "val"]
+    fake_hub = datasets.DatasetDict({"validation": datasets.Dataset.from_list(rows)})
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, revision=None: fake_hub)
     m = prefetch.prefetch_model("Qwen/Qwen2-VL-2B-Instruct", None, "main")
-    d = prefetch.prefetch_dataset("derek-thomas/ScienceQA", tmp_path / "dest")
     assert calls[0]["repo_type"] == "model" and calls[0]["revision"] == "main" and "local_dir" not in calls[0]
     assert "*.safetensors" in calls[0]["allow_patterns"] and "*.jinja" in calls[0]["allow_patterns"]
     assert m.use_as == "Qwen/Qwen2-VL-2B-Instruct"  # from the cache: the same --model on the node
-    assert calls[1]["repo_type"] == "dataset"
-    assert calls[1]["local_dir"] == str(tmp_path / "dest" / "datasets" / "derek-thomas--ScienceQA")
-    assert d.use_as == calls[1]["local_dir"]  # with --dest: the folder
+    m = prefetch.prefetch_model("mistralai/Pixtral-12B-2409", tmp_path / "dest")
+    assert calls[1]["local_dir"] == m.use_as == str(tmp_path / "dest" / "models" / "mistralai--Pixtral-12B-2409")
+
+    d = prefetch.prefetch_dataset("derek-thomas/ScienceQA", tmp_path / "dest")
+    assert d.use_as == str(tmp_path / "dest" / "datasets" / "derek-thomas--ScienceQA")
+    prefetch.verify_offline([d])  # a fresh process with HF_HUB_OFFLINE=1
+    assert len(load_problems(d.use_as, "val", keep_all=True)) == len(rows)
+    assert prefetch.prefetch_dataset("derek-thomas/ScienceQA").use_as == "derek-thomas/ScienceQA"
 
 
 def test_errors_are_one_line(tmp_path):
@@ -56,6 +70,10 @@ def test_errors_are_one_line(tmp_path):
                    env={"HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "cannot download model 'nobody/no-such-model-xyz'" in proc.stderr
+    proc = run_cli("prefetch", "--dataset", "nobody/no-such-dataset-xyz", cwd=tmp_path, check=False,
+                   env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "cannot download dataset 'nobody/no-such-dataset-xyz'" in proc.stderr
     proc = run_cli("prefetch", "--dataset", str(tmp_path), cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "pass --dest" in proc.stderr
 

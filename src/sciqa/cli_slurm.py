@@ -64,7 +64,7 @@ def slurm_options(step_name: str, config_cls, check_fn: Callable | str | None = 
                 if given:
                     from sciqa.errors import SciqaError
 
-                    raise SciqaError(f"{', '.join(given)} only apply to a Slurm job; add --slurm-gpu TYPE "
+                    raise SciqaError(f"{', '.join(given)}: only for a Slurm job; add --slurm-gpu TYPE "
                                      "(`sciqa slurm profiles` lists the types)")
                 return fn(*args, **kwargs)
             from sciqa.submit import submit_step

@@ -20,6 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from sciqa.errors import SciqaError
@@ -182,21 +183,26 @@ def _meteor_helpers():
     return _WordNet(), _Stemmer()
 
 
-def _cosine(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
-    """Cosine of normalised MiniLM embeddings: each distinct text encoded once, all in one batched pass.
+_VECTORS: dict[str, np.ndarray] = {}  # text -> normalised embedding, kept for the life of the process
 
-    The encoder's forward pass is nearly all of the metrics' time, and texts
-    repeat (shared lectures, copied solutions), so duplicates are not re-encoded.
-    Small batches: sentences are sorted by length inside ``encode``, and on CPU
-    large batches of 256-token texts run slower, not faster.
+
+def _cosine(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """Cosine of normalised MiniLM embeddings; each distinct text is encoded once, in one batched pass.
+
+    The encoder's forward pass is nearly all of the metrics' time. Texts repeat
+    (copied solutions, and the same references for every setting and model that
+    ``evaluate`` scores in one process), so a text already seen is not re-encoded.
+    Small batches: ``encode`` sorts texts by length, and on CPU large batches of
+    256-token texts run slower, not faster.
     """
-    unique = list(dict.fromkeys([*predictions, *references]))
-    if not unique:
+    if not predictions:
         return []
-    vectors = _embedder().encode(unique, batch_size=16, normalize_embeddings=True, convert_to_numpy=True)
-    row = {text: i for i, text in enumerate(unique)}
-    pred = vectors[[row[text] for text in predictions]]
-    ref = vectors[[row[text] for text in references]]
+    new = [text for text in dict.fromkeys([*predictions, *references]) if text not in _VECTORS]
+    if new:
+        vectors = _embedder().encode(new, batch_size=16, normalize_embeddings=True, convert_to_numpy=True)
+        _VECTORS.update(zip(new, vectors))
+    pred = np.stack([_VECTORS[text] for text in predictions])
+    ref = np.stack([_VECTORS[text] for text in references])
     return (pred * ref).sum(axis=1).astype(float).tolist()
 
 

@@ -17,7 +17,8 @@ COLUMNS = ["id", "split", "setting", "model", "adapter", "prompt", "raw_output",
 
 def _complete_prefix(text: str, ncols: int) -> int:
     """Length of the longest prefix of ``text`` made of whole records with ``ncols`` fields."""
-    lines = text.splitlines(keepends=True)
+    # Only \n, \r\n and \r end lines for csv; str.splitlines would also split on \x1c, \x85, \u2028...
+    lines = io.StringIO(text, newline="").readlines()
     ends = [0]
     reader = csv.reader(iter(lines))
     try:

@@ -20,6 +20,8 @@ __all__ = ["Parsed", "parse_output"]
 
 @dataclass(frozen=True)
 class Parsed:
+    """What an output says: a 0-based choice (or None), the answer as written, the explanation."""
+
     answer_index: int | None  # None = unmapped
     answer_text: str  # the answer as the model wrote it
     solution: str  # the explanation
@@ -28,7 +30,7 @@ class Parsed:
 # A JSON string value: opened by " or ', closed by the same quote when the next
 # thing is a closing brace, another key or the end; a truncated output (no
 # closing quote) runs to the end of the text.
-_VALUE_END = r"""(?=\s*(?:[,]?\s*\}|,\s*["']?\w+["']?\s*:|,?\s*\Z|,?\s*```))"""
+_VALUE_END = r"""(?=\s*(?:,?\s*\}|,\s*["']?\w+["']?\s*:|,?\s*\Z|,?\s*```))"""
 _STRING = r"""(["'])(?P<text>.*?)(?:\1""" + _VALUE_END + r"""|\Z)"""
 _ANSWER_FIELD = re.compile(
     r"""["']answer["']\s*:\s*(?:"""

@@ -9,8 +9,10 @@ nodes without it can run with ``HF_HUB_OFFLINE=1``.
     # or into a folder of your choice; then pass the printed folders as --model / --dataset
     sciqa prefetch --model Qwen/Qwen2-VL-2B-Instruct --dataset derek-thomas/ScienceQA --dest /work/sciqa-prefetch
 
-Hub ids go through ``huggingface_hub.snapshot_download`` (into the cache, or ``--dest``); a local
-folder (a model or dataset already on disk, e.g. on a login node's scratch) is copied to ``--dest``.
+A hub model goes through ``huggingface_hub.snapshot_download`` (into the hub cache, or ``--dest``); a
+hub dataset through ``datasets.load_dataset`` (prepared in the datasets cache, or ``save_to_disk``
+into ``--dest``); a local folder (already on disk, e.g. a login node's scratch) is copied to ``--dest``.
+Afterwards everything is loaded once more in a fresh process with ``HF_HUB_OFFLINE=1``.
 """
 from __future__ import annotations
 
@@ -82,8 +84,9 @@ def prefetch_model(model: str, dest: Path | None = None, revision: str | None = 
 
 
 def prefetch_dataset(dataset: str, dest: Path | None = None, revision: str | None = None) -> Fetched:
-    """A hub dataset's files into the cache (or ``dest``: a parquet folder sciqa reads), or a
-    local dataset folder copied to ``dest``."""
+    """A hub dataset prepared in the ``datasets`` cache (where ``load_dataset`` finds it offline),
+    or with ``dest`` saved there with ``save_to_disk`` (a folder sciqa reads); a local dataset
+    folder is copied to ``dest``."""
     if dataset == "sample":
         raise SciqaError("dataset 'sample' ships inside the package: there is nothing to prefetch")
     if _is_local(dataset):
@@ -91,8 +94,21 @@ def prefetch_dataset(dataset: str, dest: Path | None = None, revision: str | Non
             raise SciqaError(f"dataset '{dataset}' is a local folder already; pass --dest to copy it")
         path = _copy_folder(dataset, dest / "datasets")
         return Fetched("dataset", dataset, path, str(path))
-    path = _snapshot(dataset, "dataset", dest, revision, None)
-    return Fetched("dataset", dataset, path, dataset if dest is None else str(path))
+    import datasets
+
+    try:
+        dd = datasets.load_dataset(dataset, revision=revision)
+    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, gated repo, network: one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise SciqaError(f"cannot download dataset '{dataset}': {first} (internet and, for gated repos, "
+                         "`hf auth login` are needed; HF_HUB_OFFLINE must be unset)") from None
+    if dest is None:
+        files = [f["filename"] for split in dd.values() for f in split.cache_files]
+        return Fetched("dataset", dataset, Path(files[0]).parent if files else Path(datasets.config.HF_DATASETS_CACHE),
+                       dataset)
+    target = dest / "datasets" / dataset.replace("/", "--")
+    dd.save_to_disk(str(target))
+    return Fetched("dataset", dataset, target, str(target))
 
 
 def verify_offline(fetched: list[Fetched]) -> None:
@@ -105,8 +121,8 @@ def verify_offline(fetched: list[Fetched]) -> None:
 
     items = [[f.what, f.use_as] for f in fetched]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", f"from sciqa.prefetch import check_loads; check_loads({json.dumps(items)!r})"],
-                          env=env, capture_output=True, text=True)
+    code = f"from sciqa.prefetch import check_loads; check_loads({json.dumps(items)!r})"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or ["no error output"]
         raise SciqaError(f"the prefetched files do not load offline: {lines[-1]}")

@@ -2,7 +2,7 @@
 
 Submit side (``sciqa <step> ... --slurm-gpu h100``, see :mod:`sciqa.cli_slurm`):
 :func:`submit_step` validates everything first (profile, GPU type, time, ``sbatch`` on
-PATH, the step's own config and ``sbatch --test-only``) so a mistake costs one line and
+PATH, ``sbatch --test-only``, then the step's own config) so a mistake costs one line and
 leaves no MLflow run; then it creates the run (or takes ``mlflow run``'s
 ``MLFLOW_RUN_ID``), writes and logs ``slurm/job.sbatch``, submits, tags the job id and
 ends the run SCHEDULED.  The job re-opens that run through ``MLFLOW_RUN_ID``.
@@ -39,7 +39,6 @@ JOB_DIR_ENV = "SCIQA_SLURM_DIR"  # job files and logs (default ./sciqa-slurm, on
 LOG_ENV = "SCIQA_SLURM_LOG"  # exported into the job: its log file, %j = job id
 POLL_ENV = "SCIQA_SLURM_POLL_SECONDS"
 DEFAULT_POLL = 5.0
-SLURM_OPTION_NAMES = ("slurm_gpu", "slurm_profile", "slurm_time", "slurm_gpus", "wait")
 
 
 # ---------------------------------------------------------------- job side
@@ -94,7 +93,11 @@ def stop_step(event: threading.Event, what: str, save: Callable[[], None] | None
     """Called by a step loop once ``event`` is set: save, requeue on SIGUSR1, raise StepStopped."""
     name = getattr(event, "signal", None) or "SIGTERM"
     if save is not None:
-        save()
+        try:
+            save()
+        except Exception as exc:  # noqa: BLE001 - still requeue: the local state may be enough
+            print(f"sciqa: warning: could not save before stopping: {type(exc).__name__}: {exc}",
+                  file=sys.stderr, flush=True)
     requeued = False
     if name == "SIGUSR1":
         try:
@@ -206,11 +209,12 @@ def submit(step: str, command: str, cfg, check_fn: Callable | None, *, gpu: str,
         exports = {**slurm.mlflow_exports(run_id, uri, exp_id), LOG_ENV: str(log_dir / "%j.out")}
         return slurm.build_job(prof, gpu, cmd, job_name, time_limit, log_dir, exports, os.getcwd(), gpus=gpus)
 
-    render("0" * 32, "0", "http://127.0.0.1:5000")  # time limit and signal margin, before anything slow
+    draft = render("0" * 32, "0", "http://127.0.0.1:5000")  # time limit, signal margin
     if shutil.which("sbatch") is None:
         raise SciqaError("sbatch not found on PATH: submitting needs the Slurm client tools (run on the "
                          "cluster's login node, or drop --slurm-gpu to run here)")
-    if check_fn is not None:
+    _test_only(draft)  # the cluster's word on partition, GRES and time (milliseconds)
+    if check_fn is not None:  # the step's own inputs (may import torch: seconds)
         check_fn(cfg)
 
     from sciqa import tracking
@@ -218,7 +222,7 @@ def submit(step: str, command: str, cfg, check_fn: Callable | None, *, gpu: str,
     uri = shared_tracking_uri(tracking.setup())
     import mlflow
 
-    _test_only(render("0" * 32, "0", uri))  # the cluster's word, before a run exists
+    render("0" * 32, "0", uri)  # a tracking URI with credentials in it is refused here
 
     attach = os.environ.get("MLFLOW_RUN_ID")  # `mlflow run` made the run: use it, make no second one
     short = model.split("/")[-1] or step
@@ -226,9 +230,10 @@ def submit(step: str, command: str, cfg, check_fn: Callable | None, *, gpu: str,
     run_id = run.info.run_id
     try:
         script = render(run_id, run.info.experiment_id, uri)
-        mlflow.set_tags({"sciqa.step": step, "sciqa.model": model, "sciqa.slurm_gpu": gpu,
-                         "sciqa.slurm_gpus": str(gpus), "sciqa.slurm_partition": spec.partition,
-                         "sciqa.slurm_profile": prof.name, "sciqa.slurm_status": "PENDING"})
+        mlflow.set_tags({"sciqa.step": step, **({"sciqa.model": model} if model else {}),
+                         "sciqa.slurm_gpu": gpu, "sciqa.slurm_gpus": str(gpus),
+                         "sciqa.slurm_partition": spec.partition, "sciqa.slurm_profile": prof.name,
+                         "sciqa.slurm_status": "PENDING"})
         job_file = base / f"{run_id}.sbatch"
         job_file.parent.mkdir(parents=True, exist_ok=True)
         job_file.write_text(script)
@@ -280,9 +285,9 @@ def wait_for(sub: Submitted) -> int:
         log = Path(str(sub.log_file).replace("%j", str(sub.job_id)))
         if log.is_file():
             _log_as(client, sub.run_id, log, "slurm", "job.log")
+        status = "KILLED" if state in ("CANCELLED", "PREEMPTED", "DEADLINE") else "FAILED"
         client.set_tag(sub.run_id, "sciqa.slurm_status", state)
-        client.set_terminated(sub.run_id, "FAILED")
-        status = "FAILED"
+        client.set_terminated(sub.run_id, status)
     print(f"slurm job {sub.job_id}: {state}\nmlflow run {sub.run_id}: {status}")
     return 0 if state == "COMPLETED" and status == "FINISHED" else 1
 

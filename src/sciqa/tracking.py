@@ -108,8 +108,11 @@ def _log_params(run_id: str, params: dict[str, str]) -> None:
 
 @contextmanager
 def step_run(step: str, params: dict, tags: dict[str, str], run_name: str, force: bool = False,
-             parent_run_id: str | None = None) -> Iterator[StepRun]:
-    """Start, resume, attach to or reuse the step's run; end it FINISHED, FAILED or KILLED."""
+             parent_run_id: str | None = None, settings: dict | None = None) -> Iterator[StepRun]:
+    """Start, resume, attach to or reuse the step's run; end it FINISHED, FAILED or KILLED.
+
+    ``params`` define the result (the cache key); ``settings`` say how it was computed (batch size,
+    concurrency...): logged as params too, but a change of them resumes instead of starting over."""
     import mlflow
 
     key = step_key(step, params)
@@ -128,7 +131,7 @@ def step_run(step: str, params: dict, tags: dict[str, str], run_name: str, force
         run = mlflow.start_run(run_name=run_name, nested=parent_run_id is not None,
                                parent_run_id=parent_run_id)
     mlflow.set_tags({**tags, "sciqa.step": step, "sciqa.key": key, "sciqa.code_version": code_version()})
-    _log_params(run.info.run_id, public(params))
+    _log_params(run.info.run_id, public({**(settings or {}), **params}))
     in_job = bool(os.environ.get("SLURM_JOB_ID"))
     if in_job:
         _slurm_job_start()

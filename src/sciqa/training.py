@@ -201,9 +201,10 @@ def train(adapted, lm, base_model: str, train_set: list[Example], val_set: list[
                 bar.close()
                 raise Preempted(getattr(stop, "signal", None) or "signal", path)
             window_start = i - i % cfg.grad_accum
-            window = mbs[window_start: window_start + cfg.grad_accum]
-            collated = [collate(lm, mb, cfg.max_length) for mb in window]  # cheap at tiny sizes; exact token-mean
-            n_window = sum(int((c["labels"][:, 1:] != -100).sum()) for c in collated)
+            if i == window_start or i == first:  # collate the accumulation window once: exact token-mean
+                window = mbs[window_start: window_start + cfg.grad_accum]
+                collated = [collate(lm, mb, cfg.max_length) for mb in window]
+                n_window = sum(int((c["labels"][:, 1:] != -100).sum()) for c in collated)
             if n_window == 0:
                 raise SciqaError(f"no target token left in a batch: max_length {cfg.max_length} is shorter than "
                                  "the prompts; raise --max-length (0 = no limit)")

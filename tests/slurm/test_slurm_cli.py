@@ -57,4 +57,4 @@ def test_local_tracking_store_is_made_absolute_and_warned(tmp_path, monkeypatch,
 
 def test_slurm_options_without_a_gpu_type_are_refused():
     res = CliRunner().invoke(main, ["benchmark", "--wait"])
-    assert res.exit_code == 2 and "--wait only apply to a Slurm job" in res.output
+    assert res.exit_code == 2 and "--wait: only for a Slurm job" in res.output

@@ -64,7 +64,7 @@ def one_error_line(proc) -> str:
     (["--slurm-gpu", "h100", "--slurm-gpus", "5"], r"5 h100 GPUs do not fit one node.*accepted: 1-4"),
     (["--slurm-gpu", "h100", "--slurm-time", "2-00:00:00"], r"exceeds the 1-00:00:00 limit"),
     (["--slurm-gpu", "h100", "--setting", "XYZ"], r"setting"),  # the step's own check, before anything
-    (["--slurm-time", "00:10:00"], r"--slurm-time only apply to a Slurm job"),
+    (["--slurm-time", "00:10:00"], r"--slurm-time: only for a Slurm job"),
 ])
 def test_bad_input_is_one_line_and_leaves_no_run(slurm_env, tmp_path, args, expected):
     proc = run_cli("benchmark", *TINY, "--limit", "2", *args, cwd=tmp_path, check=False)
@@ -126,8 +126,9 @@ def ids_of(stdout: str) -> tuple[str, int]:
 
 def test_benchmark_job_end_to_end(slurm_env, tmp_path):
     t0 = time.monotonic()
+    secret = "hf_do_not_write_me_anywhere"
     proc = run_cli("benchmark", *TINY, "--limit", "4", "--slurm-gpu", "h100", "--slurm-profile", "local",
-                   "--wait", cwd=tmp_path, timeout=240)
+                   "--wait", cwd=tmp_path, timeout=240, env={"HF_TOKEN": secret})
     run_id, job_id = ids_of(proc.stdout)
     assert f"slurm job {job_id}: COMPLETED" in proc.stdout and f"mlflow run {run_id}: FINISHED" in proc.stdout
 
@@ -145,13 +146,30 @@ def test_benchmark_job_end_to_end(slurm_env, tmp_path):
 
     sbatch = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="slurm/job.sbatch")).read_text()
     assert f"export MLFLOW_RUN_ID={run_id}" in sbatch and "--requeue" in sbatch
-    assert "--slurm" not in sbatch and "TOKEN" not in sbatch
+    assert "--slurm" not in sbatch and "TOKEN" not in sbatch and secret not in sbatch
+    assert "benchmark --model tiny-qwen2-vl" in sbatch and "--limit 4" in sbatch
     log = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="slurm/job.log")).read_text()
     assert f"job {job_id} start (restart 0)" in log
 
     status = run_cli("slurm", "status", run_id, cwd=tmp_path).stdout
     assert f"run {run_id}: FINISHED" in status and f"slurm job {job_id}: COMPLETED, restarts 0" in status
     print(f"end to end: {time.monotonic() - t0:.1f} s")
+
+
+def test_job_that_dies_before_attaching_fails_the_run_with_its_log(slurm_env, tmp_path):
+    """--wait on a job whose interpreter is missing: exit 1, the run FAILED with slurm/job.log."""
+    text = Path(slurm.load_profile("local").path).read_text().replace('python = "{python}"',
+                                                                      'python = "/nonexistent/python"')
+    profile = tmp_path / "broken.toml"
+    profile.write_text(text)
+    proc = run_cli("benchmark", *TINY, "--limit", "2", "--slurm-gpu", "h100", "--slurm-profile", str(profile),
+                   "--wait", cwd=tmp_path, check=False)
+    run_id, job_id = ids_of(proc.stdout)
+    assert proc.returncode == 1, proc.stderr
+    assert f"slurm job {job_id}: FAILED" in proc.stdout and f"mlflow run {run_id}: FAILED" in proc.stdout
+    [run] = all_runs(slurm_env)
+    assert run.info.status == "FAILED" and run.data.tags["sciqa.slurm_status"] == "FAILED"
+    assert {"slurm/job.sbatch", "slurm/job.log"} <= artifacts(run_id)
 
 
 def csv_rows(workdir: Path) -> int:

@@ -122,9 +122,9 @@ class VLLMBackend(Backend):
         if self.processor is None:
             from sciqa.backends.openai import image_data_url
 
-            return [[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_data_url(p.image())}},
-                                                  {"type": "text", "text": text}]}]
-                    for p, text in zip(problems, prompts)]
+            return [[{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": image_data_url(p.image())}},
+                {"type": "text", "text": text}]}] for p, text in zip(problems, prompts)]
         return [{"prompt": self.family.render_prompt(self.processor, text), "multi_modal_data": {"image": p.image()}}
                 for p, text in zip(problems, prompts)]
 

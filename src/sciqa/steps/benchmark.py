@@ -52,9 +52,14 @@ class BenchmarkConfig:
         "help": "vllm backend: GiB of weights offloaded to CPU (may be a no-op on vLLM V1)"})
 
 
+# How the work is carried out, not what it produces: changing one must resume, not start over.
+OPERATIONAL = ("workdir", "force", "batch_size", "concurrency", "timeout", "max_retries", "prompt_cost_per_1k",
+               "completion_cost_per_1k", "gpu_memory_utilization", "cpu_offload_gb", "api_key_env")
+
+
 def identity(cfg: BenchmarkConfig) -> dict:
-    """The parameters that define the outputs (not where they are kept, nor force)."""
-    return {k: v for k, v in vars(cfg).items() if k not in ("workdir", "force")}
+    """The parameters that define the outputs: what the cache key and resume compare."""
+    return {k: v for k, v in vars(cfg).items() if k not in OPERATIONAL}
 
 
 def check_dtype(dtype: str) -> None:
@@ -88,7 +93,8 @@ def benchmark(cfg: BenchmarkConfig, parent_run_id: str | None = None) -> StepRun
     tags = {"sciqa.model": cfg.model, "sciqa.teacher": "false", "sciqa.split": problems[0].split,
             "sciqa.setting": cfg.setting, "sciqa.backend": cfg.backend}
     name = f"benchmark-{cfg.model.split('/')[-1]}-{problems[0].split}-{cfg.setting}"
-    with step_run("benchmark", identity(cfg), tags, name, cfg.force, parent_run_id) as run:
+    settings = {k: v for k, v in vars(cfg).items() if k in OPERATIONAL and k != "force"}
+    with step_run("benchmark", identity(cfg), tags, name, cfg.force, parent_run_id, settings) as run:
         if run.reused:
             print(f"benchmark: reusing finished run {run.run_id}")
             return run

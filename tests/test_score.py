@@ -1,0 +1,50 @@
+"""Scoring with an adapter: differs from the base model, benchmark-shaped CSV, tags, resume, bad input."""
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from conftest import run_cli
+from sciqa import tracking
+from sciqa.outputs import read_outputs
+from sciqa.steps.benchmark import BenchmarkConfig, benchmark
+from sciqa.steps.score import ScoreConfig, score
+from sciqa.steps.train import TrainConfig, train
+
+
+@pytest.fixture
+def trained(experiment, tmp_path):
+    tracking.setup()
+    run = train(TrainConfig(variant="pkv", limit=4, val_limit=2, epochs=1, prefix_len=4, batch_size=2,
+                            max_length=400, lr=5e-2, workdir=str(tmp_path / "train")))
+    return run.run_id
+
+
+def test_score_with_adapter_differs_from_base(trained, experiment, tmp_path):
+    common = dict(split="validation", setting="QTCH", limit=3, batch_size=3, max_new_tokens=12,
+                  workdir=str(tmp_path / "out"))
+    s = score(ScoreConfig(adapter_run=trained, **common))
+    b = benchmark(BenchmarkConfig(model="tiny-qwen2-vl", **common))
+    r = mlflow.get_run(s.run_id)
+    assert r.data.tags["sciqa.step"] == "score" and r.data.tags["sciqa.adapter_run"] == trained
+    assert r.data.tags["sciqa.variant"] == "pkv" and r.data.metrics["rows"] == 3
+    ours = read_outputs(tmp_path / "out" / s.key / "validation_QTCH.csv")
+    base = read_outputs(tmp_path / "out" / b.key / "validation_QTCH.csv")
+    assert list(ours["id"]) == list(base["id"]) and set(ours["adapter"]) == {trained}
+    assert list(ours["raw_output"]) != list(base["raw_output"])
+    # same parameters again: the finished run is reused, nothing regenerated
+    assert score(ScoreConfig(adapter_run=trained, **common)).reused
+    # the same adapter from its folder gives the same answers
+    folder = tmp_path / "out" / "adapters" / trained / "adapter"
+    again = score(ScoreConfig(adapter_dir=str(folder), **common))
+    assert list(read_outputs(tmp_path / "out" / again.key / "validation_QTCH.csv")["raw_output"]) == list(ours["raw_output"])
+
+
+def test_score_adapter_of_another_base_model_is_refused(trained, experiment, tmp_path):
+    before = len(mlflow.search_runs([experiment], output_format="list"))
+    proc = run_cli("score", "--adapter-run", trained, "--model", "tiny-llava", "--workdir", str(tmp_path),
+                   cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("sciqa: error")]
+    assert len(errors) == 1 and "trained on 'tiny-qwen2-vl', not 'tiny-llava'" in errors[0]
+    assert len(mlflow.search_runs([experiment], output_format="list")) == before
