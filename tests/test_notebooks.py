@@ -34,22 +34,20 @@ def kernel_path(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def shared(mlflow_server, tmp_path_factory) -> tuple[str, Path]:
+def shared(mlflow_server, tmp_path_factory) -> tuple[str, str, Path]:
     """One experiment and one working folder for all three notebooks."""
     mlflow.set_tracking_uri(mlflow_server)
     name = f"notebooks-{time.time_ns()}"
-    mlflow.create_experiment(name)
-    return name, tmp_path_factory.mktemp("notebooks-cwd")
+    return name, mlflow.create_experiment(name), tmp_path_factory.mktemp("notebooks-cwd")
 
 
 @pytest.fixture
 def run_notebook(shared, kernel_path, monkeypatch):
-    name, cwd = shared
+    name, _, cwd = shared
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", name)
     monkeypatch.setenv("JUPYTER_PATH", str(kernel_path))
     for key, value in TINY.items():
         monkeypatch.setenv(key, value)
-    mlflow.set_experiment(name)
 
     def run(notebook: str):
         nb = nbformat.read(NOTEBOOKS / notebook, as_version=4)
@@ -77,8 +75,8 @@ def _images(cell) -> int:
     return sum("image/png" in out.get("data", {}) for out in cell.get("outputs", []))
 
 
-def _runs(filter_string: str):
-    return mlflow.search_runs(filter_string=filter_string, output_format="list")
+def _runs(shared, filter_string: str):
+    return mlflow.search_runs([shared[1]], filter_string=filter_string, output_format="list")
 
 
 def test_notebooks_are_stored_without_outputs():
@@ -104,10 +102,10 @@ def test_kd_vs_golden(run_notebook):
 
 
 @pytest.mark.timeout(900)
-def test_benchmark_models(run_notebook):
+def test_benchmark_models(run_notebook, shared):
     nb, _ = run_notebook("benchmark_models.ipynb")
     assert "benchmark runs: 4" in _text(_cell(nb, "benchmarks"))
-    runs = _runs("tags.`sciqa.step` = 'benchmark' and tags.`sciqa.split` = 'validation'")
+    runs = _runs(shared, "tags.`sciqa.step` = 'benchmark' and tags.`sciqa.split` = 'validation'")
     assert sorted((r.data.params["model"], r.data.params["setting"]) for r in runs) == [
         ("tiny-llava", "QTCH"), ("tiny-llava", "QTCHS"), ("tiny-qwen2-vl", "QTCH"), ("tiny-qwen2-vl", "QTCHS")]
     assert all("acc" in r.data.metrics and "overall" in r.data.metrics for r in runs)  # evaluated
@@ -115,7 +113,7 @@ def test_benchmark_models(run_notebook):
 
 
 @pytest.mark.timeout(900)
-def test_lora_walkthrough(run_notebook):
+def test_lora_walkthrough(run_notebook, shared):
     nb, _ = run_notebook("lora_walkthrough.ipynb")
     train_id = re.search(r"train run: (\w+)", _text(_cell(nb, "train"))).group(1)
     train = mlflow.get_run(train_id)
@@ -127,6 +125,6 @@ def test_lora_walkthrough(run_notebook):
     assert _images(_cell(nb, "loss-curve")) == 1 and _images(_cell(nb, "compare")) == 1
     assert "lora - base" in _text(_cell(nb, "compare"))
     # one base benchmark per (model, split, setting, sizes): reused, not redone
-    base = _runs("tags.`sciqa.step` = 'benchmark' and tags.`sciqa.model` = 'tiny-qwen2-vl' "
+    base = _runs(shared, "tags.`sciqa.step` = 'benchmark' and tags.`sciqa.model` = 'tiny-qwen2-vl' "
                  "and tags.`sciqa.split` = 'validation' and tags.`sciqa.setting` = 'QTCH'")
     assert len(base) == 1

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import threading
 from pathlib import Path
 
@@ -169,8 +168,9 @@ def _fake_benchmark(tmp_path: Path, split: str = "train", model: str = "tiny-lla
 
 def test_default_teacher_is_newest_train_benchmark(experiment, tmp_path):
     tracking.setup()
-    _fake_benchmark(tmp_path / "old") if (tmp_path / "old").mkdir() is None else None
-    (tmp_path / "new").mkdir()
+    for sub in ("old", "new"):
+        (tmp_path / sub).mkdir()
+    _fake_benchmark(tmp_path / "old")
     newest = _fake_benchmark(tmp_path / "new")
     run = train(TrainConfig(variant="lora", teacher=True, workdir=str(tmp_path), **dict(FAST, epochs=1)),
                 step="train_lora")
@@ -212,3 +212,19 @@ def test_bad_input_is_one_line_exit_2_and_no_run(case, experiment, tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("sciqa: error")]
     assert len(lines) == 1 and want in lines[0], proc.stderr[-2000:]
     assert {r.info.run_id for r in mlflow.search_runs([experiment], output_format="list")} == before
+
+
+def test_slurm_checks_have_no_side_effects(experiment, tmp_path):
+    """The submit-time checks find the same errors and start no run, write no file."""
+    from sciqa.errors import SciqaError
+    from sciqa.steps.train import check_lora, check_prefix
+
+    tracking.setup()
+    bad = tmp_path / "t.csv"
+    bad.write_text("index,input,answer\n1,q,a\n")
+    with pytest.raises(SciqaError, match="lacks columns"):
+        check_prefix(TrainConfig(teacher=True, teacher_csv=str(bad), workdir=str(tmp_path / "w")))
+    with pytest.raises(SciqaError, match="gradient checkpointing"):
+        check_prefix(TrainConfig(gradient_checkpointing=True, workdir=str(tmp_path / "w")))
+    check_lora(TrainConfig(gradient_checkpointing=True, workdir=str(tmp_path / "w")))  # fine for LoRA
+    assert _no_runs(experiment) and not (tmp_path / "w").exists()

@@ -116,7 +116,7 @@ def _run_training(step: str, kwargs: dict) -> None:
 
 
 @main.command("train-prefix")
-@slurm_options("train_prefix", _train_config(), None)  # TODO(train): a side-effect-free check(cfg)
+@slurm_options("train_prefix", _train_config(), "sciqa.steps.train:check_prefix")
 @config_options(_train_config())
 def train_prefix(**kwargs) -> None:
     """Train a prefix adapter (--variant pkv or peft) on golden or teacher (KD) targets."""
@@ -126,7 +126,7 @@ def train_prefix(**kwargs) -> None:
 
 
 @main.command("train-lora")
-@slurm_options("train_lora", _train_config(), None)  # TODO(train): a side-effect-free check(cfg)
+@slurm_options("train_lora", _train_config(), "sciqa.steps.train:check_lora")
 @config_options(_train_config())
 def train_lora(**kwargs) -> None:
     """Train a LoRA adapter on golden or teacher (KD) targets (--variant is always lora)."""
@@ -140,7 +140,7 @@ def _score_config():
 
 
 @main.command("score")
-@slurm_options("score", _score_config(), None)  # TODO(score): a side-effect-free check(cfg)
+@slurm_options("score", _score_config(), "sciqa.steps.score:check")
 @config_options(_score_config())
 def score_cmd(**kwargs) -> None:
     """Generate for a split with the base model plus a trained adapter (same CSV as benchmark)."""

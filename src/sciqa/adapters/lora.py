@@ -37,9 +37,7 @@ class Lora(AdaptedLM):
         return {n: p for n, p in self.peft.named_parameters() if p.requires_grad}
 
     def load_trainable_state(self, state):
-        import torch as _t
-
         params = dict(self.peft.named_parameters())
-        with _t.no_grad():
+        with torch.no_grad():
             for name, value in state.items():
                 params[name].copy_(value.to(params[name].device, params[name].dtype))

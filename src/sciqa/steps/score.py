@@ -37,8 +37,11 @@ class ScoreConfig:
     force: bool = field(default=False, metadata={"help": "recompute even if a finished run matches"})
 
 
+OPERATIONAL = ("workdir", "force", "batch_size")  # as benchmark: how outputs are made, not which
+
+
 def identity(cfg: ScoreConfig) -> dict:
-    return {k: v for k, v in vars(cfg).items() if k not in ("workdir", "force")}
+    return {k: v for k, v in vars(cfg).items() if k not in OPERATIONAL}
 
 
 def fetch_adapter(run_id: str, workdir: Path) -> tuple[Path, dict]:
@@ -57,6 +60,37 @@ def fetch_adapter(run_id: str, workdir: Path) -> tuple[Path, dict]:
             raise SciqaError(f"run '{run_id}' has no adapter/ artifact (is it a finished train-prefix or "
                              "train-lora run?)") from None
     return dest / "adapter", run.data.tags
+
+
+def check(cfg: ScoreConfig) -> None:
+    """Every input error, with no side effects (no run, no files): for Slurm submission."""
+    import json
+
+    import mlflow
+
+    from sciqa import models
+    from sciqa.adapters import check_variant, read_adapter_config
+    from sciqa.data import load_problems
+    from sciqa.prompts import check_setting
+
+    if bool(cfg.adapter_run) == bool(cfg.adapter_dir):
+        raise SciqaError("give exactly one of --adapter-run or --adapter-dir")
+    if cfg.adapter_run:
+        try:
+            acfg = json.loads(mlflow.artifacts.load_text(f"runs:/{cfg.adapter_run}/adapter/adapter_config.json"))
+        except Exception:  # noqa: BLE001
+            raise SciqaError(f"run '{cfg.adapter_run}' has no adapter/ artifact (is it a finished train-prefix "
+                             "or train-lora run?)") from None
+    else:
+        acfg = read_adapter_config(cfg.adapter_dir)
+    if cfg.model and cfg.model != acfg["base_model"]:
+        raise SciqaError(f"the adapter was trained on '{acfg['base_model']}', not '{cfg.model}'; drop --model "
+                         f"or pass --model {acfg['base_model']}")
+    check_variant(acfg["variant"], models.resolve(acfg["base_model"])[1])
+    if cfg.setting:
+        check_setting(cfg.setting)
+    if not load_problems(cfg.dataset, cfg.split, cfg.keep_all, cfg.limit or None):
+        raise SciqaError(f"no problems in split '{cfg.split}' of '{cfg.dataset}' after filtering")
 
 
 def score(cfg: ScoreConfig, parent_run_id: str | None = None) -> StepRun:
@@ -98,7 +132,8 @@ def score(cfg: ScoreConfig, parent_run_id: str | None = None) -> StepRun:
             "sciqa.setting": setting, "sciqa.backend": "hf", "sciqa.adapter_run": cfg.adapter_run,
             "sciqa.teacher": tags_of_run.get("sciqa.teacher", "")}
     name = f"score-{acfg['variant']}-{base.split('/')[-1]}-{problems[0].split}-{setting}"
-    with step_run("score", params, tags, name, cfg.force, parent_run_id) as run:
+    settings = {k: getattr(cfg, k) for k in OPERATIONAL if k != "force"}
+    with step_run("score", params, tags, name, cfg.force, parent_run_id, settings) as run:
         if run.reused:
             print(f"score: reusing finished run {run.run_id}")
             return run

@@ -29,6 +29,9 @@ class TrainConfig:
     teacher_csv: str = field(default="", metadata={"help": "teacher CSV: ours, or index,input,answer,explanation"})
     teacher_model: str = field(default="tiny-llava", metadata={"help": "teacher when no run/CSV is given: newest "
                                                                         "train benchmark of it (run if missing)"})
+    teacher_answer_mode: str = field(default="choice", metadata={"help": "when the teacher must be benchmarked "
+                                                                         "first: free or choice (likeliest choice, "
+                                                                         "then explain)"})
     epochs: int = field(default=3, metadata={"help": "training epochs"})
     lr: float = field(default=5e-3, metadata={"help": "peak learning rate (AdamW, linear decay)"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "fraction of steps of linear warm-up"})
@@ -52,14 +55,18 @@ class TrainConfig:
     force: bool = field(default=False, metadata={"help": "retrain even if a finished run matches"})
 
 
+OPERATIONAL = ("workdir", "force", "log_every")  # how a run is done, not what it computes
+
+
 def identity(cfg: TrainConfig) -> dict:
-    ignore = {"workdir", "force"}
+    """The parameters that define the adapter: what the cache key and resume compare."""
+    ignore = set(OPERATIONAL)
     if cfg.variant == "lora":
         ignore |= {"prefix_len", "prefix_projection"}
     else:
         ignore |= {"lora_r", "lora_alpha", "lora_targets"}
     if not cfg.teacher:
-        ignore |= {"teacher_run", "teacher_csv", "teacher_model"}
+        ignore |= {"teacher_run", "teacher_csv", "teacher_model", "teacher_answer_mode"}
     return {k: v for k, v in vars(cfg).items() if k not in ignore}
 
 
@@ -69,7 +76,22 @@ def adapter_options(cfg: TrainConfig) -> dict:
     return {"prefix_len": cfg.prefix_len, "prefix_projection": cfg.prefix_projection}
 
 
-def _validate(cfg: TrainConfig, step: str):
+def check(cfg: TrainConfig, step: str | None = None) -> None:
+    """Every input error, with no side effects (no run, no download): for Slurm submission."""
+    _validate(cfg, step or ("train_lora" if cfg.variant == "lora" else "train_prefix"), fetch=False)
+
+
+def check_prefix(cfg: TrainConfig) -> None:
+    check(cfg, "train_prefix")
+
+
+def check_lora(cfg: TrainConfig) -> None:
+    from dataclasses import replace
+
+    check(replace(cfg, variant="lora"), "train_lora")
+
+
+def _validate(cfg: TrainConfig, step: str, fetch: bool = True):
     """Everything a user can get wrong, before any run starts; returns what the run needs."""
     from sciqa import models, teacher as teach
     from sciqa.adapters import check_variant
@@ -97,7 +119,7 @@ def _validate(cfg: TrainConfig, step: str):
         raise SciqaError("--teacher-run/--teacher-csv need --teacher true")
     _, fam = models.resolve(cfg.model)
     check_variant(cfg.variant, fam)
-    workdir = check_workdir(cfg.workdir)
+    workdir = check_workdir(cfg.workdir) if fetch else Path(cfg.workdir)
     all_train = load_problems(cfg.dataset, "train", keep_all=True)
     train = load_problems(cfg.dataset, "train", False, cfg.limit or None)
     val = load_problems(cfg.dataset, "validation", False, cfg.val_limit or None)
@@ -108,11 +130,17 @@ def _validate(cfg: TrainConfig, step: str):
         if cfg.teacher_csv:
             source = ("csv", teach.from_csv(cfg.teacher_csv, all_train))
         elif cfg.teacher_run:
-            source = ("run", cfg.teacher_run, teach.from_run(cfg.teacher_run, cfg.setting, all_train, workdir))
+            teach.run_train_csv(cfg.teacher_run, cfg.setting)
+            source = ("run", cfg.teacher_run, teach.from_run(cfg.teacher_run, cfg.setting, all_train, workdir)
+                      if fetch else None)
         else:
             models.resolve(cfg.teacher_model)
             found = teach.latest_teacher_run(cfg.teacher_model)
-            source = ("run", found, teach.from_run(found, cfg.setting, all_train, workdir)) if found else ("bench",)
+            source = ("run", found, teach.from_run(found, cfg.setting, all_train, workdir)
+                      if fetch else None) if found else ("bench",)
+    if fetch and source and source[0] in ("csv", "run"):  # a teacher with no usable row: before any run
+        by_id, skipped = source[-1]
+        teach.finish(by_id, skipped, train, source[0])
     return workdir, all_train, train, val, source
 
 
@@ -131,6 +159,7 @@ def _targets(cfg: TrainConfig, source, all_train, train, workdir: Path, run: Ste
               "benchmarking it now (nested run)")
         bench = benchmark(BenchmarkConfig(model=cfg.teacher_model, dataset=cfg.dataset, split="train",
                                           setting=cfg.setting, limit=cfg.limit, dtype=cfg.dtype, device=cfg.device,
+                                          answer_mode=cfg.teacher_answer_mode,
                                           workdir=str(workdir)), parent_run_id=run.run_id)
         source = ("run", bench.run_id, teach.from_run(bench.run_id, cfg.setting, all_train, workdir))
     by_id, skipped = source[2]
@@ -182,7 +211,8 @@ def train(cfg: TrainConfig, step: str = "train_prefix", parent_run_id: str | Non
         tags["sciqa.teacher_run"] = source[1]
     kind = "kd" if cfg.teacher else "golden"
     name = f"{step}-{cfg.variant}-{kind}-{cfg.model.split('/')[-1]}"
-    with step_run(step, identity(cfg), tags, name, cfg.force, parent_run_id) as run:
+    settings = {k: getattr(cfg, k) for k in OPERATIONAL if k != "force"}
+    with step_run(step, identity(cfg), tags, name, cfg.force, parent_run_id, settings) as run:
         if run.reused:
             print(f"{step}: reusing finished run {run.run_id}")
             return run
