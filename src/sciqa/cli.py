@@ -88,7 +88,8 @@ def main_cmd(**kwargs) -> None:
 
     uri = tracking.setup()
     run_id = run_main(MainConfig(**kwargs))
-    click.echo(f"main run: {run_id}\nlook at it: mlflow ui --backend-store-uri {uri}")
+    where = f"open {uri}" if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
+    click.echo(f"main run: {run_id}\nlook at it: {where}")
 
 
 def _train_config():

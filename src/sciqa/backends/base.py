@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from sciqa.data.problems import Problem
 
 
+# free: the study's free generation; choice: the likeliest choice, then the explanation (hf backend)
+ANSWER_MODES = ("free", "choice")
+
+
 @dataclass(frozen=True)
 class Generation:
     """One model answer: the text (cut at the end of the turn) and why generation stopped."""

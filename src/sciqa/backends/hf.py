@@ -17,9 +17,6 @@ from sciqa.data.problems import Problem
 from sciqa.models.base import LoadedModel
 
 
-ANSWER_MODES = ("free", "choice")
-
-
 def answer_prefix(choice: str) -> str:
     """The start of the JSON answer, with the choice filled in, up to where the solution begins."""
     return '{"answer": ' + json.dumps(choice, ensure_ascii=False) + ', "solution": "'

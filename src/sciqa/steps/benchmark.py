@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sciqa.backends import backend_class
+from sciqa.backends.base import ANSWER_MODES
 from sciqa.data import Problem, load_problems
 from sciqa.errors import SciqaError
 from sciqa.prompts import check_setting
@@ -74,7 +75,7 @@ def check(cfg: BenchmarkConfig) -> list[Problem]:
     check_setting(cfg.setting)
     check_dtype(cfg.dtype)
     backend_cls = backend_class(cfg.backend)
-    if cfg.answer_mode not in ("free", "choice") or (cfg.answer_mode == "choice" and cfg.backend != "hf"):
+    if cfg.answer_mode not in ANSWER_MODES or (cfg.answer_mode == "choice" and cfg.backend != "hf"):
         raise SciqaError(f"unknown answer mode '{cfg.answer_mode}' for backend '{cfg.backend}'; accepted: free, "
                          "choice (hf backend only)")
     check_workdir(cfg.workdir)

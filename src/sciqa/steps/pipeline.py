@@ -39,6 +39,8 @@ class MainConfig:
     prefix_len: int = field(default=50, metadata={"help": "virtual tokens of prefix adapters"})
     batch_size: int = field(default=16, metadata={"help": "prompts per generate() call"})
     max_new_tokens: int = field(default=48, metadata={"help": "generation budget per answer"})
+    answer_mode: str = field(default="choice", metadata={"help": "base and adapters on eval_split: choice "
+                             "(likeliest choice, then explain; tiny models need it) or free (the study's)"})
     limit: int = field(default=0, metadata={"help": "first N train problems (0 = all)"})
     eval_limit: int = field(default=0, metadata={"help": "first N evaluation problems (0 = all)"})
     seed: int = field(default=0, metadata={"help": "training seed"})
@@ -78,7 +80,8 @@ def main(cfg: MainConfig) -> str:
                max_new_tokens=cfg.max_new_tokens, workdir=cfg.workdir, force=cfg.force)
     teacher_bench = BenchmarkConfig(model=cfg.teacher_model, split="train", limit=cfg.limit,
                                     answer_mode=cfg.teacher_answer_mode, **gen)
-    base_bench = BenchmarkConfig(model=cfg.model, split=cfg.eval_split, limit=cfg.eval_limit, **gen)
+    base_bench = BenchmarkConfig(model=cfg.model, split=cfg.eval_split, limit=cfg.eval_limit,
+                                 answer_mode=cfg.answer_mode, **gen)
     check_benchmark(base_bench)
     if not (cfg.teacher_run or cfg.teacher_csv):
         check_benchmark(teacher_bench)
@@ -107,7 +110,7 @@ def main(cfg: MainConfig) -> str:
         for (variant, kd), train_id in trained.items():
             scfg = ScoreConfig(adapter_run=train_id, dataset=cfg.dataset, split=cfg.eval_split,
                                setting=cfg.setting, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
-                               limit=cfg.eval_limit, workdir=cfg.workdir, force=cfg.force)
+                               answer_mode=cfg.answer_mode, limit=cfg.eval_limit, workdir=cfg.workdir, force=cfg.force)
             scored[(variant, kd)] = _child(pid, f"score {variant} {'kd' if kd else 'golden'}", score, scfg).run_id
             _child(pid, "evaluate score", lambda r, parent_run_id: evaluate_run(r), scored[(variant, kd)])
         table = compare(base, trained, scored, teacher_run)

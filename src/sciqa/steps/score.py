@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
+from sciqa.backends.base import ANSWER_MODES
 from sciqa.errors import SciqaError
 from sciqa.tracking import StepRun, step_run
 
@@ -29,6 +30,8 @@ class ScoreConfig:
     setting: str = field(default="", metadata={"help": "prompt setting (default: the training run's, else QTCH)"})
     batch_size: int = field(default=8, metadata={"help": "prompts per generate() call"})
     max_new_tokens: int = field(default=256, metadata={"help": "generation budget per answer"})
+    answer_mode: str = field(default="free", metadata={"help": "free (the study's) or choice: pick the likeliest "
+                                                               "choice, then explain"})
     limit: int = field(default=0, metadata={"help": "first N problems only (0 = all)"})
     keep_all: bool = field(default=False, metadata={"help": "keep problems without lecture or solution"})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16 or float16"})
@@ -124,8 +127,10 @@ def score(cfg: ScoreConfig, parent_run_id: str | None = None) -> StepRun:
     problems = load_problems(cfg.dataset, cfg.split, cfg.keep_all, cfg.limit or None)
     if not problems:
         raise SciqaError(f"no problems in split '{cfg.split}' of '{cfg.dataset}' after filtering")
+    if cfg.answer_mode not in ANSWER_MODES:
+        raise SciqaError(f"unknown answer mode '{cfg.answer_mode}'; accepted: {', '.join(ANSWER_MODES)}")
     gen_cfg = SimpleNamespace(model=base, revision="", dtype=cfg.dtype, device=cfg.device,
-                              max_new_tokens=cfg.max_new_tokens)
+                              max_new_tokens=cfg.max_new_tokens, answer_mode=cfg.answer_mode)
     adapter_ref = cfg.adapter_run or str(folder)
     params = {**identity(cfg), "model": base, "setting": setting}
     tags = {"sciqa.model": base, "sciqa.variant": acfg["variant"], "sciqa.split": problems[0].split,
