@@ -33,7 +33,7 @@ class MainConfig:
     setting: str = field(default="QTCH", metadata={"help": "prompt setting for teacher, training and scoring"})
     eval_split: str = field(default="validation", metadata={"help": "split the adapters are scored on"})
     variants: str = field(default="pkv,peft", metadata={"help": "comma-separated: pkv, peft, lora"})
-    epochs: int = field(default=2, metadata={"help": "training epochs per adapter"})
+    epochs: int = field(default=3, metadata={"help": "training epochs per adapter"})
     lr: float = field(default=5e-3, metadata={"help": "peak learning rate"})
     train_batch_size: int = field(default=8, metadata={"help": "training micro-batch"})
     prefix_len: int = field(default=50, metadata={"help": "virtual tokens of prefix adapters"})
