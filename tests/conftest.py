@@ -3,22 +3,14 @@ tiny models, and a helper to run the real ``sciqa`` CLI in a subprocess."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import free_port
 
 
 @pytest.fixture(scope="session")
@@ -74,12 +66,3 @@ def experiment(mlflow_server, monkeypatch, request) -> str:
     exp_id = mlflow.create_experiment(name)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", name)
     return exp_id
-
-
-def run_cli(*args: str, cwd: Path, timeout: int = 600, check: bool = True, env: dict | None = None):
-    """Run the installed CLI as a user would: a real subprocess; returns CompletedProcess."""
-    proc = subprocess.run([sys.executable, "-m", "sciqa", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"sciqa {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
-    return proc

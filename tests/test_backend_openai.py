@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import free_port, run_cli
+from helpers import free_port, run_cli
 
 KEY = "sk-test-0123456789-never-log-me"
 KEY_ENV = "SCIQA_TEST_API_KEY"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 
 
 @dataclass

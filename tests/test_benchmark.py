@@ -8,7 +8,7 @@ import time
 import mlflow
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 from sciqa import models
 from sciqa.backends.hf import HFBackend
 from sciqa.data import load_problems

@@ -4,7 +4,7 @@ import time
 import mlflow
 import pytest
 
-from conftest import free_port, run_cli
+from helpers import free_port, run_cli
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -5,7 +5,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 from sciqa.data import load_problems
 from sciqa.metrics import explanation_scores, summarize_explanations
 from sciqa.outputs import COLUMNS

@@ -3,7 +3,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 
 SMALL = ["main", "--variants", "pkv", "--limit", "6", "--eval-limit", "4", "--epochs", "1", "--max-new-tokens", "4",
          "--prefix-len", "2", "--train-batch-size", "3", "--batch-size", "4"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 
 
 def test_local_folders_copied_and_load_offline(tmp_path):

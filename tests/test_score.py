@@ -4,7 +4,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 from sciqa import tracking
 from sciqa.outputs import read_outputs
 from sciqa.steps.benchmark import BenchmarkConfig, benchmark

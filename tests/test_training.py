@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_cli
+from helpers import run_cli
 from sciqa import tracking
 from sciqa.data import load_problems
 from sciqa.steps.train import TrainConfig, train
