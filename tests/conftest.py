@@ -12,6 +12,10 @@ import requests
 
 from helpers import free_port
 
+# Offline from the first import on: huggingface_hub reads these once, when it is imported.
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_var, "1")
+
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory) -> str:

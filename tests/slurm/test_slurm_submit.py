@@ -10,27 +10,18 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from helpers import run_cli
 from sciqa import slurm
 
 pytestmark = pytest.mark.slurm
 
-
-def run_cli(*args: str, cwd: Path, timeout: int = 120, check: bool = True, env: dict | None = None):
-    """The real CLI in a subprocess (tests/conftest.py's helper; both conftests are named conftest)."""
-    proc = subprocess.run([sys.executable, "-m", "sciqa", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"sciqa {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-4000:]}")
-    return proc
 
 TINY = ["--model", "tiny-qwen2-vl", "--max-new-tokens", "8"]
 
@@ -119,7 +110,7 @@ def artifact_rows(run_id: str, path: str) -> list[dict]:
 
 
 def ids_of(stdout: str) -> tuple[str, int]:
-    run_id = re.search(r"benchmark run: (\w+)", stdout).group(1)
+    run_id = re.search(r"\w+ run: (\w+)", stdout).group(1)
     job_id = int(re.search(r"slurm job: (\d+)", stdout).group(1))
     return run_id, job_id
 
@@ -179,6 +170,17 @@ def csv_rows(workdir: Path) -> int:
     return len(list(csv.DictReader(io.StringIO(files[0].read_text(encoding="utf-8")))))
 
 
+def requeue_when(job_id: int, ready, what: str, timeout: float = 180) -> None:
+    """Wait until the running job shows ``what`` (``ready()``), `scontrol requeue` it, wait for its end."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert slurm.job_state(job_id) in ("PENDING", "CONFIGURING", "RUNNING"), slurm.job_state(job_id)
+        assert time.monotonic() < deadline, f"the job showed no {what} within {timeout} s"
+        time.sleep(0.1)
+    subprocess.run(["scontrol", "requeue", str(job_id)], check=True)
+    assert slurm.wait_for_job(job_id, timeout=300, poll=0.5) == "COMPLETED"
+
+
 def test_requeued_benchmark_resumes_in_the_same_run(slurm_env, tmp_path):
     """Submitted the way `mlflow run . -e benchmark -P slurm_gpu=a100` does it (a RUNNING run in
     MLFLOW_RUN_ID), requeued after its first row: one run, every id once, restart count 1."""
@@ -192,13 +194,7 @@ def test_requeued_benchmark_resumes_in_the_same_run(slurm_env, tmp_path):
                    cwd=tmp_path, env={"MLFLOW_RUN_ID": made, "MLFLOW_EXPERIMENT_ID": slurm_env})
     run_id, job_id = ids_of(proc.stdout)
     assert run_id == made
-    deadline = time.monotonic() + 120
-    while csv_rows(tmp_path / "sciqa-work") < 1:  # first row written: the job is mid-run
-        assert slurm.job_state(job_id) in ("PENDING", "CONFIGURING", "RUNNING"), slurm.job_state(job_id)
-        assert time.monotonic() < deadline, "the job wrote no row within 120 s"
-        time.sleep(0.1)
-    subprocess.run(["scontrol", "requeue", str(job_id)], check=True)
-    assert slurm.wait_for_job(job_id, timeout=180, poll=0.5) == "COMPLETED"
+    requeue_when(job_id, lambda: csv_rows(tmp_path / "sciqa-work") >= 1, "a first row")  # mid-run
 
     [run] = all_runs(slurm_env)
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
@@ -214,3 +210,28 @@ def test_requeued_benchmark_resumes_in_the_same_run(slurm_env, tmp_path):
     assert f"job {job_id} start (restart 1)" in Path(
         mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="slurm/job.log")).read_text()
     print(f"requeue: {time.monotonic() - t0:.1f} s")
+
+
+def test_requeued_training_resumes_and_matches_uninterrupted(slurm_env, tmp_path, monkeypatch):
+    """A training job requeued mid-run (`scontrol requeue`: SIGTERM, checkpoint, restart) finishes
+    in the same run, restart count 1, with the per-epoch losses of an uninterrupted run."""
+    import mlflow
+
+    args = ["train-prefix", "--variant", "pkv", "--model", "tiny-qwen2-vl", "--limit", "48", "--val-limit", "4",
+            "--epochs", "3", "--batch-size", "2", "--prefix-len", "4", "--max-length", "512", "--seed", "3"]
+    proc = run_cli(*args, "--slurm-gpu", "h100", cwd=tmp_path)
+    run_id, job_id = ids_of(proc.stdout)
+    requeue_when(job_id, lambda: any((tmp_path / "sciqa-work").glob("*/checkpoints/epoch_1")), "epoch 1")
+    [run] = all_runs(slurm_env)
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    assert run.data.metrics["slurm_restart_count"] == 1
+    log = (tmp_path / "sciqa-slurm" / "logs" / f"{job_id}.out").read_text()
+    assert "start (restart 1)" in log and "status 75" in log  # stopped with a checkpoint, then resumed
+
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", f"uninterrupted-{time.time_ns()}")  # no cache hit on the job
+    clean_id = run_cli(*args, "--workdir", str(tmp_path / "clean"), cwd=tmp_path).stdout.strip().split()[-1]
+    client = mlflow.MlflowClient()
+    for metric in ("train_loss", "val_loss"):
+        resumed = [m.value for m in sorted(client.get_metric_history(run_id, metric), key=lambda m: m.step)]
+        clean = [m.value for m in sorted(client.get_metric_history(clean_id, metric), key=lambda m: m.step)]
+        assert len(resumed) == 3 and resumed == pytest.approx(clean, rel=1e-5), metric
