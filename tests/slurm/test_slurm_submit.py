@@ -187,10 +187,11 @@ def test_requeued_benchmark_resumes_in_the_same_run(slurm_env, tmp_path):
     import mlflow
 
     t0 = time.monotonic()
-    limit = 6
+    limit = 40  # with 32 new tokens a row, long enough (seconds) that the requeue lands mid-run
     client = mlflow.MlflowClient()
     made = client.create_run(slurm_env).info.run_id  # what `mlflow run` does before the command
-    proc = run_cli("benchmark", *TINY, "--limit", str(limit), "--batch-size", "1", "--slurm-gpu", "a100",
+    proc = run_cli("benchmark", *TINY, "--max-new-tokens", "32", "--limit", str(limit), "--batch-size", "1",
+                   "--slurm-gpu", "a100",
                    cwd=tmp_path, env={"MLFLOW_RUN_ID": made, "MLFLOW_EXPERIMENT_ID": slurm_env})
     run_id, job_id = ids_of(proc.stdout)
     assert run_id == made
