@@ -80,7 +80,7 @@ def other_backend(backend: str, model: str, max_new_tokens: int, api_base: str, 
 @click.option("--dataset", default="sample", help="sample, a hub id or a local folder")
 @click.option("--rows", default=48, help="problems from the validation split")
 @click.option("--batch-size", default=16)
-@click.option("--max-new-tokens", default=32)
+@click.option("--max-new-tokens", default=128, help="answers of ~100 tokens: JSON answer + explanation")
 @click.option("--setting", default="QTCH")
 @click.option("--backend", type=click.Choice(["loop", "openai", "vllm"]), default="loop",
               help="loop: batched HF vs a per-row HF loop; openai|vllm: batched HF vs that backend")

@@ -15,22 +15,17 @@ import os
 import random
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from sciqa import metrics
-
-SOURCES = (
-    Path(__file__).resolve().parents[1] / "src/sciqa/data/sample/problems.json",
-    Path("/work/shared/data/scienceqa/problems.json"),
-)
+from sciqa.data.sources import SAMPLE_DIR
 
 
 def load_pairs(n_rows: int, seed: int = 0) -> tuple[list[str], list[str]]:
     """References from real problems; predictions = another row's solution or a perturbed own solution."""
-    source = next(path for path in SOURCES if path.is_file())
+    source = SAMPLE_DIR / "problems.json"
     problems = list(json.loads(source.read_text()).values())
     rng = random.Random(seed)
     predictions, references = [], []

@@ -146,7 +146,7 @@ def test_teacher_csv_study_format_counts_unparseable(experiment, tmp_path):
     from sciqa import teacher
 
     by_id, skipped = teacher.from_csv(str(path), load_problems("sample", "train", keep_all=True))
-    assert skipped == 1 and f'"teacher says 0"' in by_id[probs[0].id]
+    assert skipped == 1 and '"teacher says 0"' in by_id[probs[0].id]
     assert probs[0].choices[(probs[0].answer + 1) % len(probs[0].choices)] in by_id[probs[0].id]
 
 
