@@ -54,3 +54,12 @@ def test_main_end_to_end_reuse_and_partial_recompute(experiment, tmp_path):
     third = changed.stdout.split("main run: ")[1].split()[0]
     redone = sorted(r.data.tags["sciqa.step"] for r in _children(experiment, third).values())
     assert redone == ["score", "score", "train_prefix", "train_prefix"]  # both benchmarks reused
+
+
+def test_bad_teacher_csv_fails_before_any_run(experiment, tmp_path):
+    bad = tmp_path / "teacher.csv"
+    pd.DataFrame({"index": ["1"], "answer": ["A"]}).to_csv(bad, index=False)
+    proc = run_cli(*SMALL, "--teacher-csv", str(bad), "--workdir", str(tmp_path / "w"), cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("sciqa: error: ")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert mlflow.search_runs([experiment], output_format="list") == []

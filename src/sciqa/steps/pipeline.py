@@ -67,15 +67,26 @@ def _child(parent_id: str, name: str, fn, *args):
         raise
 
 
+def train_configs(cfg: MainConfig, teacher_run: str) -> dict:
+    """(variant, kd) -> the training config of that adapter; KD learns from ``teacher_run``/the CSV."""
+    from sciqa.steps.train import TrainConfig
+
+    return {(variant, kd): TrainConfig(
+        model=cfg.model, dataset=cfg.dataset, setting=cfg.setting, variant=variant, teacher=kd,
+        teacher_run=teacher_run if kd else "", teacher_csv=cfg.teacher_csv if kd else "",
+        teacher_model=cfg.teacher_model, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.train_batch_size,
+        prefix_len=cfg.prefix_len, limit=cfg.limit, val_limit=cfg.eval_limit, seed=cfg.seed, workdir=cfg.workdir,
+        force=cfg.force) for variant in variants_of(cfg) for kd in (False, True)}
+
+
 def main(cfg: MainConfig) -> str:
     """Run (or reuse) every step as a child of one parent run; returns the parent run id."""
     from sciqa.compare import compare
     from sciqa.steps.benchmark import BenchmarkConfig, benchmark, check as check_benchmark
     from sciqa.steps.evaluate import evaluate_run
     from sciqa.steps.score import ScoreConfig, score
-    from sciqa.steps.train import TrainConfig, train
+    from sciqa.steps.train import check as check_train, train
 
-    variants = variants_of(cfg)
     gen = dict(dataset=cfg.dataset, setting=cfg.setting, batch_size=cfg.batch_size,
                max_new_tokens=cfg.max_new_tokens, workdir=cfg.workdir, force=cfg.force)
     teacher_bench = BenchmarkConfig(model=cfg.teacher_model, split="train", limit=cfg.limit,
@@ -85,6 +96,8 @@ def main(cfg: MainConfig) -> str:
     check_benchmark(base_bench)
     if not (cfg.teacher_run or cfg.teacher_csv):
         check_benchmark(teacher_bench)
+    for tcfg in train_configs(cfg, cfg.teacher_run).values():  # a bad teacher CSV fails here, not mid-way
+        check_train(tcfg)
     params = {k: v for k, v in vars(cfg).items() if k not in ("workdir", "force")}
     with step_run("main", params, {"sciqa.model": cfg.model}, "main", force=True) as parent:
         os.environ.pop("MLFLOW_RUN_ID", None)  # children must not attach to the parent (mlflow#15713)
@@ -93,17 +106,10 @@ def main(cfg: MainConfig) -> str:
         if not (cfg.teacher_run or cfg.teacher_csv):
             teacher_run = _child(pid, "teacher benchmark", benchmark, teacher_bench).run_id
         trained = {}
-        for variant in variants:
-            for kd in (False, True):
-                tcfg = TrainConfig(model=cfg.model, dataset=cfg.dataset, setting=cfg.setting, variant=variant,
-                                   teacher=kd, teacher_run=teacher_run if kd else "",
-                                   teacher_csv=cfg.teacher_csv if kd else "", teacher_model=cfg.teacher_model,
-                                   epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.train_batch_size,
-                                   prefix_len=cfg.prefix_len, limit=cfg.limit, val_limit=cfg.eval_limit,
-                                   seed=cfg.seed, workdir=cfg.workdir, force=cfg.force)
-                label = f"train {variant} {'kd' if kd else 'golden'}"
-                trained[(variant, kd)] = _child(pid, label, lambda c, parent_run_id: train(
-                    c, VARIANT_STEPS[c.variant], parent_run_id=parent_run_id), tcfg).run_id
+        for (variant, kd), tcfg in train_configs(cfg, teacher_run).items():
+            label = f"train {variant} {'kd' if kd else 'golden'}"
+            trained[(variant, kd)] = _child(pid, label, lambda c, parent_run_id: train(
+                c, VARIANT_STEPS[c.variant], parent_run_id=parent_run_id), tcfg).run_id
         base = _child(pid, "base benchmark", benchmark, base_bench).run_id
         _child(pid, "evaluate base", lambda r, parent_run_id: evaluate_run(r), base)
         scored = {}
