@@ -11,6 +11,15 @@ from sciqa.data.problems import Problem
 ANSWER_MODES = ("free", "choice")
 
 
+def check_answer_mode(mode: str, backend: str = "hf") -> None:
+    """``choice`` scores the choices with the model's own log-probabilities: the hf backend only."""
+    from sciqa.errors import SciqaError
+
+    if mode not in ANSWER_MODES or (mode == "choice" and backend != "hf"):
+        raise SciqaError(f"unknown answer mode '{mode}' for backend '{backend}'; accepted: free, "
+                         "choice (hf backend only)")
+
+
 @dataclass(frozen=True)
 class Generation:
     """One model answer: the text (cut at the end of the turn) and why generation stopped."""

@@ -9,6 +9,14 @@ import torch
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def check_dtype(dtype: str) -> None:
+    """``auto`` or one of DTYPES, else a user error naming the accepted ones."""
+    from sciqa.errors import SciqaError
+
+    if dtype != "auto" and dtype not in DTYPES:
+        raise SciqaError(f"unknown dtype '{dtype}'; accepted: auto, {', '.join(DTYPES)}")
+
+
 def pick_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     """``auto`` = CUDA + bf16 when a GPU is present, else CPU + float32 (CPU bf16 is slow and lossy)."""
     if device == "auto":

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sciqa.backends import backend_class
-from sciqa.backends.base import ANSWER_MODES
+from sciqa.backends.base import check_answer_mode
 from sciqa.data import Problem, load_problems
 from sciqa.errors import SciqaError
 from sciqa.prompts import check_setting
@@ -63,21 +63,14 @@ def identity(cfg: BenchmarkConfig) -> dict:
     return {k: v for k, v in vars(cfg).items() if k not in OPERATIONAL}
 
 
-def check_dtype(dtype: str) -> None:
-    from sciqa.models.base import DTYPES
-
-    if dtype != "auto" and dtype not in DTYPES:
-        raise SciqaError(f"unknown dtype '{dtype}'; accepted: auto, {', '.join(DTYPES)}")
-
-
 def check(cfg: BenchmarkConfig) -> list[Problem]:
     """Every input error, before any run starts or any file is written; returns the problems."""
+    from sciqa.models.base import check_dtype
+
     check_setting(cfg.setting)
     check_dtype(cfg.dtype)
     backend_cls = backend_class(cfg.backend)
-    if cfg.answer_mode not in ANSWER_MODES or (cfg.answer_mode == "choice" and cfg.backend != "hf"):
-        raise SciqaError(f"unknown answer mode '{cfg.answer_mode}' for backend '{cfg.backend}'; accepted: free, "
-                         "choice (hf backend only)")
+    check_answer_mode(cfg.answer_mode, cfg.backend)
     check_workdir(cfg.workdir)
     problems = load_problems(cfg.dataset, cfg.split, cfg.keep_all, cfg.limit or None)
     if not problems:

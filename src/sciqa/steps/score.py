@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from sciqa.backends.base import ANSWER_MODES
+from sciqa.backends.base import check_answer_mode
 from sciqa.errors import SciqaError
 from sciqa.tracking import StepRun, step_run
 
@@ -65,19 +65,47 @@ def fetch_adapter(run_id: str, workdir: Path) -> tuple[Path, dict]:
     return dest / "adapter", run.data.tags
 
 
+def _check_options(cfg: ScoreConfig) -> None:
+    """The checks that need no adapter: shared by ``check`` (Slurm submission) and ``score``."""
+    from sciqa.models.base import check_dtype
+
+    if bool(cfg.adapter_run) == bool(cfg.adapter_dir):
+        raise SciqaError("give exactly one of --adapter-run or --adapter-dir")
+    check_dtype(cfg.dtype)
+    check_answer_mode(cfg.answer_mode)
+
+
+def _check_adapter(acfg: dict, model: str) -> str:
+    """The adapter fits the requested base model and that model's family; returns the base model."""
+    from sciqa import models
+    from sciqa.adapters import check_variant
+
+    base = acfg["base_model"]
+    if model and model != base:
+        raise SciqaError(f"the adapter was trained on '{base}', not '{model}'; drop --model or pass --model {base}")
+    check_variant(acfg["variant"], models.resolve(base)[1])
+    return base
+
+
+def _problems(cfg: ScoreConfig):
+    from sciqa.data import load_problems
+
+    problems = load_problems(cfg.dataset, cfg.split, cfg.keep_all, cfg.limit or None)
+    if not problems:
+        raise SciqaError(f"no problems in split '{cfg.split}' of '{cfg.dataset}' after filtering")
+    return problems
+
+
 def check(cfg: ScoreConfig) -> None:
     """Every input error, with no side effects (no run, no files): for Slurm submission."""
     import json
 
     import mlflow
 
-    from sciqa import models
-    from sciqa.adapters import check_variant, read_adapter_config
-    from sciqa.data import load_problems
+    from sciqa.adapters import read_adapter_config
     from sciqa.prompts import check_setting
 
-    if bool(cfg.adapter_run) == bool(cfg.adapter_dir):
-        raise SciqaError("give exactly one of --adapter-run or --adapter-dir")
+    _check_options(cfg)
     if cfg.adapter_run:
         try:
             acfg = json.loads(mlflow.artifacts.load_text(f"runs:/{cfg.adapter_run}/adapter/adapter_config.json"))
@@ -86,30 +114,20 @@ def check(cfg: ScoreConfig) -> None:
                              "or train-lora run?)") from None
     else:
         acfg = read_adapter_config(cfg.adapter_dir)
-    if cfg.model and cfg.model != acfg["base_model"]:
-        raise SciqaError(f"the adapter was trained on '{acfg['base_model']}', not '{cfg.model}'; drop --model "
-                         f"or pass --model {acfg['base_model']}")
-    check_variant(acfg["variant"], models.resolve(acfg["base_model"])[1])
+    _check_adapter(acfg, cfg.model)
     if cfg.setting:
         check_setting(cfg.setting)
-    if not load_problems(cfg.dataset, cfg.split, cfg.keep_all, cfg.limit or None):
-        raise SciqaError(f"no problems in split '{cfg.split}' of '{cfg.dataset}' after filtering")
+    _problems(cfg)
 
 
 def score(cfg: ScoreConfig, parent_run_id: str | None = None) -> StepRun:
     """Validate everything, then generate with the adapter (resuming by id) inside one MLflow run."""
-    from sciqa import models
-    from sciqa.adapters import check_variant, read_adapter_config
+    from sciqa.adapters import read_adapter_config
     from sciqa.backends.hf import HFBackend
-    from sciqa.data import load_problems
-    from sciqa.models.base import DTYPES
     from sciqa.prompts import check_setting
     from sciqa.steps.generation import check_workdir, generate_outputs
 
-    if bool(cfg.adapter_run) == bool(cfg.adapter_dir):
-        raise SciqaError("give exactly one of --adapter-run or --adapter-dir")
-    if cfg.dtype != "auto" and cfg.dtype not in DTYPES:
-        raise SciqaError(f"unknown dtype '{cfg.dtype}'; accepted: auto, {', '.join(DTYPES)}")
+    _check_options(cfg)
     workdir = check_workdir(cfg.workdir)
     tags_of_run: dict = {}
     if cfg.adapter_run:
@@ -117,18 +135,9 @@ def score(cfg: ScoreConfig, parent_run_id: str | None = None) -> StepRun:
     else:
         folder = Path(cfg.adapter_dir).expanduser().resolve()
     acfg = read_adapter_config(folder)
-    base = acfg["base_model"]
-    if cfg.model and cfg.model != base:
-        raise SciqaError(f"the adapter was trained on '{base}', not '{cfg.model}'; drop --model or pass "
-                         f"--model {base}")
-    _, fam = models.resolve(base)
-    check_variant(acfg["variant"], fam)
+    base = _check_adapter(acfg, cfg.model)
     setting = check_setting(cfg.setting or tags_of_run.get("sciqa.setting") or "QTCH")
-    problems = load_problems(cfg.dataset, cfg.split, cfg.keep_all, cfg.limit or None)
-    if not problems:
-        raise SciqaError(f"no problems in split '{cfg.split}' of '{cfg.dataset}' after filtering")
-    if cfg.answer_mode not in ANSWER_MODES:
-        raise SciqaError(f"unknown answer mode '{cfg.answer_mode}'; accepted: {', '.join(ANSWER_MODES)}")
+    problems = _problems(cfg)
     gen_cfg = SimpleNamespace(model=base, revision="", dtype=cfg.dtype, device=cfg.device,
                               max_new_tokens=cfg.max_new_tokens, answer_mode=cfg.answer_mode)
     adapter_ref = cfg.adapter_run or str(folder)

@@ -96,7 +96,7 @@ def _validate(cfg: TrainConfig, step: str, fetch: bool = True):
     from sciqa import models, teacher as teach
     from sciqa.adapters import check_variant
     from sciqa.data import load_problems
-    from sciqa.models.base import DTYPES
+    from sciqa.models.base import check_dtype
     from sciqa.prompts import check_setting
     from sciqa.steps.generation import check_workdir
 
@@ -105,8 +105,7 @@ def _validate(cfg: TrainConfig, step: str, fetch: bool = True):
     if (step == "train_lora") != (cfg.variant == "lora"):
         raise SciqaError(f"variant '{cfg.variant}' belongs to "
                          f"{'train-lora' if cfg.variant == 'lora' else 'train-prefix'}, not {step.replace('_', '-')}")
-    if cfg.dtype != "auto" and cfg.dtype not in DTYPES:
-        raise SciqaError(f"unknown dtype '{cfg.dtype}'; accepted: auto, {', '.join(DTYPES)}")
+    check_dtype(cfg.dtype)
     for name in ("epochs", "batch_size", "grad_accum", "prefix_len", "lora_r"):
         if getattr(cfg, name) < 1:
             raise SciqaError(f"--{name.replace('_', '-')} must be at least 1")
