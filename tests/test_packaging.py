@@ -37,6 +37,16 @@ def test_mlproject_entry_points_call_existing_commands():
             assert "{" + param + "}" in entry["command"], (name, param)
 
 
+def test_mlproject_is_generated_from_the_configs():
+    """Parameters, types and defaults come from the dataclasses: a drifted default fails here."""
+    from sciqa.mlproject import render
+
+    assert (ROOT / "MLproject").read_text() == render(), "run: python -m sciqa.mlproject > MLproject"
+    project = yaml.safe_load(render())["entry_points"]
+    assert project["train_lora"]["parameters"]["lr"]["default"] == project["train_prefix"]["parameters"]["lr"]["default"]
+    assert "variant" not in project["train_lora"]["parameters"] and "lora_r" not in project["train_prefix"]["parameters"]
+
+
 def test_help_does_not_import_torch():
     code = ("import sys; from click.testing import CliRunner; from sciqa.cli import main; "
             "r = CliRunner().invoke(main, ['--help']); assert r.exit_code == 0; "

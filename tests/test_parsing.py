@@ -2,7 +2,7 @@
 
 import pytest
 
-from sciqa.parsing import Parsed, parse_output
+from sciqa.parsing import RULES, UNMAPPED, Parsed, parse_output, rule_counts
 
 FIG = ["chiasmus", "apostrophe"]
 YN = ["yes", "no"]
@@ -15,6 +15,22 @@ TITLE = ["***The Lion and the Mouse***", '"The Lion and the Mouse"']  # italics 
 CLOSING = ["your friend,\nCarla", "Your friend,\nCarla"]
 GREETING = ["Dear ms. Allen,", "Dear Ms. Allen,"]
 TRAITS = ["Logan's mother has blue eyes. She passed this trait down to Logan.", "Logan likes a blue sweater."]
+NY = ["no", "yes"]
+TF = ["true", "false"]
+SHIPS = ["a ship that moved 555kilometers west in 10hours", "a ship that moved 95kilometers south in 10hours",
+         "a ship that moved 460kilometers south in 10hours"]  # real ScienceQA spacing
+TEMPS = ["41°C", "41°F"]
+ROSA = ["Rosa's hair is the same color as her brown eyes.", "Rosa's father has brown eyes. He passed this trait down to Rosa."]
+CHANGE = ["physical change", "chemical change"]
+FALLACY = ["circular reasoning: an argument that supports a claim with the claim itself",
+           "guilt by association: a negative association intended to discredit someone or something"]
+SENTENCES = ["Those carpenters use wood to build stairways and doorframes.",
+             "Our dog Rusty had rolled around in the mud, so we gave him a bath."]
+CAN = ['As they observed the animals, the photographer said, "Did you know that cheetahs can run that fast?"',
+       'As they observed the cheetahs, the photographer said, "You can borrow my camera if you want."']
+MOON = ["first-quarter moon", "third-quarter moon"]  # ordinal words inside the choices
+STRUCTURE = ["problem-solution", "cause-effect", "sequential"]
+RATIOS = ["1:3", "2:2", "4:0", "3:1", "0:4"]
 SOL = "The text uses apostrophe, a direct address to an absent person."
 
 # (raw output, choices, expected answer_index, expected solution)
@@ -86,6 +102,64 @@ CASES = [
     ("Answer: Dear Ms. Allen, because Ms is a title.", GREETING, 1, "Ms is a title."),
     ("Logan's mother has blue eyes. She passed this trait down to Logan. Eye color is inherited.", TRAITS, 0,
      "Eye color is inherited."),
+    # JSON booleans and "True"/"False" for yes/no questions; near-misses: other choices, "not true".
+    ('{"answer": false, "solution": "Glass is not magnetic."}', NY, 0, "Glass is not magnetic."),
+    ('{"answer": true, "solution": "The magnets attract."}', YN, 0, "The magnets attract."),
+    ('{"answer": "True", "solution": "Both are made of iron."}', NY, 1, "Both are made of iron."),
+    ('```json\n{"answer": False, "solution": "They repel."}\n```', YN, 1, "They repel."),
+    ('{"answer": false, "solution": "Jupiter is larger."}', TF, 1, "Jupiter is larger."),
+    ("TRUE. The table shows it.", NY, 1, "The table shows it."),
+    ('{"answer": true, "solution": "x"}', FIG, None, "x"),
+    ('{"answer": "not true", "solution": "x"}', YN, None, "x"),
+    # Choice text with other spacing, curly quotes, case, a trailing period; near-miss: case-only variants.
+    ('{"answer": "a ship that moved 95 kilometers south in 10 hours", "solution": "Fewer kilometers."}', SHIPS, 1,
+     "Fewer kilometers."),
+    ("The answer is a ship that moved 460 kilometers south in 10 hours. It moved south.", SHIPS, 2, "It moved south."),
+    ('{"answer": "Rosa’s father has brown eyes. He passed this trait down to Rosa.", "solution": "x"}', ROSA, 1, "x"),
+    ('{"answer": "“Chemical Change.”", "solution": "A new substance forms."}', CHANGE, 1, "A new substance forms."),
+    ('{"answer": "41 °F", "solution": "A warm day."}', TEMPS, 1, "A warm day."),
+    ('{"answer": "ABREATHOFFRESHAIR", "solution": "x"}', CAPS, None, "x"),
+    # The head of a "head: definition" choice, or a unique prefix; near-misses: shared prefix, two heads.
+    ('{"answer": "guilt by association", "solution": "It attacks the source."}', FALLACY, 1,
+     "It attacks the source."),
+    ('{"answer": "Circular Reasoning.", "solution": "x"}', FALLACY, 0, "x"),
+    ("The answer is guilt by association. The ad links the mayor to a criminal.", FALLACY, 1,
+     "The ad links the mayor to a criminal."),
+    ('{"answer": "This argument is an example of circular reasoning", "solution": "x"}', FALLACY, 0, "x"),
+    ('{"answer": "chemical", "solution": "A new substance forms."}', CHANGE, 1, "A new substance forms."),
+    ('{"answer": "Our dog Rusty had rolled around in the mud", "solution": "x"}', SENTENCES, 1, "x"),
+    ('{"answer": "a ship that moved", "solution": "x"}', SHIPS, None, "x"),
+    ('{"answer": "circular reasoning or guilt by association", "solution": "x"}', FALLACY, None, "x"),
+    ('{"answer": "change", "solution": "x"}', CHANGE, None, "x"),
+    # Ordinals in a sentence; near-misses: beyond the choices, two ordinals, an ordinal plus another choice.
+    ("The first sentence is the compound sentence. It is made up of two simple sentences.", SENTENCES, 0,
+     "It is made up of two simple sentences."),
+    ('{"answer": "The second one", "solution": "It joins two clauses with so."}', SENTENCES, 1,
+     "It joins two clauses with so."),
+    ('{"answer": "The first text uses can in its traditional sense", "solution": "x"}', CAN, 0, "x"),
+    ("Answer: the third option\nOxygen is an element.", THREE, 2, "Oxygen is an element."),
+    ('{"answer": "The second option, apostrophe", "solution": "x"}', FIG, 1, "x"),
+    ('{"answer": "The third sentence", "solution": "x"}', SENTENCES, None, "x"),
+    ('{"answer": "The first and second sentences", "solution": "x"}', SENTENCES, None, "x"),
+    ('{"answer": "The first option, apostrophe", "solution": "x"}', FIG, None, "x"),
+    ('{"answer": "the first one", "solution": "x"}', MOON, None, "x"),
+    # Nested answer objects, other keys; near-misses: a nested non-choice, two choices under another key.
+    ('{"answer": {"word": "problem-solution", "description": "A problem, then a fix."}, "solution": "x"}',
+     STRUCTURE, 0, "x"),
+    ('{"answer": {"text": "apostrophe", "index": 1}, "solution": "x"}', FIG, 1, "x"),
+    ('{"answer": {"text": "Our dog Rusty had rolled around in the mud, so we gave him a bath."}}', SENTENCES, 1, ""),
+    ('{"answer": {"choice": 1, "explanation": "Numbered from zero."}}', FIG, 1, "Numbered from zero."),
+    ('{"answer": {"word": "cause-effect", "description": "One thing leads to', STRUCTURE, 1, ""),
+    ('{"choice": "koala", "solution": "Koalas eat leaves."}', ANIMALS, 0, "Koalas eat leaves."),
+    ('{"option": 1, "solution": "Numbered from zero."}', FIG, 1, "Numbered from zero."),
+    ('{"response": "No", "explanation": "The poles repel."}', YN, 1, "The poles repel."),
+    ('```json\n{"final_answer": "water", "reasoning": "A compound."}\n```', THREE, 1, ""),
+    ('{"choice": "koala", "answer": "eagle", "solution": "x"}', ANIMALS, 2, "x"),
+    ('{"answer": {"word": "simile"}, "solution": "x"}', FIG, None, "x"),
+    ('{"choice": "chiasmus or apostrophe", "solution": "x"}', FIG, None, "x"),
+    # A choice that starts like a label ("4:0") is text, not choice 4.
+    ('{"answer": "4:0 or 3:1", "solution": "x"}', RATIOS, None, "x"),
+    ('{"answer": "2:2 because half are tall", "solution": "x"}', RATIOS, 1, "x"),
     # Unmapped: out-of-range number or letter, no choice, two choices, contradictions.
     ('{"answer": 2, "solution": "Out of range."}', FIG, None, "Out of range."),
     ("(5)", FIG, None, ""),
@@ -133,3 +207,44 @@ def test_substring_choices_prefer_whole_words():
 def test_numeric_choice_text_wins_over_number_label():
     assert parse_output('{"answer": "12", "solution": ""}', ["7", "12", "30"]).answer_index == 1
     assert parse_output("3.5 kg", ["2.5 kg", "3.5 kg"]).answer_index == 1
+
+
+# One output per rule, so every rule of RULES is exercised and named.
+RULE_CASES = [
+    ('{"answer": "apostrophe", "solution": "s"}', FIG, "json"),
+    ("apostrophe", FIG, "text"),
+    ('{"answer": "a ship that moved 95 kilometers south in 10 hours"}', SHIPS, "normalized_text"),
+    ("The answer is B.", FIG, "label"),
+    ('{"answer": 1}', FIG, "number"),
+    ('{"answer": false}', NY, "boolean"),
+    ('{"answer": "guilt by association"}', FALLACY, "head"),
+    ('{"answer": "chemical"}', CHANGE, "prefix"),
+    ("It is a bald eagle.", ANIMALS, "mention"),
+    ('{"answer": "The second sentence"}', SENTENCES, "ordinal"),
+    ('{"answer": {"word": "problem-solution"}}', STRUCTURE, "nested"),
+    ('{"option": "B"}', FIG, "other_key"),
+    ('{"answer": "simile"}', FIG, UNMAPPED),
+]
+
+
+@pytest.mark.parametrize("raw, choices, rule", RULE_CASES)
+def test_rule_names_what_mapped_the_answer(raw, choices, rule):
+    assert parse_output(raw, choices).rule == rule
+
+
+def test_every_rule_has_a_case():
+    assert {rule for _, _, rule in RULE_CASES} == {*RULES, UNMAPPED}
+
+
+def test_rule_counts_lists_every_rule():
+    parsed = [parse_output(raw, choices) for raw, choices, _ in RULE_CASES] + [parse_output("1", FIG)]
+    counts = rule_counts(parsed)
+    assert list(counts) == [*RULES, UNMAPPED]
+    assert counts == {**dict.fromkeys(RULES, 1), "number": 2, UNMAPPED: 1}
+    assert rule_counts([]) == dict.fromkeys((*RULES, UNMAPPED), 0)
+
+
+def test_rule_does_not_change_equality_and_defaults():
+    assert Parsed(1, "B", "s") == Parsed(1, "B", "s", "label")
+    assert Parsed(1, "B", "s").rule == ""
+    assert parse_output("", FIG).rule == UNMAPPED

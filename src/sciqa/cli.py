@@ -6,48 +6,77 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import types
+import typing
 from typing import Callable
 
 import click
 
 from sciqa.cli_slurm import slurm_group, slurm_options
+from sciqa.config import cli_name
 from sciqa.errors import SciqaError
 
 CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING, bool: click.BOOL}
 
 
-def config_options(config_cls) -> Callable:
+def _help(f: dataclasses.Field) -> str:
+    """The field's help plus what it accepts (choices, bounds), so --help tells the whole contract."""
+    meta, extra = f.metadata, []
+    if meta.get("choices"):
+        extra.append("one of " + ", ".join(map(str, meta["choices"])))
+    for key, sign in (("min", ">="), ("above", ">"), ("max", "<=")):
+        if meta.get(key) is not None:
+            extra.append(f"{sign} {meta[key]}")
+    return meta.get("help", "") + (f" [{'; '.join(extra)}]" if extra else "")
+
+
+def config_options(config_cls, exclude: tuple[str, ...] = ()) -> Callable:
     """Click options from a dataclass config: ``--batch-size`` for ``batch_size``, its help and default.
-    Booleans take an optional value so both ``--force`` and MLproject's ``--force false`` work."""
-    hints = {f.name: f.type for f in dataclasses.fields(config_cls)}
+    Booleans take an optional value so both ``--force`` and MLproject's ``--force false`` work.
+    ``exclude``: fields this command does not take (they keep their defaults)."""
+    hints = typing.get_type_hints(config_cls)
 
     def decorate(fn):
         for f in reversed(dataclasses.fields(config_cls)):
-            py = eval(hints[f.name], vars(types)) if isinstance(hints[f.name], str) else hints[f.name]  # noqa: S307
-            kw = dict(default=f.default, show_default=True, help=f.metadata.get("help", ""), type=CLICK_TYPES[py])
+            if f.name in exclude:
+                continue
+            py = hints[f.name]
+            kw = dict(default=f.default, show_default=True, help=_help(f), type=CLICK_TYPES[py])
             if py is bool:
                 kw.update(is_flag=False, flag_value=True)
-            fn = click.option("--" + f.name.replace("_", "-"), f.name, **kw)(fn)
+            fn = click.option(cli_name(f.name), f.name, **kw)(fn)
         return fn
 
     return decorate
 
 
+def _fail(message: str) -> None:
+    """One line on stderr, the run ``mlflow run`` made marked FAILED with the reason, exit 2."""
+    from sciqa import tracking
+
+    click.echo(f"sciqa: error: {message}", err=True)
+    tracking.fail_outer(message)
+    sys.exit(2)
+
+
 class Group(click.Group):
-    """Turns a SciqaError into one line on stderr and exit code 2, after cleaning up."""
+    """Turns bad input (a SciqaError, a click usage error) into one line on stderr and exit 2."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            sub = f" (sciqa {ctx.invoked_subcommand} --help)" if ctx.invoked_subcommand else ""
+            _fail(exc.format_message().replace("\n", " ") + sub)
         except SciqaError as exc:
-            click.echo(f"sciqa: error: {exc}", err=True)
-            sys.exit(2)
+            _fail(str(exc))
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """sciqa: ScienceQA experiments (benchmark, adapters, KD vs golden) tracked in MLflow."""
+    from sciqa.tracking import claim_outer_run
+
+    claim_outer_run()  # MLFLOW_RUN_ID is the outer step's only (mlflow#15713)
 
 
 main.add_command(slurm_group)  # sciqa slurm profiles | status RUN_ID
@@ -64,10 +93,8 @@ def _benchmark_config():
 @config_options(_benchmark_config())
 def benchmark(**kwargs) -> None:
     """Benchmark a model on one split and setting; writes outputs/<split>_<setting>.csv."""
-    from sciqa import tracking
     from sciqa.steps.benchmark import BenchmarkConfig, benchmark as run_benchmark
 
-    tracking.setup()
     run = run_benchmark(BenchmarkConfig(**kwargs))
     click.echo(f"benchmark run: {run.run_id}")
 
@@ -86,8 +113,8 @@ def main_cmd(**kwargs) -> None:
     from sciqa import tracking
     from sciqa.steps.pipeline import MainConfig, main as run_main
 
-    uri = tracking.setup()
     run_id = run_main(MainConfig(**kwargs))
+    uri = tracking.tracking_uri()
     where = f"open {uri}" if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
     click.echo(f"main run: {run_id}\nlook at it: {where}")
 
@@ -100,11 +127,10 @@ def _train_config():
 
 def _run_training(step: str, kwargs: dict) -> None:
     """Train; on SIGUSR1/SIGTERM save a checkpoint, requeue a Slurm job on SIGUSR1, exit 75."""
-    from sciqa import slurm, tracking
+    from sciqa import slurm
     from sciqa.steps.train import TrainConfig, train
     from sciqa.training import PREEMPTED_EXIT, Preempted
 
-    tracking.setup()
     stop = slurm.stop_signal()
     try:
         run = train(TrainConfig(**kwargs), step=step, stop=stop)
@@ -116,9 +142,15 @@ def _run_training(step: str, kwargs: dict) -> None:
     click.echo(f"{step} run: {run.run_id}")
 
 
+def _only(step: str) -> tuple[str, ...]:
+    from sciqa.steps.train import STEP_FIELDS
+
+    return tuple(f for other, fields in STEP_FIELDS.items() if other != step for f in fields)
+
+
 @main.command("train-prefix")
 @slurm_options("train_prefix", _train_config(), "sciqa.steps.train:check_prefix")
-@config_options(_train_config())
+@config_options(_train_config(), exclude=_only("train_prefix"))
 def train_prefix(**kwargs) -> None:
     """Train a prefix adapter (--variant pkv or peft) on golden or teacher (KD) targets."""
     if kwargs["variant"] not in ("pkv", "peft"):
@@ -128,7 +160,7 @@ def train_prefix(**kwargs) -> None:
 
 @main.command("train-lora")
 @slurm_options("train_lora", _train_config(), "sciqa.steps.train:check_lora")
-@config_options(_train_config())
+@config_options(_train_config(), exclude=_only("train_lora"))
 def train_lora(**kwargs) -> None:
     """Train a LoRA adapter on golden or teacher (KD) targets (--variant is always lora)."""
     _run_training("train_lora", {**kwargs, "variant": "lora"})
@@ -145,10 +177,8 @@ def _score_config():
 @config_options(_score_config())
 def score_cmd(**kwargs) -> None:
     """Generate for a split with the base model plus a trained adapter (same CSV as benchmark)."""
-    from sciqa import tracking
     from sciqa.steps.score import ScoreConfig, score
 
-    tracking.setup()
     run = score(ScoreConfig(**kwargs))
     click.echo(f"score run: {run.run_id}")
 
@@ -163,10 +193,8 @@ def _evaluate_config():
 @config_options(_evaluate_config())
 def evaluate(**kwargs) -> None:
     """Accuracy breakdowns and explanation metrics (BLEU, ROUGE-L, METEOR, cosine) of outputs."""
-    from sciqa import tracking
     from sciqa.steps.evaluate import EvaluateConfig, evaluate as run_evaluate
 
-    tracking.setup()
     click.echo(f"evaluate run: {run_evaluate(EvaluateConfig(**kwargs))}")
 
 
@@ -212,6 +240,6 @@ def download(run_id: str, dest: str, children: bool) -> None:
     from sciqa import tracking
     from sciqa.download import download as fetch
 
-    tracking.setup()
+    tracking.connect()
     for path in fetch(run_id, dest, children):
         click.echo(str(path))

@@ -71,3 +71,35 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     loss = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
                                              shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
     return loss, int((shift_labels != IGNORE).sum())
+
+
+def prompt_lengths(lm: LoadedModel, examples: list[Example], chunk: int = 32) -> list[int]:
+    """Tokens of each processed prompt (image tokens included), as ``collate`` makes them."""
+    lengths = []
+    for i in range(0, len(examples), chunk):
+        part = examples[i: i + chunk]
+        enc = lm.processor(text=[lm.family.render_prompt(lm.processor, ex.prompt) for ex in part],
+                           images=[ex.problem.image() for ex in part], padding=True, return_tensors="pt")
+        lengths += [int(n) for n in enc["attention_mask"].sum(dim=1)]
+    return lengths
+
+
+def fit_to_length(lm: LoadedModel, examples: list[Example], max_length: int,
+                  what: str) -> tuple[list[Example], dict[str, int]]:
+    """Examples that fit ``max_length``: a prompt of that length or more leaves no room for a target
+    (dropped); a longer target is cut by ``collate``. Both are counted and warned about, never silent."""
+    if not max_length or not examples:
+        return examples, {"examples_truncated": 0, "examples_dropped": 0}
+    eot = 1
+    targets = [len(lm.tokenizer(ex.target, add_special_tokens=False)["input_ids"]) + eot for ex in examples]
+    prompts = prompt_lengths(lm, examples)
+    kept = [ex for ex, n in zip(examples, prompts) if n < max_length]
+    counts = {"examples_truncated": sum(1 for n, t in zip(prompts, targets) if n < max_length < n + t),
+              "examples_dropped": len(examples) - len(kept)}
+    if any(counts.values()):
+        import sys
+
+        print(f"sciqa: warning: {what}: {counts['examples_truncated']} target(s) cut and {counts['examples_dropped']} "
+              f"example(s) dropped at --max-length {max_length} (longest: {max(p + t for p, t in zip(prompts, targets))} "
+              "tokens); raise --max-length", file=sys.stderr, flush=True)
+    return kept, counts

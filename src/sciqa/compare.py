@@ -1,37 +1,138 @@
-"""KD vs golden, side by side: a table of every scored adapter and the base model, and plots.
+"""KD vs golden (and every adapter vs the untuned base) with paired statistics, from MLflow alone.
 
-Reads only what the child runs logged (metrics and loss histories), so the comparison can be
-rebuilt from MLflow alone; it is logged to the active (parent) run under ``compare/`` and ``plots/``.
+Every scored run logged its per-row scores (``metrics/<stem>_rows.csv``); they are joined by
+problem id (only ids in both runs count, n is shown) and compared with :mod:`sciqa.stats`:
+accuracy difference with a 95 % paired bootstrap CI and an exact McNemar p-value, each
+explanation metric with a paired bootstrap CI. With several seeds, the table shows mean ± sd
+over seeds and the paired tests use the per-problem majority (accuracy; a tie counts as wrong)
+and mean (explanation metrics). The comparison is logged to the active (parent) run under
+``compare/`` and ``plots/`` and as ``d_<metric>_<run>_vs_<baseline>`` metrics.
 """
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
+
+import numpy as np
+
+from sciqa.errors import SciqaError
 
 METRICS = ["acc", "acc_natural", "acc_social", "acc_language", "acc_txt", "acc_img", "acc_no", "acc_g1_6",
            "acc_g7_12", "unmapped_rate", "bleu1", "bleu4", "rougeL", "meteor", "cosine", "overall"]
 BARS = ["acc", "bleu1", "rougeL", "meteor", "cosine", "overall"]
+SHOWN = ["acc", "unmapped_rate", "bleu1", "bleu4", "rougeL", "meteor", "cosine", "overall"]
+TEACHER_COUNTS = ["teacher_rows_truncated", "teacher_rows_unmapped", "teacher_rows_wrong"]
+READING = (
+    "How to read it: each difference is the run minus its baseline on the same problems (n). The "
+    "95 % interval is a paired bootstrap over problems; an interval that crosses zero means the data "
+    "cannot tell the two apart at that level, whatever the point estimate says. For accuracy, p is "
+    "McNemar's exact test on the problems the two runs answer differently. Scores come from the "
+    "evaluation split, the common yardstick; val_loss_golden (training) is on golden targets and "
+    "favours golden training by construction, so it is not compared here.")
 
 
-def comparison_table(base: str, trained: dict, scored: dict):
-    """One row per (variant, target) plus the untuned base model, with the runs they come from."""
+def run_rows(run_id: str):
+    """A run's per-row scores (``metrics/*_rows.csv``), or one line naming the command that makes them."""
     import mlflow
     import pandas as pd
 
-    def row(variant, target, score_run, train_run=""):
-        m = mlflow.get_run(score_run).data.metrics
-        t = mlflow.get_run(train_run).data.metrics if train_run else {}
-        return {"variant": variant, "target": target, **{k: m.get(k) for k in METRICS},
-                "final_train_loss": t.get("train_loss"), "final_val_loss": t.get("val_loss"),
-                "score_run": score_run, "train_run": train_run}
+    names = [a.path for a in mlflow.artifacts.list_artifacts(run_id=run_id, artifact_path="metrics")
+             if a.path.endswith("_rows.csv")]
+    if len(names) != 1:
+        raise SciqaError(f"run '{run_id}' has {'no' if not names else len(names)} per-row score file(s) "
+                         f"(metrics/*_rows.csv); make them with `sciqa evaluate --run {run_id}`")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=names[0], dst_path=tmp)
+        return pd.read_csv(path, dtype={"id": str}, keep_default_na=False, na_values={
+            k: [""] for k in ("bleu1", "bleu4", "rougeL", "meteor", "cosine", "answer_index")})
 
-    rows = [row("base", "-", base)]
-    rows += [row(v, "kd" if kd else "golden", scored[(v, kd)], trained[(v, kd)]) for (v, kd) in scored]
+
+def pooled(frames: list):
+    """One frame per problem over seeds: majority correctness (ties wrong), mean explanation metrics."""
+    from sciqa.stats import EXPLANATION, join_rows
+
+    if len(frames) == 1:
+        return frames[0]
+    joined = list(join_rows({str(i): f for i, f in enumerate(frames)}).frames.values())
+    out = joined[0].copy()
+    out["correct"] = np.mean([f["correct"].astype(bool).to_numpy() for f in joined], axis=0) > 0.5
+    for name in EXPLANATION:
+        out[name] = np.nanmean([f[name].to_numpy(dtype=float) for f in joined], axis=0) \
+            if all(name in f for f in joined) else np.nan
+    return out
+
+
+def _label(variant: str, kd: bool) -> str:
+    return f"{variant} {'kd' if kd else 'golden'}"
+
+
+def runs_table(base: str, trained: dict, scored: dict, teacher_run: str, answer_mode: str):
+    """One row per (variant, target) over seeds, plus the base model and the teacher."""
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+
+    def metrics(run_id: str) -> dict:
+        return client.get_run(run_id).data.metrics if run_id else {}
+
+    rows = [{"model": "teacher (train split)", "runs": teacher_run or "(csv)", **{
+        k: metrics(teacher_run).get(k) for k in SHOWN}}] if teacher_run else []
+    rows.append({"model": "base", "answer_mode": answer_mode, "runs": base, **{k: metrics(base).get(k) for k in SHOWN}})
+    for variant, kd in dict.fromkeys((v, k) for v, k, _ in scored):
+        seeds = sorted(s for v, k, s in scored if (v, k) == (variant, kd))
+        per_seed = [metrics(scored[(variant, kd, s)]) for s in seeds]
+        train = metrics(trained[(variant, kd, seeds[0])])
+        params = client.get_run(trained[(variant, kd, seeds[0])]).data.params
+        row = {"model": _label(variant, kd), "answer_mode": answer_mode, "seeds": len(seeds),
+               "train_examples": params.get("train_examples"), "train_ids": params.get("train_ids_digest"),
+               **{k: float(np.mean([m.get(k, np.nan) for m in per_seed])) for k in SHOWN},
+               **({k: train.get(k) for k in TEACHER_COUNTS} if kd else {}),
+               "runs": " ".join(scored[(variant, kd, s)] for s in seeds)}
+        if len(seeds) > 1:
+            row["acc_sd"] = float(np.std([m.get("acc", np.nan) for m in per_seed], ddof=1))
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
+def deltas_table(base: str, scored: dict):
+    """Per variant: KD − golden, and golden − base, KD − base (paired, on common problems)."""
+    import pandas as pd
+
+    from sciqa.stats import compare_runs
+
+    frames = {"base": run_rows(base)}
+    for variant, kd in dict.fromkeys((v, k) for v, k, _ in scored):
+        frames[_label(variant, kd)] = pooled([run_rows(r) for (v, k, _), r in sorted(scored.items())
+                                               if (v, k) == (variant, kd)])
+    parts = []
+    for variant in dict.fromkeys(v for v, _, _ in scored):
+        golden, kd = _label(variant, False), _label(variant, True)
+        parts.append(compare_runs({golden: frames[golden], kd: frames[kd]}, golden, by_group=False))
+        parts.append(compare_runs({"base": frames["base"], golden: frames[golden], kd: frames[kd]}, "base",
+                                  by_group=False))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
+
+
+def delta_metrics(deltas) -> dict[str, float]:
+    """The differences as parent-run metrics (``d_acc_pkv_kd_vs_pkv_golden`` and its CI and p)."""
+    out = {}
+    for r in deltas.itertuples():
+        name = f"d_{r.metric}_{_slug(r.run)}_vs_{_slug(r.baseline)}"
+        out.update({name: r.diff, f"{name}_ci_low": r.ci_low, f"{name}_ci_high": r.ci_high})
+        if r.p_value == r.p_value and r.p_value is not None:
+            out[f"{name}_p"] = r.p_value
+    return out
+
+
 def plot_losses(trained: dict, path: Path) -> Path:
-    """Train and validation loss per epoch, KD vs golden, one panel per variant, shared axes."""
+    """Train loss (each on its own targets) and golden validation loss per epoch, KD vs golden, one
+    panel per variant (first seed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,12 +140,13 @@ def plot_losses(trained: dict, path: Path) -> Path:
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    variants = list(dict.fromkeys(v for v, _ in trained))
+    first = min(s for _, _, s in trained)
+    variants = list(dict.fromkeys(v for v, _, _ in trained))
     fig, axes = plt.subplots(1, len(variants), figsize=(5 * len(variants), 3.8), sharey=True, squeeze=False)
     for ax, variant in zip(axes[0], variants):
         for kd, color in ((False, "tab:blue"), (True, "tab:orange")):
-            run_id = trained[(variant, kd)]
-            for metric, style in (("train_loss", "-"), ("val_loss", "--")):
+            run_id = trained[(variant, kd, first)]
+            for metric, style in (("train_loss", "-"), ("val_loss_golden", "--")):
                 hist = sorted(client.get_metric_history(run_id, metric), key=lambda m: m.step)
                 ax.plot([m.step for m in hist], [m.value for m in hist], style, color=color, marker="o",
                         label=f"{'KD' if kd else 'golden'} {metric.replace('_', ' ')}")
@@ -59,19 +161,51 @@ def plot_losses(trained: dict, path: Path) -> Path:
     return path
 
 
+def compare(base: str, trained: dict, scored: dict, teacher_run: str, cfg) -> str:
+    """Build, log (to the active parent run) and return as markdown the KD vs golden comparison."""
+    import mlflow
+
+    from sciqa.stats import N_RESAMPLES, SEED, forest_plot, to_markdown
+
+    runs = runs_table(base, trained, scored, teacher_run, cfg.answer_mode)
+    deltas = deltas_table(base, scored)
+    n = int(deltas["n"].max()) if len(deltas) else 0
+    head = (f"KD vs golden on {cfg.eval_split} ({cfg.dataset}, {cfg.setting}), n = {n} problems, answer mode "
+            f"'{cfg.answer_mode}', seeds {cfg.seeds}; teacher: {teacher_run or cfg.teacher_csv}; golden trained on "
+            f"{'the same problems as KD' if cfg.golden_on == 'same' else 'all train problems'}; "
+            f"bootstrap {N_RESAMPLES} resamples, seed {SEED}.")
+    markdown = "\n\n".join([head, runs.drop(columns=["runs"]).to_markdown(index=False, floatfmt=".3f"),
+                            to_markdown(deltas), READING])
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        runs.to_csv(d / "runs.csv", index=False)
+        deltas.to_csv(d / "comparison.csv", index=False)
+        (d / "comparison.md").write_text(markdown + "\n")
+        mlflow.log_artifacts(tmp, "compare")
+        plots = [plot_losses(trained, d / "loss_curves.png"), plot_metrics(runs, d / "metrics.png")]
+        if len(deltas):
+            plots.append(forest_plot(deltas, d / "deltas.png"))
+        for plot in plots:
+            mlflow.log_artifact(str(plot), "plots")
+    mlflow.log_metrics({**delta_metrics(deltas), **{f"acc_{_slug(r.model)}": r.acc for r in runs.itertuples()
+                                                    if r.acc == r.acc and r.acc is not None}})
+    return markdown
+
+
 def plot_metrics(table, path: Path) -> Path:
-    """Grouped bars of the headline metrics per (variant, target)."""
+    """Grouped bars of the headline metrics per row of the runs table."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r.variant}/{r.target}" if r.target != "-" else "base" for r in table.itertuples()]
+    labels = list(table["model"])
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(labels) * len(BARS) / 3), 4))
     width = 0.8 / len(labels)
     for i, label in enumerate(labels):
         values = [table.iloc[i][k] if k in ("acc", "overall") else 100 * (table.iloc[i][k] or 0) for k in BARS]
-        ax.bar([j + i * width for j in range(len(BARS))], [v if v == v else 0 for v in values], width, label=label)
+        ax.bar([j + i * width for j in range(len(BARS))], [v if v == v and v is not None else 0 for v in values],
+               width, label=label)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(BARS))],
                   ["accuracy %", "BLEU-1 x100", "ROUGE-L x100", "METEOR x100", "cosine x100", "overall"])
     ax.legend(fontsize=8)
@@ -80,22 +214,3 @@ def plot_metrics(table, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def compare(base: str, trained: dict, scored: dict, teacher_run: str = "") -> str:
-    """Build, log and return (as markdown) the comparison of the active parent run."""
-    import mlflow
-
-    table = comparison_table(base, trained, scored)
-    markdown = table.drop(columns=["score_run", "train_run"]).to_markdown(index=False, floatfmt=".3f")
-    with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp)
-        table.to_csv(d / "comparison.csv", index=False)
-        (d / "comparison.md").write_text(f"teacher run: {teacher_run or '(csv)'}\n\n{markdown}\n")
-        mlflow.log_artifacts(tmp, "compare")
-        mlflow.log_artifact(str(plot_losses(trained, d / "loss_curves.png")), "plots")
-        mlflow.log_artifact(str(plot_metrics(table, d / "metrics.png")), "plots")
-    for r in table.itertuples():
-        if r.target != "-" and r.acc is not None:
-            mlflow.log_metric(f"acc_{r.variant}_{r.target}", r.acc)
-    return markdown

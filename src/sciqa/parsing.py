@@ -1,47 +1,76 @@
 """Map a raw model output to a choice index, the answer as written, and the explanation.
 
 The prompt asks for ``{"answer": "<choice>", "solution": "..."}`` but models
-answer in many shapes: fenced or broken JSON, letters, 0-based numbers, the
-choice text inside a sentence. About one answer in six was lost to a strict
-parser in the study, so this module is tolerant in *finding* the answer and
-strict in *mapping* it: an answer that names no choice, or two different
-choices, stays unmapped (``None``) and is counted, never guessed.
+answer in many shapes: fenced or broken JSON, nested objects, other keys,
+booleans, letters, 0-based numbers, the choice text inside a sentence. About
+one answer in six was lost to a strict parser in the study, so this module is
+tolerant in *finding* the answer and strict in *mapping* it: an answer that
+names no choice, or two different choices, stays unmapped (``None``) and is
+counted, never guessed. ``Parsed.rule`` says which of ``RULES`` mapped it.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
-__all__ = ["Parsed", "parse_output"]
+__all__ = ["OTHER_ANSWER_KEYS", "RULES", "UNMAPPED", "Parsed", "parse_output", "rule_counts"]
+
+# Which rule mapped an answer. From "json" to "prefix": rules on the whole answer, tried in
+# this order, the first that applies decides; then "mention"/"ordinal" on a sentence.
+RULES = (
+    "json",  # the JSON "answer" field is a choice's text as written (curly quotes = straight)
+    "text",  # a free-text answer is a choice's text as written
+    "normalized_text",  # ... once case, spaces ("95 kilometers") and edge punctuation are folded
+    "label",  # a letter: "B", "(B)", "Option B", "b) apostrophe"
+    "number",  # a number, the 0-based index (see number_base): "1", "(1) apostrophe"
+    "boolean",  # true/false where the choices are yes/no
+    "head",  # the head of a "head: definition" choice ("guilt by association"), alone or in a sentence
+    "prefix",  # the first whole words of exactly one choice ("chemical", "No" for "no, it isn't")
+    "mention",  # a sentence that names exactly one choice
+    "ordinal",  # "the first sentence", "the second one": a position, 0-based
+    "nested",  # any rule, on the first value of a nested object: {"answer": {"word": ...}}
+    "other_key",  # any rule, on a field of OTHER_ANSWER_KEYS when there is no "answer" field
+)
+UNMAPPED = "unmapped"
+# Keys read as the answer when there is no "answer" key; the first one in the output wins.
+OTHER_ANSWER_KEYS = ("final_answer", "correct_answer", "choice", "selected_choice", "option",
+                     "selected_option", "correct_option", "response", "prediction", "output")
 
 
 @dataclass(frozen=True)
 class Parsed:
-    """What an output says: a 0-based choice (or None), the answer as written, the explanation."""
+    """What an output says: a 0-based choice (or None), the answer as written, the explanation.
+
+    ``rule`` is diagnostic (one of RULES, UNMAPPED, "" when built by hand) and
+    does not take part in equality.
+    """
 
     answer_index: int | None  # None = unmapped
     answer_text: str  # the answer as the model wrote it
     solution: str  # the explanation
+    rule: str = field(default="", compare=False)
 
 
 # A JSON string value: opened by " or ', closed by the same quote when the next
 # thing is a closing brace, another key or the end; a truncated output (no
 # closing quote) runs to the end of the text.
 _VALUE_END = r"""(?=\s*(?:,?\s*\}|,\s*["']?\w+["']?\s*:|,?\s*\Z|,?\s*```))"""
-_STRING = r"""(["'])(?P<text>.*?)(?:\1""" + _VALUE_END + r"""|\Z)"""
-_ANSWER_FIELD = re.compile(
-    r"""["']answer["']\s*:\s*(?:"""
-    + _STRING
-    + r"""|(?P<bare>[^,}\s][^,}\n]*))""",
-    re.IGNORECASE | re.DOTALL,
-)
-_SOLUTION_FIELD = re.compile(
-    r"""["'](?:solution|explanation)["']\s*:\s*""" + _STRING,
-    re.IGNORECASE | re.DOTALL,
-)
+_STRING = r"""(?P<q>["'])(?P<text>.*?)(?:(?P=q)""" + _VALUE_END + r"""|\Z)"""
+
+
+def _field_pattern(keys: str) -> re.Pattern:
+    """A field under one of ``keys`` (a regex) whose value opens an object, is a string, or is bare (1, false)."""
+    value = rf"""(?:(?P<nested>\{{)|{_STRING}|(?P<bare>[^,}}\s][^,}}\n]*))"""
+    return re.compile(rf"""\s*["'](?:{keys})["']\s*:\s*{value}""", re.IGNORECASE | re.DOTALL)
+
+
+_ANSWER_FIELD = _field_pattern("answer")
+_OTHER_FIELD = _field_pattern("|".join(OTHER_ANSWER_KEYS))
+_FIRST_FIELD = _field_pattern(r"[\w -]+")  # a nested object's first field, whatever its key
+_SOLUTION_FIELD = re.compile(r"""["'](?:solution|explanation)["']\s*:\s*""" + _STRING, re.IGNORECASE | re.DOTALL)
 
 # "The answer is", "Answer:", "correct answer is:" - an explicit answer marker.
 _MARKER = re.compile(r"\banswer\s*(?:is\b\s*:?|:)\s*(?:\*\*(?!\*)\s*)?", re.IGNORECASE)  # and "**Answer:** B"
@@ -60,6 +89,19 @@ _EXPLANATION_LABEL = re.compile(
     r"^\s*(?:because\b\s*:?|(?:explanation|solution|reason(?:ing)?)\s*:)\s*", re.IGNORECASE
 )
 _EDGE_PUNCT = " \t\n\"'`*.,;:!?()[]{}"
+_QUOTES = str.maketrans("‘’“”", "''\"\"")
+# The head of "guilt by association: a negative association ...": before ": ", " - ", "—".
+_HEAD = re.compile(r"(?P<head>.+?)(?::\s|\s[-–—]\s|—)", re.DOTALL)
+# Ordinals, 0-based; a reference is one before a choice noun ("the 2nd one") or ending the answer ("the third").
+_ORDINALS = {w: i for i, ws in enumerate(("first 1st", "second 2nd", "third 3rd", "fourth 4th", "fifth 5th"))
+             for w in ws.split()}
+_ORD = "|".join(_ORDINALS)
+_ORDINAL_REF = re.compile(
+    rf"\b(?:{_ORD})\s+(?:one|option|choice|answer|alternative|sentence|text|statement)s?\b|(?:^|\bthe\s+)(?:{_ORD})$"
+)
+_ORDINAL_WORD = re.compile(rf"\b(?:{_ORD})\b")
+
+Found = tuple[set[int], str] | None  # the candidate choices and the rule; None: the rule does not apply
 
 
 def parse_output(raw: str, choices: Sequence[str], number_base: int = 0) -> Parsed:
@@ -69,13 +111,34 @@ def parse_output(raw: str, choices: Sequence[str], number_base: int = 0) -> Pars
     prompt (``(0) first``), 1 for external CSVs labelled from 1.
     """
     text = (raw or "").strip()
-    answer = _ANSWER_FIELD.search(text)
+    answer, source = _answer_field(text)
     solution = _SOLUTION_FIELD.search(text)
-    if answer or solution:
-        answer_text = _field(answer, "bare")
-        index = _match_span(answer_text, choices, number_base) if answer_text else None
-        return Parsed(index, answer_text, _field(solution))
-    return _parse_free_text(text, choices, number_base)
+    if answer is None and solution is None:
+        return _parse_free_text(text, choices, number_base)
+    answer_text = _field(answer)
+    index, rule = _match_span(answer_text, choices, number_base)
+    if index is not None and source != "json":
+        rule = source
+    return Parsed(index, answer_text, _field(solution), "json" if rule == "text" else rule)
+
+
+def rule_counts(parsed: Iterable[Parsed]) -> dict[str, int]:
+    """How many answers each rule mapped: every rule of RULES (zeros too), then UNMAPPED."""
+    counts = dict.fromkeys((*RULES, UNMAPPED), 0)
+    for one in parsed:
+        key = UNMAPPED if one.answer_index is None else one.rule
+        counts[key] = counts.get(key, 0) + 1  # a hand-built Parsed counts under ""
+    return counts
+
+
+def _answer_field(text: str) -> tuple[re.Match | None, str]:
+    """The answer field and where it was ("json", "other_key", "nested" when its value is an object)."""
+    match, source = _ANSWER_FIELD.search(text), "json"
+    if match is None:
+        match, source = _OTHER_FIELD.search(text), "other_key"
+    while match and match.group("nested") and (inner := _FIRST_FIELD.match(text, match.end())):
+        match, source = inner, "nested" if source == "json" else source
+    return match, source
 
 
 def _parse_free_text(text: str, choices: Sequence[str], number_base: int) -> Parsed:
@@ -90,7 +153,8 @@ def _parse_free_text(text: str, choices: Sequence[str], number_base: int) -> Par
     answer_text = rest[:end].strip().rstrip(".,;:").strip()
     after = _EXPLANATION_LABEL.sub("", rest[end:].lstrip(".!?").strip(), count=1).strip()
     reasoning = re.sub(r"[^.!?\n]*\Z", "", before).strip()  # drop the "So the" lead-in
-    return Parsed(_match_span(answer_text, choices, number_base), answer_text, after or reasoning)
+    index, rule = _match_span(answer_text, choices, number_base)
+    return Parsed(index, answer_text, after or reasoning, rule)
 
 
 def _span_end(text: str, choices: Sequence[str]) -> int:
@@ -113,33 +177,51 @@ def _choice_pattern(choice: str) -> re.Pattern:
     return re.compile(rf"(?<!\w){words}(?!\w)", re.IGNORECASE)
 
 
-def _match_span(span: str, choices: Sequence[str], number_base: int) -> int | None:
-    """Resolve a span: exact choice text, a bare label, a label with text, else a whole-word mention."""
-    same = _same_text(span, choices)
-    if same:
-        return same[0] if len(same) == 1 else None
-    only = _LABEL_ONLY.fullmatch(span.strip(" *`,;"))
-    if only:
-        return _label_index(only.group("label"), len(choices), number_base)
-    prefixed = _LABEL_PREFIX.fullmatch(span.strip())
-    if prefixed:
-        by_label = _label_index(prefixed.group("label"), len(choices), number_base)
-        same = _same_text(prefixed.group("rest"), choices)
-        by_text = same[0] if len(same) == 1 else None
-        if by_text is not None and by_label is not None and by_text != by_label:
-            return None  # "(0) apostrophe" with apostrophe at 1: contradictory, don't guess
-        if by_text is not None or by_label is not None:
-            return by_text if by_text is not None else by_label
-    return _mentioned_choice(span, choices)
+def _match_span(span: str, choices: Sequence[str], number_base: int) -> tuple[int | None, str]:
+    """Resolve a span: the first whole-span rule that applies decides, else a sentence naming one choice.
+
+    Either way exactly one candidate choice maps; none or several stay unmapped.
+    """
+    if not _norm(span):
+        return None, UNMAPPED
+    for rule in _WHOLE_SPAN_RULES:
+        found = rule(span, choices, number_base)
+        if found is not None:
+            break
+    else:
+        found = _named_in_sentence(span, choices)
+    candidates, rule_name = found
+    return (min(candidates), rule_name) if len(candidates) == 1 else (None, UNMAPPED)
 
 
-def _same_text(text: str, choices: Sequence[str]) -> list[int]:
-    """Choices equal to the text, at the strictest level that finds any: some choices differ only in case."""
-    for fold in (_exact, _unpunctuated, _norm):
-        same = [i for i, choice in enumerate(choices) if fold(choice) == fold(text)]
+def _as_text(span: str, choices: Sequence[str], number_base: int = 0) -> Found:
+    """Choices equal to the span, at the strictest fold that finds any: some choices differ only in case."""
+    for rule, fold in _TEXT_FOLDS:
+        same = {i for i, choice in enumerate(choices) if fold(choice) == fold(span)}
         if same:
-            return same
-    return []
+            return same, rule
+    return None
+
+
+def _as_label(span: str, choices: Sequence[str], number_base: int) -> Found:
+    """A bare label ("B", "(1)"), or a label with text that agrees with it ("(1) apostrophe").
+
+    Not when the span starts with a choice's text: "4:0 or 3:1" names ratios, not choice 4.
+    """
+    if any(_choice_pattern(c).match(span.strip()) for c in choices if c.strip()):
+        return None
+    match = _LABEL_ONLY.fullmatch(span.strip(" *`,;")) or _LABEL_PREFIX.fullmatch(span.strip())
+    if match is None:
+        return None
+    label = match.group("label")
+    by_label = _label_index(label, len(choices), number_base)
+    found = set() if by_label is None else {by_label}
+    if match.re is _LABEL_PREFIX:  # "(0) apostrophe" with apostrophe at 1: both count, so unmapped
+        by_text = _as_text(match.group("rest"), choices)
+        found |= by_text[0] if by_text and len(by_text[0]) == 1 else set()
+        if not found:
+            return None
+    return found, "number" if label.isdigit() else "label"
 
 
 def _label_index(label: str, n_choices: int, number_base: int) -> int | None:
@@ -148,8 +230,48 @@ def _label_index(label: str, n_choices: int, number_base: int) -> int | None:
     return index if 0 <= index < n_choices else None
 
 
-def _mentioned_choice(span: str, choices: Sequence[str]) -> int | None:
-    """The one choice the span names as whole words; case and markup decide only between variants.
+def _as_boolean(span: str, choices: Sequence[str], number_base: int) -> Found:
+    """true/false (a JSON boolean or the word) for choices that are exactly yes and no."""
+    word = {"true": "yes", "false": "no"}.get(_norm(span))
+    folded = [_norm(choice) for choice in choices]
+    return ({folded.index(word)}, "boolean") if word and sorted(folded) == ["no", "yes"] else None
+
+
+def _as_head(span: str, choices: Sequence[str], number_base: int) -> Found:
+    """Choices whose head ("guilt by association" of "guilt by association: a ...") is the span."""
+    same = {i for i, head in enumerate(_heads(choices)) if head and _loose(head) == _loose(span)}
+    return (same, "head") if same else None
+
+
+def _as_prefix(span: str, choices: Sequence[str], number_base: int) -> Found:
+    """Choices that start with the span's whole words ("chemical" for "chemical change")."""
+    start = re.compile(rf"{re.escape(_norm(span))}(?!\w)")
+    found = {i for i, choice in enumerate(choices) if start.match(_norm(choice))}
+    return (found, "prefix") if found else None
+
+
+_WHOLE_SPAN_RULES: tuple[Callable[[str, Sequence[str], int], Found], ...] = (
+    _as_text, _as_label, _as_boolean, _as_head, _as_prefix
+)
+
+
+def _named_in_sentence(span: str, choices: Sequence[str]) -> tuple[set[int], str]:
+    """The choices a sentence names by text, else by head; an ordinal must agree with them, or stand alone.
+
+    "The first option, apostrophe" with apostrophe second names two choices. An
+    ordinal beyond the choices ("the third sentence" of a passage) names none.
+    """
+    named, rule = _mentioned(span, choices), "mention"
+    if not named:
+        named, rule = _mentions(_norm(span), [_norm(head) for head in _heads(choices)]), "head"
+    positions = _ordinals(span, choices)
+    if named:
+        return named | {p for p in positions if p < len(choices)}, rule
+    return (positions if all(p < len(choices) for p in positions) else set()), "ordinal"
+
+
+def _mentioned(span: str, choices: Sequence[str]) -> set[int]:
+    """The choices the span names as whole words; case and markup decide only between variants.
 
     "Yes, not no" names two choices (unmapped), but "A Breath of Fresh Air"
     names one of two choices that differ only in capitals.
@@ -158,13 +280,7 @@ def _mentioned_choice(span: str, choices: Sequence[str]) -> int | None:
     for fold in (_unpunctuated, _exact):  # variants of one text (case, quotes vs italics): stricter decides
         if len(found) > 1 and len({_norm(choices[i]) for i in found}) == 1:
             found = _mentions(fold(span), [fold(c) if i in found else "" for i, c in enumerate(choices)])
-    if len(found) == 1:
-        return found.pop()
-    if found or _norm(span) not in ("yes", "no"):
-        return None
-    # A bare "No" for a choice written "no, it isn't".
-    starting = [i for i, choice in enumerate(choices) if re.match(rf"{_norm(span)}\b", _norm(choice))]
-    return starting[0] if len(starting) == 1 else None
+    return found
 
 
 def _mentions(span: str, choices: list[str]) -> set[int]:
@@ -184,9 +300,24 @@ def _mentions(span: str, choices: list[str]) -> set[int]:
     }
 
 
+def _heads(choices: Sequence[str]) -> list[str]:
+    """Each choice's head before ": ", " - " or "—" ("" without one); "1:3" has none."""
+    return [m.group("head") if (m := _HEAD.match(choice)) else "" for choice in choices]
+
+
+def _ordinals(span: str, choices: Sequence[str]) -> set[int]:
+    """Positions ("the first sentence" = 0); once there is one, every ordinal counts ("first and second ones").
+
+    None when a choice has an ordinal word itself ("first quarter").
+    """
+    if not _ORDINAL_REF.search(_norm(span)) or any(_ORDINAL_WORD.search(c.lower()) for c in choices):
+        return set()
+    return {_ORDINALS[word] for word in _ORDINAL_WORD.findall(_norm(span))}
+
+
 def _exact(text: str) -> str:
-    """One space between words, nothing else changed."""
-    return " ".join(text.split())
+    """One space between words, straight quotes (never what tells choices apart), nothing else changed."""
+    return " ".join(text.split()).translate(_QUOTES)
 
 
 def _unpunctuated(text: str) -> str:
@@ -199,12 +330,22 @@ def _norm(text: str) -> str:
     return _unpunctuated(text.lower())
 
 
-def _field(match: re.Match | None, bare: str | None = None) -> str:
-    """A JSON field's value, quoted or (for a bare number) not, unescaped and stripped; "" when absent."""
-    if match is None:
+def _compact(fold: Callable[[str], str]) -> Callable[[str], str]:
+    """A fold without any spaces: "95 kilometers" is the choice "95kilometers"."""
+    return lambda text: "".join(fold(text).split())
+
+
+_loose = _compact(_norm)
+_TEXT_FOLDS = (("text", _exact), *(("normalized_text", fold) for fold in (
+    _unpunctuated, _norm, _compact(_exact), _compact(_unpunctuated), _loose)))
+
+
+def _field(match: re.Match | None) -> str:
+    """A JSON field's value, quoted or bare (a number, a boolean), unescaped and stripped; "" when absent."""
+    if match is None or match.groupdict().get("nested"):
         return ""
     value = match.group("text")
-    return _unescape(value if value is not None else match.group(bare)).strip()
+    return _unescape(value if value is not None else match.group("bare")).strip()
 
 
 def _unescape(value: str) -> str:

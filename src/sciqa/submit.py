@@ -224,7 +224,7 @@ def submit(step: str, command: str, cfg, check_fn: Callable | None, *, gpu: str,
 
     render("0" * 32, "0", uri)  # a tracking URI with credentials in it is refused here
 
-    attach = os.environ.get("MLFLOW_RUN_ID")  # `mlflow run` made the run: use it, make no second one
+    attach = tracking.take_outer_run()  # `mlflow run` made the run: use it, make no second one
     short = model.split("/")[-1] or step
     run = mlflow.start_run(run_id=attach) if attach else mlflow.start_run(run_name=f"{step}-{short}-slurm")
     run_id = run.info.run_id

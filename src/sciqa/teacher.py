@@ -1,15 +1,19 @@
 """Training targets: golden (correct choice + the dataset's solution) or a teacher's (KD).
 
-A teacher source is a benchmark run on the train split (its ``outputs/train_*.csv``), a CSV
-(ours, or the study's: tab- or comma-separated ``index,input,answer,explanation``), or, when
-neither is given, the newest finished train-split benchmark of the teacher model. Teacher rows
-whose answer cannot be mapped to a choice are skipped and counted, never guessed.
+A teacher source is a finished benchmark run on the train split (its ``outputs/train_*.csv``) or
+a CSV (ours, or the study's: tab- or comma-separated ``index,input,answer,explanation``); without
+either, the teacher model is benchmarked on the train split first (or that benchmark is reused).
+A teacher row becomes a KD target only when it is whole and names a choice: a row that hit the
+generation budget (``finish_reason=length``: its explanation is cut mid-sentence) or names no
+choice is dropped and counted, never repaired or guessed; ``kd_filter=correct`` also drops rows
+whose answer is wrong (the common KD ablation).
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +22,18 @@ from sciqa.errors import SciqaError
 from sciqa.prompts import target_json
 
 STUDY_COLUMNS = ("index", "answer", "explanation")
+KD_FILTERS = ("all", "correct")
+WARN_DROPPED = 0.05  # warn when more of the teacher's rows than this are dropped
+
+
+@dataclass(frozen=True)
+class TeacherRow:
+    """One teacher answer: the choice it names (None: none), its explanation, whether it was cut."""
+
+    id: str
+    index: int | None
+    solution: str
+    truncated: bool
 
 
 @dataclass
@@ -26,10 +42,21 @@ class Targets:
 
     by_id: dict[str, str]
     source: str
-    skipped_unparsed: int = 0
-    skipped_missing: int = 0
     teacher_run: str = ""
-    notes: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def digest(self) -> str:
+        """Content of what is trained on: part of the training run's cache key."""
+        from sciqa.tracking import digest
+
+        return digest(sorted(self.by_id.items()))
+
+    @property
+    def ids_digest(self) -> str:
+        from sciqa.tracking import digest
+
+        return digest(sorted(self.by_id))
 
 
 def golden(problems: list[Problem]) -> Targets:
@@ -38,66 +65,83 @@ def golden(problems: list[Problem]) -> Targets:
 
 def _rows_from_csv_text(text: str, where: str) -> tuple[list[dict], str]:
     """Rows and their format (``ours`` or ``study``) from a CSV text, tab or comma separated."""
+    if "\0" in text:
+        raise SciqaError(f"teacher CSV '{where}' is not a text CSV (it holds NUL bytes)")
     first = text.splitlines()[0] if text.strip() else ""
     delim = "\t" if first.count("\t") > first.count(",") else ","
-    reader = csv.DictReader(io.StringIO(text), delimiter=delim)
-    cols = [c.strip() for c in (reader.fieldnames or [])]
-    reader.fieldnames = cols
+    try:
+        reader = csv.DictReader(io.StringIO(text), delimiter=delim)
+        cols = [c.strip() for c in (reader.fieldnames or [])]
+        reader.fieldnames = cols
+        rows = list(reader)
+    except csv.Error as exc:
+        raise SciqaError(f"teacher CSV '{where}' cannot be parsed ({exc})") from None
     if "id" in cols and ("raw_output" in cols or "answer_text" in cols):
-        return list(reader), "ours"
+        return rows, "ours"
     missing = [c for c in STUDY_COLUMNS if c not in cols]
     if missing:
         raise SciqaError(f"teacher CSV '{where}' lacks columns {', '.join(missing)}; expected our outputs CSV "
                          "(id, raw_output, ...) or the study's format (index, input, answer, explanation)")
-    return list(reader), "study"
+    return rows, "study"
 
 
-def _targets_from_rows(rows: list[dict], fmt: str, choices: dict[str, tuple[str, ...]], where: str,
-                       strict_ids: bool) -> tuple[dict[str, str], int]:
-    """Map rows to target JSON; unknown ids raise when ``strict_ids`` (a user's CSV)."""
+def _index(cell: str | None, n_choices: int) -> int | None:
+    """Our CSV's ``answer_index`` cell: a whole number in range, else None (then the text is parsed)."""
+    try:
+        number = float(str(cell).strip())
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() and 0 <= number < n_choices else None
+
+
+def teacher_rows(rows: list[dict], fmt: str, choices: dict[str, tuple[str, ...]], where: str,
+                 strict_ids: bool) -> list[TeacherRow]:
+    """Map rows to what the teacher said; unknown ids raise when ``strict_ids`` (a user's CSV)."""
     from sciqa.parsing import parse_output
 
     key = "id" if fmt == "ours" else "index"
-    unknown = [r[key] for r in rows if str(r[key]).strip() not in choices]
+    ids = [str(r.get(key) or "").strip() for r in rows]
+    unknown = [i for i in ids if i not in choices]
     if unknown and strict_ids:
         raise SciqaError(f"teacher CSV '{where}' has {len(unknown)} ids not in the train split of the dataset "
                          f"(e.g. '{unknown[0]}'); it must come from the same dataset")
-    out, skipped = {}, 0
-    for r in rows:
-        pid = str(r[key]).strip()
+    out = []
+    for pid, r in zip(ids, rows):
         if pid not in choices:
             continue
-        if fmt == "ours" and (r.get("answer_index") or "").strip():
-            idx, solution = int(float(r["answer_index"])), r.get("solution") or ""
-        else:
-            raw = r.get("raw_output") if fmt == "ours" else json.dumps(
-                {"answer": r.get("answer") or "", "solution": r.get("explanation") or ""})
-            parsed = parse_output(raw or "", choices[pid])
-            idx, solution = parsed.answer_index, parsed.solution
-        if idx is None or not 0 <= idx < len(choices[pid]):
-            skipped += 1
-            continue
-        out[pid] = target_json(choices[pid][idx], solution.strip())
-    return out, skipped
+        raw = r.get("raw_output") if fmt == "ours" else json.dumps(
+            {"answer": r.get("answer") or "", "solution": r.get("explanation") or ""})
+        parsed = parse_output(raw or "", choices[pid])
+        index = _index(r.get("answer_index"), len(choices[pid])) if fmt == "ours" else None
+        solution = (r.get("solution") if fmt == "ours" and r.get("solution") is not None else parsed.solution) or ""
+        out.append(TeacherRow(pid, parsed.answer_index if index is None else index, solution.strip(),
+                              (r.get("finish_reason") or "").strip() == "length"))
+    return out
 
 
-def from_csv(path: str, all_train: list[Problem], strict_ids: bool = True) -> tuple[dict[str, str], int]:
+def from_csv(path: str, all_train: list[Problem], strict_ids: bool = True) -> list[TeacherRow]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise SciqaError(f"teacher CSV '{path}' does not exist")
-    rows, fmt = _rows_from_csv_text(p.read_text(encoding="utf-8"), path)
-    return _targets_from_rows(rows, fmt, {q.id: q.choices for q in all_train}, path, strict_ids)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SciqaError(f"teacher CSV '{path}' is not UTF-8 text") from None
+    rows, fmt = _rows_from_csv_text(text, path)
+    return teacher_rows(rows, fmt, {q.id: q.choices for q in all_train}, path, strict_ids)
 
 
 def run_train_csv(run_id: str, setting: str) -> str:
-    """Artifact path of a run's train-split outputs CSV (the setting's if there are several)."""
+    """Artifact path of a finished run's train-split outputs CSV (the setting's if there are several)."""
     import mlflow
 
-    try:
-        arts = [a.path for a in mlflow.artifacts.list_artifacts(run_id=run_id, artifact_path="outputs")]
-    except Exception as exc:  # noqa: BLE001 - unknown run ids come as several exception types
-        raise SciqaError(f"teacher run '{run_id}' cannot be read ({type(exc).__name__}); pass a benchmark "
-                         "run id on the train split") from None
+    from sciqa import tracking
+
+    run = tracking.get_run(run_id, "teacher run")
+    if run.info.status != "FINISHED":
+        raise SciqaError(f"teacher run '{run_id}' is {run.info.status}, not finished: its outputs are partial; "
+                         "run its benchmark again to finish it, or pass another --teacher-run")
+    arts = [a.path for a in mlflow.artifacts.list_artifacts(run_id=run_id, artifact_path="outputs")]
     train = sorted(a for a in arts if Path(a).name.startswith("train_") and a.endswith(".csv"))
     if not train:
         raise SciqaError(f"teacher run '{run_id}' has no train-split outputs (outputs/train_*.csv); "
@@ -106,32 +150,48 @@ def run_train_csv(run_id: str, setting: str) -> str:
     return (preferred or train)[0]
 
 
-def latest_teacher_run(teacher_model: str) -> str | None:
-    """The newest FINISHED benchmark of ``teacher_model`` on the train split in this experiment."""
-    import mlflow
-
-    exp = mlflow.tracking.fluent._get_experiment_id()
-    runs = mlflow.search_runs([exp], output_format="list", order_by=["attributes.start_time DESC"],
-                              filter_string="tags.`sciqa.step` = 'benchmark' and tags.`sciqa.split` = 'train' "
-                                            f"and tags.`sciqa.model` = '{teacher_model}' "
-                                            "and attributes.status = 'FINISHED'")
-    return runs[0].info.run_id if runs else None
-
-
-def from_run(run_id: str, setting: str, all_train: list[Problem], workdir: Path) -> tuple[dict[str, str], int]:
-    import mlflow
+def from_run(run_id: str, setting: str, all_train: list[Problem], workdir: Path) -> list[TeacherRow]:
+    from sciqa.tracking import fetch_artifact
 
     art = run_train_csv(run_id, setting)
-    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=art,
-                                                dst_path=str(workdir / "teacher" / run_id))
-    rows, fmt = _rows_from_csv_text(Path(local).read_text(encoding="utf-8"), f"run {run_id}")
-    return _targets_from_rows(rows, fmt, {q.id: q.choices for q in all_train}, f"run {run_id}", strict_ids=False)
+    local = Path(workdir) / "teacher" / run_id / Path(art).name
+    if not local.exists() and not fetch_artifact([run_id], art, local):
+        raise SciqaError(f"teacher run '{run_id}': {art} cannot be downloaded")
+    rows, fmt = _rows_from_csv_text(local.read_text(encoding="utf-8"), f"run {run_id}")
+    return teacher_rows(rows, fmt, {q.id: q.choices for q in all_train}, f"run {run_id}", strict_ids=False)
 
 
-def finish(by_id: dict[str, str], skipped: int, problems: list[Problem], source: str, run_id: str = "") -> Targets:
-    kept = {p.id: by_id[p.id] for p in problems if p.id in by_id}
-    missing = sum(1 for p in problems if p.id not in by_id)
+def kd_targets(rows: list[TeacherRow], problems: list[Problem], kd_filter: str, source: str,
+               run_id: str = "") -> Targets:
+    """The usable teacher rows of ``problems`` as targets; every dropped row counted by reason."""
+    by_problem = {p.id: p for p in problems}
+    counts = dict.fromkeys(("teacher_rows", "teacher_rows_truncated", "teacher_rows_unmapped",
+                            "teacher_rows_wrong", "teacher_missing"), 0)
+    kept: dict[str, str] = {}
+    for row in rows:
+        p = by_problem.get(row.id)
+        if p is None or row.id in kept:
+            continue
+        counts["teacher_rows"] += 1
+        if row.truncated:
+            counts["teacher_rows_truncated"] += 1
+        elif row.index is None:
+            counts["teacher_rows_unmapped"] += 1
+        elif kd_filter == "correct" and row.index != p.answer:
+            counts["teacher_rows_wrong"] += 1
+        else:
+            kept[row.id] = target_json(p.choices[row.index], row.solution)
+    answered = {r.id for r in rows}
+    counts["teacher_missing"] = sum(1 for p in problems if p.id not in answered)
+    dropped = counts["teacher_rows"] - len(kept)
     if not kept:
-        raise SciqaError(f"the teacher ({source}) has no usable answer for any training problem "
-                         f"({skipped} unparseable, {missing} missing)")
-    return Targets(kept, source=source, skipped_unparsed=skipped, skipped_missing=missing, teacher_run=run_id)
+        raise SciqaError(f"the teacher ({source}) has no usable answer for any training problem ({dropped} dropped: "
+                         f"{counts['teacher_rows_truncated']} cut at the budget, {counts['teacher_rows_unmapped']} "
+                         f"naming no choice, {counts['teacher_rows_wrong']} wrong; {counts['teacher_missing']} missing)")
+    if dropped > WARN_DROPPED * max(counts["teacher_rows"], 1):
+        print(f"sciqa: warning: {dropped} of {counts['teacher_rows']} teacher rows dropped "
+              f"({counts['teacher_rows_truncated']} cut at the generation budget: raise teacher_max_new_tokens; "
+              f"{counts['teacher_rows_unmapped']} naming no choice; {counts['teacher_rows_wrong']} wrong)",
+              file=sys.stderr, flush=True)
+    ordered = {p.id: kept[p.id] for p in problems if p.id in kept}
+    return Targets(ordered, source=source, teacher_run=run_id, counts=counts)

@@ -1,160 +1,410 @@
 """MLflow run handling shared by every step: where runs go, reuse, resume, attach, end state.
 
-A step's identity is a hash of its entry point and parameters (tag ``sciqa.key``). A finished run
-with the same key is reused (no work is redone, as in MLflow's multistep example, but with the
-parameters compared as strings so the cache really hits); an unfinished one (crash, ``kill -9``,
-a dead node leaves it RUNNING) is resumed; ``MLFLOW_RUN_ID`` (set by ``mlflow run`` and by our
-Slurm jobs) attaches to an existing run.
+A step's identity is a hash of its entry point, the parameters that define its result (with
+content digests of what it read: problems, teacher rows, adapter files) and a digest of sciqa's
+own source (tag ``sciqa.key``). A finished run with the same key is reused; an unfinished one
+(crash, ``kill -9``, a dead node leaves it RUNNING) is resumed; ``--force`` starts a new one.
+
+``MLFLOW_RUN_ID`` (set by ``mlflow run`` and by our Slurm jobs) names the run of the *outer*
+step of this process only: the CLI takes it out of the environment at start (:func:`claim_outer_run`),
+so a step run inside another (a KD training's teacher benchmark, ``main``'s children) never
+attaches to it (mlflow#15713). When ``mlflow run`` made a fresh run and a finished identical one
+exists, the fresh one is deleted and the finished one reused; when an unfinished identical one
+exists, the fresh run continues its work (checkpoints, CSV) and the old one is marked superseded.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import re
+import shutil
 import subprocess
+import sys
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
+from sciqa.config import params_of, redact
 from sciqa.errors import SciqaError
 
 DEFAULT_URI = "sqlite:///mlflow.db"  # what `mlflow ui` and `mlflow run` default to (MLflow >= 3.6)
 DEFAULT_EXPERIMENT = "sciqa"
-SECRET = re.compile(r"token|secret|password|passwd|api_key|apikey|credential", re.I)
+_SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+_OUTER: dict[str, str | bool | None] = {"id": None, "used": False}
+_EXPERIMENT: dict[str, str] = {}
 
 
-def setup() -> str:
-    """Point MLflow at MLFLOW_TRACKING_URI (unset: a sqlite store in the working directory) and
-    fail within seconds, with one line, when a server cannot be reached."""
+# ---------------------------------------------------------------- where runs go
+
+def claim_outer_run() -> str | None:
+    """Take ``MLFLOW_RUN_ID`` out of the environment: only the outer step of this process uses it."""
+    run_id = os.environ.pop("MLFLOW_RUN_ID", None) or _OUTER["id"]
+    _OUTER.update(id=run_id or None)
+    return _OUTER["id"]  # type: ignore[return-value]
+
+
+def outer_run_id() -> str | None:
+    """The claimed run while no step has attached to it yet (the parent of an inner step)."""
+    return None if _OUTER["used"] else _OUTER["id"]  # type: ignore[return-value]
+
+
+def take_outer_run() -> str | None:
+    """The claimed run, for the one step that attaches to it (later calls get None)."""
+    run_id = outer_run_id()
+    if run_id:
+        _OUTER["used"] = True
+    return run_id
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def check_uri(uri: str) -> None:
+    """A store sciqa can use, or one line saying what to use instead."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
+    if scheme in ("http", "https", "databricks"):
+        return
+    if scheme == "sqlite":
+        path = Path(uri[len("sqlite:///"):] or ".")
+        folder = path.parent if not path.exists() else path
+        if not os.access(folder if folder.exists() else Path.cwd(), os.W_OK):
+            raise SciqaError(f"tracking store {uri}: folder '{folder}' is not writable; run where you can write "
+                             "or set MLFLOW_TRACKING_URI")
+        return
+    if scheme in _SQL_SCHEMES:
+        import sqlalchemy
+
+        try:
+            sqlalchemy.create_engine(uri)
+        except ModuleNotFoundError as exc:
+            raise SciqaError(f"tracking store {redact(uri)} needs the database driver '{exc.name}': "
+                             f"pip install it, or use sqlite:///mlflow.db") from None
+        except Exception as exc:  # noqa: BLE001 - malformed URLs come as several types
+            raise SciqaError(f"tracking store {redact(uri)} is not a valid database URL ({exc})") from None
+        return
+    if scheme in ("", "file"):
+        raise SciqaError(f"tracking URI '{redact(uri)}' is a file store, which MLflow has deprecated; use "
+                         "sqlite:///mlflow.db (`mlflow migrate-filestore` converts old runs) or an http server")
+    raise SciqaError(f"tracking URI '{redact(uri)}': unknown scheme '{scheme}'; accepted: sqlite:///FILE, "
+                     "http(s)://HOST:PORT, postgresql://…, mysql://…")
+
+
+def connect() -> str:
+    """Point MLflow at the store and make sure it answers; creates nothing (no db, no experiment)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    uri = tracking_uri()
+    check_uri(uri)
     if uri.startswith(("http://", "https://")):
         import requests
 
         try:
             requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
         except requests.RequestException as exc:
-            raise SciqaError(f"MLflow server at {uri} cannot be reached ({type(exc).__name__}); start it, "
+            raise SciqaError(f"MLflow server at {redact(uri)} cannot be reached ({type(exc).__name__}); start it, "
                              "or unset MLFLOW_TRACKING_URI to log to ./mlflow.db") from None
     mlflow.set_tracking_uri(uri)
-    if not os.environ.get("MLFLOW_EXPERIMENT_ID"):
-        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
     return uri
 
 
-def public(params: dict) -> dict[str, str]:
-    """Params as strings, without anything that looks like a secret."""
-    return {k: "" if v is None else str(v) for k, v in params.items() if not SECRET.search(k)}
+def store_exists() -> bool:
+    """False for a sqlite file not created yet: reading it would create it."""
+    uri = tracking_uri()
+    return not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).exists()
+
+
+def setup() -> str:
+    """Connect and make the experiment current (creating store and experiment if needed)."""
+    import mlflow
+
+    uri = connect()
+    exp_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    if not exp_id:
+        exp_id = mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)).experiment_id
+    else:
+        mlflow.set_experiment(experiment_id=exp_id)
+    _EXPERIMENT["id"] = exp_id
+    return uri
+
+
+def experiment_id() -> str:
+    return _EXPERIMENT.get("id") or os.environ.get("MLFLOW_EXPERIMENT_ID") or setup() and _EXPERIMENT["id"]
+
+
+def get_run(run_id: str, what: str = "run"):
+    """A run by id, or one line saying it does not exist in this store."""
+    from mlflow import MlflowClient
+
+    if not store_exists():
+        raise SciqaError(f"{what} '{run_id}' does not exist: the store {tracking_uri()} has no runs yet")
+    try:
+        return MlflowClient().get_run(run_id)
+    except Exception as exc:  # noqa: BLE001 - unknown ids come as several exception types
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SciqaError(f"{what} '{run_id}' cannot be read from {redact(tracking_uri())}: {first}") from None
+
+
+def fail_outer(message: str) -> None:
+    """Bad input under ``mlflow run``: mark the run it made FAILED with the reason as a tag."""
+    run_id = outer_run_id()
+    if not run_id or not store_exists():
+        return
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri())
+        client.set_tag(run_id, "sciqa.error", message[:5000])
+        client.set_terminated(run_id, "FAILED")
+    except Exception:  # noqa: BLE001 - the store itself may be what is wrong
+        pass
+
+
+def release_outer(note: str) -> None:
+    """The outer run was not needed (the result exists elsewhere): see :func:`discard_run`."""
+    run_id = take_outer_run()
+    if run_id:
+        discard_run(run_id, note)
+
+
+def discard_run(run_id: str, note: str) -> None:
+    """End a run made for this invocation that holds nothing: ``mlflow run``'s is deleted, a
+    Slurm job's stays as a pointer (``sciqa slurm status`` reads it)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    if run.data.tags.get("mlflow.source.type") == "PROJECT" and "sciqa.key" not in run.data.tags:
+        client.set_terminated(run_id, "FINISHED")
+        client.delete_run(run_id)
+        print(f"sciqa: {note}; the new run {run_id} that `mlflow run` made is deleted (nothing new to record)")
+    else:  # a Slurm job's run: keep it as a pointer
+        client.set_tag(run_id, "sciqa.reused_run", note)
+        client.set_terminated(run_id, "FINISHED")
+
+
+# ---------------------------------------------------------------- identity
+
+@lru_cache(maxsize=1)
+def source_digest() -> str:
+    """Digest of sciqa's own Python source: an edit (committed or not) changes every step's key."""
+    root = Path(__file__).parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
 
 
 @lru_cache(maxsize=1)
 def code_version() -> str:
-    """The package version plus the git commit of the checkout it runs from (when it is one), so a
-    cached step is redone after the code changes (MLflow's multistep example compares commits too)."""
+    """Package version + source digest (the key), and the git commit where there is one (a tag)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         v = version("sciqa")
     except PackageNotFoundError:
         v = "unknown"
+    return f"{v}+src.{source_digest()}"
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str:
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=10).stdout.strip()
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{v}+{sha[:12]}" if sha else v
+        return ""
 
 
 def step_key(step: str, params: dict) -> str:
-    """Identity of a step's result: entry point, parameters (as strings) and code version."""
-    blob = json.dumps({"step": step, "code": code_version(), **public(params)}, sort_keys=True)
+    """Identity of a step's result: entry point, parameters (as strings, digests included), code."""
+    blob = json.dumps({"step": step, "code": code_version(), **params_of(params)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+
+def digest(*parts) -> str:
+    """A short content digest of JSON-able parts (problem fields, target texts, file bytes' hashes)."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True, default=str).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def folder_digest(folder: Path) -> str:
+    """Digest of every file's relative name and bytes (adapter folders are small)."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
+    return digest(*[x for p in files for x in (str(p.relative_to(folder)), hashlib.sha256(p.read_bytes()).digest())])
+
+
+# ---------------------------------------------------------------- the step's run
 
 @dataclass
 class StepRun:
     """The run a step logs to. ``reused``: a finished run with the same key exists, do nothing.
-    ``earlier``: runs with the same key, newest first, whose artifacts can seed a resume."""
+    ``adopted``: unfinished runs of the same key whose state (CSV, checkpoints) this run continues."""
 
     run_id: str
     key: str
     reused: bool = False
-    earlier: list[str] = field(default_factory=list)
+    adopted: list[str] = field(default_factory=list)
+
+    @property
+    def seeds(self) -> list[str]:
+        return [self.run_id, *self.adopted]
+
+    def state_dir(self, workdir: Path) -> Path:
+        """The local folder of this run's resume state; another run's state there is wiped (``--force``)."""
+        folder = Path(workdir) / self.key
+        owner = folder / "run_id"
+        if owner.exists() and owner.read_text().strip() not in self.seeds:
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        owner.write_text(self.run_id)
+        return folder
 
 
-def _same_key_runs(key: str) -> list:
-    import mlflow
-
-    exp = mlflow.tracking.fluent._get_experiment_id()
-    return mlflow.search_runs([exp], filter_string=f"tags.`sciqa.key` = '{key}'", output_format="list",
+def _same_key_runs(client, key: str) -> list:
+    return client.search_runs([experiment_id()], filter_string=f"tags.`sciqa.key` = '{key}'",
                               order_by=["attributes.start_time DESC"])
 
 
-def _log_params(run_id: str, params: dict[str, str]) -> None:
-    """Log params not yet on the run (``mlflow run`` logs its own strings first; MLflow refuses
-    a changed value, and the entry point's value is the one the user typed)."""
-    import mlflow
+def _agrees(typed: str, ours: str) -> bool:
+    """A value ``mlflow run`` logged as typed agrees with ours (types, aliases, "" = derived default)."""
+    if typed == ours or typed == "":
+        return True
+    low = {typed.lower(), ours.lower()}
+    if low <= {"true", "1"} or low <= {"false", "0"}:
+        return True
+    try:
+        return float(typed) == float(ours)
+    except ValueError:
+        from sciqa.data.problems import SPLITS
 
-    have = mlflow.get_run(run_id).data.params
-    new = {k: v for k, v in params.items() if k not in have}
-    if new:
-        mlflow.log_params(new)
+        return SPLITS.get(typed) == ours
+
+
+def _check_attach(run, key: str, logged: dict[str, str]) -> None:
+    """``MLFLOW_RUN_ID`` must name a run of this very step, not one made with other parameters."""
+    have = run.data.params
+    differ = [k for k, v in logged.items() if k in have and not _agrees(have[k], v)]
+    if differ or run.data.tags.get("sciqa.key", key) != key:
+        what = ", ".join(f"{k}={have[k]!r} there, {logged[k]!r} here" for k in differ[:3]) or \
+            "other parameters, data or code"
+        raise SciqaError(f"MLFLOW_RUN_ID names run {run.info.run_id}, made with {what}; unset MLFLOW_RUN_ID "
+                         "(or run with the same parameters)")
+
+
+def _supersede(client, old: str, by: str) -> None:
+    client.set_tag(old, "sciqa.superseded_by", by)
+    client.delete_tag(old, "sciqa.key")
+    client.set_terminated(old, "KILLED")
+    print(f"sciqa: run {by} continues the unfinished run {old} (now marked superseded)")
+
+
+def _open(client, key: str, run_name: str, attach: str | None, parent_run_id: str | None, force: bool,
+          reuse: bool, holder) -> StepRun:
+    """Decide: attach (``mlflow run``/Slurm), reuse a finished run, resume an unfinished one, or create."""
+    from sciqa import runlock
+
+    earlier = [r for r in _same_key_runs(client, key) if r.info.run_id != attach]
+    finished = [r for r in earlier if r.info.status == "FINISHED"] if reuse and not force else []
+    unfinished = [] if force else [r for r in earlier if r.info.status != "FINISHED"]
+    if attach:
+        attached = client.get_run(attach)
+        if attached.data.tags.get("sciqa.key") == key or not (finished or unfinished):
+            return StepRun(attach, key, reused=attached.info.status == "FINISHED" and not force)
+        if finished:
+            discard_run(attach, f"reusing finished run {finished[0].info.run_id}")
+            return StepRun(finished[0].info.run_id, key, reused=True)
+        for r in unfinished:
+            runlock.wait_for_owner(client, r.info.run_id)
+            _supersede(client, r.info.run_id, attach)
+        return StepRun(attach, key, adopted=[r.info.run_id for r in unfinished])
+    if finished:
+        return StepRun(finished[0].info.run_id, key, reused=True)
+    if unfinished:
+        run_id = unfinished[0].info.run_id
+        holder.note(run_id)
+        runlock.wait_for_owner(client, run_id)
+        if parent_run_id:
+            client.set_tag(run_id, "mlflow.parentRunId", parent_run_id)
+        return StepRun(run_id, key)
+    tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
+    return StepRun(client.create_run(experiment_id(), tags=tags, run_name=run_name).info.run_id, key)
 
 
 @contextmanager
 def step_run(step: str, params: dict, tags: dict[str, str], run_name: str, force: bool = False,
-             parent_run_id: str | None = None, settings: dict | None = None) -> Iterator[StepRun]:
+             parent_run_id: str | None = None, settings: dict | None = None,
+             reuse: bool = True) -> Iterator[StepRun]:
     """Start, resume, attach to or reuse the step's run; end it FINISHED, FAILED or KILLED.
 
     ``params`` define the result (the cache key); ``settings`` say how it was computed (batch size,
-    concurrency...): logged as params too, but a change of them resumes instead of starting over."""
+    concurrency...): logged as params too, but a change of them resumes instead of starting over.
+    ``reuse=False`` (``main``): never reuse a finished run, but still resume an unfinished one."""
     import mlflow
+    from mlflow import MlflowClient
 
+    from sciqa import runlock
+
+    client = MlflowClient()
     key = step_key(step, params)
-    attach = None if parent_run_id else os.environ.get("MLFLOW_RUN_ID")
-    earlier = [r for r in _same_key_runs(key) if r.info.run_id != attach]
-    finished = [r for r in earlier if r.info.status == "FINISHED"]
-    if finished and not force and not attach:
-        yield StepRun(run_id=finished[0].info.run_id, key=key, reused=True)
-        return
-    unfinished = [r for r in earlier if r.info.status != "FINISHED"]
-    if attach:
-        run = mlflow.start_run(run_id=attach)
-    elif unfinished and not force:
-        run = mlflow.start_run(run_id=unfinished[0].info.run_id)
-    else:
-        run = mlflow.start_run(run_name=run_name, nested=parent_run_id is not None,
-                               parent_run_id=parent_run_id)
-    mlflow.set_tags({**tags, "sciqa.step": step, "sciqa.key": key, "sciqa.code_version": code_version()})
-    _log_params(run.info.run_id, public({**(settings or {}), **params}))
-    in_job = bool(os.environ.get("SLURM_JOB_ID"))
-    if in_job:
-        _slurm_job_start()
-    status = "FAILED"
-    try:
-        yield StepRun(run_id=run.info.run_id, key=key,
-                      earlier=[r.info.run_id for r in earlier if r.info.run_id != run.info.run_id])
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    except BaseException as exc:
-        # a Slurm stop signal ended the step at a safe point (sciqa.submit.StepStopped, training's
-        # Preempted): SCHEDULED when the job comes back (requeued), KILLED otherwise
-        sig = getattr(exc, "signal", None)
-        if sig in ("SIGUSR1", "SIGTERM"):
-            requeued = getattr(exc, "requeued", in_job and sig == "SIGUSR1")
-            status = "SCHEDULED" if requeued else "KILLED"
-        raise
-    finally:
+    logged = params_of({**(settings or {}), **params})
+    with runlock.key_lock(f"{tracking_uri()}|{experiment_id()}", key) as holder:
+        attach = take_outer_run() if parent_run_id is None else None
+        if attach:
+            _check_attach(client.get_run(attach), key, logged)
+        run = _open(client, key, run_name, attach, parent_run_id, force, reuse, holder)
+        if run.reused:
+            yield run
+            return
+        holder.note(run.run_id)
+        mlflow.start_run(run_id=run.run_id, nested=mlflow.active_run() is not None)
+        mlflow.set_tags({**tags, "sciqa.step": step, "sciqa.key": key, "sciqa.code_version": code_version(),
+                         "sciqa.git_commit": git_commit()})
+        _log_params(client, run.run_id, logged)
+        heartbeat = runlock.Heartbeat(client, run.run_id)
+        in_job = bool(os.environ.get("SLURM_JOB_ID"))
         if in_job:
-            _slurm_job_end(status, nested=parent_run_id is not None)
-        mlflow.end_run(status=status)
+            _slurm_job_start()
+        status = "FAILED"
+        try:
+            yield run
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        except BaseException as exc:
+            # a Slurm stop signal ended the step at a safe point (sciqa.submit.StepStopped, training's
+            # Preempted): SCHEDULED when the job comes back (requeued), KILLED otherwise
+            sig = getattr(exc, "signal", None)
+            if sig in ("SIGUSR1", "SIGTERM"):
+                requeued = getattr(exc, "requeued", in_job and sig == "SIGUSR1")
+                status = "SCHEDULED" if requeued else "KILLED"
+            if isinstance(exc, SciqaError):
+                client.set_tag(run.run_id, "sciqa.error", str(exc)[:5000])
+            raise
+        finally:
+            heartbeat.stop()
+            if in_job:
+                _slurm_job_end(status, nested=parent_run_id is not None)
+            mlflow.end_run(status=status)
+
+
+def _log_params(client, run_id: str, params: dict[str, str]) -> None:
+    """Log params not yet on the run (``mlflow run`` logs its own strings first; MLflow refuses
+    a changed value, and the entry point's value is the one the user typed)."""
+    from mlflow.entities import Param
+
+    have = client.get_run(run_id).data.params
+    new = [Param(k, v) for k, v in params.items() if k not in have]
+    for i in range(0, len(new), 100):
+        client.log_batch(run_id, params=new[i: i + 100])
 
 
 _SLURM_STATUS = {"FINISHED": "COMPLETED", "FAILED": "FAILED", "KILLED": "STOPPED", "SCHEDULED": "REQUEUED"}
@@ -181,26 +431,30 @@ def _slurm_job_end(status: str, nested: bool) -> None:
 
         log = job_log_path()
         if log is not None and not nested:
-            import tempfile
-
             with tempfile.TemporaryDirectory() as tmp:
                 copy = Path(tmp) / "job.log"
                 copy.write_bytes(log.read_bytes())
                 mlflow.log_artifact(str(copy), "slurm")
     except Exception as exc:  # noqa: BLE001 - never let the log upload hide the step's own outcome
-        print(f"sciqa: warning: could not attach the Slurm job log: {exc}", flush=True)
+        print(f"sciqa: warning: could not attach the Slurm job log: {exc}", file=sys.stderr, flush=True)
 
 
 def fetch_artifact(run_ids: list[str], artifact_path: str, dest: Path) -> bool:
-    """Copy an artifact from the first run that has it to ``dest`` (to resume from another machine)."""
+    """Copy an artifact (file or folder) from the first run that has it to ``dest``, atomically:
+    downloaded into a temp folder beside ``dest`` and moved into place, so a failed download
+    never leaves half a folder that later looks complete."""
     import mlflow
 
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     for run_id in run_ids:
-        try:
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path)
-        except Exception:  # noqa: BLE001 - "not found" comes as several exception types
-            continue
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        Path(dest).write_bytes(Path(local).read_bytes())
-        return True
+        with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".download-") as tmp:
+            try:
+                local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp)
+            except Exception:  # noqa: BLE001 - "not found" comes as several exception types
+                continue
+            if dest.exists():
+                shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
+            os.replace(local, dest)
+            return True
     return False

@@ -76,11 +76,24 @@ def save_adapter(adapted, base_model: str, folder: str | Path) -> Path:
 
 
 def read_adapter_config(folder: str | Path) -> dict:
-    path = Path(folder) / CONFIG_FILE
+    path = Path(folder).expanduser() / CONFIG_FILE
     if not path.exists():
         raise SciqaError(f"'{folder}' is not an adapter folder (no {CONFIG_FILE}); pass a training run's "
                          "adapter/ folder or --adapter-run")
-    return json.loads(path.read_text())
+    if not (Path(folder).expanduser() / WEIGHTS_FILE).exists():
+        raise SciqaError(f"'{folder}' lacks the adapter weights {WEIGHTS_FILE}")
+    return parse_adapter_config(path.read_bytes(), str(path))
+
+
+def parse_adapter_config(raw: bytes | str, where: str) -> dict:
+    """An adapter config's text as a dict with variant, base_model and options, or one line."""
+    try:
+        cfg = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SciqaError(f"'{where}' is not valid JSON ({exc})") from None
+    if not isinstance(cfg, dict) or not {"variant", "base_model", "options"} <= set(cfg):
+        raise SciqaError(f"'{where}' is not a sciqa adapter config (needs variant, base_model and options)")
+    return cfg
 
 
 def load_into(adapted, folder: str | Path) -> None:

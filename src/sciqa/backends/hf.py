@@ -69,8 +69,9 @@ class HFBackend(Backend):
         inputs = encode_texts(lm, problems, [t + f for t, f in zip(texts, forced)])
         lm.family.reset_state(lm.model)
         pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else self.eot
-        out = lm.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                eos_token_id=self.eot, pad_token_id=pad)
+        budget = min(self.max_new_tokens, lm.family.turn_tokens or self.max_new_tokens)
+        out = lm.model.generate(**inputs, max_new_tokens=budget, do_sample=False, eos_token_id=self.eot,
+                                pad_token_id=pad)
         new = out[:, inputs["input_ids"].shape[1]:].tolist()
         return [self._one(tokens, f) for tokens, f in zip(new, forced)]
 
@@ -94,8 +95,9 @@ class HFBackend(Backend):
         return [best[i][1] for i in range(len(problems))]
 
     def _one(self, tokens: list[int], forced: str = "") -> Generation:
-        stopped = self.eot in tokens
-        kept = tokens[: tokens.index(self.eot)] if stopped else tokens
+        turn = self.lm.family.turn_tokens
+        kept = tokens[: tokens.index(self.eot)] if self.eot in tokens else tokens
+        stopped = self.eot in tokens or bool(turn) and len(kept) >= turn < self.max_new_tokens
         text = forced + self.lm.tokenizer.decode(kept, skip_special_tokens=False)
         return Generation(raw_output=self.lm.family.clean_output(text),
                           finish_reason="stop" if stopped else "length",

@@ -1,7 +1,12 @@
 """The problem record and the split/filter rules shared by every source."""
 from __future__ import annotations
 
+import hashlib
+import json
+import sys
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, Callable
 
 from sciqa.errors import SciqaError
@@ -36,6 +41,7 @@ class Problem:
     lecture: str = ""
     solution: str = ""
     has_image: bool = False
+    image_path: str = ""  # a local image file (original layout); its bytes enter the data digest
     load_image: Callable[[], Any] | None = field(default=None, compare=False, repr=False)
 
     def image(self):
@@ -52,14 +58,16 @@ class Problem:
         return self.choices[self.answer]
 
 
-def from_record(pid: str, split: str, rec: dict, load_image: Callable[[], Any] | None) -> Problem:
+def from_record(pid: str, split: str, rec: dict, load_image: Callable[[], Any] | None,
+                image_path: str = "") -> Problem:
     """Build a Problem from a ScienceQA-shaped dict (original JSON or a hub row)."""
     return Problem(
         id=str(pid), split=split, question=rec["question"] or "", choices=tuple(rec["choices"]),
         answer=int(rec["answer"]), hint=rec.get("hint") or "", task=rec.get("task") or "",
         grade=rec.get("grade") or "", subject=rec.get("subject") or "", topic=rec.get("topic") or "",
         category=rec.get("category") or "", skill=rec.get("skill") or "", lecture=rec.get("lecture") or "",
-        solution=rec.get("solution") or "", has_image=bool(rec.get("image")), load_image=load_image,
+        solution=rec.get("solution") or "", has_image=bool(rec.get("image")), image_path=image_path,
+        load_image=load_image,
     )
 
 
@@ -75,3 +83,56 @@ def load_problems(dataset: str = "sample", split: str = "validation", keep_all: 
     from sciqa.data.sources import read_split
 
     return select(read_split(dataset, canonical_split(split)), keep_all, limit)
+
+
+_FIELDS = ("id", "split", "question", "choices", "answer", "hint", "task", "grade", "subject", "topic", "category",
+           "skill", "lecture", "solution", "has_image")
+
+
+@lru_cache(maxsize=None)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def image_digest(problem: Problem) -> str:
+    """The image file's content digest, ``missing`` when the file is not there, ``""`` without one."""
+    if not problem.image_path:
+        return ""
+    path = Path(problem.image_path)
+    if not path.is_file():
+        return "missing"
+    st = path.stat()
+    return _file_digest(str(path), st.st_size, st.st_mtime_ns)
+
+
+def problems_digest(problems: list[Problem]) -> str:
+    """Content digest of the problems actually used: ids, every text field, answers, image files.
+    It is part of every step's cache key, so an edited dataset folder is never answered by a
+    stale cached run."""
+    h = hashlib.sha256()
+    for p in problems:
+        h.update(json.dumps([getattr(p, f) for f in _FIELDS] + [image_digest(p)], default=list).encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
+def check_images(problems: list[Problem], strict: bool) -> int:
+    """Missing image files: a count (the step warns and logs ``images_missing``) or, with
+    ``strict``, one line; an image file that cannot be read is always one line, before any run."""
+    from PIL import Image, UnidentifiedImageError
+
+    missing = [p for p in problems if image_digest(p) == "missing"]
+    if missing and strict:
+        raise SciqaError(f"{len(missing)} image file(s) missing, e.g. '{missing[0].image_path}' of problem "
+                         f"{missing[0].id}; restore them or drop --strict-images (blank placeholders)")
+    for p in problems:
+        if image_digest(p) not in ("", "missing"):
+            try:
+                with Image.open(p.image_path) as img:
+                    img.verify()
+            except (OSError, UnidentifiedImageError, SyntaxError) as exc:
+                raise SciqaError(f"image file '{p.image_path}' of problem {p.id} cannot be read "
+                                 f"({type(exc).__name__}); replace or remove it") from None
+    if missing:
+        print(f"sciqa: warning: {len(missing)} image file(s) missing (e.g. '{missing[0].image_path}'); "
+              "those problems get the blank placeholder (--strict-images refuses instead)", file=sys.stderr)
+    return len(missing)

@@ -19,15 +19,18 @@ def _open_image(path: Path):
     return Image.open(path) if path.exists() else None
 
 
-def read_original(folder: Path, split: str) -> list[Problem]:
-    """Original layout: problems.json, pid_splits.json, images/<split>/<pid>/image.png."""
+def read_original(folder: Path, split: str, images: bool = True) -> list[Problem]:
+    """Original layout: problems.json, pid_splits.json, images/<split>/<pid>/image.png.
+    ``images=False`` (the bundled sample, which ships none): every image is the placeholder."""
     problems = json.loads((folder / "problems.json").read_text())
     pids = json.loads((folder / "pid_splits.json").read_text())[ORIGINAL_SPLIT[split]]
     out = []
     for pid in pids:
         rec = problems[pid]
         img = folder / "images" / ORIGINAL_SPLIT[split] / pid / (rec.get("image") or "image.png")
-        out.append(from_record(pid, split, rec, partial(_open_image, img) if rec.get("image") else None))
+        local = bool(rec.get("image")) and images
+        out.append(from_record(pid, split, rec, partial(_open_image, img) if local else None,
+                               str(img) if local else ""))
     return out
 
 
@@ -81,7 +84,7 @@ def read_folder(folder: Path, split: str) -> list[Problem]:
 def read_split(dataset: str, split: str) -> list[Problem]:
     """Dispatch on the ``--dataset`` value: ``sample``, an existing folder, or a hub id."""
     if dataset == "sample":
-        return read_original(SAMPLE_DIR, split)
+        return read_original(SAMPLE_DIR, split, images=False)
     path = Path(dataset).expanduser()
     if path.is_dir():
         return read_folder(path, split)

@@ -26,6 +26,9 @@ TINY_MODELS: dict[str, str] = {
     "tiny-qwen2-vl": "qwen2_vl",
     "tiny-llava": "llava",
 }
+# Their turns end after this many new tokens (random weights never choose the end-of-turn token): a
+# property of these models' registry entries, so defaults meant for real models stay as they are.
+TINY_TURN_TOKENS = 32
 
 
 def _import(ref: str):
@@ -48,20 +51,75 @@ def resolve(name: str, revision: str | None = None) -> tuple[str, Family]:
     if name in TINY_MODELS:
         from sciqa.models.tiny import tiny_model_path
 
-        return str(tiny_model_path(name)), replace(family(TINY_MODELS[name]), processor_kwargs={})
+        return str(tiny_model_path(name)), replace(family(TINY_MODELS[name]), processor_kwargs={},
+                                                   turn_tokens=TINY_TURN_TOKENS)
+    return name, family(_config(name, revision).model_type)
+
+
+def _hub_reachable() -> bool:
+    """Seconds, not the hub client's minute of retries, to learn that a machine is offline."""
+    import os
+
+    import requests
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        requests.head(constants.ENDPOINT, timeout=3)
+    except requests.RequestException:
+        return False
+    return True
+
+
+def _config(name: str, revision: str | None):
+    """The model's config: a local folder or the local cache first, the hub only when reachable."""
     from transformers import AutoConfig
 
+    unknown = (f"unknown model '{name}': not a tiny model ({', '.join(TINY_MODELS)}), a local folder, "
+               "or a hub id in the local Hugging Face cache")
     try:
-        config = AutoConfig.from_pretrained(name, revision=revision)
+        return AutoConfig.from_pretrained(name, revision=revision, local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise SciqaError(
-            f"unknown model '{name}': not a tiny model ({', '.join(TINY_MODELS)}), a local folder, "
-            f"or a hub id in the cache ({str(exc).splitlines()[0]})"
-        ) from None
-    return name, family(config.model_type)
+        if not _hub_reachable():
+            raise SciqaError(f"{unknown} (the hub cannot be reached from here; `sciqa prefetch --model {name}` "
+                             "on a machine with internet)") from None
+        local_error = exc
+    try:
+        return AutoConfig.from_pretrained(name, revision=revision)
+    except (OSError, ValueError) as exc:
+        raise SciqaError(f"{unknown} ({str(exc or local_error).splitlines()[0]})") from None
 
 
 def load(name: str, revision: str | None = None, dtype: str = "auto", device: str = "auto") -> LoadedModel:
     """Load model and processor; ``device='auto'`` means CUDA with bf16 when present, else CPU float32."""
     path, fam = resolve(name, revision)
     return fam.load(name, path, revision=revision, dtype=dtype, device=device)
+
+
+def fingerprint(name: str, revision: str | None = None) -> str:
+    """What the weights are, for cache keys: a local folder's content (small files whole, large
+    ones by size and head), a tiny model's recipe, or a hub id's resolved commit when cached."""
+    from pathlib import Path
+
+    from sciqa.tracking import digest
+
+    if name in TINY_MODELS:
+        from sciqa.models.tiny import tiny_recipe
+
+        return "tiny:" + tiny_recipe(name)
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        parts = []
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            size = path.stat().st_size
+            with open(path, "rb") as f:
+                head = f.read(1 << 20 if size > 16 << 20 else size)
+            parts += [str(path.relative_to(folder)), size, digest(head)]
+        return "dir:" + digest(*parts)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return "hub:" + Path(snapshot_download(name, revision=revision, local_files_only=True)).name
+    except Exception:  # noqa: BLE001 - not cached yet: the revision asked for is all we know
+        return f"hub:{name}@{revision or 'main'}"

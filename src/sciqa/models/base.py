@@ -6,15 +6,7 @@ from typing import Any
 
 import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def check_dtype(dtype: str) -> None:
-    """``auto`` or one of DTYPES, else a user error naming the accepted ones."""
-    from sciqa.errors import SciqaError
-
-    if dtype != "auto" and dtype not in DTYPES:
-        raise SciqaError(f"unknown dtype '{dtype}'; accepted: auto, {', '.join(DTYPES)}")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # sciqa.config.DTYPE_CHOICES
 
 
 def pick_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
@@ -59,6 +51,9 @@ class Family:
     turn_markers: tuple[str, ...]
     processor_kwargs: dict[str, Any] = field(default_factory=dict)
     supports_prefix: bool = True
+    # A turn that ends after this many tokens (0: the model ends it): set only by the registry
+    # entries of the offline tiny models, whose random weights never emit the end-of-turn token.
+    turn_tokens: int = 0
 
     def load(self, name: str, path: str, revision: str | None, dtype: str, device: str) -> LoadedModel:
         import transformers

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from sciqa.cache import cache_root
 from sciqa.data.sources import SAMPLE_DIR
 
 SEED = 1234
@@ -41,18 +41,14 @@ QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|
 LLAVA_SPECIALS = ["<unk>", "<s>", "</s>", "<image>", "<pad>"]
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("SCIQA_CACHE", Path.home() / ".cache" / "sciqa"))
-
-
-def _recipe_hash(name: str) -> str:
+def tiny_recipe(name: str) -> str:
     src = Path(__file__).read_bytes() + (SAMPLE_DIR / "problems.json").read_bytes()
     return hashlib.sha256(src + name.encode() + RECIPE_VERSION.encode()).hexdigest()[:12]
 
 
 def tiny_model_path(name: str) -> Path:
     """Build the tiny model once (atomically: temp folder, then rename) and return its folder."""
-    target = cache_root() / "tiny" / f"{name}-{_recipe_hash(name)}"
+    target = cache_root() / "tiny" / f"{name}-{tiny_recipe(name)}"
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

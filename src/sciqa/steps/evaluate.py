@@ -1,15 +1,20 @@
 """Score outputs the way the study did: accuracy breakdowns and explanation metrics, offline.
 
-    sciqa evaluate --run RUN_ID                 # a benchmark or score run: its outputs/*.csv
+    sciqa evaluate --run RUN_ID                 # a finished benchmark or score run: its outputs/*.csv
     sciqa evaluate --csv outputs.csv            # any CSV with id and raw_output columns
+
+Evaluating a run adds metrics and ``metrics/`` artifacts to it and never changes its status;
+an unfinished run is refused (its step resumes it first).
 """
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from sciqa.config import check_ranges, option
 from sciqa.data.problems import Problem
 from sciqa.errors import SciqaError
 from sciqa.tracking import step_run
@@ -17,23 +22,27 @@ from sciqa.tracking import step_run
 
 @dataclass
 class EvaluateConfig:
-    run: str = field(default="", metadata={"help": "a benchmark or score run id (reads its outputs/*.csv)"})
-    csv: str = field(default="", metadata={"help": "or any CSV with id and raw_output columns"})
-    dataset: str = field(default="", metadata={"help": "problems to join by id (default: the run's, else sample)"})
-    number_base: int = field(default=0, metadata={"help": "how bare numbers in answers count choices: 0 or 1"})
-    force: bool = field(default=False, metadata={"help": "re-evaluate a run that already has metrics"})
+    run: str = option("", "a finished benchmark or score run id (reads its outputs/*.csv)")
+    csv: str = option("", "or any CSV with id and raw_output columns")
+    dataset: str = option("", "problems to join by id (default: the run's, else sample)")
+    number_base: int = option(0, "how bare numbers in answers (and an answer_index column) count choices",
+                              choices=(0, 1))
+    force: bool = option(False, "re-evaluate a run that already has metrics", operational=True)
 
 
 def _read(path: Path):
+    """A CSV with ``id`` and ``raw_output``, as strings; anything else is one line."""
     import pandas as pd
 
     try:
-        df = pd.read_csv(path, dtype={"id": str}, keep_default_na=False, sep=None, engine="python")
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise SciqaError(f"cannot read CSV '{path}': {str(exc).splitlines()[0]}") from None
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, sep=None, engine="python")
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, ValueError, OSError) as exc:
+        raise SciqaError(f"cannot read CSV '{path}': {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
     missing = [c for c in ("id", "raw_output") if c not in df.columns]
     if missing:
         raise SciqaError(f"CSV '{path.name}' lacks column(s) {', '.join(missing)}; it has: {', '.join(df.columns)}")
+    if df.empty:
+        raise SciqaError(f"CSV '{path.name}' has no rows to evaluate")
     return df
 
 
@@ -43,30 +52,50 @@ def _problems_by_id(dataset: str) -> dict[str, Problem]:
     return {p.id: p for split in ("train", "validation", "test") for p in load_problems(dataset, split, keep_all=True)}
 
 
-def _run_csvs(run_id: str, dest: Path) -> tuple[list[Path], dict]:
-    import mlflow
-    from mlflow.exceptions import MlflowException
+def _finished_run(run_id: str):
+    from sciqa import tracking
 
-    try:
-        run = mlflow.get_run(run_id)
-    except MlflowException:
-        raise SciqaError(f"no MLflow run '{run_id}' at {mlflow.get_tracking_uri()}") from None
+    run = tracking.get_run(run_id)
+    if run.info.status != "FINISHED":
+        raise SciqaError(f"run '{run_id}' is {run.info.status}, not finished: run its step again to resume and "
+                         "finish it (it evaluates itself where it can), then evaluate")
+    return run
+
+
+def _run_csvs(run, dest: Path) -> list[Path]:
+    import mlflow
+
+    run_id = run.info.run_id
     names = [a.path for a in mlflow.artifacts.list_artifacts(run_id=run_id, artifact_path="outputs")
              if a.path.endswith(".csv")]
     if not names:
         raise SciqaError(f"run '{run_id}' has no outputs/*.csv to evaluate (is it a benchmark or score run?)")
-    paths = [Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=n, dst_path=str(dest)))
-             for n in names]
-    return paths, run.data
+    return [Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=n, dst_path=str(dest)))
+            for n in names]
 
 
-def _index(value) -> int | None:
-    text = str(value).strip()
-    return None if text == "" else int(float(text))
+def _index(value: str, n_choices: int, base: int) -> int | None:
+    """An ``answer_index`` cell as a 0-based choice, or None (empty, not a whole number, out of range)."""
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        return None
+    index = int(number) - base
+    return index if number.is_integer() and 0 <= index < n_choices else None
+
+
+def _dedupe(df, name: str):
+    """Keep the last row per id (a rerun appended to the file), warning with the count."""
+    dupes = int(df["id"].duplicated().sum())
+    if dupes:
+        print(f"sciqa: warning: {name}: {dupes} duplicated id(s); the last row of each is evaluated",
+              file=sys.stderr)
+    return df.drop_duplicates("id", keep="last"), dupes
 
 
 def score_frame(df, problems: dict[str, Problem], number_base: int):
-    """Join outputs with problems; parse answers only where the CSV does not give them."""
+    """Join outputs with problems (one row per id); parse answers only where the CSV does not give them.
+    Returns the frame and counts of what was repaired (duplicates, invalid ``answer_index`` cells)."""
     import pandas as pd
 
     from sciqa.parsing import parse_output
@@ -75,19 +104,24 @@ def score_frame(df, problems: dict[str, Problem], number_base: int):
     if unknown:
         raise SciqaError(f"{len(unknown)} id(s) not in the dataset, e.g. {', '.join(unknown[:3])}; "
                          "pass the --dataset the outputs were made from")
+    df, dupes = _dedupe(df, "outputs")
     has_index, has_solution = "answer_index" in df.columns, "solution" in df.columns
-    rows = []
+    rows, invalid, rules = [], 0, []
     for rec in df.to_dict("records"):
         p = problems[rec["id"]]
-        parsed = None if has_index and has_solution else parse_output(rec["raw_output"], p.choices, number_base)
-        index = _index(rec["answer_index"]) if has_index else parsed.answer_index
+        parsed = parse_output(rec["raw_output"], p.choices, number_base)
+        rules.append(getattr(parsed, "rule", ""))
+        index = parsed.answer_index
+        if has_index:
+            index = _index(rec["answer_index"], len(p.choices), number_base)
+            invalid += int(index is None and str(rec["answer_index"]).strip() != "")
         rows.append({"id": p.id, "answer_index": index, "answer": p.answer, "subject": p.subject,
                      "grade": p.grade, "topic": p.topic, "hint": p.hint, "has_image": p.has_image,
                      "prediction": str(rec["solution"]) if has_solution else parsed.solution,
                      "reference": f"{p.lecture} {p.solution}".strip()})
     frame = pd.DataFrame(rows)
     frame["answer_index"] = frame["answer_index"].astype("Int64")
-    return frame
+    return frame, {"duplicate_ids": dupes, "answer_index_invalid": invalid}, rules
 
 
 def evaluate_frame(frame) -> tuple[dict[str, float], object, object]:
@@ -100,73 +134,114 @@ def evaluate_frame(frame) -> tuple[dict[str, float], object, object]:
     return summary, topic_accuracy(frame), per_row
 
 
-def _log(stem: str, summary: dict, topics, per_row, prefix: str) -> None:
-    import mlflow
+def evaluate_paths(paths: list[Path], dataset: str, number_base: int) -> dict:
+    """stem -> (summary, topics, per-row scores, counts) for each outputs CSV."""
+    from sciqa.metrics import ensure_wordnet
+
+    ensure_wordnet()
+    problems = _problems_by_id(dataset)
+    results = {}
+    for path in paths:
+        frame, counts, rules = score_frame(_read(path), problems, number_base)
+        summary, topics, per_row = evaluate_frame(frame)
+        results[path.stem] = (summary, topics, per_row, counts, rules)
+    return results
+
+
+def log_results(run_id: str, results: dict) -> None:
+    """Metrics and ``metrics/`` artifacts into ``run_id`` (through the client: its status stays)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
 
     from sciqa.metrics import METRIC_SETTINGS
 
-    mlflow.log_metrics({prefix + k: v for k, v in summary.items()})
-    with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp)
-        (d / f"{stem}.json").write_text(json.dumps({"metrics": summary, "settings": METRIC_SETTINGS}, indent=2))
-        topics.to_csv(d / f"{stem}_topics.csv", index=False)
-        per_row.to_csv(d / f"{stem}_rows.csv", index=False)
-        mlflow.log_artifacts(tmp, "metrics")
+    client = MlflowClient()
+    metrics = []
+    for stem, (summary, topics, per_row, counts, rules) in results.items():
+        prefix = "" if len(results) == 1 else f"{stem}/"
+        values = {**summary, **counts}
+        metrics += [Metric(prefix + k, float(v), 0, 0) for k, v in values.items()]
+        with tempfile.TemporaryDirectory() as tmp:
+            d = Path(tmp)
+            (d / f"{stem}.json").write_text(json.dumps({"metrics": values, "settings": METRIC_SETTINGS}, indent=2))
+            topics.to_csv(d / f"{stem}_topics.csv", index=False)
+            per_row.to_csv(d / f"{stem}_rows.csv", index=False)
+            _rule_table(rules).to_csv(d / f"{stem}_parse_rules.csv", index=False)
+            client.log_artifacts(run_id, tmp, "metrics")
+    have = client.get_run(run_id).data.params
+    params = [Param(f"eval_{k}", str(v)) for k, v in METRIC_SETTINGS.items() if f"eval_{k}" not in have]
+    client.log_batch(run_id, metrics=metrics, params=params)
 
 
-def evaluate(cfg: EvaluateConfig, parent_run_id: str | None = None) -> str:
-    """Evaluate a run's outputs (logged into that run) or a CSV (logged into a new evaluate run)."""
-    import mlflow
+def _rule_table(rules: list[str]):
+    """How many answers each parsing rule mapped: how much fuzzy matching the accuracy relies on."""
+    import pandas as pd
 
-    from sciqa.metrics import METRIC_SETTINGS, ensure_wordnet
+    counts = pd.Series([r or "unmapped" for r in rules], dtype=str).value_counts()
+    return pd.DataFrame({"rule": counts.index, "answers": counts.values,
+                         "share": counts.values / max(len(rules), 1)})
 
-    if bool(cfg.run) == bool(cfg.csv):
-        raise SciqaError("give exactly one of --run RUN_ID or --csv PATH")
-    if cfg.number_base not in (0, 1):
-        raise SciqaError(f"unknown number base {cfg.number_base}; accepted: 0, 1")
-    with tempfile.TemporaryDirectory() as tmp:
-        if cfg.run:
-            paths, data = _run_csvs(cfg.run, Path(tmp))
-            if "acc" in data.metrics and not cfg.force:
-                print(f"evaluate: run {cfg.run} already has metrics (acc {data.metrics['acc']:.1f})")
-                return cfg.run
-            dataset = cfg.dataset or data.params.get("dataset", "sample")
-        else:
-            paths = [Path(cfg.csv)]
-            if not paths[0].is_file():
-                raise SciqaError(f"CSV '{cfg.csv}' does not exist")
-            dataset = cfg.dataset or "sample"
-        problems = _problems_by_id(dataset)
-        frames = {p.stem: score_frame(_read(p), problems, cfg.number_base) for p in paths}
-        ensure_wordnet()
-        results = {stem: evaluate_frame(frame) for stem, frame in frames.items()}
-        settings = {f"eval_{k}": v for k, v in METRIC_SETTINGS.items()}
-        if cfg.run:
-            run = mlflow.start_run(run_id=cfg.run, nested=mlflow.active_run() is not None)
-            mlflow.log_params({k: v for k, v in settings.items() if k not in mlflow.get_run(cfg.run).data.params})
-            try:
-                _log_all(results)
-            finally:
-                mlflow.end_run()
-            run_id = run.info.run_id
-        else:
-            params = {"csv": str(Path(cfg.csv).resolve()), "dataset": dataset, "number_base": cfg.number_base,
-                      **settings}
-            with step_run("evaluate", params, {"sciqa.step": "evaluate"}, f"evaluate-{paths[0].stem}",
-                          force=True, parent_run_id=parent_run_id) as run:
-                _log_all(results)
-            run_id = run.run_id
-    for stem, (summary, _, _) in results.items():
+
+def _print(results: dict) -> None:
+    for stem, (summary, *_rest) in results.items():
         print(f"{stem}: " + "  ".join(f"{k} {summary[k]:.2f}" for k in ("acc", "unmapped_rate", "overall")
                                        if k in summary))
+
+
+def evaluate_run(run_id: str, force: bool = False, dataset: str = "", number_base: int = 0) -> str:
+    """Evaluate a benchmark or score run into itself. A finished run (``evaluate --run``, ``main``)
+    or the step's own active run (``score`` evaluates before it ends, so a failed evaluation
+    fails the step and a re-run does it again)."""
+    import mlflow
+
+    active = mlflow.active_run()
+    run = active and active.info.run_id == run_id and mlflow.MlflowClient().get_run(run_id) or _finished_run(run_id)
+    if "acc" in run.data.metrics and not force:
+        print(f"evaluate: run {run_id} already has metrics (acc {run.data.metrics['acc']:.1f})")
+        return run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = _run_csvs(run, Path(tmp))
+        results = evaluate_paths(paths, dataset or run.data.params.get("dataset", "sample"), number_base)
+        log_results(run_id, results)
+    _print(results)
     return run_id
 
 
-def _log_all(results: dict) -> None:
-    for stem, (summary, topics, per_row) in results.items():
-        _log(stem, summary, topics, per_row, "" if len(results) == 1 else f"{stem}/")
+def check(cfg: EvaluateConfig) -> None:
+    from sciqa.metrics import check_prerequisites
+
+    check_ranges(cfg)
+    check_prerequisites()
+    if bool(cfg.run) == bool(cfg.csv):
+        raise SciqaError("give exactly one of --run RUN_ID or --csv PATH")
+    if cfg.csv and not Path(cfg.csv).is_file():
+        raise SciqaError(f"CSV '{cfg.csv}' does not exist")
 
 
-def evaluate_run(run_id: str, force: bool = False) -> str:
-    """Evaluate a benchmark or score run into itself (used by ``score`` and ``main``)."""
-    return evaluate(EvaluateConfig(run=run_id, force=force))
+def evaluate(cfg: EvaluateConfig, parent_run_id: str | None = None) -> str:
+    """Evaluate a run's outputs (logged into that run) or a CSV (logged into its own evaluate run)."""
+    from sciqa import tracking
+
+    check(cfg)
+    if cfg.run:
+        tracking.connect()
+        _finished_run(cfg.run)
+        tracking.release_outer(f"metrics go into run {cfg.run}")
+        return evaluate_run(cfg.run, cfg.force, cfg.dataset, cfg.number_base)
+    path = Path(cfg.csv).expanduser().resolve()
+    dataset = cfg.dataset or "sample"
+    _read(path)  # bad CSVs: one line before any run
+    results = evaluate_paths([path], dataset, cfg.number_base)
+    tracking.setup()
+    params = {"dataset": dataset, "number_base": cfg.number_base, "csv_digest": tracking.digest(path.read_bytes())}
+    with step_run("evaluate", params, {}, f"evaluate-{path.stem}", cfg.force, parent_run_id,
+                  {"csv": str(path)}) as run:
+        if run.reused:
+            print(f"evaluate: reusing finished run {run.run_id}")
+            return run.run_id
+        log_results(run.run_id, results)
+        import mlflow
+
+        mlflow.log_artifact(str(path), "outputs")
+    _print(results)
+    return run.run_id

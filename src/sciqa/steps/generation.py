@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -19,39 +21,81 @@ from sciqa.tracking import StepRun, fetch_artifact
 CSV_LOG_SECONDS = 300  # log the partial CSV this often (a signal-free crash loses at most this much)
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """The problems a step reads, their content digest (cache key) and missing image files."""
+
+    problems: list[Problem]
+    digest: str
+    images_missing: int
+
+
 def check_workdir(workdir: str) -> Path:
-    """The local folder for outputs: created and checked writable before any run starts."""
+    """The local folder for outputs, checked writable without creating anything (bad input must
+    leave nothing behind): the folder itself if it exists, else its nearest existing parent."""
     path = Path(workdir).expanduser().resolve()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise SciqaError(f"output folder '{workdir}' is not writable ({exc.strerror}); pass --workdir") from None
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise SciqaError(f"output folder '{workdir}' is not writable ('{probe}' is not a writable folder); "
+                         "pass --workdir")
     return path
+
+
+def check_inputs(dtype: str, workdir: str) -> Path:
+    """Checks every generating or training step shares."""
+    from sciqa.config import DTYPE_CHOICES
+
+    if dtype not in DTYPE_CHOICES:
+        raise SciqaError(f"unknown dtype '{dtype}'; accepted: {', '.join(DTYPE_CHOICES)}")
+    return check_workdir(workdir)
+
+
+def problem_inputs(dataset: str, split: str, keep_all: bool, limit: int, strict_images: bool) -> Inputs:
+    """The split's problems (non-empty), their digest, and the image check (before any run)."""
+    from sciqa.data import load_problems
+    from sciqa.data.problems import check_images, problems_digest
+
+    problems = load_problems(dataset, split, keep_all, limit or None)
+    if not problems:
+        raise SciqaError(f"no problems in split '{split}' of '{dataset}' after filtering")
+    return Inputs(problems, problems_digest(problems), check_images(problems, strict_images))
 
 
 def csv_name(split: str, setting: str) -> str:
     return f"{split}_{setting}.csv"
 
 
-def generate_outputs(run: StepRun, workdir: Path, problems: list[Problem], setting: str,
+def _open_csv(run: StepRun, workdir: str, name: str) -> OutputsCSV:
+    """This run's CSV: local, else downloaded from the run (or the run it continues); repaired."""
+    path = run.state_dir(Path(workdir).expanduser()) / name
+    if not path.exists():
+        fetch_artifact(run.seeds, f"outputs/{name}", path)
+    out = OutputsCSV(path)
+    if out.dropped:
+        print(f"sciqa: warning: {out.dropped} damaged or duplicated record(s) dropped from {path}; "
+              "those problems are generated again", file=sys.stderr, flush=True)
+    return out
+
+
+def generate_outputs(run: StepRun, workdir: str, inputs: Inputs, setting: str,
                      make_backend: Callable[[], Backend], batch_size: int, meta: dict[str, str]) -> Path:
     """Generate for every problem not yet in the run's CSV; log the CSV and throughput metrics.
 
-    The CSV lives under ``workdir/<key>/``; when it is missing locally (another machine, a
-    Slurm node) it is seeded from an earlier run with the same key, so no id is generated twice.
+    The CSV lives in the run's state folder under ``workdir``; when it is missing locally (another
+    machine, a Slurm node) it is seeded from the run's artifacts, so no id is generated twice.
     """
     import mlflow
 
     from sciqa.parsing import parse_output
 
+    problems = inputs.problems
     name = csv_name(problems[0].split, setting)
-    path = workdir / run.key / name
-    if not path.exists():
-        fetch_artifact([run.run_id, *run.earlier], f"outputs/{name}", path)
-    out = OutputsCSV(path)
+    out = _open_csv(run, workdir, name)
+    path = out.path
+    mlflow.log_metrics({"images_missing": inputs.images_missing, "csv_records_dropped": out.dropped})
+    wanted = {p.id for p in problems}
     todo = [p for p in problems if p.id not in out.done]
     started, generated = time.perf_counter(), 0
 
@@ -69,7 +113,7 @@ def generate_outputs(run: StepRun, workdir: Path, problems: list[Problem], setti
             for i in range(0, len(todo), batch_size):
                 if stop.is_set():
                     bar.close()
-                    stop_step(stop, f"{len(out.done)}/{len(problems)} rows of {name}", save_csv)
+                    stop_step(stop, f"{len(out.done & wanted)}/{len(problems)} rows of {name}", save_csv)
                 if time.monotonic() - saved > CSV_LOG_SECONDS:  # a node that dies loses at most this
                     save_csv()
                     saved = time.monotonic()
@@ -93,8 +137,10 @@ def generate_outputs(run: StepRun, workdir: Path, problems: list[Problem], setti
             bar.close()
     seconds = time.perf_counter() - started
     df = read_outputs(path)
+    df = df[df["id"].isin(wanted)]
     mlflow.log_metrics({"rows": len(df), "rows_generated": generated, "seconds": seconds,
                         "rows_per_second": generated / seconds if generated else 0.0,
-                        "mapped_rate": float(df["answer_index"].notna().mean()) if len(df) else 0.0})
+                        "mapped_rate": float(df["answer_index"].notna().mean()) if len(df) else 0.0,
+                        "truncated_rate": float((df["finish_reason"] == "length").mean()) if len(df) else 0.0})
     mlflow.log_artifact(str(path), "outputs")
     return path

@@ -1,124 +1,190 @@
 """The whole KD experiment as one parent run with nested child runs: does KD beat golden training?
 
     mlflow run . --env-manager local                 # embedded default: tiny models, bundled sample
-    sciqa main --variants pkv,peft,lora --epochs 3
+    sciqa main --variants pkv,peft,lora --epochs 3 --seeds 0,1,2
     sciqa main --teacher-run RUN_ID --model Qwen/Qwen2-VL-2B-Instruct --dataset derek-thomas/ScienceQA
 
-1. teacher outputs: benchmark the teacher on train (or reuse --teacher-run / --teacher-csv);
-2. train a golden and a KD adapter per variant; 3. benchmark the base model and score every adapter
-on the evaluation split; 4. evaluate them; 5. compare (table + plots on the parent run).
-Each child is cached by its parameters, upstream run ids and code version (``sciqa.tracking``):
-a re-run redoes only what changed; ``--force`` recomputes.
+1. teacher outputs: benchmark the teacher on train (or reuse --teacher-run / --teacher-csv) and
+   evaluate them (a weak teacher is told apart from a KD failure);
+2. per seed and variant, train a golden and a KD adapter on the same problems (the teacher's
+   usable rows; ``golden_on=all`` trains golden on every problem instead);
+3. benchmark the base model and score every adapter on the evaluation split (each evaluated);
+4. compare with paired statistics: KD − golden and adapter − base per variant, with 95 %
+   bootstrap CIs and exact McNemar p-values (``compare/``, ``plots/deltas.png`` on the parent).
+Each child is cached by its parameters and content digests (``sciqa.tracking``): a re-run redoes
+only what changed, and a re-run after a crash resumes the parent and every unfinished child.
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from sciqa.adapters import VARIANTS
+from sciqa.backends.base import ANSWER_MODES
+from sciqa.config import check_ranges, identity, operational, option
 from sciqa.errors import SciqaError
+from sciqa.prompts import SETTINGS
+from sciqa.teacher import KD_FILTERS
 from sciqa.tracking import step_run
-
-VARIANT_STEPS = {"pkv": "train_prefix", "peft": "train_prefix", "lora": "train_lora"}
 
 
 @dataclass
 class MainConfig:
-    model: str = field(default="tiny-qwen2-vl", metadata={"help": "student model (tiny name, hub id, folder)"})
-    teacher_model: str = field(default="tiny-llava", metadata={"help": "teacher benchmarked on train for KD"})
-    teacher_run: str = field(default="", metadata={"help": "use this benchmark run on train as the teacher"})
-    teacher_csv: str = field(default="", metadata={"help": "or a teacher CSV (ours, or index,input,answer,explanation)"})
-    teacher_answer_mode: str = field(default="choice", metadata={"help": "teacher benchmark: choice (likeliest "
-                                     "choice, then explain; tiny teachers need it) or free"})
-    dataset: str = field(default="sample", metadata={"help": "sample, a hub dataset id, or a local folder"})
-    setting: str = field(default="QTCH", metadata={"help": "prompt setting for teacher, training and scoring"})
-    eval_split: str = field(default="validation", metadata={"help": "split the adapters are scored on"})
-    variants: str = field(default="pkv,peft", metadata={"help": "comma-separated: pkv, peft, lora"})
-    epochs: int = field(default=3, metadata={"help": "training epochs per adapter"})
-    lr: float = field(default=5e-3, metadata={"help": "peak learning rate"})
-    train_batch_size: int = field(default=8, metadata={"help": "training micro-batch"})
-    prefix_len: int = field(default=50, metadata={"help": "virtual tokens of prefix adapters"})
-    batch_size: int = field(default=16, metadata={"help": "prompts per generate() call"})
-    max_new_tokens: int = field(default=48, metadata={"help": "generation budget per answer"})
-    answer_mode: str = field(default="choice", metadata={"help": "base and adapters on eval_split: choice "
-                             "(likeliest choice, then explain; tiny models need it) or free (the study's)"})
-    limit: int = field(default=0, metadata={"help": "first N train problems (0 = all)"})
-    eval_limit: int = field(default=0, metadata={"help": "first N evaluation problems (0 = all)"})
-    seed: int = field(default=0, metadata={"help": "training seed"})
-    workdir: str = field(default="sciqa-work", metadata={"help": "local folder for outputs and checkpoints"})
-    force: bool = field(default=False, metadata={"help": "recompute every step"})
+    model: str = option("tiny-qwen2-vl", "student model (tiny name, hub id, folder)")
+    teacher_model: str = option("tiny-llava", "teacher benchmarked on train for KD")
+    teacher_run: str = option("", "use this finished benchmark run on train as the teacher")
+    teacher_csv: str = option("", "or a teacher CSV (ours, or index,input,answer,explanation)")
+    teacher_answer_mode: str = option("choice", "teacher benchmark: choice (likeliest choice, then explain) or free",
+                                      choices=ANSWER_MODES)
+    teacher_max_new_tokens: int = option(512, "teacher benchmark budget: whole explanations (rows cut at it are "
+                                              "dropped)", min=1)
+    kd_filter: str = option("all", "KD on all usable teacher rows or only the correct ones", choices=KD_FILTERS)
+    golden_on: str = option("same", "golden adapters train on the same problems as KD (the teacher's usable rows) "
+                                    "or on all train problems", choices=("same", "all"))
+    dataset: str = option("sample", "sample, a hub dataset id, or a local folder")
+    setting: str = option("QTCH", "prompt setting for teacher, training and scoring", choices=tuple(SETTINGS))
+    eval_split: str = option("validation", "split the adapters are scored on")
+    variants: str = option("pkv,peft", "comma-separated: " + ", ".join(VARIANTS))
+    epochs: int = option(3, "training epochs per adapter", min=1)
+    lr: float = option(5e-3, "peak learning rate", above=0)
+    train_batch_size: int = option(8, "training micro-batch", min=1)
+    prefix_len: int = option(50, "virtual tokens of prefix adapters", min=1)
+    batch_size: int = option(16, "prompts per generate() call", min=1, operational=True)
+    max_new_tokens: int = option(512, "generation budget per answer on eval_split", min=1)
+    answer_mode: str = option("choice", "base and adapters on eval_split: choice (likeliest choice, then explain) "
+                                        "or free (the study's)", choices=ANSWER_MODES)
+    limit: int = option(0, "first N train problems (0 = all)", min=0)
+    eval_limit: int = option(0, "first N evaluation problems (0 = all)", min=0)
+    seeds: str = option("0", "comma-separated training seeds: every adapter is trained and scored once per seed")
+    workdir: str = option("sciqa-work", "local folder for outputs and checkpoints", operational=True)
+    force: bool = option(False, "recompute every step", operational=True)
 
 
 def variants_of(cfg: MainConfig) -> list[str]:
     names = [v.strip() for v in cfg.variants.split(",") if v.strip()]
-    bad = [v for v in names if v not in VARIANT_STEPS]
+    bad = [v for v in names if v not in VARIANTS]
     if bad or not names:
-        raise SciqaError(f"unknown variant(s) {', '.join(bad) or '(none)'}; accepted: {', '.join(VARIANT_STEPS)}")
+        raise SciqaError(f"unknown variant(s) {', '.join(bad) or '(none)'}; accepted: {', '.join(VARIANTS)}")
     return names
 
 
-def _child(parent_id: str, name: str, fn, *args):
+def seeds_of(cfg: MainConfig) -> list[int]:
+    try:
+        seeds = [int(s) for s in cfg.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise SciqaError(f"--seeds must be comma-separated integers, got '{cfg.seeds}'") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SciqaError(f"--seeds must name at least one seed, each once, got '{cfg.seeds}'")
+    return seeds
+
+
+def _child(parent_id: str, name: str, fn, *args, **kwargs):
     """Run one step; a failure tags the parent with the step's name before it propagates."""
     import mlflow
 
     try:
-        return fn(*args, parent_run_id=parent_id)
+        return fn(*args, parent_run_id=parent_id, **kwargs)
     except BaseException:
         mlflow.MlflowClient().set_tag(parent_id, "sciqa.failed_step", name)
         raise
 
 
+def teacher_config(cfg: MainConfig):
+    from sciqa.steps.benchmark import BenchmarkConfig
+
+    return BenchmarkConfig(model=cfg.teacher_model, dataset=cfg.dataset, split="train", setting=cfg.setting,
+                           limit=cfg.limit, answer_mode=cfg.teacher_answer_mode,
+                           max_new_tokens=cfg.teacher_max_new_tokens, batch_size=cfg.batch_size,
+                           workdir=cfg.workdir, force=cfg.force)
+
+
+def base_config(cfg: MainConfig):
+    from sciqa.steps.benchmark import BenchmarkConfig
+
+    return BenchmarkConfig(model=cfg.model, dataset=cfg.dataset, split=cfg.eval_split, setting=cfg.setting,
+                           limit=cfg.eval_limit, answer_mode=cfg.answer_mode, max_new_tokens=cfg.max_new_tokens,
+                           batch_size=cfg.batch_size, workdir=cfg.workdir, force=cfg.force)
+
+
 def train_configs(cfg: MainConfig, teacher_run: str) -> dict:
-    """(variant, kd) -> the training config of that adapter; KD learns from ``teacher_run``/the CSV."""
+    """(variant, kd, seed) -> the training config of that adapter; both learn from ``teacher_run``/the CSV."""
     from sciqa.steps.train import TrainConfig
 
-    return {(variant, kd): TrainConfig(
+    same = cfg.golden_on == "same"
+    return {(variant, kd, seed): TrainConfig(
         model=cfg.model, dataset=cfg.dataset, setting=cfg.setting, variant=variant, teacher=kd,
-        teacher_run=teacher_run if kd else "", teacher_csv=cfg.teacher_csv if kd else "",
-        teacher_model=cfg.teacher_model, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.train_batch_size,
-        prefix_len=cfg.prefix_len, limit=cfg.limit, val_limit=cfg.eval_limit, seed=cfg.seed, workdir=cfg.workdir,
-        force=cfg.force) for variant in variants_of(cfg) for kd in (False, True)}
+        teacher_run=teacher_run if kd or same else "", teacher_csv=cfg.teacher_csv if kd or same else "",
+        teacher_model=cfg.teacher_model,
+        teacher_answer_mode=cfg.teacher_answer_mode, teacher_max_new_tokens=cfg.teacher_max_new_tokens,
+        kd_filter=cfg.kd_filter, golden_on="teacher" if cfg.golden_on == "same" else "all", epochs=cfg.epochs,
+        lr=cfg.lr, batch_size=cfg.train_batch_size, prefix_len=cfg.prefix_len, limit=cfg.limit,
+        val_limit=cfg.eval_limit, seed=seed, workdir=cfg.workdir, force=cfg.force)
+        for seed in seeds_of(cfg) for variant in variants_of(cfg) for kd in (False, True)}
+
+
+def score_config(cfg: MainConfig, train_run: str):
+    from sciqa.steps.score import ScoreConfig
+
+    return ScoreConfig(adapter_run=train_run, dataset=cfg.dataset, split=cfg.eval_split, setting=cfg.setting,
+                       batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, answer_mode=cfg.answer_mode,
+                       limit=cfg.eval_limit, workdir=cfg.workdir, force=cfg.force)
+
+
+def check(cfg: MainConfig) -> None:
+    """Every child's input, before the parent run starts (a bad teacher CSV fails here, not mid-way)."""
+    from sciqa.metrics import check_prerequisites
+    from sciqa.steps.benchmark import check as check_benchmark
+    from sciqa.steps.train import check as check_train
+
+    check_ranges(cfg)
+    check_prerequisites()
+    check_benchmark(base_config(cfg))
+    if not (cfg.teacher_run or cfg.teacher_csv):
+        check_benchmark(teacher_config(cfg))
+    first = seeds_of(cfg)[0]  # seeds change nothing a check looks at
+    for (_, _, seed), tcfg in train_configs(cfg, cfg.teacher_run).items():
+        if seed == first:
+            check_train(tcfg)
+
+
+def _teacher(cfg: MainConfig, pid: str) -> str:
+    """The teacher's run id ('' for a CSV teacher), its outputs evaluated on the train split."""
+    from sciqa.steps.benchmark import benchmark
+    from sciqa.steps.evaluate import EvaluateConfig, evaluate, evaluate_run
+
+    if cfg.teacher_csv:
+        _child(pid, "evaluate teacher csv", lambda parent_run_id: evaluate(
+            EvaluateConfig(csv=cfg.teacher_csv, dataset=cfg.dataset), parent_run_id=parent_run_id))
+        return ""
+    run_id = cfg.teacher_run or _child(pid, "teacher benchmark", benchmark, teacher_config(cfg)).run_id
+    _child(pid, "evaluate teacher", lambda parent_run_id: evaluate_run(run_id, dataset=cfg.dataset))
+    return run_id
 
 
 def main(cfg: MainConfig) -> str:
     """Run (or reuse) every step as a child of one parent run; returns the parent run id."""
+    from sciqa import tracking
     from sciqa.compare import compare
-    from sciqa.steps.benchmark import BenchmarkConfig, benchmark, check as check_benchmark
+    from sciqa.steps.benchmark import benchmark
     from sciqa.steps.evaluate import evaluate_run
-    from sciqa.steps.score import ScoreConfig, score
-    from sciqa.steps.train import check as check_train, train
+    from sciqa.steps.score import score
+    from sciqa.steps.train import train
 
-    gen = dict(dataset=cfg.dataset, setting=cfg.setting, batch_size=cfg.batch_size,
-               max_new_tokens=cfg.max_new_tokens, workdir=cfg.workdir, force=cfg.force)
-    teacher_bench = BenchmarkConfig(model=cfg.teacher_model, split="train", limit=cfg.limit,
-                                    answer_mode=cfg.teacher_answer_mode, **gen)
-    base_bench = BenchmarkConfig(model=cfg.model, split=cfg.eval_split, limit=cfg.eval_limit,
-                                 answer_mode=cfg.answer_mode, **gen)
-    check_benchmark(base_bench)
-    if not (cfg.teacher_run or cfg.teacher_csv):
-        check_benchmark(teacher_bench)
-    for tcfg in train_configs(cfg, cfg.teacher_run).values():  # a bad teacher CSV fails here, not mid-way
-        check_train(tcfg)
-    params = {k: v for k, v in vars(cfg).items() if k not in ("workdir", "force")}
-    with step_run("main", params, {"sciqa.model": cfg.model}, "main", force=True) as parent:
-        os.environ.pop("MLFLOW_RUN_ID", None)  # children must not attach to the parent (mlflow#15713)
+    check(cfg)
+    tracking.setup()
+    params = {**identity(cfg), "variants": ",".join(variants_of(cfg)), "seeds": ",".join(map(str, seeds_of(cfg)))}
+    with step_run("main", params, {"sciqa.model": cfg.model}, "main", cfg.force, settings=operational(cfg),
+                  reuse=False) as parent:
         pid = parent.run_id
-        teacher_run = cfg.teacher_run
-        if not (cfg.teacher_run or cfg.teacher_csv):
-            teacher_run = _child(pid, "teacher benchmark", benchmark, teacher_bench).run_id
-        trained = {}
-        for (variant, kd), tcfg in train_configs(cfg, teacher_run).items():
-            label = f"train {variant} {'kd' if kd else 'golden'}"
-            trained[(variant, kd)] = _child(pid, label, lambda c, parent_run_id: train(
-                c, VARIANT_STEPS[c.variant], parent_run_id=parent_run_id), tcfg).run_id
-        base = _child(pid, "base benchmark", benchmark, base_bench).run_id
-        _child(pid, "evaluate base", lambda r, parent_run_id: evaluate_run(r), base)
-        scored = {}
-        for (variant, kd), train_id in trained.items():
-            scfg = ScoreConfig(adapter_run=train_id, dataset=cfg.dataset, split=cfg.eval_split,
-                               setting=cfg.setting, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
-                               answer_mode=cfg.answer_mode, limit=cfg.eval_limit, workdir=cfg.workdir, force=cfg.force)
-            scored[(variant, kd)] = _child(pid, f"score {variant} {'kd' if kd else 'golden'}", score, scfg).run_id
-            _child(pid, "evaluate score", lambda r, parent_run_id: evaluate_run(r), scored[(variant, kd)])
-        table = compare(base, trained, scored, teacher_run)
+        teacher_run = _teacher(cfg, pid)
+        trained, scored = {}, {}
+        for (variant, kd, seed), tcfg in train_configs(cfg, teacher_run).items():
+            label = f"{variant} {'kd' if kd else 'golden'} seed {seed}"
+            trained[(variant, kd, seed)] = _child(pid, f"train {label}", train, tcfg).run_id
+        base = _child(pid, "base benchmark", benchmark, base_config(cfg)).run_id
+        _child(pid, "evaluate base", lambda parent_run_id: evaluate_run(base, dataset=cfg.dataset))
+        for key, train_id in trained.items():
+            scored[key] = _child(pid, f"score {key[0]} {'kd' if key[1] else 'golden'} seed {key[2]}", score,
+                                 score_config(cfg, train_id)).run_id
+        table = compare(base, trained, scored, teacher_run, cfg)
     print(table)
     return parent.run_id

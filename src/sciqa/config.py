@@ -1,0 +1,74 @@
+"""Step configs as dataclasses: one declaration per option gives its default, help, range and role.
+
+Every field is either part of the step's *identity* (what the result depends on: the cache key
+and the params compared on resume) or *operational* (how the work is carried out: batch size,
+concurrency, work folder; logged as a param, but changing it resumes instead of starting over).
+No field is a secret: keys and tokens come from the environment and are never config values.
+Values that may carry credentials (a URL with ``user:pass@``) are redacted before logging.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import field
+from typing import Any
+
+from sciqa.errors import SciqaError
+
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # models.base.DTYPES plus auto (no torch import here)
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+
+def option(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+           above: float | None = None, choices: tuple | None = None, operational: bool = False) -> Any:
+    """A config field: ``min``/``max`` are inclusive bounds, ``above`` an exclusive lower bound."""
+    meta = {"help": help, "min": min, "max": max, "above": above, "choices": choices, "operational": operational}
+    return field(default=default, metadata=meta)
+
+
+def cli_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def redact(value: str) -> str:
+    """``https://user:pass@host/v1`` -> ``https://***@host/v1``: credentials never reach a log."""
+    return _USERINFO.sub(r"\g<scheme>***@", value)
+
+
+def identity(cfg, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The fields that define the result (cache key, resume check); ``ignore``: unused ones."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if not f.metadata.get("operational") and f.name not in ignore}
+
+
+def operational(cfg) -> dict[str, Any]:
+    """How the work is carried out: logged, not keyed (``force`` is an instruction, not a setting)."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if f.metadata.get("operational") and f.name != "force"}
+
+
+def check_ranges(cfg) -> None:
+    """Every numeric bound and choice list declared on the fields, as one line naming the option."""
+    for f in dataclasses.fields(cfg):
+        value, meta = getattr(cfg, f.name), f.metadata
+        if meta.get("choices") is not None and value not in meta["choices"]:
+            raise SciqaError(f"unknown {f.name.replace('_', ' ')} '{value}'; accepted: "
+                             f"{', '.join(map(str, meta['choices']))}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if meta.get("min") is not None and value < meta["min"]:
+            raise SciqaError(f"{cli_name(f.name)} must be at least {meta['min']} (got {value})")
+        if meta.get("max") is not None and value > meta["max"]:
+            raise SciqaError(f"{cli_name(f.name)} must be at most {meta['max']} (got {value})")
+        if meta.get("above") is not None and not value > meta["above"]:
+            raise SciqaError(f"{cli_name(f.name)} must be greater than {meta['above']} (got {value})")
+
+
+def as_param(value: Any) -> str:
+    """A value as MLflow stores it and MLproject writes it (``true``/``false`` for booleans)."""
+    return str(value).lower() if isinstance(value, bool) else "" if value is None else str(value)
+
+
+def params_of(values: dict[str, Any]) -> dict[str, str]:
+    """Params as strings, with credentials in URLs redacted."""
+    return {k: redact(as_param(v)) for k, v in values.items()}
