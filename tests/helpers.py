@@ -21,3 +21,22 @@ def run_cli(*args: str, cwd: Path, timeout: int = 600, check: bool = True, env: 
     if check and proc.returncode != 0:
         raise AssertionError(f"sciqa {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
     return proc
+
+
+def assert_one_error(proc, needle: str) -> str:
+    """Exit 2 and exactly one stderr line, the error naming ``needle`` (no traceback, no noise)."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("sciqa: error: ") and needle in lines[0], proc.stderr[-3000:]
+    return lines[0]
+
+
+def runs_of(experiment: str) -> list:
+    import mlflow
+
+    return mlflow.search_runs([experiment], output_format="list")
+
+
+def last_run_id(proc) -> str:
+    """The run id the CLI printed last (``<step> run: ID``)."""
+    return proc.stdout.strip().split()[-1]

@@ -12,7 +12,7 @@ from sciqa.data import load_problems
 from sciqa.errors import SciqaError
 from sciqa.prompts import build_prompt, target_json
 
-MODELS = ["tiny-qwen2-vl", "tiny-llava"]
+MODELS = ["tiny-qwen2-vl", "tiny-llava", "tiny-paligemma"]
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +26,17 @@ def _lm(name):
 
 def _mm(inputs):
     return {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+
+
+def with_completion(lm, inputs, tokens: torch.Tensor) -> dict:
+    """``inputs`` followed by completion ``tokens`` (batch, k): every per-token input takes the
+    family's completion value there (mask 1, PaliGemma's token type 1, Qwen2-VL's mm type 0)."""
+    ids = inputs["input_ids"]
+    out = dict(inputs, input_ids=torch.cat([ids, tokens], 1))
+    for k, v in inputs.items():
+        if k != "input_ids" and torch.is_tensor(v) and v.shape == ids.shape:
+            out[k] = torch.cat([v, v.new_full(tokens.shape, lm.family.completion_value(k))], 1)
+    return out
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -42,16 +53,11 @@ def test_loss_is_cross_entropy_over_target_tokens_only(name, problems):
     eot = lm.family.end_of_turn_id(lm.tokenizer)
     hand, count = 0.0, 0
     for i, ex in enumerate(exs):
-        enc = lm.processor(text=[lm.family.render_prompt(lm.processor, ex.prompt)], images=[ex.problem.image()],
-                           return_tensors="pt")
+        enc = lm.family.encode(lm.processor, [lm.family.render_prompt(lm.processor, ex.prompt)], [ex.problem.image()])
         target = lm.tokenizer(ex.target, add_special_tokens=False)["input_ids"] + [eot]
-        ids = torch.cat([enc["input_ids"], torch.tensor([target])], 1)
-        extra = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
-        if "mm_token_type_ids" in extra:
-            extra["mm_token_type_ids"] = torch.cat([extra["mm_token_type_ids"], torch.zeros(1, len(target), dtype=torch.long)], 1)
         lm.family.reset_state(lm.model)
         with torch.no_grad():
-            logits = lm.model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra).logits[0]
+            logits = lm.model(**with_completion(lm, enc, torch.tensor([target]))).logits[0]
         n_prompt = enc["input_ids"].shape[1]
         pred = logits[n_prompt - 1: n_prompt - 1 + len(target)]
         hand += float(torch.nn.functional.cross_entropy(pred, torch.tensor(target), reduction="sum"))
@@ -63,21 +69,14 @@ def test_loss_is_cross_entropy_over_target_tokens_only(name, problems):
     assert float(loss) / n == pytest.approx(hand / count, rel=1e-4)
 
 
-def _reference_greedy(adapted, inputs, steps):
+def _reference_greedy(adapted, lm, inputs, steps):
     """Greedy decoding that recomputes the whole forward pass, prefix included, at every step."""
-    ids, mask, mm = inputs["input_ids"], inputs["attention_mask"], _mm(inputs)
-    out = ids
+    new = inputs["input_ids"][:, :0]
     with torch.no_grad():
         for _ in range(steps):
-            extra = out.shape[1] - ids.shape[1]
-            m = torch.cat([mask, mask.new_ones(mask.shape[0], extra)], 1)
-            kw = dict(mm)
-            if "mm_token_type_ids" in kw:
-                kw["mm_token_type_ids"] = torch.cat([kw["mm_token_type_ids"],
-                                                     kw["mm_token_type_ids"].new_zeros(m.shape[0], extra)], 1)
-            logits = adapted(input_ids=out, attention_mask=m, **kw).logits
-            out = torch.cat([out, logits[:, -1].argmax(-1, keepdim=True)], 1)
-    return out[:, ids.shape[1]:]
+            logits = adapted(**with_completion(lm, inputs, new)).logits
+            new = torch.cat([new, logits[:, -1].argmax(-1, keepdim=True)], 1)
+    return new
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -96,7 +95,7 @@ def test_prefix_generate_equals_full_recompute_and_changes_output(name, variant,
     got = adapted.generate(**inputs, max_new_tokens=steps, do_sample=False, eos_token_id=-1,
                            pad_token_id=lm.tokenizer.pad_token_id)[:, inputs["input_ids"].shape[1]:]
     assert got.shape == (len(problems), steps)
-    assert got.tolist() == _reference_greedy(adapted, inputs, steps).tolist()
+    assert got.tolist() == _reference_greedy(adapted, lm, inputs, steps).tolist()
     assert got.tolist() != base.tolist()
 
 

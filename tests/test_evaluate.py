@@ -45,7 +45,7 @@ def test_evaluate_csv_logs_new_run(experiment, tmp_path):
         assert m[k] == pytest.approx(expected[k], rel=1e-6), k
     names = {a.path for a in mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="metrics")}
     assert names == {"metrics/validation_QTCH.json", "metrics/validation_QTCH_rows.csv",
-                     "metrics/validation_QTCH_topics.csv"}
+                     "metrics/validation_QTCH_topics.csv", "metrics/validation_QTCH_parse_rules.csv"}
     rows = pd.read_csv(mlflow.artifacts.download_artifacts(
         run_id=run.info.run_id, artifact_path="metrics/validation_QTCH_rows.csv", dst_path=str(tmp_path / "d")))
     assert list(rows["correct"]) == [True, True, False, False]

@@ -20,7 +20,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 KERNEL = "sciqa-notebook-test"
 TINY = {"SCIQA_NB_VARIANTS": "pkv", "SCIQA_NB_LIMIT": "4", "SCIQA_NB_EVAL_LIMIT": "2", "SCIQA_NB_EPOCHS": "1",
         "SCIQA_NB_MAX_NEW_TOKENS": "4", "SCIQA_NB_PREFIX_LEN": "2", "SCIQA_NB_TRAIN_BATCH_SIZE": "2",
-        "SCIQA_NB_BATCH_SIZE": "4"}
+        "SCIQA_NB_BATCH_SIZE": "4", "SCIQA_NB_TEACHER_MAX_NEW_TOKENS": "64"}
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,9 @@ def test_kd_vs_golden(run_notebook):
     assert _images(_cell(nb, "download")) == 1  # the parent's own plots/loss_curves.png
     assert _images(_cell(nb, "loss-curves")) == 1  # redrawn from the metric histories
     table = _text(_cell(nb, "metric-table"))
-    assert "golden" in table and "kd" in table and "acc" in table
+    assert "golden" in table and "kd" in table and "acc" in table and "d_acc_pkv_kd_vs_pkv_golden" in table
+    stats = _cell(nb, "statistics")
+    assert _images(stats) == 1 and "ci_low" in _text(stats)  # plots/deltas.png and a recomputed comparison
 
 
 @pytest.mark.timeout(900)
@@ -118,7 +120,7 @@ def test_lora_walkthrough(run_notebook, shared):
     train_id = re.search(r"train run: (\w+)", _text(_cell(nb, "train"))).group(1)
     train = mlflow.get_run(train_id)
     assert train.info.status == "FINISHED" and train.data.tags["sciqa.step"] == "train_lora"
-    assert train.data.tags["sciqa.variant"] == "lora" and "val_loss" in train.data.metrics
+    assert train.data.tags["sciqa.variant"] == "lora" and "val_loss_golden" in train.data.metrics
     score_id = re.search(r"score run: (\w+)", _text(_cell(nb, "score"))).group(1)
     score = mlflow.get_run(score_id)
     assert score.data.tags["sciqa.adapter_run"] == train_id and "acc" in score.data.metrics

@@ -6,7 +6,7 @@ import pytest
 from helpers import run_cli
 
 SMALL = ["main", "--variants", "pkv", "--limit", "6", "--eval-limit", "4", "--epochs", "1", "--max-new-tokens", "4",
-         "--prefix-len", "2", "--train-batch-size", "3", "--batch-size", "4"]
+         "--prefix-len", "2", "--train-batch-size", "3", "--batch-size", "4", "--teacher-max-new-tokens", "64"]
 
 
 def _children(experiment, parent_id):
@@ -26,22 +26,34 @@ def test_main_end_to_end_reuse_and_partial_recompute(experiment, tmp_path):
     trains = [r for r in kids.values() if r.data.tags["sciqa.step"] == "train_prefix"]
     assert sorted(r.data.tags["sciqa.teacher"] for r in trains) == ["false", "true"]
     assert all(r.data.tags["sciqa.variant"] == "pkv" for r in trains)
-    teacher = next(r for r in kids.values() if r.data.tags.get("sciqa.split") == "train")
+    teacher = next(r for r in kids.values() if r.data.tags["sciqa.step"] == "benchmark"
+                   and r.data.tags["sciqa.split"] == "train")
     assert teacher.data.tags["sciqa.model"] == "tiny-llava"
     kd = next(r for r in trains if r.data.tags["sciqa.teacher"] == "true")
     assert kd.data.tags["sciqa.teacher_run"] == teacher.info.run_id
 
-    table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent_id, artifact_path="compare/comparison.csv",
-                                                            dst_path=str(tmp_path / "a")))
-    assert list(zip(table["variant"], table["target"])) == [("base", "-"), ("pkv", "golden"), ("pkv", "kd")]
-    for row in table.itertuples():
-        score = mlflow.get_run(row.score_run).data.metrics
+    runs = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent_id, artifact_path="compare/runs.csv",
+                                                           dst_path=str(tmp_path / "a")))
+    assert list(runs["model"]) == ["teacher (train split)", "base", "pkv golden", "pkv kd"]
+    for row in runs.itertuples():
+        score = mlflow.get_run(row.runs.split()[0] if row.model != "teacher (train split)" else row.runs).data.metrics
         assert row.acc == pytest.approx(score["acc"]) and row.cosine == pytest.approx(score["cosine"])
-        if row.train_run == row.train_run and row.train_run:  # not NaN: an adapter row
-            assert row.final_val_loss == pytest.approx(mlflow.get_run(row.train_run).data.metrics["val_loss"])
+    golden, kd = (next(r for r in trains if r.data.tags["sciqa.teacher"] == t) for t in ("false", "true"))
+    assert golden.data.params["train_ids_digest"] == kd.data.params["train_ids_digest"]  # the same problems
+    deltas = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent_id, artifact_path="compare/comparison.csv",
+                                                             dst_path=str(tmp_path / "b")))
+    pairs = set(zip(deltas["run"], deltas["baseline"]))
+    assert pairs == {("pkv kd", "pkv golden"), ("pkv golden", "base"), ("pkv kd", "base")}
+    acc = deltas[(deltas["metric"] == "acc") & (deltas["run"] == "pkv kd") & (deltas["baseline"] == "pkv golden")].iloc[0]
+    assert acc["n"] == 4 and acc["ci_low"] <= acc["diff"] <= acc["ci_high"] and 0 <= acc["p_value"] <= 1
+    assert parent.data.metrics["d_acc_pkv_kd_vs_pkv_golden"] == pytest.approx(acc["diff"])
     artifacts = {a.path for d in ("plots", "compare")
                  for a in mlflow.artifacts.list_artifacts(run_id=parent_id, artifact_path=d)}
-    assert {"plots/loss_curves.png", "plots/metrics.png", "compare/comparison.md"} <= artifacts
+    assert {"plots/loss_curves.png", "plots/metrics.png", "plots/deltas.png", "compare/comparison.md"} <= artifacts
+    for r in kids.values():  # tags and params agree on every child
+        for k in ("step", "model", "variant", "teacher", "split", "setting"):
+            if f"sciqa.{k}" in r.data.tags and k in r.data.params:
+                assert r.data.tags[f"sciqa.{k}"] == r.data.params[k], (r.info.run_name, k)
 
     again = run_cli(*SMALL, "--workdir", str(tmp_path / "w"), cwd=tmp_path)
     second = again.stdout.split("main run: ")[1].split()[0]
@@ -63,3 +75,40 @@ def test_bad_teacher_csv_fails_before_any_run(experiment, tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("sciqa: error: ")
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert mlflow.search_runs([experiment], output_format="list") == []
+
+
+@pytest.mark.timeout(900)
+def test_main_killed_mid_training_resumes_to_the_same_comparison(experiment, tmp_path):
+    """kill -9 while a child trains; the same command resumes the parent and every unfinished child
+    (no 'already active' error) and ends with the comparison of an uninterrupted main."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [*SMALL[:-2], "--limit", "24", "--epochs", "3", "--workdir", str(tmp_path / "w")]
+    proc = subprocess.Popen([sys.executable, "-m", "sciqa", *args], cwd=tmp_path, env=os.environ.copy(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and not list((tmp_path / "w").glob("*/checkpoints/epoch_1")):
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (parent,) = [r for r in mlflow.search_runs([experiment], output_format="list")
+                 if r.data.tags.get("sciqa.step") == "main"]
+    assert parent.info.status == "RUNNING"
+    out = run_cli(*args, cwd=tmp_path)
+    assert out.stdout.split("main run: ")[1].split()[0] == parent.info.run_id
+    assert "resumed from epoch_" in out.stdout and "already active" not in out.stderr
+    assert all(r.info.status == "FINISHED" for r in mlflow.search_runs([experiment], output_format="list"))
+    ref_exp = mlflow.create_experiment(f"ref-{experiment}")
+    ref = run_cli(*args[:-1], str(tmp_path / "ref"), cwd=tmp_path,
+                  env={"MLFLOW_EXPERIMENT_NAME": mlflow.get_experiment(ref_exp).name})
+    ref_id = ref.stdout.split("main run: ")[1].split()[0]
+
+    def deltas(run_id, sub):
+        return pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="compare/comparison.csv",
+                                                               dst_path=str(tmp_path / sub)))
+    cols = ["run", "baseline", "metric", "n", "a", "b", "diff", "ci_low", "ci_high", "p_value"]
+    pd.testing.assert_frame_equal(deltas(parent.info.run_id, "x")[cols], deltas(ref_id, "y")[cols], rtol=1e-5)

@@ -106,7 +106,7 @@ def _main_config():
 
 
 @main.command("main")
-@slurm_options("main", _main_config(), "sciqa.steps.pipeline:variants_of")
+@slurm_options("main", _main_config(), "sciqa.steps.pipeline:check")
 @config_options(_main_config())
 def main_cmd(**kwargs) -> None:
     """The whole experiment as one parent MLflow run with nested child runs."""
@@ -162,7 +162,7 @@ def train_prefix(**kwargs) -> None:
 @slurm_options("train_lora", _train_config(), "sciqa.steps.train:check_lora")
 @config_options(_train_config(), exclude=_only("train_lora"))
 def train_lora(**kwargs) -> None:
-    """Train a LoRA adapter on golden or teacher (KD) targets (--variant is always lora)."""
+    """Train a LoRA adapter on golden or teacher (KD) targets."""
     _run_training("train_lora", {**kwargs, "variant": "lora"})
 
 
@@ -196,6 +196,23 @@ def evaluate(**kwargs) -> None:
     from sciqa.steps.evaluate import EvaluateConfig, evaluate as run_evaluate
 
     click.echo(f"evaluate run: {run_evaluate(EvaluateConfig(**kwargs))}")
+
+
+@main.command("compare")
+@click.argument("run_ids", nargs=-1)
+@click.option("--runs", default="", help="comma-separated run ids (the MLproject entry point's form)")
+@click.option("--baseline", default="", help="the run the others are compared with [default: the first]")
+@click.option("--by-group", type=click.BOOL, default=True, show_default=True,
+              help="accuracy also per subject, context and grade")
+def compare_cmd(run_ids: tuple[str, ...], runs: str, baseline: str, by_group: bool) -> None:
+    """Paired statistics between evaluated runs (benchmark, score, evaluate --csv): differences with
+    95 % bootstrap CIs and exact McNemar p-values, on the problems all runs share."""
+    from sciqa.compare import compare_command
+
+    ids = [*run_ids, *(r.strip() for r in runs.split(",") if r.strip())]
+    run_id, text = compare_command(ids, baseline, by_group)
+    click.echo(text)
+    click.echo(f"compare run: {run_id}")
 
 
 @main.command()
@@ -243,3 +260,21 @@ def download(run_id: str, dest: str, children: bool) -> None:
     tracking.connect()
     for path in fetch(run_id, dest, children):
         click.echo(str(path))
+
+
+@main.command()
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535), help="port to listen on")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to listen on (0.0.0.0: every interface, for jobs on other nodes)")
+@click.option("--store", default=".", show_default=True, help="folder of mlflow.db and artifacts/ (created if needed)")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="server processes (one owns the sqlite file best)")
+def server(port: int, host: str, store: str, workers: int) -> None:
+    """Run one MLflow tracking server on STORE/mlflow.db (artifacts in STORE/artifacts) until Ctrl-C.
+
+    For many jobs at once (a Slurm array, several terminals): they log to it over HTTP instead of
+    sharing one sqlite file. Prints the `export MLFLOW_TRACKING_URI=...` line to use in the jobs.
+    """
+    from sciqa.store import serve
+
+    sys.exit(serve(store, host, port, workers))

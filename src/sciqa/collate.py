@@ -5,7 +5,9 @@ expands its image tokens); the completion is the target text tokenised on its ow
 (``add_special_tokens=False``) plus the end-of-turn token. Labels are -100 on the prompt and on
 padding: only the answer is supervised. The study instead padded the solution to the prompt
 length and its adapters learned to emit empty strings. Rows are right-padded; per-token inputs
-(``mm_token_type_ids``) are extended with zeros (text) for the completion.
+take the family's completion value on the completion (``Family.completion_value``: 0, text, for
+Qwen2-VL's ``mm_token_type_ids``; 1 for PaliGemma's ``token_type_ids``, whose 0 is the bidirectional
+prefix block: a target marked 0 would see the target tokens after it) and 0 on padding.
 """
 from __future__ import annotations
 
@@ -31,8 +33,7 @@ class Example:
 def collate(lm: LoadedModel, examples: list[Example], max_length: int = 0) -> dict[str, torch.Tensor]:
     """Model inputs plus ``labels``; ``max_length`` > 0 cuts the completion (never the prompt)."""
     texts = [lm.family.render_prompt(lm.processor, ex.prompt) for ex in examples]
-    enc = lm.processor(text=texts, images=[ex.problem.image() for ex in examples], padding=True,
-                       padding_side="right", return_tensors="pt")
+    enc = lm.family.encode(lm.processor, texts, [ex.problem.image() for ex in examples], padding_side="right")
     eot = lm.family.end_of_turn_id(lm.tokenizer)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else eot
     per_token = [k for k, v in enc.items() if k != "input_ids" and torch.is_tensor(v)
@@ -56,8 +57,7 @@ def collate(lm: LoadedModel, examples: list[Example], max_length: int = 0) -> di
         batch["labels"][i, n:n + len(c)] = c
         for k in per_token:
             batch[k][i, :n] = enc[k][i, :n]
-            if k == "attention_mask":
-                batch[k][i, n:n + len(c)] = 1
+            batch[k][i, n:n + len(c)] = lm.family.completion_value(k)
     for k, v in enc.items():
         if k not in batch and k != "input_ids":
             batch[k] = v

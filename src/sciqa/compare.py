@@ -214,3 +214,58 @@ def plot_metrics(table, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _labels(run_ids: list[str]) -> dict[str, str]:
+    """Readable, unique labels: the run name and the id's first 8 characters."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    return {r: f"{client.get_run(r).info.run_name or 'run'} ({r[:8]})" for r in run_ids}
+
+
+def compare_command(run_ids: list[str], baseline: str = "", by_group: bool = True,
+                    parent_run_id: str | None = None) -> tuple[str, str]:
+    """``sciqa compare``: paired statistics of any evaluated runs against a baseline, logged as a
+    ``compare`` run; returns (its id, the plain-text table)."""
+    import mlflow
+
+    from sciqa import tracking
+    from sciqa.stats import N_RESAMPLES, SEED, compare_runs, forest_plot, to_markdown, to_text
+    from sciqa.tracking import step_run
+
+    run_ids = list(dict.fromkeys(run_ids))
+    baseline = baseline or (run_ids[0] if run_ids else "")
+    if len(run_ids) < 2 or baseline not in run_ids:
+        raise SciqaError("give at least two run ids, and --baseline one of them (default: the first)")
+    tracking.connect()
+    for r in run_ids:
+        tracking.get_run(r)
+    frames = {r: run_rows(r) for r in run_ids}
+    try:
+        table = compare_runs(frames, baseline, by_group=by_group)
+    except ValueError as exc:
+        raise SciqaError(f"cannot compare these runs: {exc} (different datasets or splits?)") from None
+    labels = _labels(run_ids)
+    n_common = int(table["n"].max()) if len(table) else 0
+    missing = {labels[r]: len(f) - n_common for r, f in frames.items() if len(f) != n_common}
+    head = (f"{len(run_ids) - 1} run(s) vs {labels[baseline]} on n = {n_common} common problems"
+            + (f"; ids missing elsewhere: {missing}" if missing else "") + f"; bootstrap {N_RESAMPLES}, seed {SEED}.")
+    text = f"{head}\n\n{to_text(table, labels)}\n"
+    tracking.setup()
+    params = {"runs": ",".join(run_ids), "baseline": baseline, "by_group": by_group}
+    tags = {"sciqa.compared_runs": ",".join(run_ids), "sciqa.baseline_run": baseline}
+    with step_run("compare", params, tags, f"compare-{len(run_ids)}-runs", parent_run_id=parent_run_id) as run:
+        if run.reused:
+            print(f"compare: reusing finished run {run.run_id}")
+            return run.run_id, text
+        with tempfile.TemporaryDirectory() as tmp:
+            d = Path(tmp)
+            table.to_csv(d / "comparison.csv", index=False)
+            (d / "comparison.md").write_text(f"{head}\n\n{to_markdown(table, labels)}\n{READING}\n")
+            mlflow.log_artifacts(tmp, "compare")
+            mlflow.log_artifact(str(forest_plot(table, d / "deltas.png", labels)), "plots")
+        mlflow.log_metrics(delta_metrics(table[table["group"] == "all"].assign(
+            run=[r[:8] for r in table[table["group"] == "all"]["run"]],
+            baseline=[r[:8] for r in table[table["group"] == "all"]["baseline"]])))
+    return run.run_id, text

@@ -75,8 +75,18 @@ def entry(name: str) -> str:
     return "\n".join(lines)
 
 
+COMPARE = """\
+  compare:
+    # Paired statistics between evaluated runs: runs=A,B,... (the first is the baseline unless given)
+    parameters:
+      runs: {type: string}
+      baseline: {type: string, default: ""}
+      by_group: {type: string, default: "true"}
+    command: python -m sciqa compare --runs {runs} --baseline {baseline} --by-group {by_group}"""
+
+
 def render() -> str:
-    return HEADER + "\n\n".join(entry(name) for name in ENTRY_POINTS) + "\n"
+    return HEADER + "\n\n".join([*(entry(name) for name in ENTRY_POINTS), COMPARE]) + "\n"
 
 
 if __name__ == "__main__":

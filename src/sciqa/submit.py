@@ -150,11 +150,16 @@ def shared_tracking_uri(uri: str) -> str:
 
 
 def job_args(command: str, cfg) -> list[str]:
-    """``<command> --opt value ...`` for every config field: the job runs exactly this config."""
+    """``<command> --opt value ...`` for every config field the command takes (train-prefix has no
+    LoRA options, train-lora no prefix options): the job runs exactly this config."""
+    from sciqa.cli import main
+    from sciqa.config import as_param
+
+    accepted = {p.name for p in main.commands[command].params}
     args = [command]
     for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        args += ["--" + f.name.replace("_", "-"), str(value)]
+        if f.name in accepted:
+            args += ["--" + f.name.replace("_", "-"), as_param(getattr(cfg, f.name))]
     return args
 
 

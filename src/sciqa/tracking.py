@@ -9,7 +9,7 @@ own source (tag ``sciqa.key``). A finished run with the same key is reused; an u
 step of this process only: the CLI takes it out of the environment at start (:func:`claim_outer_run`),
 so a step run inside another (a KD training's teacher benchmark, ``main``'s children) never
 attaches to it (mlflow#15713). When ``mlflow run`` made a fresh run and a finished identical one
-exists, the fresh one is deleted and the finished one reused; when an unfinished identical one
+exists, the finished one is reused and the fresh one only records that (nested under it); when an unfinished identical one
 exists, the fresh run continues its work (checkpoints, CSV) and the old one is marked superseded.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -100,6 +101,9 @@ def connect() -> str:
 
     uri = tracking_uri()
     check_uri(uri)
+    from sciqa.store import wait_for_locks
+
+    wait_for_locks(uri)  # sqlite: wait for another writer's lock instead of "database is locked"
     if uri.startswith(("http://", "https://")):
         import requests
 
@@ -110,6 +114,12 @@ def connect() -> str:
                              "or unset MLFLOW_TRACKING_URI to log to ./mlflow.db") from None
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def store_identity() -> str:
+    """The store as one string for every process using it (a relative sqlite path made absolute)."""
+    uri = tracking_uri()
+    return "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else uri
 
 
 def store_exists() -> bool:
@@ -123,6 +133,9 @@ def setup() -> str:
     import mlflow
 
     uri = connect()
+    from sciqa.store import prepare
+
+    prepare(uri)  # a fresh sqlite store is created and migrated under its file lock (concurrent jobs)
     exp_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
     if not exp_id:
         exp_id = mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)).experiment_id
@@ -164,39 +177,44 @@ def fail_outer(message: str) -> None:
         pass
 
 
-def release_outer(note: str) -> None:
-    """The outer run was not needed (the result exists elsewhere): see :func:`discard_run`."""
+def release_outer(note: str, reused: str = "") -> None:
+    """The outer run was not needed (the result lives in ``reused``): see :func:`discard_run`."""
     run_id = take_outer_run()
     if run_id:
-        discard_run(run_id, note)
+        discard_run(run_id, note, reused)
 
 
-def discard_run(run_id: str, note: str) -> None:
-    """End a run made for this invocation that holds nothing: ``mlflow run``'s is deleted, a
-    Slurm job's stays as a pointer (``sciqa slurm status`` reads it)."""
+def discard_run(run_id: str, note: str, reused: str = "") -> None:
+    """End a run made for this invocation (by ``mlflow run`` or a Slurm submission) that has nothing
+    new to hold: it stays as a FINISHED pointer, nested under the reused run so the UI folds it away
+    (MLflow cannot delete it: ``mlflow run`` ends the run itself after the command exits)."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    run = client.get_run(run_id)
-    if run.data.tags.get("mlflow.source.type") == "PROJECT" and "sciqa.key" not in run.data.tags:
-        client.set_terminated(run_id, "FINISHED")
-        client.delete_run(run_id)
-        print(f"sciqa: {note}; the new run {run_id} that `mlflow run` made is deleted (nothing new to record)")
-    else:  # a Slurm job's run: keep it as a pointer
-        client.set_tag(run_id, "sciqa.reused_run", note)
-        client.set_terminated(run_id, "FINISHED")
+    tags = {"sciqa.reused_run": reused or note, "mlflow.note.content": f"sciqa: {note}"}
+    if reused:
+        tags["mlflow.parentRunId"] = reused
+    for k, v in tags.items():
+        client.set_tag(run_id, k, v)
+    client.set_terminated(run_id, "FINISHED")
+    print(f"sciqa: {note}; run {run_id} only records that" + (" (nested under it)" if reused else ""))
 
 
 # ---------------------------------------------------------------- identity
 
-@lru_cache(maxsize=1)
-def source_digest() -> str:
-    """Digest of sciqa's own Python source: an edit (committed or not) changes every step's key."""
-    root = Path(__file__).parent
+def tree_digest(root: Path) -> str:
+    """Digest of the Python files under ``root``: names and bytes."""
     h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
+    for path in sorted(Path(root).rglob("*.py")):
         h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:12]
+
+
+@lru_cache(maxsize=1)
+def source_digest() -> str:
+    """Digest of sciqa's own source: an edit (committed or not, in a checkout or an installed
+    wheel) changes every step's key."""
+    return tree_digest(Path(__file__).parent)
 
 
 @lru_cache(maxsize=1)
@@ -274,7 +292,13 @@ def _same_key_runs(client, key: str) -> list:
 
 
 def _agrees(typed: str, ours: str) -> bool:
-    """A value ``mlflow run`` logged as typed agrees with ours (types, aliases, "" = derived default)."""
+    """A value ``mlflow run`` logged as typed agrees with ours (shell quoting, types, aliases, and
+    "" = a default sciqa derives, such as score's setting from the adapter's training run)."""
+    try:
+        words = shlex.split(typed)  # mlflow run logs string parameters shell-quoted: '' for empty
+        typed = words[0] if len(words) == 1 else "" if not words else typed
+    except ValueError:
+        pass
     if typed == ours or typed == "":
         return True
     low = {typed.lower(), ours.lower()}
@@ -319,7 +343,7 @@ def _open(client, key: str, run_name: str, attach: str | None, parent_run_id: st
         if attached.data.tags.get("sciqa.key") == key or not (finished or unfinished):
             return StepRun(attach, key, reused=attached.info.status == "FINISHED" and not force)
         if finished:
-            discard_run(attach, f"reusing finished run {finished[0].info.run_id}")
+            discard_run(attach, f"reusing finished run {finished[0].info.run_id}", finished[0].info.run_id)
             return StepRun(finished[0].info.run_id, key, reused=True)
         for r in unfinished:
             runlock.wait_for_owner(client, r.info.run_id)
@@ -355,7 +379,7 @@ def step_run(step: str, params: dict, tags: dict[str, str], run_name: str, force
     client = MlflowClient()
     key = step_key(step, params)
     logged = params_of({**(settings or {}), **params})
-    with runlock.key_lock(f"{tracking_uri()}|{experiment_id()}", key) as holder:
+    with runlock.key_lock(f"{store_identity()}|{experiment_id()}", key) as holder:
         attach = take_outer_run() if parent_run_id is None else None
         if attach:
             _check_attach(client.get_run(attach), key, logged)
@@ -366,7 +390,7 @@ def step_run(step: str, params: dict, tags: dict[str, str], run_name: str, force
         holder.note(run.run_id)
         mlflow.start_run(run_id=run.run_id, nested=mlflow.active_run() is not None)
         mlflow.set_tags({**tags, "sciqa.step": step, "sciqa.key": key, "sciqa.code_version": code_version(),
-                         "sciqa.git_commit": git_commit()})
+                         "sciqa.git_commit": git_commit(), "mlflow.runName": run_name})
         _log_params(client, run.run_id, logged)
         heartbeat = runlock.Heartbeat(client, run.run_id)
         in_job = bool(os.environ.get("SLURM_JOB_ID"))

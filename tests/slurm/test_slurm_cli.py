@@ -33,8 +33,11 @@ def test_job_command_line_parses_back_to_the_same_config(name):
     """The job runs `<command> --field value ...`: every value must survive the round trip."""
     cmd = main.commands[name]
     _, config_cls, _ = cmd.callback.__sciqa_slurm__
+    accepted = {p.name for p in cmd.params}
     odd = {}
     for f in dataclasses.fields(config_cls):
+        if f.name not in accepted:  # another command's option (train-lora has no --prefix-len): its default
+            continue
         if f.type in (bool, "bool"):
             odd[f.name] = not f.default
         elif f.type in (str, "str"):
@@ -44,7 +47,8 @@ def test_job_command_line_parses_back_to_the_same_config(name):
     assert args[0] == name and not SLURM_OPTIONS & set(args)
     ctx = cmd.make_context(name, args[1:])
     assert {k: v for k, v in ctx.params.items() if k in odd} == odd
-    assert config_cls(**{f.name: ctx.params[f.name] for f in dataclasses.fields(config_cls)}) == cfg
+    assert config_cls(**{f.name: ctx.params[f.name] if f.name in accepted else getattr(cfg, f.name)
+                         for f in dataclasses.fields(config_cls)}) == cfg
 
 
 def test_local_tracking_store_is_made_absolute_and_warned(tmp_path, monkeypatch, capsys):

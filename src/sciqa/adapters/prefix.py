@@ -3,11 +3,14 @@
 A source (our own MLP-reparameterised encoder, or PEFT's ``PrefixEncoder``) emits keys and values
 for ``prefix_len`` virtual tokens; this module puts them in a ``DynamicCache`` (built through
 ``update``, the API that survived transformers 5), prepends ones to the attention mask, and passes
-explicit position ids so the real tokens keep positions ``0..n`` as without a prefix. Qwen2-VL's
+explicit position ids so the real tokens keep the positions they have without a prefix. Qwen2-VL's
 multimodal rotary positions come from the model's own ``get_rope_index`` on the real tokens only:
 PEFT's forward hands it the prefix-extended mask and fails (IndexError) or, in generate, silently
-misplaces positions (PITFALLS 1). ``generate`` is our own greedy loop with cache reuse, so the
-prefix reaches every decoding step; a test checks it against a full recompute per step.
+misplaces positions (PITFALLS 1). Per-token inputs a model reads over the whole key sequence get
+the prefix's share from the family (``Family.prefix_inputs``: PaliGemma's ``token_type_ids``).
+``generate`` is our own greedy loop with cache reuse, so the prefix reaches every decoding step; new
+tokens carry the family's completion inputs (PaliGemma: type 1, causal); a test checks it against a
+full recompute per step.
 """
 from __future__ import annotations
 
@@ -18,19 +21,20 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from sciqa.adapters.base import AdaptedLM
 
 
-def real_positions(base, input_ids, attention_mask, inputs: dict):
+def real_positions(base, input_ids, attention_mask, inputs: dict, first: int = 0):
     """Position ids of the real tokens, as the base model computes them without a prefix.
 
     Returns (positions, next_position): (3, B, L) for multimodal rotary models (those with
-    ``get_rope_index`` and ``mm_token_type_ids``), else (B, L); ``next_position`` (B,) is where the
-    next generated token goes (text continues all rotary axes together)."""
+    ``get_rope_index`` and ``mm_token_type_ids``), else (B, L) counted from ``first`` (the family's
+    ``first_position``); ``next_position`` (B,) is where the next generated token goes (text
+    continues all rotary axes together)."""
     inner = getattr(base, "model", None)
     if hasattr(inner, "get_rope_index") and inputs.get("mm_token_type_ids") is not None:
         pos, _ = inner.get_rope_index(input_ids, inputs["mm_token_type_ids"], inputs.get("image_grid_thw"),
                                       None, attention_mask)
         masked = pos.masked_fill(attention_mask[None] == 0, -1)
         return pos, masked.amax(dim=(0, 2)) + 1
-    pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0) + first
     return pos, pos.masked_fill(attention_mask == 0, -1).amax(-1) + 1
 
 
@@ -65,11 +69,19 @@ class PrefixLM(AdaptedLM):
         return self.base(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
                          use_cache=True, **inputs)
 
+    def _prefill(self, input_ids, attention_mask, inputs: dict):
+        """The first forward over the real tokens, from a fresh prefix cache; returns (output, cache,
+        positions, next_position)."""
+        positions, nxt = real_positions(self.base, input_ids, attention_mask, inputs, self.family.first_position)
+        cache = self.prefix_cache(input_ids.shape[0])
+        inputs = self.family.prefix_inputs(inputs, self.prefix_len)
+        out = self._run(input_ids, attention_mask, positions, cache, **inputs)
+        return out, cache, positions, nxt
+
     def forward(self, input_ids, attention_mask=None, labels=None, **inputs) -> CausalLMOutputWithPast:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        positions, _ = real_positions(self.base, input_ids, attention_mask, inputs)
-        return self._run(input_ids, attention_mask, positions, self.prefix_cache(input_ids.shape[0]), **inputs)
+        return self._prefill(input_ids, attention_mask, inputs)[0]
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 256, eos_token_id=None,
@@ -83,9 +95,10 @@ class PrefixLM(AdaptedLM):
         eos = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
         pad = pad_token_id if pad_token_id is not None else (min(eos) if eos else 0)
         self.family.reset_state(self.base)
-        positions, nxt = real_positions(self.base, input_ids, attention_mask, inputs)
-        cache = self.prefix_cache(input_ids.shape[0])
-        out = self._run(input_ids, attention_mask, positions, cache, **inputs)
+        # only the last position's logits: [batch, prompt, vocab] ones would cost memory for nothing
+        out, cache, positions, nxt = self._prefill(input_ids, attention_mask, {**inputs, "logits_to_keep": 1})
+        step_inputs = {k: input_ids.new_full((input_ids.shape[0], 1), v)  # new tokens are completion tokens
+                       for k, v in self.family.completion_inputs.items()}
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         new, mask = [], attention_mask
         for step in range(max_new_tokens):
@@ -96,10 +109,11 @@ class PrefixLM(AdaptedLM):
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
-            out = self._run(token[:, None], mask, step_positions(nxt, positions), cache)  # cache grows in place
+            out = self._run(token[:, None], mask, step_positions(nxt, positions), cache,  # cache grows in place
+                            **step_inputs)
             nxt = nxt + 1
         return torch.cat([input_ids, torch.stack(new, 1)], 1) if new else input_ids
 
 
 # per-call inputs a VLM forward accepts at prefill (everything the processors here return)
-_MODEL_INPUTS = {"pixel_values", "image_grid_thw", "mm_token_type_ids", "image_sizes"}
+_MODEL_INPUTS = {"pixel_values", "image_grid_thw", "mm_token_type_ids", "image_sizes", "token_type_ids"}

@@ -9,6 +9,7 @@ from sciqa.data.problems import Problem
 
 # free: the study's free generation; choice: the likeliest choice, then the explanation (hf backend)
 ANSWER_MODES = ("free", "choice")
+CHOICE_SCORES = ("sum", "mean")  # choice mode: summed or per-token mean log-probability of a choice's tokens
 
 
 def check_answer_mode(mode: str, backend: str = "hf") -> None:

@@ -1,9 +1,13 @@
 """Batched Hugging Face generation: left padding, greedy, stop at the end-of-turn token.
 
-``answer_mode="choice"`` first picks the choice the model finds likeliest (summed log-probability
-of ``{"answer": "<choice>"``, as harnesses score multiple choice) and then generates the
-explanation after that forced prefix: every answer maps to a choice, which a tiny or weak
-teacher needs for KD targets. ``"free"`` (default) is the study's free generation.
+``answer_mode="choice"`` first picks the choice the model finds likeliest and then generates the
+explanation after that forced prefix: every answer maps to a choice, which a tiny or weak teacher
+needs for KD targets. ``"free"`` (default) is the study's free generation. A choice is scored by
+the log-probabilities of the tokens that spell it (``"<choice>"`` after ``{"answer": ``), with
+the prompt and answer start tokenised as one text, as the forced generation then sees them:
+``choice_score="sum"`` (default, as harnesses score multiple choice) or ``"mean"`` per token
+(length-normalised). Only those few positions get vocabulary logits: a full [rows, sequence,
+vocabulary] float32 tensor is tens of GB for Qwen2-VL's 151,936 tokens at batch 16.
 """
 from __future__ import annotations
 
@@ -12,14 +16,22 @@ import json
 import torch
 
 from sciqa import models
-from sciqa.backends.base import Backend, Generation
+from sciqa.backends.base import CHOICE_SCORES, Backend, Generation
 from sciqa.data.problems import Problem
+from sciqa.errors import SciqaError
 from sciqa.models.base import LoadedModel
+
+ANSWER_HEAD = '{"answer": '
+
+
+def answer_start(choice: str) -> str:
+    """The start of the JSON answer up to the end of the choice: what choice mode scores."""
+    return ANSWER_HEAD + json.dumps(choice, ensure_ascii=False)
 
 
 def answer_prefix(choice: str) -> str:
     """The start of the JSON answer, with the choice filled in, up to where the solution begins."""
-    return '{"answer": ' + json.dumps(choice, ensure_ascii=False) + ', "solution": "'
+    return answer_start(choice) + ', "solution": "'
 
 
 def encode_prompts(lm: LoadedModel, problems: list[Problem], prompts: list[str]):
@@ -27,14 +39,27 @@ def encode_prompts(lm: LoadedModel, problems: list[Problem], prompts: list[str])
     return encode_texts(lm, problems, [lm.family.render_prompt(lm.processor, p) for p in prompts])
 
 
-def encode_texts(lm: LoadedModel, problems: list[Problem], texts: list[str]):
-    """Left-padded model inputs of rendered texts (the padding side is passed per call: Llava
-    processors ignore a padding_side set on the tokenizer, transformers#33847)."""
-    inputs = lm.processor(text=texts, images=[p.image() for p in problems], padding=True,
-                          padding_side="left", return_tensors="pt")
+def encode_texts(lm: LoadedModel, problems: list[Problem], texts: list[str], continuations: list[str] | None = None):
+    """Left-padded model inputs of rendered texts, each followed by its continuation where given
+    (the padding side is passed per call: Llava processors ignore a padding_side set on the
+    tokenizer, transformers#33847)."""
+    inputs = lm.family.encode(lm.processor, texts, [p.image() for p in problems], continuations, padding_side="left")
     if len(texts) > 1 and not bool(inputs["attention_mask"][:, -1].all()):
         raise RuntimeError("prompts are not left-padded: batched generation would be wrong")
     return inputs.to(lm.device)
+
+
+def last_token_logprobs(lm: LoadedModel, inputs, n: int) -> torch.Tensor:
+    """(rows, n) log-probabilities of each row's last ``n`` tokens (rows end together: left padding).
+
+    ``logits_to_keep`` has the model project only the last ``n + 1`` hidden states onto the
+    vocabulary, so nothing larger than [rows, n + 1, vocabulary] is made, and the log-softmax is
+    taken as logit - logsumexp, without a second full-vocabulary copy."""
+    lm.family.reset_state(lm.model)
+    logits = lm.model(**inputs, logits_to_keep=n + 1).logits[:, :-1].float()
+    lm.family.reset_state(lm.model)
+    targets = inputs["input_ids"][:, -n:, None].to(logits.device)
+    return logits.gather(-1, targets)[..., 0] - logits.logsumexp(-1)
 
 
 class HFBackend(Backend):
@@ -51,48 +76,53 @@ class HFBackend(Backend):
             from sciqa.adapters import load_adapter
 
             lm = load_adapter(lm, adapter)
-        return cls(lm, cfg.max_new_tokens, getattr(cfg, "answer_mode", "free"))
+        return cls(lm, cfg.max_new_tokens, getattr(cfg, "answer_mode", "free"), getattr(cfg, "choice_score", "sum"))
 
-    def __init__(self, lm: LoadedModel, max_new_tokens: int = 256, answer_mode: str = "free"):
+    def __init__(self, lm: LoadedModel, max_new_tokens: int = 256, answer_mode: str = "free",
+                 choice_score: str = "sum"):
+        if choice_score not in CHOICE_SCORES:
+            raise SciqaError(f"unknown choice score '{choice_score}'; accepted: {', '.join(CHOICE_SCORES)}")
         self.lm = lm
         self.max_new_tokens = max_new_tokens
         self.answer_mode = answer_mode
+        self.choice_score = choice_score
         self.eot = lm.family.end_of_turn_id(lm.tokenizer)
 
     @torch.inference_mode()
     def generate(self, problems: list[Problem], prompts: list[str]) -> list[Generation]:
         lm = self.lm
         texts = [lm.family.render_prompt(lm.processor, p) for p in prompts]
-        forced = [""] * len(texts)
+        forced = None
         if self.answer_mode == "choice":
             forced = [answer_prefix(p.choices[i]) for p, i in zip(problems, self.likeliest_choices(problems, texts))]
-        inputs = encode_texts(lm, problems, [t + f for t, f in zip(texts, forced)])
+        inputs = encode_texts(lm, problems, texts, forced)
         lm.family.reset_state(lm.model)
         pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else self.eot
         budget = min(self.max_new_tokens, lm.family.turn_tokens or self.max_new_tokens)
         out = lm.model.generate(**inputs, max_new_tokens=budget, do_sample=False, eos_token_id=self.eot,
                                 pad_token_id=pad)
         new = out[:, inputs["input_ids"].shape[1]:].tolist()
-        return [self._one(tokens, f) for tokens, f in zip(new, forced)]
+        return [self._one(tokens, f) for tokens, f in zip(new, forced or [""] * len(new))]
 
     def likeliest_choices(self, problems: list[Problem], texts: list[str]) -> list[int]:
-        """Per problem, the choice with the highest summed log-probability after ``{"answer": ``."""
-        lm, tok = self.lm, self.lm.tokenizer
+        """Per problem, the index of its highest-scoring choice (the first on a tie)."""
+        return [max(range(len(row)), key=row.__getitem__) for row in self.choice_scores(problems, texts)]
+
+    @torch.inference_mode()
+    def choice_scores(self, problems: list[Problem], texts: list[str]) -> list[list[float]]:
+        """Per problem and choice, the summed (or mean, ``choice_score``) log-probability of the tokens
+        that spell ``"<choice>"`` after ``{"answer": `` in one forward over every (problem, choice) row."""
+        lm = self.lm
         pairs = [(i, j) for i, p in enumerate(problems) for j in range(len(p.choices))]
-        full = [texts[i] + '{"answer": ' + json.dumps(problems[i].choices[j], ensure_ascii=False) for i, j in pairs]
-        base = [len(tok(texts[i] + '{"answer":', add_special_tokens=False).input_ids) for i, _ in pairs]
-        n_scored = [len(tok(f, add_special_tokens=False).input_ids) - b for f, b in zip(full, base)]
-        inputs = encode_texts(lm, [problems[i] for i, _ in pairs], full)
-        lm.family.reset_state(lm.model)
-        logits = lm.model(**inputs).logits.float()
-        lm.family.reset_state(lm.model)
-        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, inputs["input_ids"][:, 1:, None])[..., 0]
-        scores = [float(logp[k, -n:].sum()) for k, n in enumerate(n_scored)]
-        best: dict[int, tuple[float, int]] = {}
-        for (i, j), score in zip(pairs, scores):
-            if i not in best or score > best[i][0]:
-                best[i] = (score, j)
-        return [best[i][1] for i in range(len(problems))]
+        starts = [answer_start(problems[i].choices[j]) for i, j in pairs]
+        n_scored = [lm.family.continuation_tokens(lm.tokenizer, texts[i], s, len(ANSWER_HEAD))
+                    for (i, _), s in zip(pairs, starts)]
+        inputs = encode_texts(lm, [problems[i] for i, _ in pairs], [texts[i] for i, _ in pairs], starts)
+        logp = last_token_logprobs(lm, inputs, max(n_scored))
+        scores: list[list[float]] = [[] for _ in problems]
+        for k, ((i, _), n) in enumerate(zip(pairs, n_scored)):
+            scores[i].append(float(logp[k, -n:].sum()) / (n if self.choice_score == "mean" else 1))
+        return scores
 
     def _one(self, tokens: list[int], forced: str = "") -> Generation:
         turn = self.lm.family.turn_tokens

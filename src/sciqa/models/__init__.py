@@ -25,6 +25,7 @@ FAMILIES: dict[str, str] = {
 TINY_MODELS: dict[str, str] = {
     "tiny-qwen2-vl": "qwen2_vl",
     "tiny-llava": "llava",
+    "tiny-paligemma": "paligemma",
 }
 # Their turns end after this many new tokens (random weights never choose the end-of-turn token): a
 # property of these models' registry entries, so defaults meant for real models stay as they are.

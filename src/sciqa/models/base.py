@@ -42,7 +42,10 @@ class Family:
 
     ``turn_markers``: text that starts a new turn; generation output is cut at the first one
     (Pixtral leaked ``[INST]`` turns in the study). ``end_of_turn``: the token that closes the
-    assistant turn; generation stops there and training supervises it.
+    assistant turn; generation stops there and training supervises it. ``completion_inputs``:
+    per-token inputs whose value on completion tokens (training targets, a forced answer start,
+    generated tokens) is not 0 (text), e.g. PaliGemma's ``token_type_ids`` = 1, its causal suffix.
+    ``first_position``: the position id of a row's first real token (PaliGemma counts from 1).
     """
 
     name: str
@@ -54,6 +57,8 @@ class Family:
     # A turn that ends after this many tokens (0: the model ends it): set only by the registry
     # entries of the offline tiny models, whose random weights never emit the end-of-turn token.
     turn_tokens: int = 0
+    completion_inputs: dict[str, int] = field(default_factory=dict)
+    first_position: int = 0
 
     def load(self, name: str, path: str, revision: str | None, dtype: str, device: str) -> LoadedModel:
         import transformers
@@ -78,6 +83,29 @@ class Family:
     def render_prompt(self, processor, prompt: str) -> str:
         """The prompt text up to where the assistant starts answering."""
         return processor.apply_chat_template(self.messages(prompt), add_generation_prompt=True, tokenize=False)
+
+    def encode(self, processor, texts: list[str], images: list, continuations: list[str] | None = None,
+               padding_side: str = "left"):
+        """Model inputs of rendered prompts, each followed by its continuation (a forced answer start)
+        tokenised with it as one text, so the model sees the tokens of a natural continuation."""
+        if continuations is not None:
+            texts = [t + c for t, c in zip(texts, continuations)]
+        return processor(text=texts, images=images, padding=True, padding_side=padding_side, return_tensors="pt")
+
+    def continuation_tokens(self, tokenizer, text: str, continuation: str, start: int = 0) -> int:
+        """How many tokens at the end of ``encode``'s row of ``text + continuation`` cover
+        ``continuation[start:]`` (a token across the boundary counts: it is part of the answer)."""
+        offsets = tokenizer(text + continuation, add_special_tokens=False,
+                            return_offsets_mapping=True)["offset_mapping"]
+        return sum(1 for _, end in offsets if end > len(text) + start)
+
+    def completion_value(self, key: str) -> int:
+        """A per-token input's value on completion tokens: attended, else the family's own or 0 (text)."""
+        return 1 if key == "attention_mask" else self.completion_inputs.get(key, 0)
+
+    def prefix_inputs(self, inputs: dict, prefix_len: int) -> dict:
+        """Prefill inputs for a cache that starts with ``prefix_len`` virtual tokens; unchanged by default."""
+        return inputs
 
     def end_of_turn_id(self, tokenizer) -> int:
         return tokenizer.convert_tokens_to_ids(self.end_of_turn)

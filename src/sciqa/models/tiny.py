@@ -39,6 +39,7 @@ LLAVA_TEMPLATE = (
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                  "<|image_pad|>", "<|video_pad|>"]
 LLAVA_SPECIALS = ["<unk>", "<s>", "</s>", "<image>", "<pad>"]
+PALIGEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<image>"]  # Gemma's ids 0-4
 
 
 def tiny_recipe(name: str) -> str:
@@ -103,8 +104,18 @@ def _save(folder: Path, model, processor) -> None:
         (folder / "processor_config.json").write_text(json.dumps(dict(extra, processor_class=type(processor).__name__)))
 
 
-def build_qwen2_vl(folder: Path) -> None:
+def _seeded_model(model_class, config, eos: int, pad: int):
+    """The model from the fixed seed, generating until its end-of-turn token with its own padding."""
     import torch
+
+    torch.manual_seed(SEED)
+    model = model_class(config).eval()
+    model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = pad
+    return model
+
+
+def build_qwen2_vl(folder: Path) -> None:
     from transformers import Qwen2Tokenizer, Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
     from sciqa.models.qwen2_vl import image_only_processor_class
@@ -130,15 +141,11 @@ def build_qwen2_vl(folder: Path) -> None:
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
     )
-    torch.manual_seed(SEED)
-    model = Qwen2VLForConditionalGeneration(config).eval()
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model = _seeded_model(Qwen2VLForConditionalGeneration, config, ids["<|im_end|>"], ids["<|endoftext|>"])
     _save(folder, model, processor)
 
 
 def build_llava(folder: Path) -> None:
-    import torch
     from transformers import (CLIPImageProcessorPil, LlamaTokenizer, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor)
 
@@ -161,11 +168,37 @@ def build_llava(folder: Path) -> None:
         image_token_index=ids["<image>"], image_seq_length=4, vision_feature_layer=-1,
         pad_token_id=ids["<pad>"],
     )
-    torch.manual_seed(SEED)
-    model = LlavaForConditionalGeneration(config).eval()
-    model.generation_config.eos_token_id = ids["</s>"]
-    model.generation_config.pad_token_id = ids["<pad>"]
+    model = _seeded_model(LlavaForConditionalGeneration, config, ids["</s>"], ids["<pad>"])
     _save(folder, model, processor)
 
 
-BUILDERS = {"tiny-qwen2-vl": build_qwen2_vl, "tiny-llava": build_llava}
+def build_paligemma(folder: Path) -> None:
+    """GemmaTokenizer (its BPE with byte fallback over "▁"-joined text: a metaspace BPE fits it),
+    SigLIP's PIL image processor at 28 px, 4 image tokens. The processor adds PaliGemma's 1,152
+    location and segmentation tokens to the vocabulary, so the config is sized after it."""
+    from transformers import (GemmaTokenizer, PaliGemmaConfig, PaliGemmaForConditionalGeneration,
+                              PaliGemmaProcessor, SiglipImageProcessorPil)
+
+    vocab, merges = _train_bpe(PALIGEMMA_SPECIALS, metaspace=True)
+    tok = GemmaTokenizer(vocab=vocab, merges=merges)
+    image_processor = SiglipImageProcessorPil(size={"height": 28, "width": 28}, image_seq_length=4)
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tok)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in PALIGEMMA_SPECIALS}
+    special = dict(bos_token_id=ids["<bos>"], eos_token_id=ids["<eos>"], pad_token_id=ids["<pad>"])
+    config = PaliGemmaConfig(
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=14),
+        text_config=dict(model_type="gemma", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                         max_position_embeddings=4096, initializer_range=0.1, **special),
+        image_token_index=ids["<image>"], projection_dim=64, hidden_size=64, vocab_size=len(tok), **special,
+        # Gemma scales embeddings by sqrt(hidden): with tied, 0.02-wide random weights the last token drowns
+        # the rest and greedy outputs hardly depend on the prompt (a tied one echoes "\n" for ever).
+        tie_word_embeddings=False,
+    )
+    model = _seeded_model(PaliGemmaForConditionalGeneration, config, ids["<eos>"], ids["<pad>"])
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)  # no chat template and no video processor: it saves whole
+
+
+BUILDERS = {"tiny-qwen2-vl": build_qwen2_vl, "tiny-llava": build_llava, "tiny-paligemma": build_paligemma}

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sciqa.backends import BACKENDS, backend_class
-from sciqa.backends.base import ANSWER_MODES, check_answer_mode
+from sciqa.backends.base import ANSWER_MODES, CHOICE_SCORES, check_answer_mode
 from sciqa.config import DTYPE_CHOICES, check_ranges, identity, operational, option
 from sciqa.prompts import SETTINGS
 from sciqa.steps.generation import Inputs, check_inputs, generate_outputs, problem_inputs
@@ -26,6 +26,8 @@ class BenchmarkConfig:
     max_new_tokens: int = option(256, "generation budget per answer", min=1)
     answer_mode: str = option("free", "free (the study's) or choice: pick the likeliest choice, then explain "
                                       "(hf backend)", choices=ANSWER_MODES)
+    choice_score: str = option("sum", "choice mode: a choice's summed log-probability, or its per-token mean "
+                                      "(length-normalised)", choices=CHOICE_SCORES)
     limit: int = option(0, "first N problems only (0 = all)", min=0)
     keep_all: bool = option(False, "keep problems without lecture or solution")
     strict_images: bool = option(False, "refuse problems whose image file is missing (default: warn and use "
@@ -46,7 +48,8 @@ class BenchmarkConfig:
     completion_cost_per_1k: float = option(0.0, "openai backend: price per 1k completion tokens (logs api_cost)",
                                            min=0, operational=True)
     # vllm backend (pip install -e '.[vllm]'); serves LoRA adapters only, prefix adapters need --backend hf
-    tensor_parallel: int = option(1, "vllm backend: GPUs for tensor parallelism", min=1)
+    tensor_parallel: int = option(1, "vllm backend: GPUs for tensor parallelism (vLLM serves LoRA adapters "
+                                     "only; prefix adapters: --backend hf)", min=1)
     max_model_len: int = option(0, "vllm backend: context length cap (0 = model's)", min=0)
     gpu_memory_utilization: float = option(0.9, "vllm backend: GPU memory fraction", above=0, max=1,
                                            operational=True)
@@ -73,7 +76,7 @@ def benchmark(cfg: BenchmarkConfig, parent_run_id: str | None = None) -> StepRun
     inputs = check(cfg)
     tracking.setup()
     split = inputs.problems[0].split
-    params = {**identity(cfg), "split": split, "data_digest": inputs.digest,
+    params = {**identity(cfg, ignore=("choice_score",) if cfg.answer_mode == "free" else ()), "split": split, "data_digest": inputs.digest,
               "model_digest": models.fingerprint(cfg.model, cfg.revision or None)}
     tags = {"sciqa.model": cfg.model, "sciqa.teacher": "false", "sciqa.split": split,
             "sciqa.setting": cfg.setting, "sciqa.backend": cfg.backend}

@@ -32,11 +32,14 @@ class EvaluateConfig:
 
 def _read(path: Path):
     """A CSV with ``id`` and ``raw_output``, as strings; anything else is one line."""
+    import csv
+
     import pandas as pd
 
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, sep=None, engine="python")
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, ValueError, OSError) as exc:
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, ValueError, OSError,
+            csv.Error) as exc:
         raise SciqaError(f"cannot read CSV '{path}': {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
     missing = [c for c in ("id", "raw_output") if c not in df.columns]
     if missing:
@@ -226,7 +229,7 @@ def evaluate(cfg: EvaluateConfig, parent_run_id: str | None = None) -> str:
     if cfg.run:
         tracking.connect()
         _finished_run(cfg.run)
-        tracking.release_outer(f"metrics go into run {cfg.run}")
+        tracking.release_outer(f"metrics go into run {cfg.run}", cfg.run)
         return evaluate_run(cfg.run, cfg.force, cfg.dataset, cfg.number_base)
     path = Path(cfg.csv).expanduser().resolve()
     dataset = cfg.dataset or "sample"

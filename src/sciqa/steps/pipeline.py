@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sciqa.adapters import VARIANTS
-from sciqa.backends.base import ANSWER_MODES
+from sciqa.backends.base import ANSWER_MODES, CHOICE_SCORES
 from sciqa.config import check_ranges, identity, operational, option
 from sciqa.errors import SciqaError
 from sciqa.prompts import SETTINGS
@@ -52,6 +52,8 @@ class MainConfig:
     max_new_tokens: int = option(512, "generation budget per answer on eval_split", min=1)
     answer_mode: str = option("choice", "base and adapters on eval_split: choice (likeliest choice, then explain) "
                                         "or free (the study's)", choices=ANSWER_MODES)
+    choice_score: str = option("sum", "choice mode: a choice's summed log-probability, or its per-token mean "
+                                      "(length-normalised)", choices=CHOICE_SCORES)
     limit: int = option(0, "first N train problems (0 = all)", min=0)
     eval_limit: int = option(0, "first N evaluation problems (0 = all)", min=0)
     seeds: str = option("0", "comma-separated training seeds: every adapter is trained and scored once per seed")
@@ -92,7 +94,7 @@ def teacher_config(cfg: MainConfig):
     from sciqa.steps.benchmark import BenchmarkConfig
 
     return BenchmarkConfig(model=cfg.teacher_model, dataset=cfg.dataset, split="train", setting=cfg.setting,
-                           limit=cfg.limit, answer_mode=cfg.teacher_answer_mode,
+                           limit=cfg.limit, answer_mode=cfg.teacher_answer_mode, choice_score=cfg.choice_score,
                            max_new_tokens=cfg.teacher_max_new_tokens, batch_size=cfg.batch_size,
                            workdir=cfg.workdir, force=cfg.force)
 
@@ -101,7 +103,8 @@ def base_config(cfg: MainConfig):
     from sciqa.steps.benchmark import BenchmarkConfig
 
     return BenchmarkConfig(model=cfg.model, dataset=cfg.dataset, split=cfg.eval_split, setting=cfg.setting,
-                           limit=cfg.eval_limit, answer_mode=cfg.answer_mode, max_new_tokens=cfg.max_new_tokens,
+                           limit=cfg.eval_limit, answer_mode=cfg.answer_mode, choice_score=cfg.choice_score,
+                           max_new_tokens=cfg.max_new_tokens,
                            batch_size=cfg.batch_size, workdir=cfg.workdir, force=cfg.force)
 
 
@@ -126,6 +129,7 @@ def score_config(cfg: MainConfig, train_run: str):
 
     return ScoreConfig(adapter_run=train_run, dataset=cfg.dataset, split=cfg.eval_split, setting=cfg.setting,
                        batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, answer_mode=cfg.answer_mode,
+                       choice_score=cfg.choice_score,
                        limit=cfg.eval_limit, workdir=cfg.workdir, force=cfg.force)
 
 

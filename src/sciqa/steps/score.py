@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
-from sciqa.backends.base import ANSWER_MODES
+from sciqa.backends.base import ANSWER_MODES, CHOICE_SCORES
 from sciqa.config import DTYPE_CHOICES, check_ranges, identity, operational, option
 from sciqa.errors import SciqaError
 from sciqa.prompts import SETTINGS
@@ -34,6 +34,8 @@ class ScoreConfig:
     max_new_tokens: int = option(256, "generation budget per answer", min=1)
     answer_mode: str = option("free", "free (the study's) or choice: pick the likeliest choice, then explain",
                               choices=ANSWER_MODES)
+    choice_score: str = option("sum", "choice mode: a choice's summed log-probability, or its per-token mean "
+                                      "(length-normalised)", choices=CHOICE_SCORES)
     limit: int = option(0, "first N problems only (0 = all)", min=0)
     keep_all: bool = option(False, "keep problems without lecture or solution")
     strict_images: bool = option(False, "refuse problems whose image file is missing", operational=True)
@@ -120,7 +122,7 @@ def score(cfg: ScoreConfig, parent_run_id: str | None = None) -> StepRun:
     tracking.setup()
     folder = adapter_folder(cfg, check_workdir(cfg.workdir))
     split, variant = inputs.problems[0].split, adapter.config["variant"]
-    params = {**identity(cfg, ignore=("adapter_dir",)), "model": adapter.base_model, "setting": adapter.setting,
+    params = {**identity(cfg, ignore=("adapter_dir", *(("choice_score",) if cfg.answer_mode == "free" else ()))), "model": adapter.base_model, "setting": adapter.setting,
               "split": split, "variant": variant, "data_digest": inputs.digest,
               "adapter_digest": tracking.folder_digest(folder)}
     tags = {"sciqa.model": adapter.base_model, "sciqa.variant": variant, "sciqa.split": split,
@@ -133,7 +135,8 @@ def score(cfg: ScoreConfig, parent_run_id: str | None = None) -> StepRun:
             print(f"score: reusing finished run {run.run_id}")
             return run
         gen_cfg = SimpleNamespace(model=adapter.base_model, revision="", dtype=cfg.dtype, device=cfg.device,
-                                  max_new_tokens=cfg.max_new_tokens, answer_mode=cfg.answer_mode)
+                                  max_new_tokens=cfg.max_new_tokens, answer_mode=cfg.answer_mode,
+                                  choice_score=cfg.choice_score)
         generate_outputs(run, cfg.workdir, inputs, adapter.setting,
                          lambda: HFBackend.from_config(gen_cfg, adapter=str(folder)), cfg.batch_size,
                          {"model": adapter.base_model, "adapter": cfg.adapter_run or str(folder)})
