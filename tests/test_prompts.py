@@ -34,3 +34,35 @@ def test_empty_hint_is_na_and_target_json():
     p = next(p for p in load_problems("sample", "train") if not p.hint.strip())
     assert "\nHint: N/A\n" in build_prompt(p, "QTCH")
     assert target_json("yes", "Because.") == '{"answer": "yes", "solution": "Because."}'
+
+
+# Snapshots (as lmms-eval's prompt_stability): the rendered turn of each family, with the image
+# placeholder first in the user turn and the markers generation stops at.
+RENDERED = {
+    "tiny-qwen2-vl": ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                      "<|vision_start|><|image_pad|><|vision_end|>PROMPT<|im_end|>\n<|im_start|>assistant\n",
+                      "<|im_end|>", ("<|im_start|>", "<|endoftext|>")),
+    "tiny-llava": ("USER: <image>\nPROMPT ASSISTANT:", "</s>", ("USER:", "\nUSER", "ASSISTANT:")),
+    "tiny-paligemma": ("<image>PROMPT", "<eos>", ()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RENDERED))
+def test_rendered_turn_per_family(name):
+    from sciqa import models
+
+    path, fam = models.resolve(name)
+    text, eot, markers = RENDERED[name]
+    assert fam.render_prompt(fam.load_processor(path, None), "PROMPT") == text
+    assert (fam.end_of_turn, fam.turn_markers) == (eot, markers)
+
+
+def test_families_are_matched_by_config_not_only_model_type():
+    """mistral-community/pixtral-12b is a llava config with a pixtral vision tower: Pixtral's turns."""
+    from transformers import LlavaConfig, PaliGemmaConfig, PixtralVisionConfig, Qwen2VLConfig
+
+    from sciqa.models import family_of
+
+    assert family_of(LlavaConfig(vision_config=PixtralVisionConfig().to_dict())).turn_markers == ("[INST]", "[/INST]")
+    assert [family_of(c).name for c in (LlavaConfig(), Qwen2VLConfig(), PaliGemmaConfig())] == [
+        "llava", "qwen2_vl", "paligemma"]

@@ -153,8 +153,11 @@ def _only(step: str) -> tuple[str, ...]:
 @config_options(_train_config(), exclude=_only("train_prefix"))
 def train_prefix(**kwargs) -> None:
     """Train a prefix adapter (--variant pkv or peft) on golden or teacher (KD) targets."""
-    if kwargs["variant"] not in ("pkv", "peft"):
-        raise SciqaError(f"unknown prefix variant '{kwargs['variant']}'; accepted: pkv, peft (LoRA: train-lora)")
+    from sciqa.adapters import variants_of_step
+
+    if kwargs["variant"] not in variants_of_step("train_prefix"):
+        raise SciqaError(f"unknown prefix variant '{kwargs['variant']}'; accepted: "
+                         f"{', '.join(variants_of_step('train_prefix'))} (LoRA: train-lora)")
     _run_training("train_prefix", kwargs)
 
 
@@ -163,7 +166,9 @@ def train_prefix(**kwargs) -> None:
 @config_options(_train_config(), exclude=_only("train_lora"))
 def train_lora(**kwargs) -> None:
     """Train a LoRA adapter on golden or teacher (KD) targets."""
-    _run_training("train_lora", {**kwargs, "variant": "lora"})
+    from sciqa.adapters import variants_of_step
+
+    _run_training("train_lora", {**kwargs, "variant": variants_of_step("train_lora")[0]})
 
 
 def _score_config():

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,12 +26,35 @@ from sciqa.errors import SciqaError
 if TYPE_CHECKING:
     from sciqa.models.base import Family, LoadedModel
 
-VARIANTS: dict[str, str] = {
-    "pkv": "sciqa.adapters.pkv:PKV",
-    "peft": "sciqa.adapters.peft_prefix:PeftPrefix",
-    "lora": "sciqa.adapters.lora:Lora",
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What the rest of sciqa needs to know of an adapter variant, without importing it (torch)."""
+
+    impl: str  # "module:Class" of its AdaptedLM
+    step: str  # the training entry point that trains it
+    options: tuple[str, ...]  # the TrainConfig fields that configure it (only its command takes them)
+    prefix: bool  # a prefix in the cache: families without prefix support refuse it
+    vllm: bool  # vLLM can serve it (LoRA: yes; prefixes: vllm#660)
+
+
+PREFIX_OPTIONS = ("prefix_len", "prefix_projection")
+VARIANTS: dict[str, Variant] = {
+    "pkv": Variant("sciqa.adapters.pkv:PKV", "train_prefix", PREFIX_OPTIONS, prefix=True, vllm=False),
+    "peft": Variant("sciqa.adapters.peft_prefix:PeftPrefix", "train_prefix", PREFIX_OPTIONS, prefix=True, vllm=False),
+    "lora": Variant("sciqa.adapters.lora:Lora", "train_lora", ("lora_r", "lora_alpha", "lora_targets"),
+                    prefix=False, vllm=True),
 }
-PREFIX_VARIANTS = ("pkv", "peft")
+
+
+def variants_of_step(step: str) -> tuple[str, ...]:
+    return tuple(name for name, v in VARIANTS.items() if v.step == step)
+
+
+def step_options(step: str) -> tuple[str, ...]:
+    """The option fields of a training command's variants."""
+    return tuple(dict.fromkeys(f for v in VARIANTS.values() if v.step == step for f in v.options))
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter.safetensors"
 
@@ -40,14 +63,14 @@ def check_variant(name: str, family: Family | None = None) -> str:
     """Validate a variant name (and that the model family can take it) before any run starts."""
     if name not in VARIANTS:
         raise SciqaError(f"unknown adapter variant '{name}'; accepted: {', '.join(VARIANTS)}")
-    if family is not None and name in PREFIX_VARIANTS and not family.supports_prefix:
+    if family is not None and VARIANTS[name].prefix and not family.supports_prefix:
         raise SciqaError(f"model family '{family.name}' does not support prefix adapters ('{name}'); "
                          "use train-lora instead")
     return name
 
 
 def variant_class(name: str):
-    module, attr = VARIANTS[check_variant(name)].split(":")
+    module, attr = VARIANTS[check_variant(name)].impl.split(":")
     return getattr(importlib.import_module(module), attr)
 
 

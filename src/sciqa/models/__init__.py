@@ -1,7 +1,9 @@
 """Model registry: a name (tiny model, hub id or local folder) -> a loaded model of a known family.
 
-Families are looked up by the config's ``model_type`` and imported lazily, so a new
-family is one new file plus one line in ``FAMILIES``, and ``sciqa --help`` never imports torch.
+Each family declares which configs are its own (``Family.matches``: the config's ``model_type``,
+and for Pixtral, which ships as ``llava``, the vision tower's); the first match in ``FAMILIES``
+order wins, so more specific families come first. Families are imported lazily: a new family is
+one new file plus one line in ``FAMILIES``, and ``sciqa --help`` never imports torch.
 """
 from __future__ import annotations
 
@@ -15,10 +17,10 @@ if TYPE_CHECKING:
     from sciqa.models.base import Family, LoadedModel
 
 FAMILIES: dict[str, str] = {
+    "pixtral": "sciqa.models.pixtral:FAMILY",  # before llava: its configs are llava configs too
     "qwen2_vl": "sciqa.models.qwen2_vl:FAMILY",
     "llava": "sciqa.models.llava:FAMILY",
     "paligemma": "sciqa.models.paligemma:FAMILY",
-    "pixtral": "sciqa.models.pixtral:FAMILY",
 }
 
 # Tiny models of the real architectures, built offline from a fixed seed (tests, embedded default).
@@ -37,11 +39,20 @@ def _import(ref: str):
     return getattr(importlib.import_module(module), attr)
 
 
-def family(model_type: str) -> Family:
-    """The family object for a config ``model_type``."""
-    if model_type not in FAMILIES:
-        raise SciqaError(f"unsupported model type '{model_type}'; supported families: {', '.join(FAMILIES)}")
-    return _import(FAMILIES[model_type])
+def family(name: str) -> Family:
+    """The family object of a family name."""
+    if name not in FAMILIES:
+        raise SciqaError(f"unknown model family '{name}'; supported families: {', '.join(FAMILIES)}")
+    return _import(FAMILIES[name])
+
+
+def family_of(config) -> Family:
+    """The first family (in ``FAMILIES`` order) that recognises a model config."""
+    for name in FAMILIES:
+        fam = family(name)
+        if fam.matches(config):
+            return fam
+    raise SciqaError(f"unsupported model type '{config.model_type}'; supported families: {', '.join(FAMILIES)}")
 
 
 def resolve(name: str, revision: str | None = None) -> tuple[str, Family]:
@@ -54,7 +65,7 @@ def resolve(name: str, revision: str | None = None) -> tuple[str, Family]:
 
         return str(tiny_model_path(name)), replace(family(TINY_MODELS[name]), processor_kwargs={},
                                                    turn_tokens=TINY_TURN_TOKENS)
-    return name, family(_config(name, revision).model_type)
+    return name, family_of(_config(name, revision))
 
 
 def _hub_reachable() -> bool:

@@ -59,6 +59,15 @@ class Family:
     turn_tokens: int = 0
     completion_inputs: dict[str, int] = field(default_factory=dict)
     first_position: int = 0
+    # Which configs are this family's: ``model_type`` in ``model_types`` (default: the family name) and,
+    # where given, the vision tower's ``model_type`` in ``vision_types`` (Pixtral ships as llava).
+    model_types: tuple[str, ...] = ()
+    vision_types: tuple[str, ...] = ()
+
+    def matches(self, config) -> bool:
+        vision = getattr(getattr(config, "vision_config", None), "model_type", None)
+        return config.model_type in (self.model_types or (self.name,)) and (
+            not self.vision_types or vision in self.vision_types)
 
     def load(self, name: str, path: str, revision: str | None, dtype: str, device: str) -> LoadedModel:
         import transformers

@@ -10,4 +10,6 @@ FAMILY = Family(
     model_class="LlavaForConditionalGeneration",
     end_of_turn="</s>",
     turn_markers=("[INST]", "[/INST]"),
+    model_types=("llava",),  # mistral-community/pixtral-12b: a llava config whose vision tower is pixtral
+    vision_types=("pixtral",),
 )

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sciqa.adapters import VARIANTS
+from sciqa.adapters import VARIANTS, step_options
 from sciqa.backends.base import ANSWER_MODES
 from sciqa.config import DTYPE_CHOICES, as_param, check_ranges, identity, operational, option
 from sciqa.errors import SciqaError
@@ -69,27 +69,28 @@ class TrainConfig:
     force: bool = option(False, "retrain even if a finished run matches", operational=True)
 
 
-# The options only one training command takes (the other command's --help does not list them).
-STEP_FIELDS = {"train_prefix": ("variant", "prefix_len", "prefix_projection"),
-               "train_lora": ("lora_r", "lora_alpha", "lora_targets", "gradient_checkpointing")}
+# The options only one training command takes (the other command's --help does not list them):
+# its variants' options (the variant registry), plus what is inherent to the command.
+STEP_FIELDS = {"train_prefix": ("variant", *step_options("train_prefix")),
+               "train_lora": (*step_options("train_lora"), "gradient_checkpointing")}
 TEACHER_FIELDS = ("teacher_run", "teacher_csv", "teacher_model", "teacher_answer_mode", "teacher_max_new_tokens",
                   "kd_filter")
 
 
 def step_of(cfg: TrainConfig) -> str:
-    return "train_lora" if cfg.variant == "lora" else "train_prefix"
+    return VARIANTS[cfg.variant].step
 
 
 def params_of_config(cfg: TrainConfig) -> dict:
     """The parameters that define the adapter: the other command's options and unused teacher
     options are left out (they cannot change the result)."""
-    other = STEP_FIELDS["train_prefix" if step_of(cfg) == "train_lora" else "train_lora"]
+    other = [f for step, fields in STEP_FIELDS.items() if step != step_of(cfg) for f in fields if f != "variant"]
     unused = TEACHER_FIELDS if not cfg.teacher and cfg.golden_on == "all" else ()
     return identity(cfg, ignore=(*other, *unused, *(("kd_filter",) if not cfg.teacher else ())))
 
 
 def adapter_options(cfg: TrainConfig) -> dict:
-    return {k: getattr(cfg, k) for k in STEP_FIELDS[step_of(cfg)] if k not in ("variant", "gradient_checkpointing")}
+    return {k: getattr(cfg, k) for k in VARIANTS[cfg.variant].options}
 
 
 @dataclass
@@ -117,7 +118,7 @@ def check(cfg: TrainConfig, step: str | None = None) -> TrainInputs:
     if step != step_of(cfg):
         raise SciqaError(f"variant '{cfg.variant}' belongs to {step_of(cfg).replace('_', '-')}, "
                          f"not {step.replace('_', '-')}")
-    if cfg.gradient_checkpointing and cfg.variant != "lora":
+    if cfg.gradient_checkpointing and VARIANTS[cfg.variant].prefix:
         raise SciqaError("prefix adapters do not work with gradient checkpointing (the recompute sees the prefix "
                          "twice, peft#869); drop --gradient-checkpointing or use train-lora")
     if cfg.teacher_run and cfg.teacher_csv:
@@ -151,7 +152,9 @@ def check_prefix(cfg: TrainConfig) -> None:
 
 
 def check_lora(cfg: TrainConfig) -> None:
-    check(replace(cfg, variant="lora"), "train_lora")
+    from sciqa.adapters import variants_of_step
+
+    check(replace(cfg, variant=variants_of_step("train_lora")[0]), "train_lora")
 
 
 def teacher_benchmark_config(cfg: TrainConfig):
