@@ -4,7 +4,13 @@ The study scored each row with its own calls: two sentence_bleu calls, a new
 RougeScorer, a METEOR call against nltk's WordNet, and one embedding ``encode``
 per row. sciqa shares that work across rows. Both must give the same numbers.
 
-    PYTHONPATH=src python benchmarks/bench_metrics.py [--rows 3216]
+The cosine, nearly all of the time, is measured four ways, each from an empty in-memory cache
+(as a new process starts): with a cold vector store (an empty folder: every distinct text is
+encoded) and a warm one (filled by the cold run: only the predictions are encoded, references
+are read from disk, as when another run, step or setting scores the same split), each with the
+torch and the ONNX Runtime encoder. The totals add BLEU, ROUGE-L and METEOR, measured once.
+
+    PYTHONPATH=src python benchmarks/bench_metrics.py [--rows 3216] [--study-every N]
 """
 
 from __future__ import annotations
@@ -13,11 +19,12 @@ import argparse
 import json
 import os
 import random
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from sciqa import metrics
 from sciqa.data.sources import SAMPLE_DIR
@@ -40,32 +47,46 @@ def load_pairs(n_rows: int, seed: int = 0) -> tuple[list[str], list[str]]:
     return predictions, references
 
 
-def ours(predictions: list[str], references: list[str]) -> tuple[dict[str, float], dict]:
-    """sciqa's path (what explanation_scores runs), timed per metric: (wall s, CPU s)."""
-    times, rows = {}, {}
+def text_metrics(predictions: list[str], references: list[str]) -> tuple[dict[str, list], dict]:
+    """BLEU, ROUGE-L and METEOR as ``explanation_scores`` runs them, timed per metric: (wall s, CPU s)."""
     steps = {
         "bleu": lambda: list(zip(*[metrics._bleu(p, r) for p, r in zip(predictions, references)])),
         "rougeL": lambda: metrics._rouge_l(predictions, references),
         "meteor": lambda: metrics._meteor(predictions, references),
-        "cosine": lambda: metrics._cosine(predictions, references),
     }
+    rows, times = {}, {}
     for name, step in steps.items():
-        start, cpu = time.perf_counter(), time.process_time()
-        rows[name] = step()
-        times[name] = (time.perf_counter() - start, time.process_time() - cpu)
+        rows[name], times[name] = timed(step)
     rows["bleu1"], rows["bleu4"] = rows.pop("bleu")
-    return metrics.summarize_explanations(pd.DataFrame(rows)), times
+    return rows, times
 
 
-def study(predictions: list[str], references: list[str]) -> tuple[dict[str, float], dict]:
-    """The study's path: per row, one call per metric, a new RougeScorer, one ``encode``; (wall s, CPU s)."""
+def cosine(predictions: list[str], references: list[str], backend: str, cache: Path) -> tuple[list[float], tuple]:
+    """sciqa's cosine in a fresh process's state (no vector in memory) with ``backend`` and sciqa's
+    cache folder at ``cache`` (the vector store's home): an empty folder is a cold cache, one a
+    previous call filled is warm. The encoders were loaded before (``SCIQA_CACHE`` then was the
+    user's, where the exported ONNX model stays)."""
+    os.environ["SCIQA_EMBEDDING_BACKEND"] = backend
+    os.environ["SCIQA_CACHE"] = str(cache)
+    metrics._VECTORS.clear()
+    return timed(lambda: metrics._cosine(predictions, references))
+
+
+def timed(step) -> tuple[object, tuple[float, float]]:
+    start, cpu = time.perf_counter(), time.process_time()
+    result = step()
+    return result, (time.perf_counter() - start, time.process_time() - cpu)
+
+
+def study(predictions: list[str], references: list[str]) -> tuple[dict[str, list], dict]:
+    """The study's path: per row, one call per metric, a new RougeScorer, one torch ``encode``; (wall s, CPU s)."""
     from nltk.translate.bleu_score import sentence_bleu
     from nltk.translate.meteor_score import meteor_score
     from rouge_score.rouge_scorer import RougeScorer
 
-    model = metrics._embedder()
+    model = metrics._torch_embedder()
     pairs = list(zip(predictions, references))
-    times, values = {}, {}
+    values = {}
 
     def bleu():
         with warnings.catch_warnings():
@@ -89,13 +110,23 @@ def study(predictions: list[str], references: list[str]) -> tuple[dict[str, floa
     def cosine():
         values["cosine"] = [float(np.dot(*model.encode([p, r], normalize_embeddings=True))) for p, r in pairs]
 
-    for name, step in (("bleu", bleu), ("rougeL", rouge), ("meteor", meteor), ("cosine", cosine)):
-        start, cpu = time.perf_counter(), time.process_time()
-        step()
-        times[name] = (time.perf_counter() - start, time.process_time() - cpu)
-    means = {name: float(np.mean(v)) for name, v in values.items()}
+    times = {name: timed(step)[1] for name, step in (("bleu", bleu), ("rougeL", rouge), ("meteor", meteor),
+                                                      ("cosine", cosine))}
+    return values, times
+
+
+def summary(values: dict[str, list]) -> dict[str, float]:
+    """The study's means (empty predictions already left out of ROUGE-L and METEOR) and overall."""
+    means = {name: float(np.nanmean(values[name])) for name in ("bleu1", "bleu4", "rougeL", "meteor", "cosine")}
     parts = [means["bleu1"], means["bleu4"], means["rougeL"], means["meteor"], 2 * means["cosine"] - 1]
-    return {**means, "overall": 100.0 * float(np.mean(parts))}, times
+    return {**means, "overall": 100.0 * float(np.mean(parts))}
+
+
+def store_read_seconds(references: list[str]) -> tuple[int, float]:
+    """(vectors, seconds) to read every distinct reference's vector from the current (warm) store."""
+    texts = list(dict.fromkeys(references))
+    found, (wall, _) = timed(lambda: metrics._embedder().sciqa_store.load(texts))
+    return len(found), wall
 
 
 def main() -> None:
@@ -109,33 +140,57 @@ def main() -> None:
     predictions, references = load_pairs(args.rows)
 
     start = time.perf_counter()
-    metrics.explanation_scores(predictions[:2], references[:2])  # load WordNet and the model outside the timing
-    print(f"rows={args.rows}  setup (WordNet + model load)={time.perf_counter() - start:.1f}s")
+    metrics.explanation_scores(predictions[:2], references[:2])  # WordNet, the models, the ONNX export
+    for backend in ("torch", "onnx"):
+        os.environ["SCIQA_EMBEDDING_BACKEND"] = backend
+        metrics._embedder()
+    print(f"rows={args.rows}  setup (WordNet + models + ONNX export if not cached)={time.perf_counter() - start:.1f}s")
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
 
-    our_values, our_times = ours(predictions, references)
-    print(f"sciqa done: {our_times}", flush=True)
+    rows, text_times = text_metrics(predictions, references)
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {}  # name -> (cosine values, (wall, CPU))
+        for name, backend, store in (("cold torch", "torch", "torch"), ("cold onnx", "onnx", "onnx"),
+                                     ("warm onnx", "onnx", "onnx"), ("warm torch", "torch", "torch")):
+            runs[name] = cosine(predictions, references, backend, Path(tmp) / store)
+            print(f"sciqa cosine, {name} vector store: {runs[name][1][0]:.1f}s", flush=True)
+        stored, read_s = store_read_seconds(references)
+
     n = args.study_every
     study_values, study_times = study(predictions[::n], references[::n])
     study_times = {name: (wall * n, cpu * n) for name, (wall, cpu) in study_times.items()}
     if n > 1:
-        our_values, _ = ours(predictions[::n], references[::n])  # compare values on the same rows
         print(f"study way run on every {n}th row ({len(predictions[::n])} rows); its times are scaled by {n}")
-
-    print(f"{'metric':8s} {'sciqa':>10s} {'study':>10s}")
-    for name in our_values:
-        print(f"{name:8s} {our_values[name]:10.6f} {study_values[name]:10.6f}")
-    print(f"{'seconds':8s} {'sciqa wall':>10s} {'study wall':>10s} {'ratio':>7s} {'sciqa CPU':>10s} {'study CPU':>10s} {'ratio':>7s}")
-    rows = {**our_times, "total": tuple(map(sum, zip(*our_times.values())))}
-    study_rows = {**study_times, "total": tuple(map(sum, zip(*study_times.values())))}
-    for name, (wall, cpu) in rows.items():
-        study_wall, study_cpu = study_rows[name]
-        print(
-            f"{name:8s} {wall:10.1f} {study_wall:10.1f} {study_wall / wall:6.1f}x"
-            f" {cpu:10.1f} {study_cpu:10.1f} {study_cpu / cpu:6.1f}x"
-        )
+    report(rows, text_times, runs, study_values, study_times, n)
+    print(f"vector store: {stored} reference vectors read in {read_s * 1000:.0f} ms (one file per text)")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
-    print("same values (1e-4):", all(abs(our_values[k] - study_values[k]) < 1e-4 for k in our_values))
+
+
+def report(rows, text_times, runs, study_values, study_times, n) -> None:
+    """Values side by side (on the study's rows), then seconds and ratios per way of running the cosine."""
+    ours = {name: summary({**{k: v[::n] for k, v in rows.items()}, "cosine": values[::n]})
+            for name, (values, _) in runs.items()}
+    theirs = summary(study_values)
+    print(f"{'metric':8s} {'study':>10s} " + " ".join(f"{name:>11s}" for name in ours))
+    for key in theirs:
+        print(f"{key:8s} {theirs[key]:10.6f} " + " ".join(f"{ours[name][key]:11.6f}" for name in ours))
+    torch_rows, onnx_rows = (np.array(runs[name][0]) for name in ("cold torch", "cold onnx"))
+    print(f"cosine per row, max |onnx - torch| = {np.abs(onnx_rows - torch_rows).max():.2e}; "
+          f"max |sciqa torch - study| = {np.abs(torch_rows[::n] - np.array(study_values['cosine'])).max():.2e}")
+    for name in ours:
+        same = all(abs(ours[name][k] - theirs[k]) < 1e-4 for k in theirs)
+        print(f"same values as the study (1e-4), {name}: {same}")
+    study_total = tuple(map(sum, zip(*study_times.values())))
+    text_total = tuple(map(sum, zip(*text_times.values())))
+    print(f"{'seconds':22s} {'sciqa wall':>10s} {'study wall':>10s} {'ratio':>7s} {'sciqa CPU':>10s} "
+          f"{'study CPU':>10s} {'ratio':>7s}")
+    lines = {**{name: text_times[name] for name in ("bleu", "rougeL", "meteor")},
+             **{f"cosine, {name}": times for name, (_, times) in runs.items()},
+             **{f"total, {name}": tuple(a + b for a, b in zip(text_total, times)) for name, (_, times) in runs.items()}}
+    for name, (wall, cpu) in lines.items():
+        study_wall, study_cpu = study_total if name.startswith("total") else study_times[name.split(",")[0]]
+        print(f"{name:22s} {wall:10.1f} {study_wall:10.1f} {study_wall / wall:6.1f}x"
+              f" {cpu:10.1f} {study_cpu:10.1f} {study_cpu / cpu:6.1f}x")
 
 
 if __name__ == "__main__":

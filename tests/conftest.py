@@ -69,4 +69,5 @@ def experiment(mlflow_server, monkeypatch, request) -> str:
     mlflow.set_tracking_uri(mlflow_server)
     exp_id = mlflow.create_experiment(name)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", name)
+    mlflow.set_experiment(experiment_id=exp_id)  # in-process runs too, whatever an earlier test made active
     return exp_id

@@ -147,3 +147,76 @@ def test_refusals(tmp_path):
     save_adapter(attach(_lm("tiny-qwen2-vl"), "pkv", {"prefix_len": 2}), "tiny-qwen2-vl", tmp_path / "a")
     with pytest.raises(SciqaError, match="trained on 'tiny-qwen2-vl'"):
         load_adapter(_lm("tiny-llava"), tmp_path / "a")
+
+
+def _processed_together(lm, examples, max_length=0):
+    """The reference batch: the processor over all prompts and images in one call, then each
+    target appended (what ``collate`` did before examples were encoded one by one, once per run)."""
+    texts = [lm.family.render_prompt(lm.processor, ex.prompt) for ex in examples]
+    enc = lm.family.encode(lm.processor, texts, [ex.problem.image() for ex in examples], padding_side="right")
+    eot = lm.family.end_of_turn_id(lm.tokenizer)
+    targets = [lm.tokenizer(ex.target, add_special_tokens=False)["input_ids"] + [eot] for ex in examples]
+    lengths = enc["attention_mask"].sum(-1).tolist()
+    targets = [t[: max(0, max_length - n)] if max_length else t for t, n in zip(targets, lengths)]
+    width = max(n + len(t) for n, t in zip(lengths, targets))
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else eot
+    rows = []
+    for i, (n, t) in enumerate(zip(lengths, targets)):
+        row = with_completion(lm, {k: v[i: i + 1, :n] for k, v in enc.items() if v.shape == enc["input_ids"].shape},
+                              torch.tensor([t], dtype=torch.long))
+        row["labels"] = torch.tensor([[IGNORE] * n + t])
+        rows.append({k: torch.nn.functional.pad(v, (0, width - v.shape[1]), value=pad if k == "input_ids"
+                                                else IGNORE if k == "labels" else 0) for k, v in row.items()})
+    batch = {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
+    return {**batch, **{k: v for k, v in enc.items() if k not in batch}}
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("max_length", [0, 300])
+def test_examples_encoded_once_collate_like_the_processor_over_the_batch(name, max_length, problems, monkeypatch):
+    """Training encodes each example once per run and cuts batches from the tensors: every input,
+    padding included, equals the processor's batch; so do Qwen2-VL's precomputed rotary positions
+    (those ``get_rope_index`` gives the whole batch), and so does the fallback for images past the
+    per-run budget."""
+    from sciqa import collate as collation
+    from sciqa.adapters.prefix import real_positions
+
+    lm = _lm(name)
+    exs = [Example(p, build_prompt(p, "QTCH"), target_json(p.answer_text, p.solution[: 20 + 60 * i]))
+           for i, p in enumerate(problems)]
+    want = _processed_together(lm, exs, max_length)
+    encoded = collation.encode_examples(lm, exs, max_length, positions=True)
+    got = collation.collate_encoded(lm, encoded)
+    positions = got.pop("position_ids", None)
+    assert sorted(got) == sorted(want)
+    assert all(got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]) for k in want)
+    if name == "tiny-qwen2-vl":
+        assert torch.equal(positions, real_positions(lm.model, want["input_ids"], want["attention_mask"], want)[0])
+    else:
+        assert positions is None  # a cumulative sum: nothing worth keeping
+    assert len({id(e.images) for e in encoded}) == 1  # the one placeholder image, kept once
+    monkeypatch.setattr(collation, "IMAGE_CACHE_BYTES", 0)
+    unkept = collation.encode_examples(lm, exs, max_length)
+    assert all(e.images is None for e in unkept)
+    again = collation.collate_encoded(lm, unkept)
+    assert sorted(again) == sorted(want) and all(torch.equal(again[k], want[k]) for k in want)
+
+
+@pytest.mark.parametrize("variant", ["pkv", "peft", "lora"])
+def test_precomputed_positions_give_the_same_forward(variant, problems):
+    """A training batch's precomputed rotary positions replace the forward's own computation exactly."""
+    from sciqa.collate import collate_encoded, encode_examples
+
+    lm = _lm("tiny-qwen2-vl")
+    torch.manual_seed(0)
+    adapted = attach(lm, variant, {"prefix_len": 4, "lora_r": 2})
+    exs = [Example(p, build_prompt(p, "QTCH"), target_json(p.answer_text, p.solution)) for p in problems]
+    batch = collate_encoded(lm, encode_examples(lm, exs, positions=True))
+    batch.pop("labels")
+    with torch.no_grad():
+        lm.family.reset_state(lm.model)
+        given = adapted(**batch).logits
+        batch.pop("position_ids")
+        lm.family.reset_state(lm.model)
+        computed = adapted(**batch).logits
+    assert torch.equal(given, computed)

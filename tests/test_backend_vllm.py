@@ -179,3 +179,33 @@ def test_without_vllm_one_line_exit_2(tmp_path, experiment):
     assert proc.stderr.strip() == "sciqa: error: backend 'vllm' needs vLLM, which is not installed: " \
                                   "pip install -e '.[vllm]' (CUDA machines only)"
     assert "LoRA" in run_cli("benchmark", "--help", cwd=tmp_path).stdout
+
+
+def test_score_with_a_lora_adapter_goes_through_vllm(fake_vllm, experiment, tmp_path, monkeypatch):
+    """`sciqa score --backend vllm`: the one generation config reaches the vllm backend, which loads
+    the LoRA adapter's PEFT export; a prefix adapter is refused before any run starts."""
+    from sciqa import tracking
+    from sciqa.errors import SciqaError
+    from sciqa.steps.score import ScoreConfig, score
+    from sciqa.steps.train import TrainConfig, train
+
+    monkeypatch.setattr(FakeLLM, "_answer", lambda self, kind, reqs, params, kw: (
+        self.calls.append((kind, reqs, params, kw)) or
+        [FakeRequestOutput([FakeCompletion('{"answer": "x", "solution": "y"}', [1, 2], "stop")]) for _ in reqs]))
+    tracking.setup()
+    small = dict(limit=2, val_limit=2, epochs=1, batch_size=2, max_length=0, workdir=str(tmp_path / "t"))
+    lora = train(TrainConfig(variant="lora", **small)).run_id
+    run = score(ScoreConfig(adapter_run=lora, backend="vllm", limit=3, max_new_tokens=4, tensor_parallel=2,
+                            workdir=str(tmp_path / "s")))
+    llm = FakeLLM.last
+    request = llm.calls[-1][3]["lora_request"]
+    peft_config = json.loads((tmp_path / "s" / "adapters" / lora / "adapter" / "peft" / "adapter_config.json").read_text())
+    assert request.path.endswith("adapter/peft") and peft_config["peft_type"] == "LORA"
+    assert llm.kwargs["enable_lora"] is True and llm.kwargs["tensor_parallel_size"] == 2
+    import mlflow
+
+    r = mlflow.get_run(run.run_id)
+    assert r.data.tags["sciqa.backend"] == "vllm" and r.data.metrics["rows"] == 3 and "acc" in r.data.metrics
+    pkv = train(TrainConfig(variant="pkv", prefix_len=2, **small)).run_id
+    with pytest.raises(SciqaError, match="cannot apply a 'pkv' adapter.*--backend hf"):
+        score(ScoreConfig(adapter_run=pkv, backend="vllm", limit=3, workdir=str(tmp_path / "s")))

@@ -36,5 +36,5 @@ def test_server_down_fails_fast(tmp_path):
     t0 = time.time()
     proc = run_cli("benchmark", "--limit", "1", cwd=tmp_path, check=False,
                    env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"})
-    assert proc.returncode == 2 and time.time() - t0 < 10
+    assert proc.returncode == 2 and time.time() - t0 < 30  # seconds, not MLflow's minutes of retries
     assert "cannot be reached" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -199,6 +199,16 @@ def test_accuracy_breakdown_exact_values():
     )
 
 
+def test_metric_table_names_exactly_what_is_logged(scored):
+    """The one table (name, label, scale, group) covers every logged metric and nothing else."""
+    logged = set(metrics.accuracy_breakdown(_frame())) | set(metrics.summarize_explanations(scored))
+    assert set(metrics.names()) == logged
+    assert metrics.EXPLANATION == tuple(scored.columns)
+    assert all(metrics.BY_NAME[n].scale == "points" for n in metrics.accuracy_breakdown(_frame()))
+    assert {metrics.BY_NAME[n].scale for n in metrics.EXPLANATION} == {"unit"}
+    assert len(set(metrics.LABELS.values())) == len(metrics.METRICS)
+
+
 def test_accuracy_breakdown_omits_empty_groups():
     frame = _frame()
     only_natural = frame[frame.subject == "natural science"]
@@ -220,3 +230,80 @@ def test_topic_accuracy_table():
         "civics": (1, 0.0),
     }
     assert list(table.topic[:3]) == ["geography", "grammar", "physics"]  # largest first, then by name
+
+
+# --------------------------------------------------------------------------- embedding cache and runtimes
+
+
+class _CountingEncoder:
+    """A stand-in encoder with a disk store: records what it is asked to encode."""
+
+    def __init__(self):
+        self.calls = []
+        self.sciqa_store = metrics.VectorStore("fake-model", 2)
+
+    def encode(self, texts, **kwargs):
+        self.calls.append(list(texts))
+        return np.array([[1.0, 0.0] if "cat" in t else [0.6, 0.8] for t in texts], dtype=np.float32)
+
+
+def test_reference_vectors_are_read_from_disk_by_the_next_process(monkeypatch, tmp_path):
+    monkeypatch.setenv("SCIQA_CACHE", str(tmp_path))
+    encoder = _CountingEncoder()
+    monkeypatch.setattr(metrics, "_embedder", lambda: encoder)
+    monkeypatch.setattr(metrics, "_VECTORS", {})
+    assert metrics._cosine(["a cat", "a dog"], ["the cat", "a dog"]) == pytest.approx([1.0, 1.0])
+    assert encoder.calls == [["a cat", "a dog", "the cat"]]
+    stored = sorted(p.name for p in (tmp_path / "embeddings" / "vectors" / "fake-model").rglob("*.f32"))
+    assert len(stored) == 2  # the references only: "the cat" and "a dog" (also a prediction)
+    metrics._VECTORS.clear()  # a new process: nothing in memory
+    assert metrics._cosine(["a cow", "a dog"], ["the cat", "a dog"]) == pytest.approx([0.6, 1.0])
+    assert encoder.calls[1:] == [["a cow"]]  # "a dog" is a reference: read from disk, like "the cat"
+    assert not list(tmp_path.rglob(".tmp-*"))  # temp files were renamed into place
+
+
+def test_vector_store_treats_a_torn_file_as_a_miss_and_replaces_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("SCIQA_CACHE", str(tmp_path))
+    store = metrics.VectorStore("m", 3)
+    path = store.path("text")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\0" * 5)  # not 3 float32: a file some other writer left half-written
+    assert store.load(["text", "other"]) == {}
+    store.save({"text": np.array([0.5, 0.25, 1.0])})
+    assert store.load(["text"])["text"].tolist() == [0.5, 0.25, 1.0]
+
+
+def test_concurrent_writers_leave_whole_vectors(monkeypatch, tmp_path):
+    import threading
+
+    monkeypatch.setenv("SCIQA_CACHE", str(tmp_path))
+    store = metrics.VectorStore("m", 384)
+    vectors = {f"text {i}": np.full(384, i, dtype=np.float32) for i in range(50)}
+    threads = [threading.Thread(target=store.save, args=(vectors,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    loaded = store.load(list(vectors))
+    assert len(loaded) == 50 and all(np.array_equal(loaded[k], v) for k, v in vectors.items())
+
+
+def test_onnx_runtime_matches_torch_and_is_exported_once_per_model_digest():
+    torch_model = metrics._load_embedder("torch")
+    onnx_model = metrics._load_embedder("onnx")
+    assert isinstance(onnx_model, metrics.OnnxEncoder)
+    texts = [t for t in PREDICTIONS + REFERENCES]
+    ours = onnx_model.encode(texts, batch_size=4, normalize_embeddings=True)
+    reference = torch_model.encode(texts, batch_size=4, normalize_embeddings=True, convert_to_numpy=True)
+    assert np.abs(ours - reference).max() < 1e-5  # well inside the 0.005 allowed on a cosine
+    exported = list((metrics._embedding_cache() / "onnx").iterdir())
+    assert len(exported) == 1 and exported[0].name.startswith(metrics._model_digest())
+    assert metrics._exported_model() == exported[0]  # found, not exported again
+    # each runtime keeps its own vectors: the cosine a run logs never mixes the two
+    assert onnx_model.sciqa_store.name != torch_model.sciqa_store.name
+
+
+def test_unknown_embedding_backend_is_one_line(monkeypatch):
+    monkeypatch.setenv("SCIQA_EMBEDDING_BACKEND", "tpu")
+    with pytest.raises(SciqaError, match="accepted are auto, onnx and torch"):
+        metrics._embedder()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import threading
 from pathlib import Path
 
 import mlflow
@@ -14,7 +13,7 @@ from helpers import run_cli
 from sciqa import tracking
 from sciqa.data import load_problems
 from sciqa.steps.train import TrainConfig, train
-from sciqa.training import Preempted
+from sciqa.slurm import job
 
 FAST = dict(limit=4, val_limit=2, epochs=3, prefix_len=4, batch_size=2, max_length=400, lr=3e-2, log_every=1)
 CLI_FAST = ["--limit", "4", "--val-limit", "2", "--epochs", "2", "--prefix-len", "4", "--batch-size", "2",
@@ -102,12 +101,14 @@ def test_signal_saves_mid_epoch_checkpoint_and_resume_matches(experiment, tmp_pa
     continues mid-epoch and ends with the adapter of an uninterrupted run."""
     tracking.setup()
     cfg = dict(FAST, epochs=2, limit=6)
-    stop = threading.Event()
-    stop.set()
-    stop.signal = "SIGTERM"
-    with pytest.raises(Preempted) as info:
-        train(TrainConfig(variant="peft", workdir=str(tmp_path / "w"), **cfg), stop=stop)
-    assert info.value.checkpoint.name == "epoch_0-step_1"
+    job.request_stop("SIGTERM")
+    try:
+        with pytest.raises(job.Stopped) as info:
+            train(TrainConfig(variant="peft", workdir=str(tmp_path / "w"), **cfg))
+    finally:
+        job.reset()
+    assert info.value.what == "checkpoint epoch_0-step_1" and info.value.code == 75
+    assert mlflow.search_runs(output_format="list")[0].info.status == "KILLED"  # not requeued: KILLED
     run = train(TrainConfig(variant="peft", workdir=str(tmp_path / "w"), **cfg))
     assert not run.reused and len(_history(run.run_id, "train_loss")) == 2
     ref = train(TrainConfig(variant="peft", workdir=str(tmp_path / "r"), force=True, **cfg))
@@ -249,3 +250,50 @@ def test_slurm_checks_have_no_side_effects(experiment, tmp_path):
         check_prefix(TrainConfig(gradient_checkpointing=True, workdir=str(tmp_path / "w")))
     check_lora(TrainConfig(gradient_checkpointing=True, workdir=str(tmp_path / "w")))  # fine for LoRA
     assert _no_runs(experiment) and not (tmp_path / "w").exists()
+
+
+def test_linear_schedule_equals_transformers_and_loads_its_state():
+    """sciqa's own schedule (no transformers.optimization import) gives transformers' factors, and a
+    checkpoint's scheduler state saved by either loads into the other."""
+    from transformers import get_linear_schedule_with_warmup
+
+    from sciqa.training import linear_schedule
+
+    def lrs(make, steps=12):
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+        sched, seen = make(opt), []
+        for _ in range(steps):
+            opt.step()
+            sched.step()
+            seen.append(sched.get_last_lr()[0])
+        return sched, seen
+
+    theirs, want = lrs(lambda o: get_linear_schedule_with_warmup(o, 3, 10))
+    ours, got = lrs(lambda o: linear_schedule(o, 3, 10))
+    assert got == want
+    assert ours.state_dict() == theirs.state_dict()
+    resumed = linear_schedule(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.5), 3, 10)
+    resumed.load_state_dict(theirs.state_dict())
+    assert resumed.last_epoch == 12 and resumed.get_last_lr() == theirs.get_last_lr()
+
+
+def test_examples_go_through_the_processor_once_per_run(tmp_path, monkeypatch):
+    """Each train and validation example is processed once, not once per epoch and batch."""
+    from sciqa import models
+    from sciqa.adapters import attach
+    from sciqa.collate import Example
+    from sciqa.prompts import build_prompt, target_json
+    from sciqa.training import LoopConfig
+    from sciqa.training import train as run_loop
+
+    lm = models.load("tiny-qwen2-vl", dtype="float32", device="cpu")
+    calls = []
+    encode = lm.family.encode
+    monkeypatch.setattr(lm.family, "encode", lambda *a, **k: calls.append(len(a[1])) or encode(*a, **k))
+    exs = [Example(p, build_prompt(p, "QTCH"), target_json(p.answer_text, p.solution))
+           for p in load_problems("sample", "train", limit=6)]
+    history = run_loop(attach(lm, "pkv", {"prefix_len": 4}), lm, "tiny-qwen2-vl", exs[:4], exs[4:],
+                       LoopConfig(epochs=3, batch_size=2, log_every=0), tmp_path,
+                       log_metrics=lambda m, s: None, log_checkpoint=lambda p: None)
+    assert len(history) == 3
+    assert calls == [1] * 6  # one call per example, one example per call

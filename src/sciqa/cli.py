@@ -11,7 +11,7 @@ from typing import Callable
 
 import click
 
-from sciqa.cli_slurm import slurm_group, slurm_options
+from sciqa.slurm.cli import slurm_group, slurm_options
 from sciqa.config import cli_name
 from sciqa.errors import SciqaError
 
@@ -62,8 +62,11 @@ class Group(click.Group):
     """Turns bad input (a SciqaError, a click usage error) into one line on stderr and exit 2."""
 
     def invoke(self, ctx):
+        from sciqa.slurm import job
+
         try:
-            return super().invoke(ctx)
+            with job.watch():  # SIGUSR1/SIGTERM: every long loop stops at a safe point, state saved, exit 75
+                return super().invoke(ctx)
         except click.UsageError as exc:
             sub = f" (sciqa {ctx.invoked_subcommand} --help)" if ctx.invoked_subcommand else ""
             _fail(exc.format_message().replace("\n", " ") + sub)
@@ -89,8 +92,8 @@ def _benchmark_config():
 
 
 @main.command()
-@slurm_options("benchmark", _benchmark_config(), "sciqa.steps.benchmark:check")
 @config_options(_benchmark_config())
+@slurm_options("benchmark", _benchmark_config(), "sciqa.steps.benchmark:check")
 def benchmark(**kwargs) -> None:
     """Benchmark a model on one split and setting; writes outputs/<split>_<setting>.csv."""
     from sciqa.steps.benchmark import BenchmarkConfig, benchmark as run_benchmark
@@ -106,8 +109,8 @@ def _main_config():
 
 
 @main.command("main")
-@slurm_options("main", _main_config(), "sciqa.steps.pipeline:check")
 @config_options(_main_config())
+@slurm_options("main", _main_config(), "sciqa.steps.pipeline:check")
 def main_cmd(**kwargs) -> None:
     """The whole experiment as one parent MLflow run with nested child runs."""
     from sciqa import tracking
@@ -126,19 +129,10 @@ def _train_config():
 
 
 def _run_training(step: str, kwargs: dict) -> None:
-    """Train; on SIGUSR1/SIGTERM save a checkpoint, requeue a Slurm job on SIGUSR1, exit 75."""
-    from sciqa import slurm
+    """Train; a stop signal saves a checkpoint and exits 75 (sciqa.slurm.job), the same command resumes."""
     from sciqa.steps.train import TrainConfig, train
-    from sciqa.training import PREEMPTED_EXIT, Preempted
 
-    stop = slurm.stop_signal()
-    try:
-        run = train(TrainConfig(**kwargs), step=step, stop=stop)
-    except Preempted as exc:
-        click.echo(f"sciqa: {exc}; run the same command again (or requeue) to resume", err=True)
-        if exc.signal == "SIGUSR1" and slurm.current_job_id():
-            slurm.requeue_self()
-        sys.exit(PREEMPTED_EXIT)
+    run = train(TrainConfig(**kwargs), step=step)
     click.echo(f"{step} run: {run.run_id}")
 
 
@@ -149,8 +143,8 @@ def _only(step: str) -> tuple[str, ...]:
 
 
 @main.command("train-prefix")
-@slurm_options("train_prefix", _train_config(), "sciqa.steps.train:check_prefix")
 @config_options(_train_config(), exclude=_only("train_prefix"))
+@slurm_options("train_prefix", _train_config(), "sciqa.steps.train:check_prefix")
 def train_prefix(**kwargs) -> None:
     """Train a prefix adapter (--variant pkv or peft) on golden or teacher (KD) targets."""
     from sciqa.adapters import variants_of_step
@@ -162,8 +156,8 @@ def train_prefix(**kwargs) -> None:
 
 
 @main.command("train-lora")
-@slurm_options("train_lora", _train_config(), "sciqa.steps.train:check_lora")
 @config_options(_train_config(), exclude=_only("train_lora"))
+@slurm_options("train_lora", _train_config(), "sciqa.steps.train:check_lora")
 def train_lora(**kwargs) -> None:
     """Train a LoRA adapter on golden or teacher (KD) targets."""
     from sciqa.adapters import variants_of_step
@@ -178,8 +172,8 @@ def _score_config():
 
 
 @main.command("score")
-@slurm_options("score", _score_config(), "sciqa.steps.score:check")
 @config_options(_score_config())
+@slurm_options("score", _score_config(), "sciqa.steps.score:check")
 def score_cmd(**kwargs) -> None:
     """Generate for a split with the base model plus a trained adapter (same CSV as benchmark)."""
     from sciqa.steps.score import ScoreConfig, score

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from sciqa.errors import SciqaError
+from sciqa.metrics import BY_NAME, EXPLANATION, LABELS, names
 
-METRICS = ["acc", "acc_natural", "acc_social", "acc_language", "acc_txt", "acc_img", "acc_no", "acc_g1_6",
-           "acc_g7_12", "unmapped_rate", "bleu1", "bleu4", "rougeL", "meteor", "cosine", "overall"]
-BARS = ["acc", "bleu1", "rougeL", "meteor", "cosine", "overall"]
-SHOWN = ["acc", "unmapped_rate", "bleu1", "bleu4", "rougeL", "meteor", "cosine", "overall"]
+SHOWN = names(headline=True)  # the runs table's metric columns
+BARS = tuple(name for name in SHOWN if BY_NAME[name].group != "rate")  # the bar plot's groups
 TEACHER_COUNTS = ["teacher_rows_truncated", "teacher_rows_unmapped", "teacher_rows_wrong"]
+COST = {"wall_seconds": "wall_seconds", "gpu_hours": "gpu_hours", "cost_usd": "api_cost"}  # column: step metric
 READING = (
     "How to read it: each difference is the run minus its baseline on the same problems (n). The "
     "95 % interval is a paired bootstrap over problems; an interval that crosses zero means the data "
@@ -45,12 +45,12 @@ def run_rows(run_id: str):
     with tempfile.TemporaryDirectory() as tmp:
         path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=names[0], dst_path=tmp)
         return pd.read_csv(path, dtype={"id": str}, keep_default_na=False, na_values={
-            k: [""] for k in ("bleu1", "bleu4", "rougeL", "meteor", "cosine", "answer_index")})
+            k: [""] for k in (*EXPLANATION, "answer_index")})
 
 
 def pooled(frames: list):
     """One frame per problem over seeds: majority correctness (ties wrong), mean explanation metrics."""
-    from sciqa.stats import EXPLANATION, join_rows
+    from sciqa.stats import join_rows
 
     if len(frames) == 1:
         return frames[0]
@@ -67,7 +67,8 @@ def _label(variant: str, kd: bool) -> str:
     return f"{variant} {'kd' if kd else 'golden'}"
 
 
-def runs_table(base: str, trained: dict, scored: dict, teacher_run: str, answer_mode: str):
+def runs_table(base: str, trained: dict, scored: dict, teacher_run: str, answer_mode: str,
+               teacher_answer_mode: str = ""):
     """One row per (variant, target) over seeds, plus the base model and the teacher."""
     import pandas as pd
     from mlflow import MlflowClient
@@ -77,9 +78,10 @@ def runs_table(base: str, trained: dict, scored: dict, teacher_run: str, answer_
     def metrics(run_id: str) -> dict:
         return client.get_run(run_id).data.metrics if run_id else {}
 
-    rows = [{"model": "teacher (train split)", "runs": teacher_run or "(csv)", **{
-        k: metrics(teacher_run).get(k) for k in SHOWN}}] if teacher_run else []
-    rows.append({"model": "base", "answer_mode": answer_mode, "runs": base, **{k: metrics(base).get(k) for k in SHOWN}})
+    rows = [{"model": "teacher (train split)", "answer_mode": teacher_answer_mode, "runs": teacher_run, **{
+        k: metrics(teacher_run).get(k) for k in SHOWN}, **runs_cost([teacher_run])}] if teacher_run else []
+    rows.append({"model": "base", "answer_mode": answer_mode, "runs": base, **{k: metrics(base).get(k) for k in SHOWN},
+                 **runs_cost([base])})
     for variant, kd in dict.fromkeys((v, k) for v, k, _ in scored):
         seeds = sorted(s for v, k, s in scored if (v, k) == (variant, kd))
         per_seed = [metrics(scored[(variant, kd, s)]) for s in seeds]
@@ -89,6 +91,9 @@ def runs_table(base: str, trained: dict, scored: dict, teacher_run: str, answer_
                "train_examples": params.get("train_examples"), "train_ids": params.get("train_ids_digest"),
                **{k: float(np.mean([m.get(k, np.nan) for m in per_seed])) for k in SHOWN},
                **({k: train.get(k) for k in TEACHER_COUNTS} if kd else {}),
+               # the adapter's trainings and scores, and for KD the teacher it learned from
+               **runs_cost([*(trained[(variant, kd, s)] for s in seeds), *(scored[(variant, kd, s)] for s in seeds),
+                            teacher_run if kd else ""]),
                "runs": " ".join(scored[(variant, kd, s)] for s in seeds)}
         if len(seeds) > 1:
             row["acc_sd"] = float(np.std([m.get("acc", np.nan) for m in per_seed], ddof=1))
@@ -113,6 +118,51 @@ def deltas_table(base: str, scored: dict):
         parts.append(compare_runs({"base": frames["base"], golden: frames[golden], kd: frames[kd]}, "base",
                                   by_group=False))
     return pd.concat(parts, ignore_index=True)
+
+
+def runs_cost(run_ids) -> dict[str, float]:
+    """What runs cost together, each counted once: wall time, GPU hours (Slurm jobs), API cost
+    (openai backend); per adapter (its trainings, scores and, for KD, its teacher) and for ``main``."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    ms = [client.get_run(r).data.metrics for r in run_ids if r]
+    return {out: sum(m.get(key, 0.0) for m in ms) for out, key in COST.items()}
+
+
+PHASES = ("load", "generate", "train", "evaluate", "log")
+
+
+def time_table(run_ids):
+    """Where an experiment's wall time went: one row per step run, its phases (``time_<phase>_seconds``)."""
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    rows = []
+    for run_id in dict.fromkeys(r for r in run_ids if r):
+        run = client.get_run(run_id)
+        m = run.data.metrics
+        rows.append({"run": run.info.run_name, "step": run.data.tags.get("sciqa.step", ""),
+                     "wall_seconds": m.get("wall_seconds"),
+                     **{p: m.get(f"time_{p}_seconds") for p in PHASES}, "run_id": run_id})
+    return pd.DataFrame(rows)
+
+
+def runs_markdown(runs) -> str:
+    """The runs table for people: counts as integers, metrics with 3 decimals, blanks where a column
+    does not apply."""
+    counts = {"seeds", "train_examples", "wall_seconds", *TEACHER_COUNTS}
+
+    def cell(col: str, value) -> str:
+        if value is None or value != value:
+            return ""
+        if isinstance(value, str):
+            return value
+        return str(int(value)) if col in counts else f"{value:.3f}"
+
+    shown = runs.drop(columns=["runs", "train_ids"], errors="ignore")
+    return shown.apply(lambda col: [cell(col.name, v) for v in col]).to_markdown(index=False, disable_numparse=True)
 
 
 def _slug(text: str) -> str:
@@ -162,24 +212,29 @@ def plot_losses(trained: dict, path: Path) -> Path:
 
 
 def compare(base: str, trained: dict, scored: dict, teacher_run: str, cfg) -> str:
-    """Build, log (to the active parent run) and return as markdown the KD vs golden comparison."""
+    """Build, log (to the active parent run) and return as markdown the KD vs golden comparison;
+    ``teacher_run`` holds the teacher's outputs evaluated on train (its benchmark, or a CSV's evaluate run)."""
     import mlflow
 
     from sciqa.stats import N_RESAMPLES, SEED, forest_plot, to_markdown
 
-    runs = runs_table(base, trained, scored, teacher_run, cfg.answer_mode)
+    runs = runs_table(base, trained, scored, teacher_run, cfg.answer_mode, cfg.teacher_answer_mode)
     deltas = deltas_table(base, scored)
     n = int(deltas["n"].max()) if len(deltas) else 0
     head = (f"KD vs golden on {cfg.eval_split} ({cfg.dataset}, {cfg.setting}), n = {n} problems, answer mode "
-            f"'{cfg.answer_mode}', seeds {cfg.seeds}; teacher: {teacher_run or cfg.teacher_csv}; golden trained on "
+            f"'{cfg.answer_mode}', seeds {cfg.seeds}; teacher: {cfg.teacher_csv or teacher_run}; golden trained on "
             f"{'the same problems as KD' if cfg.golden_on == 'same' else 'all train problems'}; "
             f"bootstrap {N_RESAMPLES} resamples, seed {SEED}.")
-    markdown = "\n\n".join([head, runs.drop(columns=["runs"]).to_markdown(index=False, floatfmt=".3f"),
-                            to_markdown(deltas), READING])
+    times = time_table([teacher_run, base, *trained.values(), *scored.values()])
+    markdown = "\n\n".join([head, runs_markdown(runs), to_markdown(deltas), READING, "Where the time went "
+                            "(seconds; a reused step shows the time it took when it ran):",
+                            times.drop(columns=["run_id"]).to_markdown(index=False, floatfmt=".1f",
+                                                                       missingval="")])
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         runs.to_csv(d / "runs.csv", index=False)
         deltas.to_csv(d / "comparison.csv", index=False)
+        times.to_csv(d / "time.csv", index=False)
         (d / "comparison.md").write_text(markdown + "\n")
         mlflow.log_artifacts(tmp, "compare")
         plots = [plot_losses(trained, d / "loss_curves.png"), plot_metrics(runs, d / "metrics.png")]
@@ -187,8 +242,10 @@ def compare(base: str, trained: dict, scored: dict, teacher_run: str, cfg) -> st
             plots.append(forest_plot(deltas, d / "deltas.png"))
         for plot in plots:
             mlflow.log_artifact(str(plot), "plots")
-    mlflow.log_metrics({**delta_metrics(deltas), **{f"acc_{_slug(r.model)}": r.acc for r in runs.itertuples()
-                                                    if r.acc == r.acc and r.acc is not None}})
+    children = {r for cell in runs["runs"] for r in str(cell).split()} | set(trained.values())
+    totals = {f"{k}_total": v for k, v in runs_cost(children).items()}
+    mlflow.log_metrics({**delta_metrics(deltas), **totals, **{f"acc_{_slug(r.model)}": r.acc
+                                                               for r in runs.itertuples() if r.acc == r.acc}})
     return markdown
 
 
@@ -203,11 +260,12 @@ def plot_metrics(table, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(labels) * len(BARS) / 3), 4))
     width = 0.8 / len(labels)
     for i, label in enumerate(labels):
-        values = [table.iloc[i][k] if k in ("acc", "overall") else 100 * (table.iloc[i][k] or 0) for k in BARS]
-        ax.bar([j + i * width for j in range(len(BARS))], [v if v == v and v is not None else 0 for v in values],
+        values = [np.nan_to_num(float(table.iloc[i][k] if table.iloc[i][k] is not None else np.nan))
+                  * (1 if BY_NAME[k].scale == "points" else 100) for k in BARS]
+        ax.bar([j + i * width for j in range(len(BARS))], values,
                width, label=label)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(BARS))],
-                  ["accuracy %", "BLEU-1 x100", "ROUGE-L x100", "METEOR x100", "cosine x100", "overall"])
+                  [LABELS[k] + ("" if BY_NAME[k].scale == "points" else " x100") for k in BARS])
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

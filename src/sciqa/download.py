@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sciqa.errors import SciqaError
 
 FOLDERS = ("outputs", "metrics", "plots", "compare")
 
@@ -15,12 +14,10 @@ FOLDERS = ("outputs", "metrics", "plots", "compare")
 def download(run_id: str, dest: str, children: bool = False, folders: tuple[str, ...] = FOLDERS) -> list[Path]:
     """Download the analysis folders of a run (into ``dest/<run_id>/``) and of its child runs."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    try:
-        run = mlflow.get_run(run_id)
-    except MlflowException:
-        raise SciqaError(f"no MLflow run '{run_id}' at {mlflow.get_tracking_uri()}") from None
+    from sciqa import tracking
+
+    run = tracking.get_run(run_id)
     runs = [run]
     if children:
         runs += mlflow.search_runs([run.info.experiment_id], output_format="list",

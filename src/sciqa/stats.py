@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
+from sciqa.metrics import BY_NAME, EXPLANATION, LABELS
+
 __all__ = ["CONFIDENCE", "EXPLANATION", "N_RESAMPLES", "SEED", "Joined", "Paired", "compare_runs",
            "forest_plot", "join_rows", "paired_accuracy", "paired_metric", "paired_overall", "to_markdown",
            "to_text"]
@@ -27,10 +29,8 @@ __all__ = ["CONFIDENCE", "EXPLANATION", "N_RESAMPLES", "SEED", "Joined", "Paired
 SEED = 0
 N_RESAMPLES = 10000
 CONFIDENCE = 0.95
-EXPLANATION = ("bleu1", "bleu4", "rougeL", "meteor", "cosine")
-NAMES = {"acc": "accuracy", "bleu1": "BLEU-1", "bleu4": "BLEU-4", "rougeL": "ROUGE-L", "meteor": "METEOR",
-         "cosine": "cosine", "overall": "overall"}
-POINTS = ("acc", "overall")  # on a 0-100 scale; the explanation metrics are 0-1
+MIN_N = 10  # fewer problems than this: no difference is called significant
+TINY = 1e-9  # differences smaller than this are rounding noise
 COLUMNS = ["run", "baseline", "metric", "group", "n", "a", "b", "diff", "ci_low", "ci_high", "p_value", "significant"]
 _BATCH_CELLS = 2_000_000  # resample counts held at once (16 MB): bounded memory at any n
 
@@ -168,6 +168,17 @@ def _groups(frame: pd.DataFrame) -> dict[str, np.ndarray]:
             "grade=1-6": grade.between(1, 6).to_numpy(), "grade=7-12": grade.between(7, 12).to_numpy()}
 
 
+def _significant(metric: str, r: Paired) -> bool:
+    """At 5 %: McNemar's p for accuracy, a CI clear of zero for the rest. Never on fewer than
+    ``MIN_N`` problems (a bootstrap of a handful of problems only restates them) nor for a CI that
+    excludes zero by rounding noise (``TINY``: BLEU of near-empty texts differs by 1e-80)."""
+    if r.n < MIN_N:
+        return False
+    if metric == "acc":
+        return r.p_value < 0.05
+    return r.ci_low > TINY or r.ci_high < -TINY
+
+
 def compare_runs(frames: Mapping[str, pd.DataFrame], baseline: str, *, seed: int = SEED,
                  n_resamples: int = N_RESAMPLES, by_group: bool = True) -> pd.DataFrame:
     """One tidy row per (run vs baseline, metric, group) on the problems all runs share."""
@@ -188,15 +199,20 @@ def compare_runs(frames: Mapping[str, pd.DataFrame], baseline: str, *, seed: int
         if len(metrics) == len(EXPLANATION):
             results.append(("overall", "all", paired_overall(base, other, **kw)))
         for metric, group, r in results:
-            significant = r.p_value < 0.05 if metric == "acc" else r.ci_low > 0 or r.ci_high < 0
+            significant = _significant(metric, r)
             rows += [{**asdict(r), "run": run, "baseline": baseline, "metric": metric, "group": group,
                       "significant": bool(significant)}] if r.n else []
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def _points(metric: str) -> bool:
+    """On a 0-100 scale (accuracy, overall) rather than 0-1 (explanation metrics)."""
+    return BY_NAME[metric].scale == "points"
+
+
 def _num(value: float, metric: str, signed: bool = False) -> str:
     """Points with one decimal, 0-1 metrics with three; a real minus sign for prose."""
-    text = f"{value:{'+' if signed else ''}.{1 if metric in POINTS else 3}f}"
+    text = f"{value:{'+' if signed else ''}.{1 if _points(metric) else 3}f}"
     return text.replace("-", "\u2212")
 
 
@@ -221,11 +237,11 @@ def to_markdown(table: pd.DataFrame, labels: Mapping[str, str] | None = None) ->
     lines = [shown.to_markdown(index=False, disable_numparse=True), "", note, ""]
     quiet: dict[str, list[str]] = {}
     for r, s in zip(table.itertuples(), shown.to_dict("records")):
-        what = NAMES[r.metric] + ("" if r.group == "all" else f" ({r.group})")
+        what = LABELS[r.metric] + ("" if r.group == "all" else f" ({r.group})")
         if not r.significant and (r.metric, r.group) != ("acc", "all"):
             quiet.setdefault(s["comparison"], []).append(what)
             continue
-        unit = " points" if r.metric in POINTS else ""
+        unit = " points" if _points(r.metric) else ""
         p = "" if not s["p"] else f", p {s['p']}" if s["p"][0] == "<" else f", p = {s['p']}"
         verdict = "significant" if r.significant else "not significant"
         lines.append(f"- {s['comparison']}: {what} {s['diff']}{unit} {s['95% CI']}{p}, n = {r.n} \u2014 "
@@ -247,8 +263,8 @@ def forest_plot(table: pd.DataFrame, path: str | Path, labels: Mapping[str, str]
     import matplotlib.pyplot as plt
 
     rows = table[table["group"] == "all"]
-    panels = [(title, rows[rows["metric"].isin(metrics)]) for title, metrics in
-              (("accuracy, overall (points)", POINTS), ("explanation metrics (0\u20131 scale)", EXPLANATION))]
+    points = rows["metric"].map(_points).astype(bool)
+    panels = [("accuracy, overall (points)", rows[points]), ("explanation metrics (0\u20131 scale)", rows[~points])]
     panels = [(title, part) for title, part in panels if len(part)]
     if not panels:
         raise ValueError("nothing to plot: no group == 'all' rows")
@@ -261,7 +277,7 @@ def forest_plot(table: pd.DataFrame, path: str | Path, labels: Mapping[str, str]
             d, low, high = (part[c].to_numpy(dtype=float)[sel] for c in ("diff", "ci_low", "ci_high"))
             ax.errorbar(d, y[sel], xerr=np.clip([d - low, high - d], 0, None), fmt="o", color=color, capsize=3)
         ax.axvline(0, color="black", linestyle="--", linewidth=1)
-        ax.set_yticks(y, [f"{c}: {NAMES[m]}" for c, m in zip(_display(part, labels)["comparison"], part["metric"])])
+        ax.set_yticks(y, [f"{c}: {LABELS[m]}" for c, m in zip(_display(part, labels)["comparison"], part["metric"])])
         ax.set_title(title)
         ax.set_xlabel(f"run \u2212 baseline, {CONFIDENCE:.0%} CI (red: significant)")
         ax.grid(axis="x", alpha=0.3)

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -30,6 +31,7 @@ from typing import Iterator
 
 from sciqa.config import params_of, redact
 from sciqa.errors import SciqaError
+from sciqa.slurm.job import Stopped, job_log_path
 
 DEFAULT_URI = "sqlite:///mlflow.db"  # what `mlflow ui` and `mlflow run` default to (MLflow >= 3.6)
 DEFAULT_EXPERIMENT = "sciqa"
@@ -388,7 +390,8 @@ def step_run(step: str, params: dict, tags: dict[str, str], run_name: str, force
             yield run
             return
         holder.note(run.run_id)
-        mlflow.start_run(run_id=run.run_id, nested=mlflow.active_run() is not None)
+        mlflow.start_run(run_id=run.run_id, nested=mlflow.active_run() is not None,
+                         log_system_metrics=system_metrics_on())
         mlflow.set_tags({**tags, "sciqa.step": step, "sciqa.key": key, "sciqa.code_version": code_version(),
                          "sciqa.git_commit": git_commit(), "mlflow.runName": run_name})
         _log_params(client, run.run_id, logged)
@@ -396,28 +399,62 @@ def step_run(step: str, params: dict, tags: dict[str, str], run_name: str, force
         in_job = bool(os.environ.get("SLURM_JOB_ID"))
         if in_job:
             _slurm_job_start()
-        status = "FAILED"
+        status, started = "FAILED", time.monotonic()
         try:
             yield run
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
             raise
+        except Stopped as exc:  # a stop signal at a safe point: SCHEDULED when the job comes back, else KILLED
+            status = "SCHEDULED" if exc.requeued else "KILLED"
+            raise
         except BaseException as exc:
-            # a Slurm stop signal ended the step at a safe point (sciqa.submit.StepStopped, training's
-            # Preempted): SCHEDULED when the job comes back (requeued), KILLED otherwise
-            sig = getattr(exc, "signal", None)
-            if sig in ("SIGUSR1", "SIGTERM"):
-                requeued = getattr(exc, "requeued", in_job and sig == "SIGUSR1")
-                status = "SCHEDULED" if requeued else "KILLED"
             if isinstance(exc, SciqaError):
                 client.set_tag(run.run_id, "sciqa.error", str(exc)[:5000])
             raise
         finally:
             heartbeat.stop()
+            _log_cost(time.monotonic() - started)
             if in_job:
                 _slurm_job_end(status, nested=parent_run_id is not None)
             mlflow.end_run(status=status)
+
+
+def log_problems(problems: list, dataset: str, digest_: str, context: str, setting: str = "",
+                 source: str = "") -> None:
+    """What the step read, as an MLflow dataset input of the active run (the UI's Datasets column):
+    the problems actually used, named ``<dataset>/<split>``, with sciqa's content digest, which is
+    also part of the step's cache key; ``context`` is train, validation, eval or teacher (whose
+    ``source`` is the teacher run's outputs or CSV)."""
+    import warnings
+
+    import mlflow
+    import pandas as pd
+    from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+
+    from sciqa.data.sources import SAMPLE_DIR
+
+    split = problems[0].split
+    frame = pd.DataFrame({"id": [p.id for p in problems], "question": [p.question for p in problems],
+                          "choices": [" | ".join(p.choices) for p in problems],
+                          "answer": [str(p.answer) for p in problems],
+                          "has_image": [str(p.has_image).lower() for p in problems]})
+    folder = Path(dataset).expanduser()
+    source = source or (str(SAMPLE_DIR) if dataset == "sample" else str(folder.resolve()) if folder.is_dir() else
+                        HuggingFaceDatasetSource(path=dataset, split=split))
+    with warnings.catch_warnings():  # MLflow warns when it infers a source's kind from a path
+        warnings.simplefilter("ignore")
+        ds = mlflow.data.from_pandas(frame, source=source, name=f"{Path(dataset).name or dataset}/{split}",
+                                     digest=digest_)
+    for attempt in range(3):  # MLflow looks the dataset up, then inserts it: jobs logging it at once collide
+        try:
+            mlflow.log_input(ds, context=context, tags={"setting": setting} if setting else None)
+            return
+        except mlflow.exceptions.MlflowException as exc:
+            if attempt == 2 or not any(s in str(exc) for s in ("UNIQUE constraint", "duplicate key")):
+                raise
+            time.sleep(0.5 * (attempt + 1))  # the other job's row exists now: the retry only links it
 
 
 def _log_params(client, run_id: str, params: dict[str, str]) -> None:
@@ -429,6 +466,49 @@ def _log_params(client, run_id: str, params: dict[str, str]) -> None:
     new = [Param(k, v) for k, v in params.items() if k not in have]
     for i in range(0, len(new), 100):
         client.log_batch(run_id, params=new[i: i + 100])
+
+
+@contextmanager
+def phase(name: str, run_id: str | None = None) -> Iterator[None]:
+    """Time one phase of a step (load, generate, train, evaluate, log) as ``time_<name>_seconds``
+    of the active run (or ``run_id``): where a step's wall time goes, per run and in ``main``'s table."""
+    import mlflow
+
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds = time.perf_counter() - started
+        if run_id:
+            mlflow.MlflowClient().log_metric(run_id, f"time_{name}_seconds", seconds)
+        elif mlflow.active_run() is not None:
+            mlflow.log_metric(f"time_{name}_seconds", seconds)
+
+
+def system_metrics_on() -> bool:
+    """MLflow's system metrics (CPU, memory; GPU with pynvml) on every step run, unless switched
+    off with ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false``."""
+    return os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true").lower() not in ("false", "0", "no")
+
+
+def _log_cost(seconds: float) -> None:
+    """What the step cost: ``wall_seconds`` (summed over its sessions: a resumed run adds to it), and
+    in a Slurm job ``gpu_hours`` (that wall time × the job's GPUs; the GPU type is the run's tag
+    ``sciqa.slurm_gpu``)."""
+    import mlflow
+
+    from sciqa.slurm import allocated_gpus
+
+    try:
+        run_id = mlflow.active_run().info.run_id
+        seconds += mlflow.MlflowClient().get_run(run_id).data.metrics.get("wall_seconds", 0.0)  # earlier sessions
+        metrics = {"wall_seconds": seconds}
+        gpus = allocated_gpus() if os.environ.get("SLURM_JOB_ID") else 0
+        if gpus:
+            metrics["gpu_hours"] = seconds / 3600 * gpus
+        mlflow.log_metrics(metrics)
+    except Exception as exc:  # noqa: BLE001 - never let the bookkeeping hide the step's own outcome
+        print(f"sciqa: warning: could not log the step's cost: {exc}", file=sys.stderr, flush=True)
 
 
 _SLURM_STATUS = {"FINISHED": "COMPLETED", "FAILED": "FAILED", "KILLED": "STOPPED", "SCHEDULED": "REQUEUED"}
@@ -451,8 +531,6 @@ def _slurm_job_end(status: str, nested: bool) -> None:
 
     try:
         mlflow.set_tag("sciqa.slurm_status", _SLURM_STATUS.get(status, status))
-        from sciqa.submit import job_log_path
-
         log = job_log_path()
         if log is not None and not nested:
             with tempfile.TemporaryDirectory() as tmp:

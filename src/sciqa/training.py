@@ -7,6 +7,11 @@ by a signal K micro-batches into epoch N+1): the adapter folder plus ``state.pt`
 written to a temp folder and renamed, kept under the run's local folder and logged as MLflow
 artifacts, so a restart on another node downloads the newest one. The batch order of an epoch
 depends only on (seed, epoch), so a resumed run sees exactly the batches an uninterrupted one would.
+
+Every example goes through the processor once per run (:func:`encode`): prompt, image, target and,
+for Qwen2-VL, its 3-D rotary positions; each epoch's batches are cut from those tensors. On the
+tiny model the processor and ``get_rope_index`` took about a fifth of a step's CPU time when they
+ran for every batch (``benchmarks/bench_train.py``).
 """
 from __future__ import annotations
 
@@ -17,26 +22,24 @@ import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from sciqa.collate import Example, collate, token_loss_sum
+from sciqa.collate import (
+    Encoded,
+    Example,
+    collate_encoded,
+    encode_examples,
+    token_loss_sum,
+)
 from sciqa.errors import SciqaError
+from sciqa.slurm import job
 
 STATE_FILE = "state.pt"
-PREEMPTED_EXIT = 75  # EX_TEMPFAIL: "stopped by a signal after a checkpoint; run again to resume"
 _CKPT = re.compile(r"^epoch_(\d+)(?:-step_(\d+))?$")
-
-
-class Preempted(Exception):
-    """Training stopped on SIGUSR1/SIGTERM after saving a checkpoint (``signal`` names which)."""
-
-    def __init__(self, signal_name: str, checkpoint: Path):
-        super().__init__(f"stopped by {signal_name}; checkpoint {checkpoint}")
-        self.signal = signal_name
-        self.checkpoint = checkpoint
 
 
 @dataclass
@@ -67,13 +70,32 @@ def _autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
+def linear_schedule(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup to the learning rate, then linear decay to 0: ``transformers``'
+    ``get_linear_schedule_with_warmup`` (same factors, same state dict), without importing
+    ``transformers.optimization``, which pulls in peft and its tuners (~0.7 s CPU per process)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_linear_factor, warmup=warmup_steps, total=total_steps))
+
+
+def _linear_factor(step: int, *, warmup: int, total: int) -> float:
+    if step < warmup:
+        return float(step) / float(max(1, warmup))
+    return max(0.0, float(total - step) / float(max(1, total - warmup)))
+
+
+def encode(lm, examples: list[Example], cfg: LoopConfig) -> list[Encoded]:
+    """Examples processed once per run (prompt, image, target, rotary positions): each epoch's
+    batches are then cut from these tensors instead of going through the processor again."""
+    return encode_examples(lm, examples, cfg.max_length, positions=True)
+
+
 @torch.no_grad()
-def evaluate_loss(adapted, lm, examples: list[Example], cfg: LoopConfig) -> float:
-    """Token-mean cross-entropy on supervised tokens over ``examples``."""
+def evaluate_loss(adapted, lm, examples: list[Encoded], cfg: LoopConfig) -> float:
+    """Token-mean cross-entropy on supervised tokens over ``examples`` (from :func:`encode`)."""
     adapted.eval()
     total, count = 0.0, 0
     for i in range(0, len(examples), cfg.batch_size):
-        batch = _to(collate(lm, examples[i: i + cfg.batch_size], cfg.max_length), lm.device)
+        batch = _to(collate_encoded(lm, examples[i: i + cfg.batch_size]), lm.device)
         labels = batch.pop("labels")
         lm.family.reset_state(lm.model)
         with _autocast(lm.device, cfg.bf16):
@@ -108,17 +130,23 @@ def newest_checkpoint(folder: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def save_checkpoint(folder: Path, name: str, adapted, base_model: str, state: dict) -> Path:
-    """Adapter + state into ``folder/name`` atomically (temp folder, then rename)."""
+def save_checkpoint(folder: Path, name: str, adapted, base_model: str, state: dict,
+                    log_checkpoint: Callable[[Path], None] = lambda path: None) -> Path:
+    """Adapter + state into ``folder/name`` atomically: written in a temp folder as ``name``, handed
+    to ``log_checkpoint`` (the tracker) there, then renamed into place. So a local checkpoint is
+    always one the tracker has too: a process killed between the two leaves none locally, and a
+    restart elsewhere never misses one that this machine had."""
     from sciqa.adapters import save_adapter
 
     final = folder / name
-    tmp = folder / f".tmp-{name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_adapter(adapted, base_model, tmp / "adapter")
-    torch.save(state, tmp / STATE_FILE)
+    staging = folder / f".tmp-{name}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    save_adapter(adapted, base_model, staging / name / "adapter")
+    torch.save(state, staging / name / STATE_FILE)
+    log_checkpoint(staging / name)
     shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    (staging / name).rename(final)
+    staging.rmdir()
     return final
 
 
@@ -142,99 +170,137 @@ def plot_losses(history: list[dict], path: Path) -> Path:
     return path
 
 
-def train(adapted, lm, base_model: str, train_set: list[Example], val_set: list[Example], cfg: LoopConfig,
-          run_dir: Path, log_metrics: Callable[[dict, int], None], log_checkpoint: Callable[[Path], None],
-          resume_from: Path | None = None, stop=None) -> list[dict]:
-    """Train ``adapted`` in place; returns the per-epoch metric history (all epochs, resumed or not).
+@dataclass
+class _Run:
+    """What one training run carries between its parts: the recipe's state (torchtune-style)."""
 
-    ``log_metrics(metrics, step)`` and ``log_checkpoint(folder)`` go to the tracker; ``stop`` is an
-    event set by a signal handler (checked at every micro-batch boundary)."""
-    from transformers import get_linear_schedule_with_warmup
+    adapted: object
+    lm: object
+    base_model: str
+    cfg: LoopConfig
+    ckpt_dir: Path
+    log_metrics: Callable[[dict, int], None]
+    log_checkpoint: Callable[[Path], None]
+    params: list
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    history: list[dict]
+    global_step: int = 0
 
-    from sciqa.adapters import load_into
+    def state(self, epochs_done: int, batch_in_epoch: int, partial_sums: tuple) -> dict:
+        return {"epochs_done": epochs_done, "batch_in_epoch": batch_in_epoch, "partial": partial_sums,
+                "global_step": self.global_step, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": _rng_state(), "history": self.history,
+                "seed": self.cfg.seed, "config": asdict(self.cfg)}
 
+    def checkpoint(self, name: str, epochs_done: int, batch_in_epoch: int = 0,
+                   partial_sums: tuple = (0.0, 0, 0.0)) -> Path:
+        return save_checkpoint(self.ckpt_dir, name, self.adapted, self.base_model,
+                               self.state(epochs_done, batch_in_epoch, partial_sums), self.log_checkpoint)
+
+
+def _setup(adapted, lm, base_model: str, n_train: int, cfg: LoopConfig, run_dir: Path, log_metrics,
+           log_checkpoint) -> _Run:
+    """Seeds, optimizer and schedule for ``n_train`` examples, and the checkpoint folder."""
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     params = [p for p in adapted.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(math.ceil(len(train_set) / cfg.batch_size) / cfg.grad_accum)
-    total = steps_per_epoch * cfg.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
-    history: list[dict] = []
-    start_epoch, start_batch, partial = 0, 0, (0.0, 0, 0.0)
-    global_step = 0
-    if resume_from is not None:
-        load_into(adapted, resume_from / "adapter")
-        state = torch.load(resume_from / STATE_FILE, weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
-        history, global_step = state["history"], state["global_step"]
-        start_epoch, start_batch, partial = state["epochs_done"], state["batch_in_epoch"], state["partial"]
-        print(f"train: resumed from {resume_from.name} (epoch {start_epoch + 1}, batch {start_batch})")
-
+    total = math.ceil(math.ceil(n_train / cfg.batch_size) / cfg.grad_accum) * cfg.epochs
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    return _Run(adapted, lm, base_model, cfg, ckpt_dir, log_metrics, log_checkpoint, params, optimizer,
+                linear_schedule(optimizer, int(cfg.warmup_ratio * total), total), [])
 
-    def state_now(epochs_done: int, batch_in_epoch: int, part) -> dict:
-        return {"epochs_done": epochs_done, "batch_in_epoch": batch_in_epoch, "partial": part,
-                "global_step": global_step, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": _rng_state(), "history": history,
-                "seed": cfg.seed, "config": asdict(cfg)}
 
+def _restore(run: _Run, checkpoint: Path) -> tuple[int, int, tuple]:
+    """Load a checkpoint into ``run``; returns (epoch, batch in it, partial sums) to continue from."""
+    from sciqa.adapters import load_into
+
+    load_into(run.adapted, checkpoint / "adapter")
+    state = torch.load(checkpoint / STATE_FILE, weights_only=False)
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    run.history, run.global_step = state["history"], state["global_step"]
+    print(f"train: resumed from {checkpoint.name} (epoch {state['epochs_done'] + 1}, batch {state['batch_in_epoch']})")
+    return state["epochs_done"], state["batch_in_epoch"], state["partial"]
+
+
+def _epoch(run: _Run, encoded: list[Encoded], epoch: int, first: int, partial_sums: tuple) -> tuple[float, int, float]:
+    """Micro-batches ``first``.. of one epoch; returns (loss sum, target tokens, seconds) over the epoch.
+
+    Gradients are accumulated over ``grad_accum`` micro-batches and divided by the window's target
+    tokens (an exact token mean). A stop signal saves a checkpoint at the next optimizer-step boundary."""
     from tqdm import tqdm
 
+    cfg, lm = run.cfg, run.lm
+    run.adapted.train()
+    mbs = batches(encoded, cfg.batch_size, cfg.seed, epoch)
+    loss_sum, tokens, seconds = partial_sums
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(mbs), initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
+    for i in range(first, len(mbs)):
+        if job.requested() and i % cfg.grad_accum == 0 and i > first:  # a safe point: an optimizer step
+            path = run.checkpoint(f"epoch_{epoch}-step_{i}", epoch, i,
+                                  (loss_sum, tokens, seconds + time.perf_counter() - t0))
+            bar.close()
+            job.check(lambda name=path.name: f"checkpoint {name}")
+        window_start = i - i % cfg.grad_accum
+        if i == window_start or i == first:  # collate the accumulation window once: exact token-mean
+            window = mbs[window_start: window_start + cfg.grad_accum]
+            collated = [collate_encoded(lm, mb) for mb in window]
+            n_window = sum(int((c["labels"][:, 1:] != -100).sum()) for c in collated)
+        if n_window == 0:
+            raise SciqaError(f"no target token left in a batch: max_length {cfg.max_length} is shorter than "
+                             "the prompts; raise --max-length (0 = no limit)")
+        batch = _to(collated[i - window_start], lm.device)
+        labels = batch.pop("labels")
+        lm.family.reset_state(lm.model)
+        with _autocast(lm.device, cfg.bf16):
+            logits = run.adapted(**batch).logits
+        loss, n = token_loss_sum(logits, labels)
+        (loss / max(n_window, 1)).backward()
+        loss_sum, tokens = loss_sum + float(loss.detach()), tokens + n
+        if i == window_start + len(window) - 1:
+            _optimizer_step(run, float(loss.detach()) / max(n, 1))
+        bar.set_postfix(loss=f"{loss_sum / max(tokens, 1):.4f}")
+        bar.update(1)
+    bar.close()
+    return loss_sum, tokens, seconds + time.perf_counter() - t0
+
+
+def _optimizer_step(run: _Run, last_loss: float) -> None:
+    torch.nn.utils.clip_grad_norm_(run.params, 1.0)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.global_step += 1
+    if run.cfg.log_every and run.global_step % run.cfg.log_every == 0:
+        run.log_metrics({"train_loss_step": last_loss}, run.global_step)
+
+
+def train(adapted, lm, base_model: str, train_set: list[Example], val_set: list[Example], cfg: LoopConfig,
+          run_dir: Path, log_metrics: Callable[[dict, int], None], log_checkpoint: Callable[[Path], None],
+          resume_from: Path | None = None) -> list[dict]:
+    """Train ``adapted`` in place; returns the per-epoch metric history (all epochs, resumed or not).
+
+    ``log_metrics(metrics, step)`` and ``log_checkpoint(folder)`` go to the tracker. A stop signal
+    (:mod:`sciqa.slurm.job`) saves a checkpoint at the next optimizer-step boundary and stops (exit 75)."""
+    run = _setup(adapted, lm, base_model, len(train_set), cfg, run_dir, log_metrics, log_checkpoint)
+    train_encoded, val_encoded = encode(lm, train_set, cfg), encode(lm, val_set, cfg)
+    start_epoch, first, partial_sums = 0, 0, (0.0, 0, 0.0)
+    if resume_from is not None:
+        start_epoch, first, partial_sums = _restore(run, resume_from)
     for epoch in range(start_epoch, cfg.epochs):
-        adapted.train()
-        mbs = batches(train_set, cfg.batch_size, cfg.seed, epoch)
-        first = start_batch if epoch == start_epoch else 0
-        loss_sum, tokens, seconds = partial if epoch == start_epoch else (0.0, 0, 0.0)
-        t0 = time.perf_counter()
-        bar = tqdm(total=len(mbs), initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
-        for i in range(first, len(mbs)):
-            if stop is not None and stop.is_set() and i % cfg.grad_accum == 0 and i > first:
-                seconds += time.perf_counter() - t0
-                path = save_checkpoint(ckpt_dir, f"epoch_{epoch}-step_{i}", adapted, base_model,
-                                       state_now(epoch, i, (loss_sum, tokens, seconds)))
-                log_checkpoint(path)
-                bar.close()
-                raise Preempted(getattr(stop, "signal", None) or "signal", path)
-            window_start = i - i % cfg.grad_accum
-            if i == window_start or i == first:  # collate the accumulation window once: exact token-mean
-                window = mbs[window_start: window_start + cfg.grad_accum]
-                collated = [collate(lm, mb, cfg.max_length) for mb in window]
-                n_window = sum(int((c["labels"][:, 1:] != -100).sum()) for c in collated)
-            if n_window == 0:
-                raise SciqaError(f"no target token left in a batch: max_length {cfg.max_length} is shorter than "
-                                 "the prompts; raise --max-length (0 = no limit)")
-            batch = _to(collated[i - window_start], lm.device)
-            labels = batch.pop("labels")
-            lm.family.reset_state(lm.model)
-            with _autocast(lm.device, cfg.bf16):
-                logits = adapted(**batch).logits
-            loss, n = token_loss_sum(logits, labels)
-            (loss / max(n_window, 1)).backward()
-            loss_sum, tokens = loss_sum + float(loss.detach()), tokens + n
-            if i == window_start + len(window) - 1:
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                global_step += 1
-                if cfg.log_every and global_step % cfg.log_every == 0:
-                    log_metrics({"train_loss_step": float(loss.detach()) / max(n, 1)}, global_step)
-            bar.set_postfix(loss=f"{loss_sum / max(tokens, 1):.4f}")
-            bar.update(1)
-        bar.close()
-        seconds += time.perf_counter() - t0
+        loss_sum, tokens, seconds = _epoch(run, train_encoded, epoch, first, partial_sums)
+        first, partial_sums = 0, (0.0, 0, 0.0)
         metrics = {"train_loss": loss_sum / max(tokens, 1),
-                   "val_loss_golden": evaluate_loss(adapted, lm, val_set, cfg),
-                   "epoch_seconds": seconds, "lr": scheduler.get_last_lr()[0]}
-        history.append({"epoch": epoch + 1, **metrics})
+                   "val_loss_golden": evaluate_loss(adapted, lm, val_encoded, cfg),
+                   "epoch_seconds": seconds, "lr": run.scheduler.get_last_lr()[0]}
+        run.history.append({"epoch": epoch + 1, **metrics})
         log_metrics(metrics, epoch + 1)
-        path = save_checkpoint(ckpt_dir, f"epoch_{epoch + 1}", adapted, base_model,
-                               state_now(epoch + 1, 0, (0.0, 0, 0.0)))
-        log_checkpoint(path)
-        if stop is not None and stop.is_set() and epoch + 1 < cfg.epochs:
-            raise Preempted(getattr(stop, "signal", None) or "signal", path)
-    return history
+        path = run.checkpoint(f"epoch_{epoch + 1}", epoch + 1)
+        if epoch + 1 < cfg.epochs:
+            job.check(lambda name=path.name: f"checkpoint {name}")
+    return run.history

@@ -7,8 +7,8 @@ from click.testing import CliRunner
 import pytest
 
 from sciqa.cli import main
-from sciqa.cli_slurm import _resolve
-from sciqa.submit import job_args, shared_tracking_uri
+from sciqa.slurm.cli import _resolve
+from sciqa.slurm.launch import job_args, shared_tracking_uri
 
 SLURM_OPTIONS = {"--slurm-gpu", "--slurm-profile", "--slurm-time", "--slurm-gpus", "--wait"}
 

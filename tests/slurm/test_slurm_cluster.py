@@ -35,12 +35,14 @@ log(f"start restart={slurm.restart_count()} partition={e['SLURM_JOB_PARTITION']}
 if slurm.restart_count() > 0:
     log("resumed, done")
     sys.exit(0)
-stop = slurm.stop_signal()
-deadline = time.monotonic() + 40
-while not stop.wait(0.2) and time.monotonic() < deadline:
-    pass
-log(f"got {stop.signal}")
-if stop.signal == "SIGUSR1":
+from sciqa.slurm import job
+with job.watch():
+    deadline = time.monotonic() + 40
+    while not job.requested() and time.monotonic() < deadline:
+        time.sleep(0.2)
+name = job.signal_name()
+log(f"got {name}")
+if name == "SIGUSR1":
     log("checkpoint")
     slurm.requeue_self()
     log("requeued")

@@ -232,7 +232,28 @@ def test_requeued_training_resumes_and_matches_uninterrupted(slurm_env, tmp_path
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", f"uninterrupted-{time.time_ns()}")  # no cache hit on the job
     clean_id = run_cli(*args, "--workdir", str(tmp_path / "clean"), cwd=tmp_path).stdout.strip().split()[-1]
     client = mlflow.MlflowClient()
-    for metric in ("train_loss", "val_loss"):
+    for metric in ("train_loss", "val_loss_golden"):
         resumed = [m.value for m in sorted(client.get_metric_history(run_id, metric), key=lambda m: m.step)]
         clean = [m.value for m in sorted(client.get_metric_history(clean_id, metric), key=lambda m: m.step)]
         assert len(resumed) == 3 and resumed == pytest.approx(clean, rel=1e-5), metric
+
+
+def test_requeued_main_resumes_its_training_child_and_finishes(slurm_env, tmp_path):
+    """`sciqa main --slurm-gpu`: `scontrol requeue` while a child trains (SIGTERM: a checkpoint, exit
+    75) restarts the job, which resumes the parent and that child from its newest checkpoint."""
+    import mlflow
+
+    args = ["main", "--variants", "pkv", "--limit", "24", "--eval-limit", "2", "--epochs", "3", "--prefix-len", "2",
+            "--train-batch-size", "2", "--batch-size", "4", "--max-new-tokens", "4", "--teacher-max-new-tokens", "64"]
+    proc = run_cli(*args, "--slurm-gpu", "h100", cwd=tmp_path)
+    run_id, job_id = ids_of(proc.stdout)
+    requeue_when(job_id, lambda: any((tmp_path / "sciqa-work").glob("*/checkpoints/epoch_1")), "epoch 1", timeout=400)
+    runs = all_runs(slurm_env)
+    parent = next(r for r in runs if r.info.run_id == run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["sciqa.step"] == "main"
+    assert parent.data.metrics["slurm_restart_count"] == 1 and "sciqa.failed_step" not in parent.data.tags
+    assert all(r.info.status == "FINISHED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+    log = (tmp_path / "sciqa-slurm" / "logs" / f"{job_id}.out").read_text()
+    assert "stopped by SIGTERM after checkpoint" in log and "resumed from epoch_" in log
+    assert "compare/comparison.csv" in {a.path for a in mlflow.artifacts.list_artifacts(
+        run_id=run_id, artifact_path="compare")}

@@ -57,6 +57,7 @@ def step_options(step: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(f for v in VARIANTS.values() if v.step == step for f in v.options))
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter.safetensors"
+SERVING_FOLDER = "peft"  # the adapter as serving engines load it (LoRA for vLLM), where the variant has one
 
 
 def check_variant(name: str, family: Family | None = None) -> str:
@@ -93,6 +94,7 @@ def save_adapter(adapted, base_model: str, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in adapted.trainable_state().items()}
     save_file(state, str(folder / WEIGHTS_FILE))
+    adapted.export_for_serving(folder / SERVING_FOLDER)
     (folder / CONFIG_FILE).write_text(json.dumps(
         {"variant": adapted.variant, "base_model": base_model, "options": adapted.options}, indent=2))
     return folder

@@ -34,6 +34,11 @@ class AdaptedLM(nn.Module):
             for name, value in state.items():
                 params[name].copy_(value.to(params[name].device, params[name].dtype))
 
+    def export_for_serving(self, folder) -> bool:
+        """Write the adapter in a form serving engines load (``peft/`` of an adapter folder); False
+        when there is none (prefixes: vLLM cannot serve them)."""
+        return False
+
     def n_trainable(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 

@@ -41,3 +41,9 @@ class Lora(AdaptedLM):
         with torch.no_grad():
             for name, value in state.items():
                 params[name].copy_(value.to(params[name].device, params[name].dtype))
+
+    def export_for_serving(self, folder) -> bool:
+        """PEFT's own LoRA layout (``adapter_config.json`` with ``peft_type`` LORA and the weights), the
+        form vLLM's ``LoRARequest`` loads (``--backend vllm``)."""
+        self.peft.save_pretrained(str(folder))
+        return True

@@ -69,19 +69,24 @@ class PrefixLM(AdaptedLM):
         return self.base(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
                          use_cache=True, **inputs)
 
-    def _prefill(self, input_ids, attention_mask, inputs: dict):
+    def _prefill(self, input_ids, attention_mask, inputs: dict, positions=None):
         """The first forward over the real tokens, from a fresh prefix cache; returns (output, cache,
-        positions, next_position)."""
-        positions, nxt = real_positions(self.base, input_ids, attention_mask, inputs, self.family.first_position)
+        positions, next_position). ``positions``: the real tokens' position ids where the caller has
+        them already (a training batch from ``collate.encode_examples(positions=True)``); then
+        ``next_position`` is None."""
+        nxt = None
+        if positions is None:
+            positions, nxt = real_positions(self.base, input_ids, attention_mask, inputs, self.family.first_position)
         cache = self.prefix_cache(input_ids.shape[0])
         inputs = self.family.prefix_inputs(inputs, self.prefix_len)
         out = self._run(input_ids, attention_mask, positions, cache, **inputs)
         return out, cache, positions, nxt
 
-    def forward(self, input_ids, attention_mask=None, labels=None, **inputs) -> CausalLMOutputWithPast:
+    def forward(self, input_ids, attention_mask=None, labels=None, position_ids=None,
+                **inputs) -> CausalLMOutputWithPast:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        return self._prefill(input_ids, attention_mask, inputs)[0]
+        return self._prefill(input_ids, attention_mask, inputs, position_ids)[0]
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 256, eos_token_id=None,

@@ -13,12 +13,14 @@ CHOICE_SCORES = ("sum", "mean")  # choice mode: summed or per-token mean log-pro
 
 
 def check_answer_mode(mode: str, backend: str = "hf") -> None:
-    """``choice`` scores the choices with the model's own log-probabilities: the hf backend only."""
+    """``choice`` scores the choices with the model's own log-probabilities: backends that can."""
+    from sciqa.backends import BACKENDS
     from sciqa.errors import SciqaError
 
-    if mode not in ANSWER_MODES or (mode == "choice" and backend != "hf"):
+    if mode not in ANSWER_MODES or (mode == "choice" and not BACKENDS[backend].choice_mode):
+        able = ", ".join(name for name, spec in BACKENDS.items() if spec.choice_mode)
         raise SciqaError(f"unknown answer mode '{mode}' for backend '{backend}'; accepted: free, "
-                         "choice (hf backend only)")
+                         f"choice ({able} backend only)")
 
 
 @dataclass(frozen=True)

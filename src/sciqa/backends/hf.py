@@ -76,7 +76,7 @@ class HFBackend(Backend):
             from sciqa.adapters import load_adapter
 
             lm = load_adapter(lm, adapter)
-        return cls(lm, cfg.max_new_tokens, getattr(cfg, "answer_mode", "free"), getattr(cfg, "choice_score", "sum"))
+        return cls(lm, cfg.max_new_tokens, cfg.answer_mode, cfg.choice_score)
 
     def __init__(self, lm: LoadedModel, max_new_tokens: int = 256, answer_mode: str = "free",
                  choice_score: str = "sum"):

@@ -28,8 +28,6 @@ from sciqa.errors import SciqaError
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504, 520, 521, 522, 524, 529}
 BACKOFF_BASE_S = 1.0  # first retry waits about 1 s, then 2, 4, ... (capped)
 BACKOFF_CAP_S = 60.0
-DEFAULTS = {"api_base": "", "api_key_env": "OPENAI_API_KEY", "concurrency": 4, "timeout": 120.0,
-            "max_retries": 5, "prompt_cost_per_1k": 0.0, "completion_cost_per_1k": 0.0}
 COUNTERS = ("api_requests", "api_retries", "api_prompt_tokens", "api_completion_tokens")
 
 
@@ -71,11 +69,6 @@ def output_cleaner(model: str, revision: str | None = None):
     return clean
 
 
-def opt(cfg, name: str, default):
-    """A backend option from a step config that may not declare it (e.g. a score config)."""
-    return getattr(cfg, name, default)
-
-
 class APIError(SciqaError):
     """A request that failed for good (not retryable, or retries exhausted)."""
 
@@ -85,8 +78,10 @@ class OpenAIBackend(Backend):
 
     @staticmethod
     def options(cfg) -> dict:
-        """The backend's options from a step config (a config may not declare them all)."""
-        return {name: opt(cfg, name, default) for name, default in DEFAULTS.items()}
+        """The backend's options from a generation config (the fields its registry entry names)."""
+        from sciqa.backends import BACKEND_OPTIONS
+
+        return {name: getattr(cfg, name) for name in BACKEND_OPTIONS["openai"]}
 
     @classmethod
     def check(cls, cfg) -> None:
@@ -99,10 +94,6 @@ class OpenAIBackend(Backend):
         if o["api_key_env"] and not os.environ.get(o["api_key_env"]):
             raise SciqaError(f"API key missing: set the environment variable {o['api_key_env']} "
                              "(or name another one with --api-key-env; --api-key-env '' sends no key)")
-        if o["concurrency"] < 1 or o["max_retries"] < 0 or o["timeout"] <= 0:
-            raise SciqaError("--concurrency must be >= 1, --max-retries >= 0 and --timeout > 0")
-        if getattr(cfg, "adapter", ""):
-            raise SciqaError("backend 'openai' cannot apply a local adapter; score adapters with --backend hf")
 
     @classmethod
     def from_config(cls, cfg, adapter: str | None = None) -> "OpenAIBackend":
@@ -113,7 +104,7 @@ class OpenAIBackend(Backend):
         env = o.pop("api_key_env")
         key = os.environ.get(env, "") if env else ""
         backend = cls(cfg.model, api_key=key, max_new_tokens=cfg.max_new_tokens,
-                      clean=output_cleaner(cfg.model, getattr(cfg, "revision", "") or None), **o)
+                      clean=output_cleaner(cfg.model, cfg.revision or None), **o)
         backend.resume_counters()
         return backend
 

@@ -24,17 +24,24 @@ from sciqa.errors import SciqaError
 INSTALL_HINT = "backend 'vllm' needs vLLM, which is not installed: pip install -e '.[vllm]' (CUDA machines only)"
 
 
-def lora_rank(adapter: str) -> int:
-    """The LoRA rank of an adapter folder; any other adapter kind is refused with the fix."""
-    cfg_file = Path(adapter).expanduser() / "adapter_config.json"
+def lora_folder(adapter: str) -> tuple[Path, int]:
+    """The PEFT LoRA folder vLLM loads and its rank: a PEFT LoRA folder itself, or a sciqa adapter
+    folder's ``peft/`` export; any other adapter kind is refused with the fix."""
+    from sciqa.adapters import SERVING_FOLDER
+
+    folder = Path(adapter).expanduser()
+    if (folder / SERVING_FOLDER / "adapter_config.json").exists():  # a sciqa LoRA adapter folder
+        folder = folder / SERVING_FOLDER
+    cfg_file = folder / "adapter_config.json"
     kind = ""
     if cfg_file.exists():
         conf = json.loads(cfg_file.read_text())
-        kind = str(conf.get("peft_type", "")).upper()
-        if kind == "LORA":
-            return int(conf.get("r", 8))
-    raise SciqaError(f"backend 'vllm' serves LoRA adapters only; '{adapter}' is "
-                     f"{kind.lower() + ' ' if kind else 'not '}a LoRA adapter: score prefix adapters with --backend hf")
+        kind = str(conf.get("peft_type") or conf.get("variant") or "").upper()
+        if kind == "LORA" and "peft_type" in conf:
+            return folder.resolve(), int(conf.get("r", 8))
+    what = f" (it is {kind.lower()})" if kind and kind != "LORA" else ""
+    raise SciqaError(f"backend 'vllm' serves LoRA adapters only; '{adapter}' is not a LoRA adapter vLLM can "
+                     f"load{what}: score prefix adapters with --backend hf")
 
 
 def is_mistral_format(model: str, revision: str | None = None) -> bool:
@@ -51,11 +58,6 @@ def is_mistral_format(model: str, revision: str | None = None) -> bool:
         return False
 
 
-def opt(cfg, name: str, default):
-    """A backend option from a step config that may not declare it (e.g. a score config)."""
-    return getattr(cfg, name, default)
-
-
 class VLLMBackend(Backend):
     name = "vllm"
 
@@ -63,16 +65,11 @@ class VLLMBackend(Backend):
     def check(cls, cfg) -> None:
         if importlib.util.find_spec("vllm") is None:
             raise SciqaError(INSTALL_HINT)
-        if getattr(cfg, "adapter", ""):
-            lora_rank(cfg.adapter)
-        memory = opt(cfg, "gpu_memory_utilization", 0.9)
-        if opt(cfg, "tensor_parallel", 1) < 1 or opt(cfg, "max_images", 1) < 1 or not 0 < memory <= 1:
-            raise SciqaError("--tensor-parallel and --max-images must be >= 1, --gpu-memory-utilization in (0, 1]")
 
     @classmethod
     def from_config(cls, cfg, adapter: str | None = None) -> "VLLMBackend":
         cls.check(cfg)
-        rank = lora_rank(adapter) if adapter else 0
+        lora_path, rank = lora_folder(adapter) if adapter else (None, 0)
         try:
             import vllm
         except ImportError as exc:
@@ -86,12 +83,12 @@ class VLLMBackend(Backend):
         else:
             path, family = models.resolve(cfg.model, revision)
             processor = family.load_processor(path, revision)
-        kwargs = dict(model=path, revision=revision, tensor_parallel_size=opt(cfg, "tensor_parallel", 1),
-                      gpu_memory_utilization=opt(cfg, "gpu_memory_utilization", 0.9),
-                      limit_mm_per_prompt={"image": opt(cfg, "max_images", 1)}, dtype=cfg.dtype, seed=0)
-        if opt(cfg, "max_model_len", 0):
+        kwargs = dict(model=path, revision=revision, tensor_parallel_size=cfg.tensor_parallel,
+                      gpu_memory_utilization=cfg.gpu_memory_utilization,
+                      limit_mm_per_prompt={"image": cfg.max_images}, dtype=cfg.dtype, seed=0)
+        if cfg.max_model_len:
             kwargs["max_model_len"] = cfg.max_model_len
-        if opt(cfg, "cpu_offload_gb", 0.0):
+        if cfg.cpu_offload_gb:
             kwargs["cpu_offload_gb"] = cfg.cpu_offload_gb
         if family.processor_kwargs:  # the same pixel budget as the HF backend
             kwargs["mm_processor_kwargs"] = dict(family.processor_kwargs)
@@ -104,7 +101,7 @@ class VLLMBackend(Backend):
         if adapter:
             from vllm.lora.request import LoRARequest
 
-            lora = LoRARequest("adapter", 1, str(Path(adapter).expanduser().resolve()))
+            lora = LoRARequest("adapter", 1, str(lora_path))
         return cls(llm, family, processor, cfg.max_new_tokens, lora)
 
     def __init__(self, llm, family, processor=None, max_new_tokens: int = 256, lora=None):

@@ -21,6 +21,7 @@ FAMILIES: dict[str, str] = {
     "qwen2_vl": "sciqa.models.qwen2_vl:FAMILY",
     "llava": "sciqa.models.llava:FAMILY",
     "paligemma": "sciqa.models.paligemma:FAMILY",
+    "causal_lm": "sciqa.models.causal_lm:FAMILY",  # last: any causal LM config without a vision tower
 }
 
 # Tiny models of the real architectures, built offline from a fixed seed (tests, embedded default).
@@ -65,7 +66,16 @@ def resolve(name: str, revision: str | None = None) -> tuple[str, Family]:
 
         return str(tiny_model_path(name)), replace(family(TINY_MODELS[name]), processor_kwargs={},
                                                    turn_tokens=TINY_TURN_TOKENS)
+    if name in _gguf().MODELS:
+        return str(_gguf().model_path(name)), family(_gguf().MODELS[name].family)
     return name, family_of(_config(name, revision))
+
+
+def _gguf():
+    """Real models shipped as GGUF files in pip packages (``smollm2-135m``): ``sciqa.models.gguf``."""
+    from sciqa.models import gguf
+
+    return gguf
 
 
 def _hub_reachable() -> bool:
@@ -88,7 +98,8 @@ def _config(name: str, revision: str | None):
     """The model's config: a local folder or the local cache first, the hub only when reachable."""
     from transformers import AutoConfig
 
-    unknown = (f"unknown model '{name}': not a tiny model ({', '.join(TINY_MODELS)}), a local folder, "
+    unknown = (f"unknown model '{name}': not a tiny model ({', '.join(TINY_MODELS)}), a packaged real model "
+               f"({', '.join(_gguf().MODELS)}), a local folder, "
                "or a hub id in the local Hugging Face cache")
     try:
         return AutoConfig.from_pretrained(name, revision=revision, local_files_only=True)
@@ -120,6 +131,8 @@ def fingerprint(name: str, revision: str | None = None) -> str:
         from sciqa.models.tiny import tiny_recipe
 
         return "tiny:" + tiny_recipe(name)
+    if name in _gguf().MODELS:
+        return _gguf().fingerprint(name)
     folder = Path(name).expanduser()
     if folder.is_dir():
         parts = []

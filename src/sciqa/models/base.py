@@ -29,7 +29,8 @@ class LoadedModel:
 
     @property
     def tokenizer(self):
-        return self.processor.tokenizer
+        """The processor's tokenizer; a text-only model's processor is its tokenizer."""
+        return getattr(self.processor, "tokenizer", self.processor)
 
     @property
     def device(self) -> torch.device:

@@ -202,7 +202,9 @@ def evaluate_run(run_id: str, force: bool = False, dataset: str = "", number_bas
     if "acc" in run.data.metrics and not force:
         print(f"evaluate: run {run_id} already has metrics (acc {run.data.metrics['acc']:.1f})")
         return run_id
-    with tempfile.TemporaryDirectory() as tmp:
+    from sciqa.tracking import phase
+
+    with tempfile.TemporaryDirectory() as tmp, phase("evaluate", run_id):
         paths = _run_csvs(run, Path(tmp))
         results = evaluate_paths(paths, dataset or run.data.params.get("dataset", "sample"), number_base)
         log_results(run_id, results)

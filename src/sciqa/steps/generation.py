@@ -10,15 +10,73 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from sciqa.backends.base import Backend
+from sciqa.slurm import job
+from sciqa.backends import BACKEND_OPTIONS, BACKENDS
+from sciqa.backends.base import ANSWER_MODES, CHOICE_SCORES, Backend
+from sciqa.config import DTYPE_CHOICES, option
 from sciqa.data.problems import Problem
 from sciqa.errors import SciqaError
 from sciqa.outputs import OutputsCSV, read_outputs
-from sciqa.prompts import build_prompt
-from sciqa.submit import stop_step, stop_watch
-from sciqa.tracking import StepRun, fetch_artifact
+from sciqa.prompts import SETTINGS, build_prompt
+from sciqa.tracking import StepRun, fetch_artifact, phase
 
 CSV_LOG_SECONDS = 300  # log the partial CSV this often (a signal-free crash loses at most this much)
+
+
+@dataclass
+class GenerationConfig:
+    """What ``benchmark`` and ``score`` share: the model, the problems, the prompt, the backend and
+    its options (each backend reads the fields it declares in ``Backend.options``), the budget."""
+
+    model: str = option("tiny-qwen2-vl", "tiny model name, hub id or local folder")
+    dataset: str = option("sample", "sample, a hub dataset id, or a local folder")
+    split: str = option("validation", "train, validation (val) or test")
+    setting: str = option("QTCH", "prompt setting", choices=tuple(SETTINGS))
+    backend: str = option("hf", "generation backend", choices=tuple(BACKENDS))
+    batch_size: int = option(8, "prompts per generate() call", min=1, operational=True)
+    max_new_tokens: int = option(256, "generation budget per answer", min=1)
+    answer_mode: str = option("free", "free (the study's) or choice: pick the likeliest choice, then explain "
+                                      "(hf backend)", choices=ANSWER_MODES)
+    choice_score: str = option("sum", "choice mode: a choice's summed log-probability, or its per-token mean "
+                                      "(length-normalised)", choices=CHOICE_SCORES)
+    limit: int = option(0, "first N problems only (0 = all)", min=0)
+    keep_all: bool = option(False, "keep problems without lecture or solution")
+    strict_images: bool = option(False, "refuse problems whose image file is missing (default: warn and use "
+                                        "the blank placeholder)", operational=True)
+    revision: str = option("", "model revision (hub models)")
+    dtype: str = option("auto", "weights dtype (auto: bf16 on CUDA, else float32)", choices=DTYPE_CHOICES)
+    device: str = option("auto", "auto (CUDA when present), cpu or cuda[:N]")
+    workdir: str = option("sciqa-work", "local folder for outputs (resume state)", operational=True)
+    force: bool = option(False, "recompute even if a finished run matches", operational=True)
+    # openai backend (any OpenAI-compatible chat-completions API)
+    api_base: str = option("", "openai backend: API base URL, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str = option("OPENAI_API_KEY", "openai backend: environment variable holding the API key "
+                                                "(never logged; '' = send no key)", operational=True)
+    concurrency: int = option(4, "openai backend: requests in flight", min=1, operational=True)
+    timeout: float = option(120.0, "openai backend: seconds per request", above=0, operational=True)
+    max_retries: int = option(5, "openai backend: retries on 429/5xx/connection errors", min=0, operational=True)
+    prompt_cost_per_1k: float = option(0.0, "openai backend: price per 1k prompt tokens", min=0, operational=True)
+    completion_cost_per_1k: float = option(0.0, "openai backend: price per 1k completion tokens (logs api_cost)",
+                                           min=0, operational=True)
+    # vllm backend (pip install -e '.[vllm]'); serves LoRA adapters only, prefix adapters need --backend hf
+    tensor_parallel: int = option(1, "vllm backend: GPUs for tensor parallelism (vLLM serves LoRA adapters "
+                                     "only; prefix adapters: --backend hf)", min=1)
+    max_model_len: int = option(0, "vllm backend: context length cap (0 = model's)", min=0)
+    gpu_memory_utilization: float = option(0.9, "vllm backend: GPU memory fraction", above=0, max=1,
+                                           operational=True)
+    max_images: int = option(1, "vllm backend: images per prompt (limit_mm_per_prompt)", min=1)
+    cpu_offload_gb: float = option(0.0, "vllm backend: GiB of weights offloaded to CPU (may be a no-op on vLLM V1)",
+                                   min=0, operational=True)
+
+
+def generation_identity(cfg: GenerationConfig, ignore: tuple[str, ...] = ()) -> dict:
+    """What defines the outputs: the config minus operational fields, minus the options of backends
+    other than the one used and choice scoring in free mode (they cannot change a single answer)."""
+    from sciqa.config import identity
+
+    foreign = {name for other in BACKEND_OPTIONS.values() for name in other} - set(BACKEND_OPTIONS[cfg.backend])
+    free = ("choice_score",) if cfg.answer_mode == "free" else ()
+    return identity(cfg, ignore=(*ignore, *foreign, *free))
 
 
 @dataclass(frozen=True)
@@ -104,16 +162,15 @@ def generate_outputs(run: StepRun, workdir: str, inputs: Inputs, setting: str,
             mlflow.log_artifact(str(path), "outputs")
 
     if todo:
-        # Slurm stop signals (time limit near, preemption, requeue): finish the batch in flight,
-        # log the CSV, exit 75 (sciqa.submit.stop_step); the restarted job resumes by id
-        with stop_watch() as stop:
+        with phase("load"):
             backend = make_backend()
-            saved = time.monotonic()
-            bar = tqdm(total=len(problems), initial=len(problems) - len(todo), unit="row", desc=setting)
+        saved = time.monotonic()
+        with phase("generate"), tqdm(total=len(problems), initial=len(problems) - len(todo), unit="row",
+                                     desc=setting) as bar:
             for i in range(0, len(todo), batch_size):
-                if stop.is_set():
-                    bar.close()
-                    stop_step(stop, f"{len(out.done & wanted)}/{len(problems)} rows of {name}", save_csv)
+                # a stop signal (Slurm time limit, preemption, requeue, kill): the batches done are in the
+                # CSV; log it, exit 75 (sciqa.slurm.job); the resumed run generates only what is missing
+                job.check(lambda: f"{len(out.done & wanted)}/{len(problems)} rows of {name}", save_csv)
                 if time.monotonic() - saved > CSV_LOG_SECONDS:  # a node that dies loses at most this
                     save_csv()
                     saved = time.monotonic()
@@ -134,7 +191,6 @@ def generate_outputs(run: StepRun, workdir: str, inputs: Inputs, setting: str,
                 bar.update(len(batch))
                 if extra := backend.metrics():  # API tokens/cost so far (a killed run keeps them)
                     mlflow.log_metrics(extra)
-            bar.close()
     seconds = time.perf_counter() - started
     df = read_outputs(path)
     df = df[df["id"].isin(wanted)]

@@ -83,8 +83,12 @@ def _child(parent_id: str, name: str, fn, *args, **kwargs):
     """Run one step; a failure tags the parent with the step's name before it propagates."""
     import mlflow
 
+    from sciqa.slurm import job
+
     try:
         return fn(*args, parent_run_id=parent_id, **kwargs)
+    except job.Stopped:
+        raise  # not a failure: the step saved its state, and the parent resumes it when run again
     except BaseException:
         mlflow.MlflowClient().set_tag(parent_id, "sciqa.failed_step", name)
         raise
@@ -150,18 +154,17 @@ def check(cfg: MainConfig) -> None:
             check_train(tcfg)
 
 
-def _teacher(cfg: MainConfig, pid: str) -> str:
-    """The teacher's run id ('' for a CSV teacher), its outputs evaluated on the train split."""
+def _teacher(cfg: MainConfig, pid: str) -> tuple[str, str]:
+    """(the teacher run KD learns from, '' for a CSV teacher; the run holding its evaluation on train)."""
     from sciqa.steps.benchmark import benchmark
     from sciqa.steps.evaluate import EvaluateConfig, evaluate, evaluate_run
 
     if cfg.teacher_csv:
-        _child(pid, "evaluate teacher csv", lambda parent_run_id: evaluate(
+        return "", _child(pid, "evaluate teacher csv", lambda parent_run_id: evaluate(
             EvaluateConfig(csv=cfg.teacher_csv, dataset=cfg.dataset), parent_run_id=parent_run_id))
-        return ""
     run_id = cfg.teacher_run or _child(pid, "teacher benchmark", benchmark, teacher_config(cfg)).run_id
     _child(pid, "evaluate teacher", lambda parent_run_id: evaluate_run(run_id, dataset=cfg.dataset))
-    return run_id
+    return run_id, run_id
 
 
 def main(cfg: MainConfig) -> str:
@@ -179,7 +182,7 @@ def main(cfg: MainConfig) -> str:
     with step_run("main", params, {"sciqa.model": cfg.model}, "main", cfg.force, settings=operational(cfg),
                   reuse=False) as parent:
         pid = parent.run_id
-        teacher_run = _teacher(cfg, pid)
+        teacher_run, teacher_scores = _teacher(cfg, pid)
         trained, scored = {}, {}
         for (variant, kd, seed), tcfg in train_configs(cfg, teacher_run).items():
             label = f"{variant} {'kd' if kd else 'golden'} seed {seed}"
@@ -189,6 +192,6 @@ def main(cfg: MainConfig) -> str:
         for key, train_id in trained.items():
             scored[key] = _child(pid, f"score {key[0]} {'kd' if key[1] else 'golden'} seed {key[2]}", score,
                                  score_config(cfg, train_id)).run_id
-        table = compare(base, trained, scored, teacher_run, cfg)
+        table = compare(base, trained, scored, teacher_scores, cfg)
     print(table)
     return parent.run_id

@@ -11,38 +11,25 @@ fails the run; a re-run resumes and evaluates again).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
 
-from sciqa.backends.base import ANSWER_MODES, CHOICE_SCORES
-from sciqa.config import DTYPE_CHOICES, check_ranges, identity, operational, option
+from sciqa.config import check_ranges, operational, option
 from sciqa.errors import SciqaError
 from sciqa.prompts import SETTINGS
+from sciqa.steps.generation import GenerationConfig
 from sciqa.tracking import StepRun, step_run
 
 
 @dataclass
-class ScoreConfig:
-    adapter_run: str = option("", "training run whose adapter/ to use")
-    adapter_dir: str = option("", "or: a local adapter folder")
+class ScoreConfig(GenerationConfig):
+    """Generation with a trained adapter applied; the base model and setting default to the adapter's."""
+
     model: str = option("", "base model (default: the adapter's; must match it)")
-    dataset: str = option("sample", "sample, a hub dataset id, or a local folder")
-    split: str = option("validation", "train, validation (val) or test")
     setting: str = option("", "prompt setting ('' = the training run's, else QTCH)", choices=("", *SETTINGS))
-    batch_size: int = option(8, "prompts per generate() call", min=1, operational=True)
-    max_new_tokens: int = option(256, "generation budget per answer", min=1)
-    answer_mode: str = option("free", "free (the study's) or choice: pick the likeliest choice, then explain",
-                              choices=ANSWER_MODES)
-    choice_score: str = option("sum", "choice mode: a choice's summed log-probability, or its per-token mean "
-                                      "(length-normalised)", choices=CHOICE_SCORES)
-    limit: int = option(0, "first N problems only (0 = all)", min=0)
-    keep_all: bool = option(False, "keep problems without lecture or solution")
-    strict_images: bool = option(False, "refuse problems whose image file is missing", operational=True)
-    dtype: str = option("auto", "weights dtype (auto: bf16 on CUDA, else float32)", choices=DTYPE_CHOICES)
-    device: str = option("auto", "auto (CUDA when present), cpu or cuda[:N]")
-    workdir: str = option("sciqa-work", "local folder for outputs (resume state)", operational=True)
-    force: bool = option(False, "recompute even if a finished run matches", operational=True)
+    adapter: str = option("", "a registered adapter: models:/NAME/VERSION or models:/NAME@ALIAS")
+    adapter_run: str = option("", "or: the training run whose adapter/ to use")
+    adapter_dir: str = option("", "or: a local adapter folder")
 
 
 @dataclass(frozen=True)
@@ -78,24 +65,38 @@ def check(cfg: ScoreConfig):
     from sciqa.metrics import check_prerequisites
     from sciqa.steps.generation import check_inputs, problem_inputs
 
+    from sciqa.backends import backend_class, check_adapter
+    from sciqa.backends.base import check_answer_mode
+
     check_ranges(cfg)
     check_prerequisites()
-    if bool(cfg.adapter_run) == bool(cfg.adapter_dir):
-        raise SciqaError("give exactly one of --adapter-run or --adapter-dir")
+    check_answer_mode(cfg.answer_mode, cfg.backend)
+    if sum(map(bool, (cfg.adapter, cfg.adapter_run, cfg.adapter_dir))) != 1:
+        raise SciqaError("give exactly one of --adapter models:/NAME/VERSION, --adapter-run or --adapter-dir")
     check_inputs(cfg.dtype, cfg.workdir)
-    if cfg.adapter_run:
+    if cfg.adapter or cfg.adapter_run:
         from sciqa import tracking
 
         tracking.connect()
-        acfg, tags = _adapter_config_of_run(cfg.adapter_run)
+        acfg, tags = _adapter_config_of_run(adapter_run_of(cfg))
     else:
         acfg, tags = read_adapter_config(cfg.adapter_dir), {}
     base = acfg["base_model"]
     if cfg.model and cfg.model != base:
         raise SciqaError(f"the adapter was trained on '{base}', not '{cfg.model}'; drop --model or pass --model {base}")
     check_variant(acfg["variant"], models.resolve(base)[1])
+    check_adapter(cfg.backend, acfg["variant"])
+    setting = cfg.setting or tags.get("sciqa.setting") or "QTCH"
+    backend_class(cfg.backend).check(replace(cfg, model=base, setting=setting))
     inputs = problem_inputs(cfg.dataset, cfg.split, cfg.keep_all, cfg.limit, cfg.strict_images)
-    return Adapter(acfg, base, cfg.setting or tags.get("sciqa.setting") or "QTCH", tags), inputs
+    return Adapter(acfg, base, setting, tags), inputs
+
+
+def adapter_run_of(cfg: ScoreConfig) -> str:
+    """The training run of ``--adapter-run``, or the one behind a registered ``--adapter`` model."""
+    from sciqa.adapters.mlflow_model import run_of_model
+
+    return run_of_model(cfg.adapter) if cfg.adapter else cfg.adapter_run
 
 
 def adapter_folder(cfg: ScoreConfig, workdir: Path) -> Path:
@@ -105,40 +106,41 @@ def adapter_folder(cfg: ScoreConfig, workdir: Path) -> Path:
 
     if cfg.adapter_dir:
         return Path(cfg.adapter_dir).expanduser().resolve()
-    dest = workdir / "adapters" / cfg.adapter_run / "adapter"
-    if not dest.is_dir() and not fetch_artifact([cfg.adapter_run], "adapter", dest):
-        raise SciqaError(f"run '{cfg.adapter_run}': its adapter/ artifact cannot be downloaded")
+    run_id = adapter_run_of(cfg)
+    dest = workdir / "adapters" / run_id / "adapter"
+    if not dest.is_dir() and not fetch_artifact([run_id], "adapter", dest):
+        raise SciqaError(f"run '{run_id}': its adapter/ artifact cannot be downloaded")
     return dest
 
 
 def score(cfg: ScoreConfig, parent_run_id: str | None = None) -> StepRun:
     """Validate everything, then generate with the adapter (resuming by id) and evaluate, in one run."""
     from sciqa import tracking
-    from sciqa.backends.hf import HFBackend
+    from sciqa.backends import backend_class
     from sciqa.steps.evaluate import evaluate_run
-    from sciqa.steps.generation import check_workdir, generate_outputs
+    from sciqa.steps.generation import check_workdir, generate_outputs, generation_identity
 
     adapter, inputs = check(cfg)
     tracking.setup()
     folder = adapter_folder(cfg, check_workdir(cfg.workdir))
     split, variant = inputs.problems[0].split, adapter.config["variant"]
-    params = {**identity(cfg, ignore=("adapter_dir", *(("choice_score",) if cfg.answer_mode == "free" else ()))), "model": adapter.base_model, "setting": adapter.setting,
+    where = ("adapter", "adapter_run", "adapter_dir")  # where the adapter came from: its digest is what counts
+    params = {**generation_identity(cfg, ignore=where), "model": adapter.base_model, "setting": adapter.setting,
               "split": split, "variant": variant, "data_digest": inputs.digest,
               "adapter_digest": tracking.folder_digest(folder)}
     tags = {"sciqa.model": adapter.base_model, "sciqa.variant": variant, "sciqa.split": split,
-            "sciqa.setting": adapter.setting, "sciqa.backend": "hf", "sciqa.adapter_run": cfg.adapter_run,
+            "sciqa.setting": adapter.setting, "sciqa.backend": cfg.backend, "sciqa.adapter_run": adapter_run_of(cfg),
             "sciqa.teacher": adapter.run_tags.get("sciqa.teacher", "")}
     name = f"score-{variant}-{adapter.base_model.split('/')[-1]}-{split}-{adapter.setting}"
-    settings = {**operational(cfg), "adapter_dir": cfg.adapter_dir}
+    settings = {**operational(cfg), **{k: getattr(cfg, k) for k in where}}
     with step_run("score", params, tags, name, cfg.force, parent_run_id, settings) as run:
         if run.reused:
             print(f"score: reusing finished run {run.run_id}")
             return run
-        gen_cfg = SimpleNamespace(model=adapter.base_model, revision="", dtype=cfg.dtype, device=cfg.device,
-                                  max_new_tokens=cfg.max_new_tokens, answer_mode=cfg.answer_mode,
-                                  choice_score=cfg.choice_score)
+        tracking.log_problems(inputs.problems, cfg.dataset, inputs.digest, "eval", adapter.setting)
+        gen_cfg = replace(cfg, model=adapter.base_model, setting=adapter.setting)
         generate_outputs(run, cfg.workdir, inputs, adapter.setting,
-                         lambda: HFBackend.from_config(gen_cfg, adapter=str(folder)), cfg.batch_size,
-                         {"model": adapter.base_model, "adapter": cfg.adapter_run or str(folder)})
+                         lambda: backend_class(cfg.backend).from_config(gen_cfg, adapter=str(folder)), cfg.batch_size,
+                         {"model": adapter.base_model, "adapter": cfg.adapter or cfg.adapter_run or str(folder)})
         evaluate_run(run.run_id, dataset=cfg.dataset)
     return run

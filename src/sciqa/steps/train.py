@@ -65,6 +65,9 @@ class TrainConfig:
     dtype: str = option("auto", "auto (bf16 on GPU), float32 or bfloat16", choices=DTYPE_CHOICES)
     device: str = option("auto", "auto, cpu or cuda[:N]")
     strict_images: bool = option(False, "refuse problems whose image file is missing", operational=True)
+    register: bool = option(False, "register the adapter in the MLflow Model Registry as "
+                                   "sciqa-<model>-<variant>-<kd|golden> (score it with --adapter models:/NAME/N)",
+                            operational=True)
     workdir: str = option("sciqa-work", "local folder for checkpoints and adapters", operational=True)
     force: bool = option(False, "retrain even if a finished run matches", operational=True)
 
@@ -222,7 +225,7 @@ def _resume_point(run: StepRun, run_dir: Path) -> Path | None:
     return None
 
 
-def train(cfg: TrainConfig, step: str | None = None, parent_run_id: str | None = None, stop=None) -> StepRun:
+def train(cfg: TrainConfig, step: str | None = None, parent_run_id: str | None = None) -> StepRun:
     """Validate, resolve the targets (benchmarking the teacher first if needed), then train inside
     one MLflow run (reused when finished, resumed when not)."""
     from sciqa import models, tracking
@@ -242,23 +245,73 @@ def train(cfg: TrainConfig, step: str | None = None, parent_run_id: str | None =
     with step_run(step, params, tags, name, cfg.force, parent_run_id, operational(cfg)) as run:
         if run.reused:
             print(f"{step}: reusing finished run {run.run_id}")
+            if cfg.register:
+                _register_reused(run.run_id, cfg)
             return run
-        _train_in_run(cfg, run, inputs, targets, stop)
+        _train_in_run(cfg, run, inputs, targets)
     return run
 
 
-def _train_in_run(cfg: TrainConfig, run: StepRun, inputs: TrainInputs, targets: Targets, stop) -> None:
+def _register_reused(run_id: str, cfg: TrainConfig) -> None:
+    """``--register true`` on a reused run: register the adapter model it logged, once."""
+    import mlflow
+
+    from sciqa.adapters.mlflow_model import registered_name
+
+    name = registered_name(cfg.model, cfg.variant, cfg.teacher)
+    if mlflow.MlflowClient().search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+        return
+    logged = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list")
+    if logged:
+        version = mlflow.register_model(f"models:/{logged[0].model_id}", name)
+        print(f"train: registered {name} version {version.version} (run {run_id})")
+
+
+def _train_in_run(cfg: TrainConfig, run: StepRun, inputs: TrainInputs, targets: Targets) -> None:
+    """Load and prepare, train (resuming from the newest checkpoint), log the adapter: each phase timed."""
+    import mlflow
+    import torch
+
+    from sciqa.tracking import phase
+    from sciqa.training import LoopConfig, train as run_loop
+
+    with phase("load"):
+        lm, adapted, examples, val = _prepare(cfg, run, inputs, targets)
+    run_dir = run.state_dir(inputs.workdir)
+    loop = LoopConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                      warmup_ratio=cfg.warmup_ratio, max_length=cfg.max_length, seed=cfg.seed,
+                      log_every=cfg.log_every, bf16=lm.model.dtype == torch.bfloat16)
+    with phase("train"):
+        history = run_loop(adapted, lm, cfg.model, examples, val, loop, run_dir,
+                           log_metrics=lambda m, s: mlflow.log_metrics(m, step=s),
+                           log_checkpoint=lambda p: mlflow.log_artifacts(str(p), f"checkpoints/{p.name}"),
+                           resume_from=_resume_point(run, run_dir))
+    with phase("log"):
+        _log_adapter(cfg, run, adapted, history, run_dir)
+    print(f"{step_of(cfg)}: final train_loss {history[-1]['train_loss']:.4f} "
+          f"val_loss_golden {history[-1]['val_loss_golden']:.4f}")
+
+
+def _prepare(cfg: TrainConfig, run: StepRun, inputs: TrainInputs, targets: Targets):
+    """The datasets as run inputs, the model with a fresh adapter, and the examples that fit."""
     import mlflow
     import torch
 
     from sciqa import models
-    from sciqa.adapters import attach, save_adapter
+    from sciqa.adapters import attach
     from sciqa.collate import Example, fit_to_length
+    from sciqa.data.problems import problems_digest
     from sciqa.prompts import build_prompt, target_json
-    from sciqa.training import LoopConfig, plot_losses, train as run_loop
+    from sciqa.tracking import log_problems
 
-    examples = [Example(p, build_prompt(p, cfg.setting), targets.by_id[p.id]) for p in inputs.train
-                if p.id in targets.by_id]
+    used = [p for p in inputs.train if p.id in targets.by_id]
+    log_problems(used, cfg.dataset, problems_digest(used), "train", cfg.setting)
+    log_problems(inputs.val, cfg.dataset, problems_digest(inputs.val), "validation", cfg.setting)
+    if targets.teacher_run or cfg.teacher_csv:
+        where = str((inputs.workdir / "teacher" / targets.teacher_run) if targets.teacher_run  # its downloaded CSV
+                    else Path(cfg.teacher_csv).expanduser().resolve())
+        log_problems(used, "teacher", targets.digest, "teacher", cfg.setting, source=where)
+    examples = [Example(p, build_prompt(p, cfg.setting), targets.by_id[p.id]) for p in used]
     val = [Example(p, build_prompt(p, cfg.setting), target_json(p.answer_text, p.solution)) for p in inputs.val]
     lm = models.load(cfg.model, None, cfg.dtype, cfg.device)
     examples, fit = fit_to_length(lm, examples, cfg.max_length, "train")
@@ -273,20 +326,23 @@ def _train_in_run(cfg: TrainConfig, run: StepRun, inputs: TrainInputs, targets: 
                            "train_ids_digest": targets.ids_digest})
     mlflow.log_metrics({**targets.counts, "train_examples": len(examples), "images_missing": inputs.images_missing,
                         **fit, **{f"val_{k}": v for k, v in val_fit.items()}})
-    run_dir = run.state_dir(inputs.workdir)
-    loop = LoopConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                      warmup_ratio=cfg.warmup_ratio, max_length=cfg.max_length, seed=cfg.seed,
-                      log_every=cfg.log_every, bf16=lm.model.dtype == torch.bfloat16)
-    history = run_loop(adapted, lm, cfg.model, examples, val, loop, run_dir,
-                       log_metrics=lambda m, s: mlflow.log_metrics(m, step=s),
-                       log_checkpoint=lambda p: mlflow.log_artifacts(str(p), f"checkpoints/{p.name}"),
-                       resume_from=_resume_point(run, run_dir), stop=stop)
+    return lm, adapted, examples, val
+
+
+def _log_adapter(cfg: TrainConfig, run: StepRun, adapted, history: list[dict], run_dir: Path) -> None:
+    """The final adapter (files and MLflow model, registered on request) and the loss plot."""
+    import mlflow
+
+    from sciqa.adapters import save_adapter
+    from sciqa.adapters.mlflow_model import log_adapter_model, registered_name
+    from sciqa.training import plot_losses
+
     _log_missing_epochs(run.run_id, history)
     folder = save_adapter(adapted, cfg.model, run_dir / "adapter")
     mlflow.log_artifacts(str(folder), "adapter")
+    log_adapter_model(folder, cfg.model, cfg.variant, registered_name(cfg.model, cfg.variant, cfg.teacher)
+                      if cfg.register else "")
     mlflow.log_artifact(str(plot_losses(history, run_dir / "plots" / "loss.png")), "plots")
-    print(f"{step_of(cfg)}: final train_loss {history[-1]['train_loss']:.4f} "
-          f"val_loss_golden {history[-1]['val_loss_golden']:.4f}")
 
 
 def _log_missing_epochs(run_id: str, history: list[dict]) -> None:

@@ -1,18 +1,11 @@
-"""Any step as a Slurm job in the same MLflow run, and the job side of requeue and resume.
+"""Any step as a Slurm job in the same MLflow run: the submit side (the job side is :mod:`sciqa.slurm.job`).
 
-Submit side (``sciqa <step> ... --slurm-gpu h100``, see :mod:`sciqa.cli_slurm`):
-:func:`submit_step` validates everything first (profile, GPU type, time, ``sbatch`` on
+``sciqa <step> ... --slurm-gpu h100`` (see :mod:`sciqa.slurm.cli`): :func:`submit_step` validates everything first (profile, GPU type, time, ``sbatch`` on
 PATH, ``sbatch --test-only``, then the step's own config) so a mistake costs one line and
 leaves no MLflow run; then it creates the run (or takes ``mlflow run``'s
 ``MLFLOW_RUN_ID``), writes and logs ``slurm/job.sbatch``, submits, tags the job id and
-ends the run SCHEDULED.  The job re-opens that run through ``MLFLOW_RUN_ID``.
-
-Job side: :func:`stop_watch` turns SIGUSR1 (time limit near) and SIGTERM (preemption,
-``scontrol requeue``, ``scancel``) into an event that step loops check at a safe point;
-:func:`stop_step` then saves what the step has (the outputs CSV as an artifact), requeues
-on SIGUSR1 and raises :class:`StepStopped` (exit code :data:`EXIT_STOPPED`), which
-:func:`sciqa.tracking.step_run` records as SCHEDULED (requeued) or KILLED.  The restarted
-job attaches to the same run and resumes (the CSV by id, training from its checkpoint).
+ends the run SCHEDULED.  The job re-opens that run through ``MLFLOW_RUN_ID``; on a stop signal
+it saves and exits 75 (:mod:`sciqa.slurm.job`), and the restarted job resumes in the same run.
 
 Secrets never enter the job file: sbatch's default ``--export=ALL`` hands the submitting
 environment (HF_TOKEN, MLFLOW_TRACKING_TOKEN, ...) to the job, or the profile's set-up
@@ -23,105 +16,18 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from sciqa import slurm
 from sciqa.errors import SciqaError
+from sciqa.slurm.job import LOG_ENV
 
-EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped by a Slurm signal at a safe point, state saved
 JOB_DIR_ENV = "SCIQA_SLURM_DIR"  # job files and logs (default ./sciqa-slurm, on shared disk)
-LOG_ENV = "SCIQA_SLURM_LOG"  # exported into the job: its log file, %j = job id
 POLL_ENV = "SCIQA_SLURM_POLL_SECONDS"
 DEFAULT_POLL = 5.0
-
-
-# ---------------------------------------------------------------- job side
-
-class StepStopped(SystemExit):
-    """A stop signal ended the step at a safe point, its state saved; exit code 75.
-
-    ``requeued``: the job put itself back in the queue (SIGUSR1); on SIGTERM Slurm decides
-    (``scontrol requeue`` and preemption with --requeue bring it back, scancel does not).
-    """
-
-    def __init__(self, signal_name: str, requeued: bool):
-        super().__init__(EXIT_STOPPED)
-        self.signal = signal_name  # the attribute training's Preempted has too (tracking reads it)
-        self.requeued = requeued
-
-
-def in_slurm_job() -> bool:
-    return bool(os.environ.get("SLURM_JOB_ID"))
-
-
-@contextmanager
-def stop_watch() -> Iterator[threading.Event]:
-    """Inside a Slurm job (main thread): :func:`sciqa.slurm.stop_signal`'s event; elsewhere one
-    that is never set.  The previous handlers come back on a normal exit; after
-    :class:`StepStopped` they stay, so the TERM that follows a requeue cannot cut the run's
-    clean-up short."""
-    if not in_slurm_job() or threading.current_thread() is not threading.main_thread():
-        event = threading.Event()
-        event.signal = None  # type: ignore[attr-defined]
-        yield event
-        return
-    old = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
-    event = slurm.stop_signal()
-    try:
-        yield event
-    except StepStopped:
-        raise
-    except BaseException:
-        _restore(old)
-        raise
-    else:
-        _restore(old)
-
-
-def _restore(old: dict) -> None:
-    for sig, handler in old.items():
-        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-
-
-def stop_step(event: threading.Event, what: str, save: Callable[[], None] | None = None) -> None:
-    """Called by a step loop once ``event`` is set: save, requeue on SIGUSR1, raise StepStopped."""
-    name = getattr(event, "signal", None) or "SIGTERM"
-    if save is not None:
-        try:
-            save()
-        except Exception as exc:  # noqa: BLE001 - still requeue: the local state may be enough
-            print(f"sciqa: warning: could not save before stopping: {type(exc).__name__}: {exc}",
-                  file=sys.stderr, flush=True)
-    requeued = False
-    if name == "SIGUSR1":
-        try:
-            slurm.requeue_self()
-            requeued = True
-        except SciqaError as exc:
-            print(f"sciqa: cannot requeue: {exc}", file=sys.stderr, flush=True)
-    job = slurm.current_job_id() or "?"
-    then = "requeued itself; the restarted job resumes" if requeued else \
-        "the job resumes here if Slurm requeues it"
-    print(f"sciqa: job {job} stopped by {name} after {what}; {then}", file=sys.stderr, flush=True)
-    raise StepStopped(name, requeued)
-
-
-def job_log_path() -> Path | None:
-    """This job's log file (``$SCIQA_SLURM_LOG`` with %j = the job id), when it exists."""
-    pattern, job = os.environ.get(LOG_ENV), os.environ.get("SLURM_JOB_ID")
-    if not pattern or not job:
-        return None
-    path = Path(pattern.replace("%j", job))
-    return path if path.is_file() else None
-
-
-# ---------------------------------------------------------------- submit side
 
 def job_dir() -> Path:
     return Path(os.path.abspath(os.environ.get(JOB_DIR_ENV) or "sciqa-slurm"))

@@ -8,8 +8,8 @@
 One line applies it to a command built from a dataclass config (``cli.py``)::
 
     @main.command("train-prefix")
-    @slurm_options("train_prefix", _train_prefix_config(), "sciqa.steps.train:check_prefix")
     @config_options(_train_prefix_config())
+    @slurm_options("train_prefix", _train_prefix_config(), "sciqa.steps.train:check_prefix")
     def train_prefix(**kwargs): ...
 
 ``check_fn`` (a callable or a lazy ``"module:function"``) validates the config with no side
@@ -67,7 +67,7 @@ def slurm_options(step_name: str, config_cls, check_fn: Callable | str | None = 
                     raise SciqaError(f"{', '.join(given)}: only for a Slurm job; add --slurm-gpu TYPE "
                                      "(`sciqa slurm profiles` lists the types)")
                 return fn(*args, **kwargs)
-            from sciqa.submit import submit_step
+            from sciqa.slurm.launch import submit_step
 
             ctx = click.get_current_context()
             cfg = config_cls(**{k: v for k, v in kwargs.items() if k in fields})
@@ -92,14 +92,8 @@ def slurm_options(step_name: str, config_cls, check_fn: Callable | str | None = 
                               "run's MLflow status; exit 1 if it failed"),
         ]
         wrapper.__sciqa_slurm__ = (step_name, config_cls, check_fn)  # for tests: check_fn must resolve
-
-        def holder():
-            pass
-
-        for opt in reversed(options):
-            opt(holder)
-        # click lists params in reverse order of __click_params__: prepending puts ours last in --help
-        wrapper.__click_params__ = [*holder.__click_params__, *getattr(wrapper, "__click_params__", [])]
+        for opt in reversed(options):  # innermost decorator: these options come last in --help
+            wrapper = opt(wrapper)
         return wrapper
 
     return decorate
@@ -128,7 +122,7 @@ def profiles_cmd(slurm_profile: str | None) -> None:
 @click.argument("run_id")
 def status_cmd(run_id: str) -> None:
     """Slurm state of a submitted run (job id from its tags) and its MLflow status."""
-    from sciqa.submit import status_lines
+    from sciqa.slurm.launch import status_lines
 
     for line in status_lines(run_id):
         click.echo(line)

@@ -27,10 +27,8 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time as _time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,7 +140,7 @@ class Profile:
 def profile_dirs() -> list[Path]:
     """Directories searched for ``NAME.toml``, in order (see the module docstring)."""
     dirs = [Path(d) for d in os.environ.get(PROFILE_DIR_ENV, "").split(os.pathsep) if d]
-    dirs.append(Path(__file__).resolve().parents[2] / "slurm" / "profiles")
+    dirs.append(Path(__file__).resolve().parents[3] / "slurm" / "profiles")
     dirs.append(Path.cwd() / "slurm" / "profiles")
     seen: list[Path] = []
     for d in dirs:
@@ -441,6 +439,15 @@ def current_job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
+def allocated_gpus() -> int:
+    """GPUs Slurm gave this job (``SLURM_GPUS_ON_NODE``, else the count in ``SLURM_JOB_GPUS``), 0 if none."""
+    on_node = os.environ.get("SLURM_GPUS_ON_NODE", "")
+    if on_node.isdigit():
+        return int(on_node)
+    ids = [g for g in os.environ.get("SLURM_JOB_GPUS", "").split(",") if g.strip()]
+    return len(ids)
+
+
 def restart_count() -> int:
     """How often Slurm has restarted this job (0 on the first run or outside Slurm)."""
     try:
@@ -464,21 +471,3 @@ def requeue_self() -> None:
     if res.returncode != 0:
         raise SciqaError(f"scontrol requeue {job_id} failed (exit {res.returncode}): "
                          f"{_one_line(res.stderr or res.stdout)}")
-
-
-def stop_signal() -> threading.Event:
-    """An event set on SIGUSR1/SIGTERM (forwarded by the job script); ``.signal`` names the signal.
-
-    Loops check it at a safe point, save a checkpoint, and on SIGUSR1 call :func:`requeue_self`.
-    Call from the main thread.
-    """
-    event = threading.Event()
-    event.signal = None  # type: ignore[attr-defined]
-
-    def handler(signum, _frame):
-        event.signal = signal.Signals(signum).name  # type: ignore[attr-defined]
-        event.set()
-
-    for sig in (signal.SIGUSR1, signal.SIGTERM):
-        signal.signal(sig, handler)
-    return event

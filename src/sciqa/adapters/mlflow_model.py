@@ -1,0 +1,100 @@
+"""A trained adapter as an MLflow model: a ``pyfunc`` wrapper around sciqa's own loader.
+
+MLflow's transformers flavour saves PEFT adapters, but not our own ``pkv`` prefix nor the prefix
+cache handling both prefix variants need, so every variant is logged the same way: the adapter
+folder (weights + ``adapter_config.json``, which names the base model) as the model's artifact,
+and :class:`AdapterModel` loads the base model, applies the adapter and answers problems. The
+signature says what it takes (problem fields, the setting) and gives (the raw answer).
+
+    model = mlflow.pyfunc.load_model("models:/sciqa-tiny-qwen2-vl-pkv-kd/1")
+    model.predict(pd.DataFrame([{"question": ..., "choices": '["a", "b"]', ...}]))
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import mlflow.pyfunc
+
+INPUT_COLUMNS = ("id", "question", "choices", "hint", "task", "lecture", "solution", "setting")
+
+
+class AdapterModel(mlflow.pyfunc.PythonModel):
+    """Base model + adapter; ``predict`` answers each row (``choices`` is a JSON list)."""
+
+    def load_context(self, context) -> None:
+        from sciqa import models
+        from sciqa.adapters import load_adapter, read_adapter_config
+        from sciqa.backends.hf import HFBackend
+
+        folder = context.artifacts["adapter"]
+        base = read_adapter_config(folder)["base_model"]
+        self.backend = HFBackend(load_adapter(models.load(base), folder), max_new_tokens=256)
+
+    def predict(self, context, model_input, params=None) -> list[str]:
+        from sciqa.data.problems import Problem
+        from sciqa.prompts import build_prompt
+
+        rows = model_input.to_dict("records")
+        problems = [Problem(id=str(r.get("id") or i), split="", question=r["question"],
+                            choices=tuple(json.loads(r["choices"])), answer=0, hint=r.get("hint") or "",
+                            task=r.get("task") or "", lecture=r.get("lecture") or "", solution=r.get("solution") or "")
+                    for i, r in enumerate(rows)]
+        if params and params.get("max_new_tokens"):
+            self.backend.max_new_tokens = int(params["max_new_tokens"])
+        prompts = [build_prompt(p, r.get("setting") or "QTCH") for p, r in zip(problems, rows)]
+        return [g.raw_output for g in self.backend.generate(problems, prompts)]
+
+
+def _example():
+    import pandas as pd
+
+    return pd.DataFrame([{"id": "1", "question": "Which is a mammal?", "choices": json.dumps(["cat", "trout"]),
+                          "hint": "", "task": "closed choice", "lecture": "", "solution": "", "setting": "QTCH"}])
+
+
+def log_adapter_model(folder: Path, base_model: str, variant: str, registered_name: str = "") -> str:
+    """Log ``folder`` as the active run's model ``adapter_model`` (registered when a name is given);
+    returns its model URI."""
+    from mlflow.models import infer_signature
+
+    with warnings.catch_warnings():  # hints about input examples and type hints: the signature is explicit
+        warnings.simplefilter("ignore")
+        signature = infer_signature(_example(), ["{\"answer\": \"cat\", \"solution\": \"...\"}"],
+                                    params={"max_new_tokens": 256})
+        info = mlflow.pyfunc.log_model(name="adapter_model", python_model=AdapterModel(),
+                                       artifacts={"adapter": str(folder)}, signature=signature,
+                                       pip_requirements=["sciqa"], registered_model_name=registered_name or None,
+                                       metadata={"base_model": base_model, "variant": variant})
+    return info.model_uri
+
+
+def registered_name(model: str, variant: str, teacher: bool) -> str:
+    """Model Registry name of an adapter: ``sciqa-<model>-<variant>-<kd|golden>``."""
+    short = Path(model).name.replace("_", "-").lower()
+    return f"sciqa-{short}-{variant}-{'kd' if teacher else 'golden'}"
+
+
+def run_of_model(uri: str) -> str:
+    """The training run behind ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``."""
+    from mlflow import MlflowClient
+
+    from sciqa.errors import SciqaError
+
+    if not uri.startswith("models:/") or uri.count("/") < 2 and "@" not in uri:
+        raise SciqaError(f"--adapter takes models:/NAME/VERSION or models:/NAME@ALIAS, got '{uri}'")
+    rest = uri[len("models:/"):]
+    client = MlflowClient()
+    try:
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, number = rest.rsplit("/", 1)
+            version = client.get_model_version(name, number)
+    except Exception as exc:  # noqa: BLE001 - unknown names/versions come as several exception types
+        raise SciqaError(f"registered adapter '{uri}' not found ({str(exc).splitlines()[0][:200]})") from None
+    if not version.run_id:
+        raise SciqaError(f"registered adapter '{uri}' has no training run behind it")
+    return version.run_id
