@@ -70,4 +70,6 @@ def experiment(mlflow_server, monkeypatch, request) -> str:
     exp_id = mlflow.create_experiment(name)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", name)
     mlflow.set_experiment(experiment_id=exp_id)  # in-process runs too, whatever an earlier test made active
+    # ... but set_experiment also exports MLFLOW_EXPERIMENT_ID, which `mlflow run --experiment-name` refuses
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     return exp_id

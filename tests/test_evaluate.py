@@ -52,7 +52,7 @@ def test_evaluate_csv_logs_new_run(experiment, tmp_path):
 
 
 def test_evaluate_run_into_itself(experiment, tmp_path):
-    with mlflow.start_run() as run:
+    with mlflow.start_run(experiment_id=experiment) as run:  # not whichever experiment an earlier test made active
         mlflow.set_tag("sciqa.step", "benchmark")
         mlflow.log_param("dataset", "sample")
         mlflow.log_artifact(str(_outputs(tmp_path, with_parsed=True)), "outputs")
