@@ -209,6 +209,23 @@ def test_compare_runs_leaves_out_empty_groups_and_can_skip_groups():
         stats.compare_runs(runs, "nope")
 
 
+def test_a_difference_below_the_reported_precision_is_never_significant():
+    runs = study_runs(60)
+    runs["base"] = runs["golden"].assign(bleu1=runs["golden"]["bleu1"] + 1e-5, cosine=runs["golden"]["cosine"] + 0.01)
+    table = stats.compare_runs(runs, "golden", n_resamples=500, by_group=False).set_index(["run", "metric"])
+    assert table.loc[("base", "bleu1"), "ci_low"] > 0 and not table.loc[("base", "bleu1"), "significant"]
+    assert table.loc[("base", "cosine"), "significant"]
+
+
+def test_metrics_undefined_for_a_run_are_left_out_not_nan():
+    """A run of empty answers has no ROUGE-L or METEOR (they skip empty predictions), hence no overall."""
+    runs = study_runs(60)
+    runs["kd"] = runs["kd"].assign(rougeL=np.nan, meteor=np.nan)
+    table = stats.compare_runs(runs, "golden", n_resamples=500, by_group=False)
+    assert set(table[table["run"] == "kd"]["metric"]) == {"acc", "bleu1", "bleu4", "cosine"}
+    assert table[["diff", "ci_low", "ci_high"]].notna().all().all()
+
+
 # --------------------------------------------------------------------------- reports
 
 

@@ -30,7 +30,6 @@ SEED = 0
 N_RESAMPLES = 10000
 CONFIDENCE = 0.95
 MIN_N = 10  # fewer problems than this: no difference is called significant
-TINY = 1e-9  # differences smaller than this are rounding noise
 COLUMNS = ["run", "baseline", "metric", "group", "n", "a", "b", "diff", "ci_low", "ci_high", "p_value", "significant"]
 _BATCH_CELLS = 2_000_000  # resample counts held at once (16 MB): bounded memory at any n
 
@@ -168,20 +167,29 @@ def _groups(frame: pd.DataFrame) -> dict[str, np.ndarray]:
             "grade=1-6": grade.between(1, 6).to_numpy(), "grade=7-12": grade.between(7, 12).to_numpy()}
 
 
+def _resolution(metric: str) -> float:
+    """Half the last digit shown: 0.05 points, 0.0005 on the 0-1 scale."""
+    return 0.05 if _points(metric) else 0.0005
+
+
 def _significant(metric: str, r: Paired) -> bool:
     """At 5 %: McNemar's p for accuracy, a CI clear of zero for the rest. Never on fewer than
     ``MIN_N`` problems (a bootstrap of a handful of problems only restates them) nor for a CI that
-    excludes zero by rounding noise (``TINY``: BLEU of near-empty texts differs by 1e-80)."""
+    stays within the reported precision of zero (:func:`_resolution`): a BLEU-1 of 0.00001 against
+    0.00002 is no finding, and the table would show it as -0.000 "significant"."""
     if r.n < MIN_N:
         return False
     if metric == "acc":
         return r.p_value < 0.05
-    return r.ci_low > TINY or r.ci_high < -TINY
+    return r.ci_low >= _resolution(metric) or r.ci_high <= -_resolution(metric)
 
 
 def compare_runs(frames: Mapping[str, pd.DataFrame], baseline: str, *, seed: int = SEED,
                  n_resamples: int = N_RESAMPLES, by_group: bool = True) -> pd.DataFrame:
-    """One tidy row per (run vs baseline, metric, group) on the problems all runs share."""
+    """One tidy row per (run vs baseline, metric, group) on the problems all runs share.
+
+    A metric undefined for a run is left out (ROUGE-L and METEOR skip empty predictions, so a run
+    of empty answers has neither, nor an overall score), never shown as NaN."""
     if baseline not in frames:
         raise ValueError(f"baseline {baseline!r} is not one of the runs {list(frames)}")
     joined = join_rows(frames)
@@ -201,7 +209,7 @@ def compare_runs(frames: Mapping[str, pd.DataFrame], baseline: str, *, seed: int
         for metric, group, r in results:
             significant = _significant(metric, r)
             rows += [{**asdict(r), "run": run, "baseline": baseline, "metric": metric, "group": group,
-                      "significant": bool(significant)}] if r.n else []
+                      "significant": bool(significant)}] if r.n and np.isfinite(r.diff) else []
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
