@@ -33,6 +33,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from sciqa.cache import build_folder
 from sciqa.errors import SciqaError
 
 __all__ = [
@@ -464,23 +465,17 @@ def _exported_model() -> Path:
     import torch
 
     target = _embedding_cache() / "onnx" / f"{_model_digest()}-r{_ONNX_RECIPE}-torch{torch.__version__}"
-    if (target / "check.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_exports(target.parent)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
-    try:
-        _export_onnx(_torch_embedder(), staging / "model.onnx")
-        diff = _onnx_difference(staging / "model.onnx")
-        (staging / "check.json").write_text(json.dumps({"max_abs_diff": diff, "probes": len(_PROBES)}))
-        try:
-            staging.rename(target)
-        except OSError:  # a concurrent export won the rename: use its copy
-            if not (target / "check.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    if not (target / "check.json").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_exports(target.parent)
+    return build_folder(target, _export_checked, "check.json")
+
+
+def _export_checked(folder: Path) -> None:
+    """``model.onnx`` and ``check.json`` (the largest difference to torch's vectors on the probes)."""
+    _export_onnx(_torch_embedder(), folder / "model.onnx")
+    diff = _onnx_difference(folder / "model.onnx")
+    (folder / "check.json").write_text(json.dumps({"max_abs_diff": diff, "probes": len(_PROBES)}))
 
 
 def _remove_stale_exports(folder: Path, age_s: float = 3600.0) -> None:
@@ -601,18 +596,14 @@ def _build_wordnet(target: Path) -> None:
     for folder in (target.parent.parent, target.parent):  # nltk_data/, corpora/
         folder.mkdir(parents=True, exist_ok=True)
         folder.chmod(0o755)  # pathsec refuses folders others can write
-    staging = Path(tempfile.mkdtemp(prefix=".wordnet-", dir=target.parent))
-    try:
-        for name in _WORDNET_FILES:
-            shutil.copyfile(_DEBIAN_WORDNET / name, staging / name)
-        lines = [f"{i:02d}\t{name}\t{_CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(_LEXNAMES)]
-        (staging / "lexnames").write_text("".join(lines), encoding="utf-8")
-        for path in staging.iterdir():
-            path.chmod(0o644)
-        staging.chmod(0o755)
-        staging.rename(target)
-    except OSError:
-        if not (target / "lexnames").is_file():  # a concurrent build that won the rename is fine
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    build_folder(target, _copy_wordnet, "lexnames")
+
+
+def _copy_wordnet(staging: Path) -> None:
+    for name in _WORDNET_FILES:
+        shutil.copyfile(_DEBIAN_WORDNET / name, staging / name)
+    lines = [f"{i:02d}\t{name}\t{_CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(_LEXNAMES)]
+    (staging / "lexnames").write_text("".join(lines), encoding="utf-8")
+    for path in staging.iterdir():
+        path.chmod(0o644)
+    staging.chmod(0o755)

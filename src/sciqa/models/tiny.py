@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
-from sciqa.cache import cache_root
+from sciqa.cache import build_folder, cache_root
 from sciqa.data.sources import SAMPLE_DIR
 
 SEED = 1234
@@ -49,21 +47,7 @@ def tiny_recipe(name: str) -> str:
 
 def tiny_model_path(name: str) -> Path:
     """Build the tiny model once (atomically: temp folder, then rename) and return its folder."""
-    target = cache_root() / "tiny" / f"{name}-{tiny_recipe(name)}"
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
-    try:
-        BUILDERS[name](tmp)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process won the race: keep its copy
-            shutil.rmtree(tmp, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return build_folder(cache_root() / "tiny" / f"{name}-{tiny_recipe(name)}", BUILDERS[name], "config.json")
 
 
 def _train_bpe(specials: list[str], metaspace: bool = False):
