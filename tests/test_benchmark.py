@@ -23,9 +23,9 @@ def _csv(workdir):
 
 
 @pytest.mark.parametrize("model", ["tiny-qwen2-vl", "tiny-llava"])
-def test_benchmark_logs_run_and_csv(model, experiment, tmp_path):
-    out = run_cli("benchmark", "--model", model, "--limit", "5", "--max-new-tokens", "8", "--batch-size", "2",
-                  "--workdir", str(tmp_path / "w"), cwd=tmp_path)
+def test_benchmark_logs_run_and_csv(cli, model, experiment, tmp_path):
+    out = cli("benchmark", "--model", model, "--limit", "5", "--max-new-tokens", "8", "--batch-size", "2",
+              "--workdir", str(tmp_path / "w"), cwd=tmp_path)
     run_id = out.stdout.strip().split()[-1]
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED"
@@ -40,12 +40,13 @@ def test_benchmark_logs_run_and_csv(model, experiment, tmp_path):
     assert list(df["id"]) == [p.id for p in load_problems("sample", "validation", limit=5)]
     assert set(df["finish_reason"]) <= {"stop", "length"} and (df["n_output_tokens"] <= 8).all()
     assert (df["model"] == model).all()
-    again = run_cli("benchmark", "--model", model, "--limit", "5", "--max-new-tokens", "8", "--batch-size", "2",
-                    "--workdir", str(tmp_path / "w2"), cwd=tmp_path)
+    again = cli("benchmark", "--model", model, "--limit", "5", "--max-new-tokens", "8", "--batch-size", "2",
+                "--workdir", str(tmp_path / "w2"), cwd=tmp_path)
     assert "reusing finished run " + run_id in again.stdout  # no generation
     assert len(mlflow.search_runs([experiment], output_format="list")) == 1
 
 
+@pytest.mark.slow  # kill -9 of a real process
 def test_kill_9_then_rerun_leaves_every_id_once(experiment, tmp_path):
     args = ["benchmark", "--limit", "24", "--batch-size", "2", "--max-new-tokens", "16", "--workdir", str(tmp_path)]
     proc = subprocess.Popen([sys.executable, "-m", "sciqa", *args], cwd=tmp_path, env=os.environ.copy(),

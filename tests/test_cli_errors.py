@@ -4,7 +4,7 @@ import time
 import mlflow
 import pytest
 
-from helpers import free_port, run_cli
+from helpers import free_port
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -15,8 +15,8 @@ from helpers import free_port, run_cli
     (["--backend", "tgi"], "unknown backend 'tgi'; accepted: hf"),
     (["--dtype", "int3"], "unknown dtype 'int3'; accepted: auto"),
 ])
-def test_bad_benchmark_input(args, needle, experiment, tmp_path):
-    proc = run_cli("benchmark", *args, "--workdir", str(tmp_path / "w"), cwd=tmp_path, check=False)
+def test_bad_benchmark_input(args, needle, cli, experiment, tmp_path):
+    proc = cli("benchmark", *args, "--workdir", str(tmp_path / "w"), cwd=tmp_path, check=False)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], proc.stderr
@@ -24,17 +24,17 @@ def test_bad_benchmark_input(args, needle, experiment, tmp_path):
     assert not any((tmp_path / "w").rglob("*.csv"))
 
 
-def test_unwritable_workdir(experiment, tmp_path):
+def test_unwritable_workdir(cli, experiment, tmp_path):
     (tmp_path / "file").write_text("x")
-    proc = run_cli("benchmark", "--workdir", str(tmp_path / "file" / "w"), cwd=tmp_path, check=False)
+    proc = cli("benchmark", "--workdir", str(tmp_path / "file" / "w"), cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "is not writable" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert mlflow.search_runs([experiment], output_format="list") == []
 
 
-def test_server_down_fails_fast(tmp_path):
+def test_server_down_fails_fast(cli, tmp_path):
     t0 = time.time()
-    proc = run_cli("benchmark", "--limit", "1", cwd=tmp_path, check=False,
-                   env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"})
+    proc = cli("benchmark", "--limit", "1", cwd=tmp_path, check=False,
+               env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"})
     assert proc.returncode == 2 and time.time() - t0 < 30  # seconds, not MLflow's minutes of retries
     assert "cannot be reached" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -5,7 +5,6 @@ import mlflow
 import pandas as pd
 import pytest
 
-from helpers import run_cli
 from sciqa.data import load_problems
 from sciqa.metrics import explanation_scores, summarize_explanations
 from sciqa.outputs import COLUMNS
@@ -31,9 +30,9 @@ def _outputs(tmp_path, with_parsed: bool):
     return path
 
 
-def test_evaluate_csv_logs_new_run(experiment, tmp_path):
+def test_evaluate_csv_logs_new_run(cli, experiment, tmp_path):
     assert all(len(p.choices) == 2 for p in PROBLEMS[:3])  # the letter/number cases below rely on it
-    out = run_cli("evaluate", "--csv", str(_outputs(tmp_path, with_parsed=False)), cwd=tmp_path)
+    out = cli("evaluate", "--csv", str(_outputs(tmp_path, with_parsed=False)), cwd=tmp_path)
     run = mlflow.get_run(out.stdout.strip().split()[-1])
     assert run.data.tags["sciqa.step"] == "evaluate"
     m = run.data.metrics
@@ -51,17 +50,17 @@ def test_evaluate_csv_logs_new_run(experiment, tmp_path):
     assert list(rows["correct"]) == [True, True, False, False]
 
 
-def test_evaluate_run_into_itself(experiment, tmp_path):
+def test_evaluate_run_into_itself(cli, experiment, tmp_path):
     with mlflow.start_run(experiment_id=experiment) as run:  # not whichever experiment an earlier test made active
         mlflow.set_tag("sciqa.step", "benchmark")
         mlflow.log_param("dataset", "sample")
         mlflow.log_artifact(str(_outputs(tmp_path, with_parsed=True)), "outputs")
-    run_cli("evaluate", "--run", run.info.run_id, cwd=tmp_path)
+    cli("evaluate", "--run", run.info.run_id, cwd=tmp_path)
     got = mlflow.get_run(run.info.run_id)
     assert got.data.metrics["acc"] == pytest.approx(50.0) and got.info.status == "FINISHED"
     assert got.data.params["eval_rouge_stemmer"] == "False"
     assert len(mlflow.search_runs([experiment], output_format="list")) == 1
-    again = run_cli("evaluate", "--run", run.info.run_id, cwd=tmp_path)
+    again = cli("evaluate", "--run", run.info.run_id, cwd=tmp_path)
     assert "already has metrics" in again.stdout
 
 
@@ -70,7 +69,7 @@ def test_evaluate_run_into_itself(experiment, tmp_path):
     ("unknown_ids", "id(s) not in the dataset"),
     ("no_outputs", "has no outputs/*.csv"),
 ])
-def test_bad_input(case, needle, experiment, tmp_path):
+def test_bad_input(cli, case, needle, experiment, tmp_path):
     path = tmp_path / "bad.csv"
     if case == "no_columns":
         pd.DataFrame({"id": ["1"], "answer": ["x"]}).to_csv(path, index=False)
@@ -83,7 +82,7 @@ def test_bad_input(case, needle, experiment, tmp_path):
             mlflow.log_param("x", 1)
         args = ["--run", run.info.run_id]
     before = len(mlflow.search_runs([experiment], output_format="list"))
-    proc = run_cli("evaluate", *args, cwd=tmp_path, check=False)
+    proc = cli("evaluate", *args, cwd=tmp_path, check=False)
     assert proc.returncode == 2 and needle in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert len(mlflow.search_runs([experiment], output_format="list")) == before

@@ -1,7 +1,6 @@
 """Metrics against the reference libraries called directly, hand-computed values, and edge cases."""
 
 import math
-import os
 
 import numpy as np
 import pandas as pd
@@ -29,18 +28,6 @@ REFERENCES = [
     "café naïve über",
     "Apostrophe is a direct address. The text uses apostrophe, a direct address to a goddess.",
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def private_wordnet_cache(tmp_path_factory):
-    """Build WordNet in a temporary cache, not in the user's, and restore the environment after."""
-    old = os.environ.get("SCIQA_CACHE")
-    os.environ["SCIQA_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if old is None:
-        del os.environ["SCIQA_CACHE"]
-    else:
-        os.environ["SCIQA_CACHE"] = old
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from helpers import last_run_id, run_cli
+from helpers import last_run_id
 from sciqa import tracking
 from sciqa.steps.score import ScoreConfig, score
 from sciqa.steps.train import TrainConfig, train
@@ -24,11 +24,11 @@ def _inputs(run_id: str) -> dict[str, tuple[str, str]]:
             for d in run.inputs.dataset_inputs}
 
 
-def test_datasets_are_run_inputs_and_their_digest_keys_the_cache(experiment, tmp_path, monkeypatch):
+def test_datasets_are_run_inputs_and_their_digest_keys_the_cache(cli, experiment, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
     data, keep = _original_layout(tmp_path / "data")
     args = ["benchmark", "--dataset", str(data), "--limit", "3", "--max-new-tokens", "2", "--workdir", str(tmp_path / "w")]
-    first = last_run_id(run_cli(*args, cwd=tmp_path))
+    first = last_run_id(cli(*args, cwd=tmp_path))
     run = mlflow.get_run(first)
     (name, digest), = _inputs(first).values()
     assert "eval" in _inputs(first) and name == "data/validation" and digest == run.data.params["data_digest"]
@@ -37,8 +37,9 @@ def test_datasets_are_run_inputs_and_their_digest_keys_the_cache(experiment, tmp
     problems = json.loads((data / "problems.json").read_text())
     problems[keep["val"][1]]["hint"] = "a changed hint"
     (data / "problems.json").write_text(json.dumps(problems))
-    second = last_run_id(run_cli(*args, cwd=tmp_path))
-    assert second != first and _inputs(second)["eval"][1] != digest
+    again = cli(*args, cwd=tmp_path)  # an edited dataset folder is never answered by the stale run
+    second = last_run_id(again)
+    assert "reusing" not in again.stdout and second != first and _inputs(second)["eval"][1] != digest
 
 
 @pytest.mark.timeout(900)

@@ -20,6 +20,8 @@ import pytest
 
 from helpers import runs_of
 
+pytestmark = pytest.mark.slow  # `mlflow run` processes
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["-P", "limit=4", "-P", "val_limit=2", "-P", "epochs=2", "-P", "batch_size=2", "-P", "max_length=0",
          "-P", "teacher_max_new_tokens=64", "-P", "log_every=0"]
@@ -107,20 +109,23 @@ def test_kd_training_under_mlflow_run_is_a_kd_run_and_is_reused(project, experim
     assert scored.data.tags["mlflow.project.entryPoint"] == "score"
     assert len(live_runs(experiment)) == len(runs) + 2  # the LoRA run and the score run: nothing stray
     assert_tags_equal_params(scored)
+    assert not (project / "sciqa-work").exists()  # step state went to sciqa's cache, not into the checkout
 
 
 @pytest.mark.timeout(900)
 def test_killed_mlflow_run_training_is_continued_by_the_next(project, experiment):
-    params = ["-P", "limit=16", "-P", "val_limit=2", "-P", "epochs=4", "-P", "batch_size=2", "-P", "log_every=0"]
+    work = project.parent / "work"  # this test's own (the default, sciqa's cache, holds other tests' state)
+    params = ["-P", "limit=16", "-P", "val_limit=2", "-P", "epochs=4", "-P", "batch_size=2", "-P", "log_every=0",
+              "-P", f"workdir={work}"]
     proc = mlflow_run(project, "train_prefix", *params, background=True)
     deadline = time.time() + 400
-    while time.time() < deadline and not list((project / "sciqa-work").glob("*/checkpoints/epoch_1")):
+    while time.time() < deadline and not list(work.glob("*/checkpoints/epoch_1")):
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     (killed,) = live_runs(experiment)
     assert killed.info.status == "RUNNING"
-    shutil.rmtree(project / "sciqa-work")  # as on a fresh node: the checkpoint comes from the artifacts
+    shutil.rmtree(work)  # as on a fresh node: the checkpoint comes from the artifacts
     out = mlflow_run(project, "train_prefix", *params)
     text = out.stdout + out.stderr
     assert f"continues the unfinished run {killed.info.run_id}" in text and "resumed from epoch_" in text

@@ -87,6 +87,7 @@ def test_notebooks_are_stored_without_outputs():
                    for c in nb.cells if c.cell_type == "code"), f"{path.name}: strip its outputs"
 
 
+@pytest.mark.slow  # a notebook kernel
 @pytest.mark.timeout(900)
 def test_kd_vs_golden(run_notebook):
     nb, cwd = run_notebook("kd_vs_golden.ipynb")
@@ -103,6 +104,7 @@ def test_kd_vs_golden(run_notebook):
     assert _images(stats) == 1 and "ci_low" in _text(stats)  # plots/deltas.png and a recomputed comparison
 
 
+@pytest.mark.slow  # a notebook kernel
 @pytest.mark.timeout(900)
 def test_benchmark_models(run_notebook, shared):
     nb, _ = run_notebook("benchmark_models.ipynb")
@@ -114,6 +116,7 @@ def test_benchmark_models(run_notebook, shared):
     assert _images(_cell(nb, "accuracy")) == 1 and _images(_cell(nb, "explanations")) == 1
 
 
+@pytest.mark.slow  # a notebook kernel
 @pytest.mark.timeout(900)
 def test_lora_walkthrough(run_notebook, shared):
     nb, _ = run_notebook("lora_walkthrough.ipynb")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from sciqa.mlproject import PYTHON
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -26,9 +28,9 @@ def test_mlproject_entry_points_call_existing_commands():
     project = yaml.safe_load((ROOT / "MLproject").read_text())
     assert {"main", "benchmark"} <= set(project["entry_points"])
     for name, entry in project["entry_points"].items():
-        command = entry["command"].split()
-        assert command[:3] == ["python", "-m", "sciqa"], name
-        result = CliRunner().invoke(main, [command[3], "--help"])
+        assert entry["command"].startswith(PYTHON + " "), name  # src/ on the path in any environment
+        command = entry["command"][len(PYTHON):].split()
+        result = CliRunner().invoke(main, [command[0], "--help"])
         assert result.exit_code == 0, (name, result.output)
         options = set(re.findall(r"(--[a-z-]+)", result.output))
         used = set(re.findall(r"(--[a-z-]+) ", entry["command"] + " "))

@@ -31,6 +31,14 @@ CAN = ['As they observed the animals, the photographer said, "Did you know that 
 MOON = ["first-quarter moon", "third-quarter moon"]  # ordinal words inside the choices
 STRUCTURE = ["problem-solution", "cause-effect", "sequential"]
 RATIOS = ["1:3", "2:2", "4:0", "3:1", "0:4"]
+TAILS = ["a spotted tail", "an unspotted tail"]
+ANIMAL_TRAITS = [
+    "Chinese alligators live in lakes and streams in eastern China. They lay eggs with shells and live in "
+    "underground burrows in the winter. Chinese alligators have scaly, waterproof skin.",
+    "Blue-footed boobies live on tropical islands in the Pacific Ocean. They have two wings, feathers, and a beak. "
+    "Blue-footed boobies lay eggs with pale blue shells. They keep the eggs warm with their large blue feet."]
+STATES = ["a liquid", "a gas", "a solid"]
+DIRECTIONS = ["toward his finger", "away from his finger"]
 SOL = "The text uses apostrophe, a direct address to an absent person."
 
 # (raw output, choices, expected answer_index, expected solution)
@@ -224,6 +232,12 @@ RULE_CASES = [
     ('{"answer": {"word": "problem-solution"}}', STRUCTURE, "nested"),
     ('{"option": "B"}', FIG, "other_key"),
     ('{"answer": "simile"}', FIG, UNMAPPED),
+    # Real sample choices (problems 104, 815, 1057, 394): round 3's rules.
+    ('{"answer": "unspotted tail"}', TAILS, "contained"),
+    ('{"answer": "D. Blue-footed boobies"}', ANIMAL_TRAITS, "unknown_label"),
+    ('{"solid": false, "liquid": false, "gas": "It fills the balloon."}', STATES, "choice_key"),
+    ('```json\n{"direction": "away from his finger"}\n```', DIRECTIONS, "key_value"),
+    ('{"answer": "A. Blue-footed boobies"}', ANIMAL_TRAITS, "conflict"),
 ]
 
 

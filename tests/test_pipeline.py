@@ -15,8 +15,8 @@ def _children(experiment, parent_id):
 
 
 @pytest.mark.timeout(900)
-def test_main_end_to_end_reuse_and_partial_recompute(experiment, tmp_path):
-    out = run_cli(*SMALL, "--workdir", str(tmp_path / "w"), cwd=tmp_path)
+def test_main_end_to_end_reuse_and_partial_recompute(cli, experiment, tmp_path):
+    out = cli(*SMALL, "--workdir", str(tmp_path / "w"), cwd=tmp_path)
     parent_id = out.stdout.split("main run: ")[1].split()[0]
     parent = mlflow.get_run(parent_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["sciqa.step"] == "main"
@@ -55,28 +55,29 @@ def test_main_end_to_end_reuse_and_partial_recompute(experiment, tmp_path):
             if f"sciqa.{k}" in r.data.tags and k in r.data.params:
                 assert r.data.tags[f"sciqa.{k}"] == r.data.params[k], (r.info.run_name, k)
 
-    again = run_cli(*SMALL, "--workdir", str(tmp_path / "w"), cwd=tmp_path)
+    again = cli(*SMALL, "--workdir", str(tmp_path / "w"), cwd=tmp_path)
     second = again.stdout.split("main run: ")[1].split()[0]
     assert again.stdout.count("reusing finished run") == 6
     assert "row/s" not in again.stderr and "batch/s" not in again.stderr  # no generation, no training
     assert _children(experiment, second) == {}
     assert len(mlflow.search_runs([experiment], output_format="list")) == 8  # two parents + six children
 
-    changed = run_cli(*[a if a != "1" else "2" for a in SMALL], "--workdir", str(tmp_path / "w"), cwd=tmp_path)
+    changed = cli(*[a if a != "1" else "2" for a in SMALL], "--workdir", str(tmp_path / "w"), cwd=tmp_path)
     third = changed.stdout.split("main run: ")[1].split()[0]
     redone = sorted(r.data.tags["sciqa.step"] for r in _children(experiment, third).values())
     assert redone == ["score", "score", "train_prefix", "train_prefix"]  # both benchmarks reused
 
 
-def test_bad_teacher_csv_fails_before_any_run(experiment, tmp_path):
+def test_bad_teacher_csv_fails_before_any_run(cli, experiment, tmp_path):
     bad = tmp_path / "teacher.csv"
     pd.DataFrame({"index": ["1"], "answer": ["A"]}).to_csv(bad, index=False)
-    proc = run_cli(*SMALL, "--teacher-csv", str(bad), "--workdir", str(tmp_path / "w"), cwd=tmp_path, check=False)
+    proc = cli(*SMALL, "--teacher-csv", str(bad), "--workdir", str(tmp_path / "w"), cwd=tmp_path, check=False)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("sciqa: error: ")
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert mlflow.search_runs([experiment], output_format="list") == []
 
 
+@pytest.mark.slow  # kill -9 of a real process
 @pytest.mark.timeout(900)
 def test_main_killed_mid_training_resumes_to_the_same_comparison(experiment, tmp_path):
     """kill -9 while a child trains; the same command resumes the parent and every unfinished child

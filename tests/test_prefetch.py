@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run_cli
 
-
-def test_local_folders_copied_and_load_offline(tmp_path):
+def test_local_folders_copied_and_load_offline(cli, tmp_path):
     from sciqa import models
     from sciqa.data import load_problems
     from sciqa.data.sources import SAMPLE_DIR
@@ -20,8 +18,8 @@ def test_local_folders_copied_and_load_offline(tmp_path):
     data_src = tmp_path / "scienceqa-orig"
     shutil.copytree(SAMPLE_DIR, data_src)
     dest = tmp_path / "dest"
-    proc = run_cli("prefetch", "--model", str(model_src), "--dataset", str(data_src), "--dest", str(dest),
-                   cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"})
+    proc = cli("prefetch", "--model", str(model_src), "--dataset", str(data_src), "--dest", str(dest),
+               cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"})
     model_copy, data_copy = dest / "models" / model_src.name, dest / "datasets" / data_src.name
     assert f"--model {model_copy}" in proc.stdout and f"--dataset {data_copy}" in proc.stdout
     shutil.rmtree(data_src)  # the copies stand on their own
@@ -65,16 +63,16 @@ def test_hub_ids(tmp_path, monkeypatch):
     assert prefetch.prefetch_dataset("derek-thomas/ScienceQA").use_as == "derek-thomas/ScienceQA"
 
 
-def test_errors_are_one_line(tmp_path):
-    proc = run_cli("prefetch", "--model", "nobody/no-such-model-xyz", "--no-verify", cwd=tmp_path, check=False,
-                   env={"HF_HUB_OFFLINE": "1"})
+def test_errors_are_one_line(cli, tmp_path):
+    proc = cli("prefetch", "--model", "nobody/no-such-model-xyz", "--no-verify", cwd=tmp_path, check=False,
+               env={"HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "cannot download model 'nobody/no-such-model-xyz'" in proc.stderr
-    proc = run_cli("prefetch", "--dataset", "nobody/no-such-dataset-xyz", cwd=tmp_path, check=False,
-                   env={"HF_HUB_OFFLINE": "1"})
+    proc = cli("prefetch", "--dataset", "nobody/no-such-dataset-xyz", cwd=tmp_path, check=False,
+               env={"HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "cannot download dataset 'nobody/no-such-dataset-xyz'" in proc.stderr
-    proc = run_cli("prefetch", "--dataset", str(tmp_path), cwd=tmp_path, check=False)
+    proc = cli("prefetch", "--dataset", str(tmp_path), cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "pass --dest" in proc.stderr
 
 

@@ -118,6 +118,7 @@ def test_the_tokenizers_chat_template_and_end_of_turn(lm):
     assert models.fingerprint(MODEL).startswith("gguf:")
 
 
+@pytest.mark.slow  # real weights: generation
 @needs_weights
 def test_untuned_free_answers_mostly_name_a_choice(lm, machine_cache, experiment, tmp_path):
     """The benchmark step on 16 validation problems, free generation: a real model answers in words
@@ -131,6 +132,7 @@ def test_untuned_free_answers_mostly_name_a_choice(lm, machine_cache, experiment
     assert metrics["mapped_rate"] >= 0.5
 
 
+@pytest.mark.slow  # real weights: training
 @needs_weights
 def test_golden_training_lowers_loss_changes_answers_and_reloads_from_mlflow(lm, machine_cache, experiment,
                                                                               tmp_path):

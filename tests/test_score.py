@@ -4,20 +4,16 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from helpers import run_cli
 from sciqa import tracking
 from sciqa.outputs import read_outputs
 from sciqa.steps.benchmark import BenchmarkConfig, benchmark
 from sciqa.steps.score import ScoreConfig, score
-from sciqa.steps.train import TrainConfig, train
 
 
 @pytest.fixture
-def trained(experiment, tmp_path):
-    tracking.setup()
-    run = train(TrainConfig(variant="pkv", limit=4, val_limit=2, epochs=1, prefix_len=4, batch_size=2,
-                            max_length=400, lr=5e-2, workdir=str(tmp_path / "train")))
-    return run.run_id
+def trained(trained_adapter, experiment):
+    tracking.setup()  # the test's experiment, after the shared adapter's
+    return trained_adapter("pkv")
 
 
 def test_score_with_adapter_differs_from_base(trained, experiment, tmp_path):
@@ -40,28 +36,28 @@ def test_score_with_adapter_differs_from_base(trained, experiment, tmp_path):
     assert list(read_outputs(tmp_path / "out" / again.key / "validation_QTCH.csv")["raw_output"]) == list(ours["raw_output"])
 
 
-def test_score_adapter_of_another_base_model_is_refused(trained, experiment, tmp_path):
+def test_score_adapter_of_another_base_model_is_refused(cli, trained, experiment, tmp_path):
     before = len(mlflow.search_runs([experiment], output_format="list"))
-    proc = run_cli("score", "--adapter-run", trained, "--model", "tiny-llava", "--workdir", str(tmp_path),
-                   cwd=tmp_path, check=False)
+    proc = cli("score", "--adapter-run", trained, "--model", "tiny-llava", "--workdir", str(tmp_path),
+               cwd=tmp_path, check=False)
     assert proc.returncode == 2
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("sciqa: error")]
     assert len(errors) == 1 and "trained on 'tiny-qwen2-vl', not 'tiny-llava'" in errors[0]
     assert len(mlflow.search_runs([experiment], output_format="list")) == before
 
 
-def test_failed_evaluation_fails_the_score_run_and_the_rerun_finishes_it(trained, experiment, tmp_path):
+def test_failed_evaluation_fails_the_score_run_and_the_rerun_finishes_it(cli, trained, experiment, tmp_path):
     """Evaluation runs inside the score run: its failure is the run's (FAILED, the reason as a tag,
     one line, exit 2), and the same command resumes that run without generating again."""
     args = ["score", "--adapter-run", trained, "--limit", "3", "--max-new-tokens", "4",
             "--workdir", str(tmp_path / "w")]
-    failed = run_cli(*args, cwd=tmp_path, check=False, env={"SCIQA_EMBEDDING_BACKEND": "bogus"})
+    failed = cli(*args, cwd=tmp_path, check=False, env={"SCIQA_EMBEDDING_BACKEND": "bogus"})
     errors = [ln for ln in failed.stderr.splitlines() if ln.startswith("sciqa: error: ")]
     assert failed.returncode == 2 and len(errors) == 1 and "SCIQA_EMBEDDING_BACKEND" in errors[0]
     (run,) = [r for r in mlflow.search_runs([experiment], output_format="list") if r.data.tags["sciqa.step"] == "score"]
     assert run.info.status == "FAILED" and "SCIQA_EMBEDDING_BACKEND" in run.data.tags["sciqa.error"]
     assert "acc" not in run.data.metrics
-    again = run_cli(*args, cwd=tmp_path)
+    again = cli(*args, cwd=tmp_path)
     assert f"score run: {run.info.run_id}" in again.stdout and "row/s" not in again.stderr
     done = mlflow.get_run(run.info.run_id)
     assert done.info.status == "FINISHED" and "acc" in done.data.metrics

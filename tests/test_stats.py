@@ -1,5 +1,7 @@
-"""Paired comparisons: hand-computed McNemar and accuracy, bootstrap CIs against direct numpy/scipy
-bootstraps, degenerate cases without warnings, the row join, NaN handling and the report/plot outputs."""
+"""Paired comparisons of arms: one seed against hand-computed paired t statistics, several seeds as
+replicates (mean over seeds, the seed term, per-seed differences), linearised NaN-skipping metrics and
+the overall score equal to the runs' own values, the row join and the gold check, Holm and the one
+significance rule, and the report/plot outputs."""
 
 import math
 import warnings
@@ -40,100 +42,110 @@ def rows(n: int, seed: int, *, correct=None, shift: float = 0.0) -> pd.DataFrame
     return frame
 
 
-# --------------------------------------------------------------------------- accuracy
+# --------------------------------------------------------------------------- the model
 
 
-def test_known_accuracy_difference_counts_and_exact_mcnemar():
+def test_one_seed_accuracy_is_a_paired_t_on_problems_and_the_interval_inverts_it():
     a, b = known_pair()
-    result = stats.paired_accuracy(a, b)
-    assert (result.n, result.b01, result.b10) == (200, 30, 10)
-    assert (result.a, result.b, result.diff) == (55.0, 65.0, 10.0)
-    assert result.p_value == scipy.stats.binomtest(30, 40, 0.5).pvalue
-    by_hand = min(1.0, 2 * sum(math.comb(40, k) for k in range(11)) / 2**40)  # two-sided, symmetric
-    assert result.p_value == pytest.approx(by_hand, rel=1e-12)
-    assert result.ci_low < 10.0 < result.ci_high
-
-
-def test_accuracy_ci_matches_direct_numpy_and_scipy_bootstraps():
-    a, b = known_pair()
-    result = stats.paired_accuracy(a, b)
+    r = stats.arm_difference(100.0 * a, 100.0 * b)
     d = 100.0 * (b.astype(float) - a.astype(float))
-    boots = d[np.random.default_rng(12345).integers(0, len(d), (20000, len(d)))].mean(axis=1)
-    low, high = np.percentile(boots, [2.5, 97.5])
-    assert result.ci_low == pytest.approx(low, abs=0.6) and result.ci_high == pytest.approx(high, abs=0.6)
-    ref = scipy.stats.bootstrap((100.0 * a, 100.0 * b), lambda x, y, axis: y.mean(axis) - x.mean(axis),
-                                paired=True, method="percentile", n_resamples=5000, rng=1).confidence_interval
-    assert result.ci_low == pytest.approx(ref.low, abs=0.6) and result.ci_high == pytest.approx(ref.high, abs=0.6)
+    ref = scipy.stats.ttest_rel(100.0 * b, 100.0 * a)
+    ci = ref.confidence_interval(0.95)
+    assert (r.n, r.seeds_a, r.seeds_b, r.a, r.b, r.diff) == (200, 1, 1, 55.0, 65.0, 10.0)
+    assert r.p_value == pytest.approx(ref.pvalue, rel=1e-9) and r.df == pytest.approx(199)
+    assert (r.ci_low, r.ci_high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    assert r.per_seed == "" and d.mean() == r.diff
+    for shift in (r.ci_low, r.ci_high):  # the interval's ends are exactly where the test reaches 5 %
+        assert scipy.stats.ttest_1samp(d, shift).pvalue == pytest.approx(0.05, rel=1e-6)
 
 
-def test_ci_is_seeded_and_shrinks_with_n():
-    a, b = known_pair()
-    first, again = stats.paired_accuracy(a, b, seed=3), stats.paired_accuracy(a, b, seed=3)
-    other = stats.paired_accuracy(a, b, seed=4)
-    assert (first.ci_low, first.ci_high) == (again.ci_low, again.ci_high)
-    assert (first.ci_low, first.ci_high) != (other.ci_low, other.ci_high)
-    big = stats.paired_accuracy(*known_pair(repeat=10), seed=3)
-    assert big.diff == pytest.approx(10.0)
-    assert big.ci_high - big.ci_low < 0.5 * (first.ci_high - first.ci_low)  # ~ 1/sqrt(10)
+def test_significance_and_interval_agree_where_mcnemar_and_a_bootstrap_did_not():
+    """The review's case: b01 = 14, b10 = 5, n = 281 (bootstrap CI clear of zero, McNemar p = 0.064)."""
+    a, b = np.zeros(281), np.zeros(281)
+    b[:14], a[14:19], a[19:150], b[19:150] = 100, 100, 100, 100
+    row = stats.compare_runs({"golden": pd.DataFrame({"id": range(281), "correct": a > 0}),
+                              "kd": pd.DataFrame({"id": range(281), "correct": b > 0})}, "golden",
+                             by_group=False).iloc[0]
+    assert row["significant"] == (row["p_holm"] < 0.05) == (row["ci_low"] > 0 or row["ci_high"] < 0)
 
 
-def test_identical_runs_give_a_zero_width_ci_without_warnings():
+def test_seeds_are_replicates_mean_over_seeds_and_a_seed_term():
+    rng = np.random.default_rng(0)
+    a = 100.0 * (rng.random((3, 300)) < 0.5)
+    b = 100.0 * (rng.random((3, 300)) < np.array([[0.55], [0.60], [0.65]]))
+    r = stats.arm_difference(a, b)
+    assert r.a == pytest.approx(a.mean(axis=1).mean()) and r.b == pytest.approx(b.mean(axis=1).mean())
+    assert (r.seeds_a, r.seeds_b) == (3, 3)
+    assert r.per_seed == " ".join(f"{d:+.4g}" for d in b.mean(axis=1) - a.mean(axis=1))
+    def mse(y):  # seed x problem residual mean square
+        resid = y - y.mean(axis=1, keepdims=True) - y.mean(axis=0, keepdims=True) + y.mean()
+        return (resid ** 2).sum() / (2 * 299)
+
+    seeds = [a.mean(axis=1).var(ddof=1) / 3, b.mean(axis=1).var(ddof=1) / 3]
+    problems = max(0.0, (b.mean(axis=0) - a.mean(axis=0)).var(ddof=1) - mse(a) / 3 - mse(b) / 3) / 300
+    var = sum(seeds) + problems
+    df = var ** 2 / (sum(c ** 2 / 2 for c in seeds) + (problems ** 2 / 299 if problems else 0))
+    half = scipy.stats.t.ppf(0.975, df) * var ** 0.5
+    assert r.df == pytest.approx(df) and (r.ci_low, r.ci_high) == (pytest.approx(r.diff - half),
+                                                                   pytest.approx(r.diff + half))
+    assert r.df < 20  # dominated by the 2 + 2 seed df, not by the 299 problem df
+
+
+def test_identical_arms_give_a_zero_width_interval_without_warnings():
     a, _ = known_pair()
     frame = rows(150, 0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        acc = stats.paired_accuracy(a, a)
-        metric = stats.paired_metric(frame["bleu1"], frame["bleu1"])
-        overall = stats.paired_overall(frame, frame)
-        all_right = stats.paired_accuracy(np.zeros(50, bool), np.ones(50, bool))
-    assert (acc.diff, acc.ci_low, acc.ci_high, acc.p_value, acc.b01, acc.b10) == (0.0, 0.0, 0.0, 1.0, 0, 0)
-    assert (metric.diff, metric.ci_low, metric.ci_high) == (0.0, 0.0, 0.0)
-    assert (overall.diff, overall.ci_low, overall.ci_high) == (0.0, 0.0, 0.0)
-    assert (all_right.diff, all_right.ci_low, all_right.ci_high) == (100.0, 100.0, 100.0)
+        table = stats.compare_runs({"x": frame, "y": frame.copy()}, "x", by_group=False)
+        all_right = stats.arm_difference(np.zeros(50), np.full(50, 100.0))
+        same = stats.arm_difference(100.0 * a, 100.0 * a)
+    assert (table[["diff", "ci_low", "ci_high"]] == 0).all().all() and (table["p_value"] == 1).all()
+    assert (same.diff, same.ci_low, same.ci_high, same.p_value) == (0.0, 0.0, 0.0, 1.0)
+    assert (all_right.diff, all_right.ci_low, all_right.ci_high, all_right.p_value) == (100.0, 100.0, 100.0, 0.0)
 
 
 def test_missing_correct_counts_as_wrong():
-    result = stats.paired_accuracy(pd.array([True, None, False], dtype="boolean"), [True, True, False])
-    assert (result.a, result.b01, result.b10) == (pytest.approx(100 / 3), 1, 0)
+    golden = pd.DataFrame({"id": ["1", "2", "3"], "correct": pd.array([True, None, False], dtype="boolean")})
+    kd = pd.DataFrame({"id": ["1", "2", "3"], "correct": [True, True, False]})
+    row = stats.compare_runs({"golden": golden, "kd": kd}, "golden", by_group=False).iloc[0]
+    assert row["a"] == pytest.approx(100 / 3) and row["b"] == pytest.approx(200 / 3)
 
 
-# --------------------------------------------------------------------------- continuous metrics
+# --------------------------------------------------------------------------- metrics that skip rows
 
 
-def test_paired_metric_drops_rows_nan_on_either_side():
-    a = np.array([0.1, np.nan, 0.3, 0.4, 0.5, 0.6])
-    b = np.array([0.2, 0.9, np.nan, 0.6, 0.5, 0.9])
-    result = stats.paired_metric(a, b, n_resamples=2000)
-    assert result.n == 4
-    assert result.diff == pytest.approx((0.1 + 0.2 + 0.0 + 0.3) / 4)
-    assert (result.a, result.b) == (pytest.approx(0.4), pytest.approx(0.55))
-    assert result.p_value is None and result.ci_low <= result.diff <= result.ci_high
-    shifted = stats.paired_metric(a, a + 0.25)  # every difference 0.25 up to rounding: no spread
-    assert shifted.ci_low == shifted.ci_high == shifted.diff == pytest.approx(0.25)
-    empty = stats.paired_metric([np.nan], [1.0])
-    assert empty.n == 0 and math.isnan(empty.diff)
-    with pytest.raises(ValueError, match="same 1-d shape"):
-        stats.paired_metric([1.0, 2.0], [1.0])
+def test_linearised_values_average_to_each_seeds_nan_skipping_mean():
+    x = np.array([[0.1, np.nan, 0.3, 0.4], [np.nan, np.nan, np.nan, np.nan], [0.2, 0.2, 0.2, np.nan]])
+    y = stats.linearised(x)
+    assert y[0].mean() == pytest.approx(np.nanmean(x[0])) and y[2].mean() == pytest.approx(0.2)
+    assert np.isnan(y[1]).all()  # no kept row: undefined, never 0
 
 
-def test_paired_overall_point_estimate_is_the_run_level_score_and_ci_matches_direct_bootstrap():
+def test_explanation_metrics_and_overall_equal_the_runs_own_values():
     a, b = rows(150, 1), rows(150, 2, shift=0.05)
-    result = stats.paired_overall(a, b, n_resamples=4000)
-    run_a, run_b = (metrics.summarize_explanations(f)["overall"] for f in (a, b))
-    assert result.n == 150
-    assert (result.a, result.b) == (pytest.approx(run_a, rel=1e-12), pytest.approx(run_b, rel=1e-12))
-    assert result.diff == pytest.approx(run_b - run_a, rel=1e-12)
+    table = stats.compare_runs({"a": a, "b": b}, "a", by_group=False).set_index("metric")
+    for name in (*stats.EXPLANATION, "overall"):
+        run_a, run_b = (metrics.summarize_explanations(f)[name] for f in (a, b))
+        assert table.loc[name, "a"] == pytest.approx(run_a, rel=1e-12)
+        assert table.loc[name, "b"] == pytest.approx(run_b, rel=1e-12)
+        assert table.loc[name, "n"] == 150 and table.loc[name, "ci_low"] < table.loc[name, "diff"] < table.loc[
+            name, "ci_high"]
+
+
+def test_overall_interval_matches_a_direct_bootstrap():
+    a, b = rows(400, 1), rows(400, 2, shift=0.02)
+    row = stats.compare_runs({"a": a, "b": b}, "a", by_group=False).set_index("metric").loc["overall"]
 
     def overall(x: np.ndarray) -> np.ndarray:  # x: (resamples, rows, 5) with NaN, nanmean per column
         m = np.nanmean(x, axis=1)
         return 100 * (m[:, :4].sum(axis=1) + 2 * m[:, 4] - 1) / 5
 
     x, y = (f[list(stats.EXPLANATION)].to_numpy(float) for f in (a, b))
-    idx = np.random.default_rng(7).integers(0, 150, (4000, 150))
+    idx = np.random.default_rng(7).integers(0, 400, (3000, 400))
     low, high = np.percentile(overall(y[idx]) - overall(x[idx]), [2.5, 97.5])
     width = high - low
-    assert result.ci_low == pytest.approx(low, abs=0.05 * width)
-    assert result.ci_high == pytest.approx(high, abs=0.05 * width)
+    assert row["ci_low"] == pytest.approx(low, abs=0.1 * width)
+    assert row["ci_high"] == pytest.approx(high, abs=0.1 * width)
 
 
 # --------------------------------------------------------------------------- joining and the comparison table
@@ -152,6 +164,15 @@ def test_join_rows_keeps_common_ids_in_sorted_order_and_counts_the_rest():
         stats.join_rows({"kd": kd, "golden": pd.DataFrame({"id": ["5", "6"]})})
 
 
+def test_join_refuses_a_common_id_with_another_gold_answer_or_reference():
+    one = pd.DataFrame({"id": ["1", "2", "3"], "answer": [0, 1, 2], "reference": ["r1", "r2", "r3"]})
+    stats.join_rows({"a": one, "b": one.copy()})
+    with pytest.raises(ValueError, match="problem '2' has a different gold answer in runs 'a' and 'b'"):
+        stats.join_rows({"a": one, "b": one.assign(answer=[0, 0, 2])})
+    with pytest.raises(ValueError, match="problem '3' has a different gold reference in runs 'a' and 'c'"):
+        stats.join_rows({"a": one, "b": one.copy(), "c": one.assign(reference=["r1", "r2", "other"])})
+
+
 def study_runs(n: int = 240) -> dict[str, pd.DataFrame]:
     """golden; kd far more accurate, BLEU-1 higher, METEOR lower, same cosine; base identical to golden."""
     golden = rows(n, 10, correct=np.arange(n) % 2 == 0)
@@ -162,7 +183,7 @@ def study_runs(n: int = 240) -> dict[str, pd.DataFrame]:
 
 def test_compare_runs_groups_and_significance():
     runs = study_runs()
-    table = stats.compare_runs(runs, "golden", n_resamples=2000)
+    table = stats.compare_runs(runs, "golden")
     assert list(table.columns) == stats.COLUMNS
     assert set(table["run"]) == {"kd", "base"} and set(table["baseline"]) == {"golden"}
     golden = runs["golden"]
@@ -184,44 +205,48 @@ def test_compare_runs_groups_and_significance():
     assert by_metric.loc[("kd", "meteor"), "significant"] and by_metric.loc[("kd", "meteor"), "ci_high"] < 0
     assert not by_metric.loc[("kd", "cosine"), "significant"]
     assert not table[table["run"] == "base"]["significant"].any()
-    assert by_metric.loc[("kd", "rougeL"), "n"] == (runs["kd"]["rougeL"].notna() & golden["rougeL"].notna()).sum()
-    is_acc = table["metric"] == "acc"
-    assert (table["significant"][is_acc] == (table["p_value"][is_acc] < 0.05)).all()
+    primary = table["family"] == "primary"
+    assert set(table[primary].set_index(["metric", "group"]).index) == {("acc", "all")}
+    assert (table["significant"][primary] == (table["p_holm"][primary] < 0.05)).all()
     ci_excludes_zero = (table["ci_low"] > 0) | (table["ci_high"] < 0)
-    assert (table["significant"][~is_acc] == ci_excludes_zero[~is_acc]).all()
+    assert (table["significant"][~primary] == ci_excludes_zero[~primary]).all()
+    assert (table["significant"][~primary] == (table["p_value"][~primary] < 0.05)).all()
+    assert table["p_holm"][~primary].isna().all()
 
 
-def test_accuracy_significance_follows_mcnemar_not_the_ci():
-    golden = rows(100, 0, correct=np.zeros(100, bool))
-    kd = golden.assign(correct=np.arange(100) < 5)  # 5 discordant pairs, all one way: p = 2 / 2**5
-    row = stats.compare_runs({"golden": golden, "kd": kd}, "golden", by_group=False).iloc[0]
-    assert (row["metric"], row["b"], row["diff"], row["p_value"]) == ("acc", 5.0, 5.0, 0.0625)
-    assert row["ci_low"] > 0 and not row["significant"]
+def test_holm_adjusts_the_primary_rows_only_and_decides_on_unrounded_values():
+    assert stats.holm(np.array([0.01, 0.04, 0.03])).tolist() == pytest.approx([0.03, 0.06, 0.06])
+    table = pd.DataFrame({"family": ["primary", "primary", "exploratory"], "p_value": [0.0496, 0.2, 0.0496]})
+    decided = stats.decide(table)
+    assert decided["p_holm"].tolist()[:2] == pytest.approx([0.0992, 0.2]) and np.isnan(decided["p_holm"][2])
+    assert decided["significant"].tolist() == [False, False, True]
+    alone = stats.decide(table.iloc[[0]])
+    assert bool(alone["significant"].iloc[0]) and stats.p_text(0.0496) == "0.0496"  # never printed as 0.05
+    assert stats.p_text(0.0504) == "0.0504" and stats.p_text(0.41) == "0.41"
 
 
 def test_compare_runs_leaves_out_empty_groups_and_can_skip_groups():
     runs = {k: f.assign(grade="grade4") for k, f in study_runs(60).items()}
-    table = stats.compare_runs(runs, "golden", n_resamples=500)
+    table = stats.compare_runs(runs, "golden")
     assert "grade=1-6" in set(table["group"]) and "grade=7-12" not in set(table["group"])
-    flat = stats.compare_runs(runs, "golden", n_resamples=500, by_group=False)
+    flat = stats.compare_runs(runs, "golden", by_group=False)
     assert set(flat["group"]) == {"all"} and len(flat) == 2 * 7
     with pytest.raises(ValueError, match="baseline 'nope'"):
         stats.compare_runs(runs, "nope")
 
 
-def test_a_difference_below_the_reported_precision_is_never_significant():
+def test_no_minimum_effect_rule_a_consistent_tiny_difference_counts():
     runs = study_runs(60)
-    runs["base"] = runs["golden"].assign(bleu1=runs["golden"]["bleu1"] + 1e-5, cosine=runs["golden"]["cosine"] + 0.01)
-    table = stats.compare_runs(runs, "golden", n_resamples=500, by_group=False).set_index(["run", "metric"])
-    assert table.loc[("base", "bleu1"), "ci_low"] > 0 and not table.loc[("base", "bleu1"), "significant"]
-    assert table.loc[("base", "cosine"), "significant"]
+    runs["base"] = runs["golden"].assign(bleu1=runs["golden"]["bleu1"] + 1e-5)
+    table = stats.compare_runs(runs, "golden", by_group=False).set_index(["run", "metric"])
+    assert table.loc[("base", "bleu1"), "ci_low"] > 0 and table.loc[("base", "bleu1"), "significant"]
 
 
 def test_metrics_undefined_for_a_run_are_left_out_not_nan():
     """A run of empty answers has no ROUGE-L or METEOR (they skip empty predictions), hence no overall."""
     runs = study_runs(60)
     runs["kd"] = runs["kd"].assign(rougeL=np.nan, meteor=np.nan)
-    table = stats.compare_runs(runs, "golden", n_resamples=500, by_group=False)
+    table = stats.compare_runs(runs, "golden", by_group=False)
     assert set(table[table["run"] == "kd"]["metric"]) == {"acc", "bleu1", "bleu4", "cosine"}
     assert table[["diff", "ci_low", "ci_high"]].notna().all().all()
 
@@ -230,24 +255,28 @@ def test_metrics_undefined_for_a_run_are_left_out_not_nan():
 
 
 def test_markdown_and_text_reports():
-    table = stats.compare_runs(study_runs(), "golden", n_resamples=2000)
+    table = stats.compare_runs(study_runs(), "golden")
     md = stats.to_markdown(table, {"kd": "kd (pkv)"})
     kd_acc = table[(table["run"] == "kd") & (table["metric"] == "acc") & (table["group"] == "all")].iloc[0]
     assert f"- kd (pkv) vs golden: accuracy +{kd_acc['diff']:.1f} points [+{kd_acc['ci_low']:.1f}, " in md
-    assert "n = 240 \u2014 significant at 5 %." in md
-    assert "- base vs golden: accuracy +0.0 points [+0.0, +0.0], p = 1, n = 240 \u2014 not significant at 5 %." in md
-    assert "kd (pkv) vs golden: BLEU-1 +0.100 [+0.100, +0.100], n = 240 \u2014 significant at 5 %." in md
-    assert "kd (pkv) vs golden: METEOR \u22120.100" in md
-    assert "not significant at 5 % for" in md and "cosine" in md.split("not significant at 5 % for")[1]
+    assert "n = 240 \u2014 significant at 5 % (Holm-adjusted)." in md
+    assert ("- base vs golden: accuracy +0.0 points [+0.0, +0.0], p = 1, p_holm = 1, n = 240 \u2014 cannot tell "
+            "apart at 5 %.") in md
+    assert "kd (pkv) vs golden: BLEU-1 +0.100 [+0.100, +0.100], p < 0.001" not in md  # p text is '<0.001'
+    assert "kd (pkv) vs golden: METEOR \u22120.100" in md and "(exploratory, unadjusted)" in md
+    assert "2 primary test(s), Holm-adjusted" in md and f"{len(table) - 2} exploratory test(s)" in md
+    assert "cannot tell apart at 5 % (exploratory) for" in md
     assert md.count("| kd (pkv) vs golden |") == (table["run"] == "kd").sum()
-    text = stats.to_text(table).splitlines()
-    assert text[0].split()[:4] == ["comparison", "metric", "group", "n"]
-    assert len(text) == len(table) + 2 and text[0].index("metric") == text[2].index("acc")
+    text = stats.to_text(table, {"kd": "kd (pkv)"}).splitlines()
+    assert text[0].split()[:3] == ["comparison", "n", "seeds"] and "p_holm" in text[0]
+    assert len(text) == 2 + 2  # header, rule, one line per comparison: no per-metric wall
+    assert text[2].startswith("kd (pkv) vs golden") and text[2].rstrip().endswith("]")
+    assert "*" in text[2] and "*" not in text[3]
     assert "No comparisons" in stats.to_markdown(table.iloc[:0])
 
 
 def test_forest_plot_writes_png(tmp_path):
-    table = stats.compare_runs(study_runs(90), "golden", n_resamples=500)
+    table = stats.compare_runs(study_runs(90), "golden")
     path = stats.forest_plot(table, tmp_path / "forest.png", labels={"kd": "KD"})
     assert path == tmp_path / "forest.png"
     data = path.read_bytes()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
-from helpers import assert_one_error, run_cli
+from helpers import assert_one_error
 
 from sciqa import store
 
@@ -95,9 +95,9 @@ def test_prepare_migrates_under_the_lock_and_warns_once(tmp_path, monkeypatch, c
     assert len(warnings) == 1 and "Slurm job array" in warnings[0]
 
 
-def test_reading_a_missing_store_creates_nothing(tmp_path):
-    proc = run_cli("evaluate", "--run", "0123456789abcdef", cwd=tmp_path, check=False,
-                   env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+def test_reading_a_missing_store_creates_nothing(cli, tmp_path):
+    proc = cli("evaluate", "--run", "0123456789abcdef", cwd=tmp_path, check=False,
+               env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
     assert_one_error(proc, "has no runs yet")
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlflow.db.lock").exists()
 
@@ -114,23 +114,24 @@ def test_server_on_every_interface_names_this_machine(tmp_path):
     assert "--allowed-hosts" not in store.server_command(tmp_path, "127.0.0.1", 5000, 1)
 
 
-def test_server_port_in_use(tmp_path):
+def test_server_port_in_use(cli, tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = run_cli("server", "--port", str(port), "--store", str(tmp_path / "s"), cwd=tmp_path, check=False)
+        proc = cli("server", "--port", str(port), "--store", str(tmp_path / "s"), cwd=tmp_path, check=False)
     assert_one_error(proc, f"port {port} on 127.0.0.1 is in use")
     assert not (tmp_path / "s").exists()
 
 
-def test_server_unwritable_folder(tmp_path):
+def test_server_unwritable_folder(cli, tmp_path):
     (tmp_path / "file").write_text("x")
-    proc = run_cli("server", "--store", str(tmp_path / "file" / "s"), cwd=tmp_path, check=False)
+    proc = cli("server", "--store", str(tmp_path / "file" / "s"), cwd=tmp_path, check=False)
     assert_one_error(proc, "cannot create the folder")
 
 
 # ---------------------------------------------------------------- under load (real processes)
+
 
 def _assert_held(result, processes: int, runs: int) -> None:
     assert result.errors == [], result.errors
@@ -138,13 +139,16 @@ def _assert_held(result, processes: int, runs: int) -> None:
     assert result.rows_expected == result.rows_metric == result.rows_csv
 
 
+@pytest.mark.slow  # the load test's processes
 def test_concurrent_benchmarks_on_a_fresh_sqlite_store(load_test, tmp_path):
     _assert_held(load_test.sqlite_case(3, 2, tmp_path), processes=3, runs=3)
 
 
+@pytest.mark.slow  # the load test's processes
 def test_concurrent_benchmarks_on_sciqa_server(load_test, tmp_path):
     _assert_held(load_test.server_case(3, 2, tmp_path), processes=3, runs=3)  # server: Ctrl-C exits 0
 
 
+@pytest.mark.slow  # the load test's processes
 def test_identical_benchmarks_on_a_fresh_store_make_one_run(load_test, tmp_path):
     _assert_held(load_test.identical_case(2, tmp_path), processes=2, runs=1)

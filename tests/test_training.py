@@ -57,6 +57,7 @@ def _final(run_id: str, dest: Path) -> dict[str, torch.Tensor]:
     return load_file(local)
 
 
+@pytest.mark.slow  # kill -9 of a real process
 def test_kill_after_epoch_then_resume_equals_uninterrupted(mlflow_server, experiment, tmp_path):
     """kill -9 after epoch 1, rerun the same command on a 'fresh node' (local checkpoints gone): it
     resumes the same run from the downloaded checkpoint and ends exactly as a clean run."""
@@ -117,6 +118,7 @@ def test_signal_saves_mid_epoch_checkpoint_and_resume_matches(experiment, tmp_pa
     assert _history(run.run_id, "train_loss")[-1][1] == pytest.approx(_history(ref.run_id, "train_loss")[-1][1])
 
 
+@pytest.mark.slow  # SIGTERM to a real process
 def test_sigterm_exits_with_requeue_code(mlflow_server, experiment, tmp_path):
     import signal
     import subprocess
@@ -205,7 +207,7 @@ def _no_runs(exp: str) -> bool:
 
 
 @pytest.mark.parametrize("case", ["variant", "columns", "ids", "no_train_outputs", "lora_on_prefix_cmd"])
-def test_bad_input_is_one_line_exit_2_and_no_run(case, experiment, tmp_path):
+def test_bad_input_is_one_line_exit_2_and_no_run(cli, case, experiment, tmp_path):
     tracking.setup()
     args = ["train-prefix", *CLI_FAST, "--workdir", str(tmp_path)]
     if case == "variant":
@@ -229,7 +231,7 @@ def test_bad_input_is_one_line_exit_2_and_no_run(case, experiment, tmp_path):
         args[args.index("train-lora")] = "train-prefix"
         want = "No such option '--gradient-checkpointing'"
     before = {r.info.run_id for r in mlflow.search_runs([experiment], output_format="list")}
-    proc = run_cli(*args, cwd=tmp_path, check=False)
+    proc = cli(*args, cwd=tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("sciqa: error")]
     assert len(lines) == 1 and want in lines[0], proc.stderr[-2000:]

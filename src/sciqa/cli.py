@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import traceback
 import typing
 from typing import Callable
 
 import click
 
 from sciqa.slurm.cli import slurm_group, slurm_options
-from sciqa.config import cli_name
+from sciqa.config import cli_name, redact, redact_logging
 from sciqa.errors import SciqaError
 
 CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING, bool: click.BOOL}
@@ -49,17 +50,37 @@ def config_options(config_cls, exclude: tuple[str, ...] = ()) -> Callable:
     return decorate
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what shells and schedulers expect after Ctrl-C
+
+
 def _fail(message: str) -> None:
     """One line on stderr, the run ``mlflow run`` made marked FAILED with the reason, exit 2."""
     from sciqa import tracking
 
+    message = redact(message)
     click.echo(f"sciqa: error: {message}", err=True)
     tracking.fail_outer(message)
     sys.exit(2)
 
 
+def _interrupted(exc: KeyboardInterrupt) -> None:
+    """Ctrl-C: say where the run stands (``tracking.step_run`` marked it KILLED and named it), exit 130."""
+    runs = getattr(exc, "sciqa_runs", [])  # innermost first
+    if runs:
+        step, run_id = runs[0]
+        inside = f", inside run {runs[-1][1]} ({runs[-1][0]})" if len(runs) > 1 else ""
+        where = (f"run {run_id} ({step}{inside}) is marked KILLED and resumable: the same command continues it "
+                 "from what it saved")
+    else:
+        where = "no run was started; nothing to resume"
+    click.echo(f"\nsciqa: interrupted: {where}", err=True)
+    sys.exit(EXIT_INTERRUPTED)
+
+
 class Group(click.Group):
-    """Turns bad input (a SciqaError, a click usage error) into one line on stderr and exit 2."""
+    """Turns bad input (a SciqaError, a click usage error) into one line on stderr and exit 2, Ctrl-C
+    into a line saying where the run stands and exit 130, and redacts credentials from a crash's
+    traceback."""
 
     def invoke(self, ctx):
         from sciqa.slurm import job
@@ -72,6 +93,13 @@ class Group(click.Group):
             _fail(exc.format_message().replace("\n", " ") + sub)
         except SciqaError as exc:
             _fail(str(exc))
+        except KeyboardInterrupt as exc:
+            _interrupted(exc)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception:  # a bug: its traceback, as Python prints it, but with credentials redacted
+            click.echo(redact(traceback.format_exc()), err=True, nl=False)
+            sys.exit(1)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,6 +107,7 @@ def main() -> None:
     """sciqa: ScienceQA experiments (benchmark, adapters, KD vs golden) tracked in MLflow."""
     from sciqa.tracking import claim_outer_run
 
+    redact_logging()
     claim_outer_run()  # MLFLOW_RUN_ID is the outer step's only (mlflow#15713)
 
 
@@ -182,6 +211,37 @@ def score_cmd(**kwargs) -> None:
     click.echo(f"score run: {run.run_id}")
 
 
+@main.command("grid", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("step", required=False, default="")
+@click.option("--grid", "spec", default="", metavar="NAME=A,B;NAME=...",
+              help="the axes in one string (MLproject's form), e.g. 'model=a,b;setting=QTCH,QTCHS'")
+@click.option("--collect", "collect", default="", metavar="GRID_RUN",
+              help="make the table of a submitted grid now (the dependent job does it when the array ends)")
+@click.option("--slurm-gpu", "slurm_gpu", default="", metavar="TYPE|auto",
+              help="submit the cells as one Slurm job array per GPU type; auto: the idlest type whose memory "
+                   "holds each cell's estimated peak (see `sciqa slurm profiles`)")
+@click.option("--slurm-profile", "slurm_profile", default="", envvar="SCIQA_SLURM_PROFILE", metavar="NAME|PATH",
+              help="cluster profile [env SCIQA_SLURM_PROFILE; default: local]")
+@click.option("--slurm-time", "slurm_time", default="", metavar="HH:MM:SS", help="time limit of each task")
+@click.option("--slurm-max-running", "max_running", default=0, type=click.IntRange(min=0), metavar="K",
+              help="at most K tasks of an array at once (sbatch --array=0-N%K; 0 = no limit)")
+@click.pass_context
+def grid_cmd(ctx, step: str, spec: str, collect: str, slurm_gpu: str, slurm_profile: str, slurm_time: str,
+             max_running: int) -> None:
+    """Cross product of a step's comma-separated options (benchmark, score, train-prefix, train-lora) as
+    child runs of one parent, then the table (grid/table.csv|md, plots/grid.png, paired comparisons).
+
+    \b
+    sciqa grid benchmark --model tiny-qwen2-vl,tiny-llava --setting QTCH,QTCHS --limit 8
+    sciqa grid train-lora --lr 1e-4,5e-4 --lora-r 8,16 --slurm-gpu auto --slurm-max-running 4
+    sciqa grid --collect GRID_RUN
+    """
+    from sciqa.steps import grid as grid_step
+
+    click.echo(grid_step.command(step, spec, ctx.args, collect=collect, gpu=slurm_gpu, profile=slurm_profile,
+                                 time_limit=slurm_time, max_running=max_running))
+
+
 def _evaluate_config():
     from sciqa.steps.evaluate import EvaluateConfig
 
@@ -199,16 +259,21 @@ def evaluate(**kwargs) -> None:
 
 @main.command("compare")
 @click.argument("run_ids", nargs=-1)
-@click.option("--runs", default="", help="comma-separated run ids (the MLproject entry point's form)")
-@click.option("--baseline", default="", help="the run the others are compared with [default: the first]")
+@click.option("--runs", default="", help="the arms in one string, separated by ';' or spaces (the MLproject "
+                                         "entry point's form): 'A1,A2,A3;B1,B2,B3'")
+@click.option("--baseline", default="", help="the arm the others are compared with, as given [default: the first]")
 @click.option("--by-group", type=click.BOOL, default=True, show_default=True,
-              help="accuracy also per subject, context and grade")
+              help="accuracy also per subject, context and grade (exploratory)")
 def compare_cmd(run_ids: tuple[str, ...], runs: str, baseline: str, by_group: bool) -> None:
-    """Paired statistics between evaluated runs (benchmark, score, evaluate --csv): differences with
-    95 % bootstrap CIs and exact McNemar p-values, on the problems all runs share."""
+    """Paired statistics between arms of evaluated runs (benchmark, score, evaluate --csv). An arm is a
+    run id, or the comma-joined ids of its seed runs (sciqa compare A1,A2,A3 B1,B2,B3): seeds are
+    replicates. Each arm's accuracy vs the baseline is a primary test (Holm-adjusted), with 95 %
+    intervals that cover problems and seeds, on the problems all runs share."""
+    import re
+
     from sciqa.compare import compare_command
 
-    ids = [*run_ids, *(r.strip() for r in runs.split(",") if r.strip())]
+    ids = [*run_ids, *(r for r in re.split(r"[;\s]+", runs) if r)]
     run_id, text = compare_command(ids, baseline, by_group)
     click.echo(text)
     click.echo(f"compare run: {run_id}")

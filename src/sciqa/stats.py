@@ -1,45 +1,64 @@
-"""Paired comparisons of evaluated runs: is run B really better than run A on the same problems?
+"""Paired comparisons of arms of evaluated runs: is arm B really better than arm A on the same problems?
 
-Every run was scored on the same problems, so differences are judged *paired*: per-problem
-resampling (bootstrap) for confidence intervals and McNemar's exact test for accuracy. Inputs are
-the per-row score tables that evaluation writes (``metrics/<stem>_rows.csv``).
+An *arm* is one run, or several runs of one procedure that differ only in the training seed. Seeds are
+replicates, never majority-voted: an arm's value of a metric is the mean over its seeds of each seed
+run's value (for accuracy: per problem, the fraction of seeds right), the number the runs table shows.
 
-CI method: percentile bootstrap for every metric. ``overall`` is a non-linear function of five
-NaN-skipping column means, so BCa would need an n-fold jackknife of it, and BCa is undefined (NaN,
-warnings) when the resampled differences are constant, e.g. a handful of discordant answers; one
-method for all rows keeps them comparable. With hundreds of problems the two barely differ.
-All resampling goes through one vectorised helper with ``np.random.default_rng(seed)``.
+The model: problems x seeds, crossed random effects, fitted by the method of moments. For arm X with
+S seeds and the n problems every run shares, ``y[s, i]`` is seed s's score on problem i: accuracy in
+points (0 or 100, an unmapped answer is wrong); for a metric that skips rows (ROUGE-L and METEOR skip
+empty explanations) and for the overall score, a linearised per-row value whose mean over problems
+is exactly the seed run's value (:func:`linearised`). The estimate is ``mean(y_B) - mean(y_A)``; its
+variance adds
+  * seeds, per arm with S > 1 (S - 1 df): ``var_s(mean_i y[s, i]) / S``, the seed-to-seed variance of
+    the arm's value (with seed variance alone this is Welch's t-test on the per-seed values);
+  * problems (paired, n - 1 df): ``max(0, var_i(D_i) - sum_X MSE_X / S_X) / n`` with
+    ``D_i = mean_s y_B[s, i] - mean_s y_A[s, i]`` and MSE_X the arm's seed x problem residual mean
+    square: how differently the arms do problem by problem, without the per-row seed noise that the
+    seed terms already hold (an arm of one seed has no MSE: its noise stays in this term).
+The interval is ``diff ± t(df) · SE`` with Satterthwaite's df, and p is the t-test this interval
+inverts, so interval and test always agree. With one seed in an arm there is no seed term: the
+interval then covers the sampling of problems only, not training variance. Seeds are not assumed
+paired across arms (conservative where seed s of A and B share initialisation and data order); the
+per-seed paired differences are reported beside (``per_seed``).
+
+Significance, one rule, on unrounded values: each comparison's primary endpoint (accuracy on all
+problems) has a Holm-adjusted p over the primary rows of the table (``p_holm``) and is significant
+when ``p_holm < 0.05``; every other row is exploratory, significant when its unadjusted 95 % interval
+excludes zero (``p < 0.05``). No minimum effect is applied. The null simulation in
+``tests/test_kd_vs_golden.py`` checks the 5 % level with seed variance.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
+from scipy.stats import t as student_t
 
 from sciqa.metrics import BY_NAME, EXPLANATION, LABELS
 
-__all__ = ["CONFIDENCE", "EXPLANATION", "N_RESAMPLES", "SEED", "Joined", "Paired", "compare_runs",
-           "forest_plot", "join_rows", "paired_accuracy", "paired_metric", "paired_overall", "to_markdown",
+__all__ = ["ALPHA", "COLUMNS", "CONFIDENCE", "EXPLANATION", "METHOD", "Joined", "Paired", "arm_difference",
+           "compare_runs", "decide", "forest_plot", "holm", "join_rows", "linearised", "p_text", "to_markdown",
            "to_text"]
 
-SEED = 0
-N_RESAMPLES = 10000
-CONFIDENCE = 0.95
-MIN_N = 10  # fewer problems than this: no difference is called significant
-COLUMNS = ["run", "baseline", "metric", "group", "n", "a", "b", "diff", "ci_low", "ci_high", "p_value", "significant"]
-_BATCH_CELLS = 2_000_000  # resample counts held at once (16 MB): bounded memory at any n
+ALPHA = 0.05
+CONFIDENCE = 1 - ALPHA
+METHOD = ("problems x seeds crossed random effects (method of moments), t interval with Satterthwaite df; "
+          "the interval inverts the test")
+COLUMNS = ["run", "baseline", "family", "metric", "group", "n", "seeds_a", "seeds_b", "a", "b", "diff", "ci_low",
+           "ci_high", "df", "p_value", "p_holm", "significant", "per_seed"]
+PRIMARY, EXPLORATORY = "primary", "exploratory"
 
 
 @dataclass(frozen=True)
 class Joined:
     """Runs' rows restricted to the common problems, all in the same (sorted id) order."""
 
-    frames: dict[str, pd.DataFrame]
-    dropped: dict[str, int]  # per run: its ids missing from some other run
+    frames: dict[Hashable, pd.DataFrame]
+    dropped: dict[Hashable, int]  # per run: its ids missing from some other run
 
     @property
     def n(self) -> int:
@@ -48,21 +67,27 @@ class Joined:
 
 @dataclass(frozen=True)
 class Paired:
-    """B vs A on n problems: both values, diff = b - a and its CI (points for acc/overall)."""
+    """Arm B vs arm A on n problems: both values, diff = b - a, its interval, df and p."""
 
     n: int
+    seeds_a: int
+    seeds_b: int
     a: float
     b: float
     diff: float
     ci_low: float
     ci_high: float
-    p_value: float | None = None
-    b01: int | None = None  # a wrong, b right
-    b10: int | None = None  # a right, b wrong
+    df: float
+    p_value: float
+    per_seed: str = ""  # seed s of b minus seed s of a, in seed order, where both arms have several seeds
 
 
-def join_rows(frames: Mapping[str, pd.DataFrame]) -> Joined:
-    """Inner-join runs by problem id so every comparison is on exactly the same problems."""
+GOLD = ("answer", "reference")  # what must agree between runs for a common id to be the same problem
+
+
+def join_rows(frames: Mapping[Hashable, pd.DataFrame]) -> Joined:
+    """Inner-join runs by problem id so every comparison is on exactly the same problems; a common
+    id whose gold answer or reference text differs between runs is refused (not the same problem)."""
     ids = {label: frame["id"].astype(str) for label, frame in frames.items()}  # CSV may give numbers
     for label, s in ids.items():
         if s.duplicated().any():
@@ -72,145 +97,193 @@ def join_rows(frames: Mapping[str, pd.DataFrame]) -> Joined:
         raise ValueError(f"no problem ids in common across runs {list(frames)}")
     joined = {label: frame.assign(id=ids[label]).set_index("id").loc[common].reset_index()
               for label, frame in frames.items()}
+    _check_gold(joined)
     return Joined(joined, {label: len(ids[label]) - len(common) for label in frames})
 
 
-def _bootstrap(columns: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], *, seed: int,
-               n_resamples: int, confidence: float) -> tuple[float, float, float]:
-    """(estimate, ci_low, ci_high): percentile CI of ``statistic`` over resamples of the problems.
-
-    Every statistic here is a function of column sums over the drawn problems, so a resample is
-    a row of draw counts and a batch of resamples is one matrix product: no gathered copies.
-    """
-    n = len(columns)
-    estimate = float(statistic(columns.sum(axis=0, keepdims=True))[0])
-    rng = np.random.default_rng(seed)
-    per_batch = max(1, _BATCH_CELLS // n)
-    draws = []
-    for start in range(0, n_resamples, per_batch):
-        size = min(per_batch, n_resamples - start)
-        picks = rng.integers(0, n, (size, n)) + n * np.arange(size)[:, None]
-        counts = np.bincount(picks.ravel(), minlength=size * n).reshape(size, n).astype(float)
-        draws.append(statistic(counts @ columns))
-    dist = np.concatenate(draws)
-    dist = dist[np.isfinite(dist)]
-    if not dist.size:
-        return estimate, float("nan"), float("nan")
-    if np.ptp(dist) <= 1e-9 * max(1.0, abs(estimate)):  # all differences equal: no spread, no noise
-        return estimate, estimate, estimate
-    tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(dist, [tail, 100 - tail])
-    return estimate, float(low), float(high)
+def _check_gold(joined: Mapping[Hashable, pd.DataFrame]) -> None:
+    labels = list(joined)
+    first = joined[labels[0]]
+    for column in GOLD:
+        if not all(column in f for f in joined.values()):
+            continue
+        for label in labels[1:]:
+            differ = first[column].astype(str).to_numpy() != joined[label][column].astype(str).to_numpy()
+            if differ.any():
+                raise ValueError(f"problem {first['id'].iloc[int(np.argmax(differ))]!r} has a different gold "
+                                 f"{column} in runs {labels[0]!r} and {label!r}: they were scored on different data")
 
 
-def _paired_means(a, b, scale: float, seed: int, n_resamples: int, confidence: float) -> Paired:
-    """Mean of b - a over the rows where both are known (scaled), with its bootstrap CI."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"paired values need the same 1-d shape, got {a.shape} and {b.shape}")
-    keep = ~(np.isnan(a) | np.isnan(b))
-    a, b, n = a[keep], b[keep], int(keep.sum())
-    if not n:
-        return Paired(0, *[float("nan")] * 5)
-    diff, low, high = _bootstrap((b - a)[:, None], lambda s: scale * s[:, 0] / n, seed=seed,
-                                 n_resamples=n_resamples, confidence=confidence)
-    return Paired(n, scale * float(a.sum()) / n, scale * float(b.sum()) / n, diff, low, high)
+# --------------------------------------------------------------------------- the model
 
 
-def paired_accuracy(a_correct, b_correct, *, seed: int = SEED, n_resamples: int = N_RESAMPLES,
-                    confidence: float = CONFIDENCE) -> Paired:
-    """Accuracy difference (points) with bootstrap CI and exact McNemar p (missing = wrong)."""
-    a = pd.Series(np.asarray(a_correct)).fillna(False).to_numpy(dtype=bool)
-    b = pd.Series(np.asarray(b_correct)).fillna(False).to_numpy(dtype=bool)
-    result = _paired_means(a, b, 100.0, seed, n_resamples, confidence)
-    b01, b10 = int((~a & b).sum()), int((a & ~b).sum())
-    p = binomtest(b01, b01 + b10, 0.5).pvalue if b01 + b10 else 1.0
-    return replace(result, p_value=float(p), b01=b01, b10=b10)
+def linearised(values: np.ndarray) -> np.ndarray:
+    """(seeds, n) per-row values, NaN where a row is skipped -> per-row values whose plain mean over
+    problems is each seed's NaN-skipping mean (a skipped row adds nothing to it, a kept one its
+    deviation scaled by n / kept): the ratio estimator's first-order (delta-method) linearisation.
+    A seed with no kept row stays NaN (the metric is undefined for that run)."""
+    values = np.asarray(values, dtype=float)
+    known = ~np.isnan(values)
+    kept = known.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(known, values, 0.0).sum(axis=1, keepdims=True) / kept
+        return mean + np.where(known, values - mean, 0.0) * values.shape[1] / kept
 
 
-def paired_metric(a_values, b_values, *, seed: int = SEED, n_resamples: int = N_RESAMPLES,
-                  confidence: float = CONFIDENCE) -> Paired:
-    """Mean difference of a per-row metric; rows NaN on either side are dropped (n says how many used)."""
-    return _paired_means(a_values, b_values, 1.0, seed, n_resamples, confidence)
+def _seed_terms(y: np.ndarray) -> tuple[float, float]:
+    """One arm's (variance of its per-seed values, seed x problem residual mean square MSE)."""
+    s, n = y.shape
+    per_seed = y.mean(axis=1)
+    resid = y - per_seed[:, None] - y.mean(axis=0)[None, :] + y.mean()
+    mse = float((resid ** 2).sum()) / ((s - 1) * (n - 1)) if n > 1 else 0.0
+    return float(per_seed.var(ddof=1)), mse
 
 
-def paired_overall(a: pd.DataFrame, b: pd.DataFrame, *, seed: int = SEED, n_resamples: int = N_RESAMPLES,
-                   confidence: float = CONFIDENCE) -> Paired:
-    """Overall-score difference of row-aligned frames: resamples problems and recomputes the score."""
-    x, y = a[list(EXPLANATION)].to_numpy(dtype=float), b[list(EXPLANATION)].to_numpy(dtype=float)
-    if x.shape != y.shape:
-        raise ValueError(f"paired frames need the same rows, got {len(x)} and {len(y)}")
-    columns = np.hstack([np.nan_to_num(x), ~np.isnan(x), np.nan_to_num(y), ~np.isnan(y)])
-    k = len(EXPLANATION)
+def arm_difference(a, b, confidence: float = CONFIDENCE) -> Paired:
+    """B - A from (seeds, n) per-row values of the same problems (columns aligned): see the module."""
+    a, b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"paired arms need the same problems, got {a.shape[1]} and {b.shape[1]}")
+    n = a.shape[1]
+    per_problem = b.mean(axis=0) - a.mean(axis=0)
+    diff = float(b.mean() - a.mean())  # = mean of per_problem, without its rounding
+    seeds = [(len(y),) + _seed_terms(y) for y in (a, b) if len(y) > 1]
+    parts = [(v / s, s - 1) for s, v, _ in seeds]
+    if n > 1:  # the problem term, without the seed x problem noise the seed terms already hold
+        noise = sum(mse / s for s, _, mse in seeds)
+        parts.append((max(0.0, float(per_problem.var(ddof=1)) - noise) / n, n - 1))
+    var = sum(c for c, _ in parts)
+    if not parts:
+        low = high = df = p = float("nan")
+    elif var <= 1e-12 * max(1.0, diff * diff):  # no spread at all: the difference is what it is
+        low = high = diff
+        df, p = float("inf"), 1.0 if diff == 0 else 0.0
+    else:
+        df = var ** 2 / sum(c ** 2 / d for c, d in parts if c > 0)
+        se = var ** 0.5
+        half = float(student_t.ppf(0.5 + confidence / 2, df)) * se
+        low, high, p = diff - half, diff + half, float(2 * student_t.sf(abs(diff) / se, df))
+    paired = ""
+    if len(a) == len(b) > 1:
+        paired = " ".join(f"{d:+.4g}" for d in b.mean(axis=1) - a.mean(axis=1))
+    return Paired(n, len(a), len(b), float(a.mean()), float(b.mean()), diff, low, high, df, p, paired)
 
-    def score(sums: np.ndarray, run: int) -> np.ndarray:
-        """The study's overall score from column sums and non-NaN counts (NaN-skipping means)."""
-        own = sums[:, 2 * k * run:2 * k * (run + 1)]  # this run's [sums | counts]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            means = own[:, :k] / own[:, k:]
-        return 100.0 * (means[:, :4].sum(axis=1) + 2 * means[:, 4] - 1) / 5
 
-    diff, low, high = _bootstrap(columns, lambda s: score(s, 1) - score(s, 0), seed=seed,
-                                 n_resamples=n_resamples, confidence=confidence)
-    total = columns.sum(axis=0, keepdims=True)
-    return Paired(len(x), float(score(total, 0)[0]), float(score(total, 1)[0]), diff, low, high)
+# --------------------------------------------------------------------------- arms
+
+
+def _arm_values(frames: Sequence[pd.DataFrame], metric: str, mask: np.ndarray | None = None) -> np.ndarray | None:
+    """(seeds, n) values of one metric for an arm (None: undefined for some seed run)."""
+    if metric == "acc":
+        y = np.stack([100.0 * _truth(f["correct"]) for f in frames])
+        return y if mask is None else y[:, mask]
+    if metric == "overall":
+        parts = [_arm_values(frames, name) for name in EXPLANATION]
+        if any(p is None for p in parts):
+            return None
+        weights = [2.0 if name == "cosine" else 1.0 for name in EXPLANATION]
+        return 100.0 * (sum(w * p for w, p in zip(weights, parts)) - 1.0) / len(EXPLANATION)
+    if not all(metric in f for f in frames):
+        return None
+    y = linearised(np.stack([f[metric].to_numpy(dtype=float) for f in frames]))
+    return None if np.isnan(y).any() else y
+
+
+def _truth(column: pd.Series) -> np.ndarray:
+    """A yes/no column as read back from a CSV or built in memory; missing = no (an unmapped answer is wrong)."""
+    return column.astype(str).str.strip().str.lower().isin(["true", "1", "1.0"]).to_numpy(dtype=float)
 
 
 def _groups(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """Accuracy groups, defined as in ``metrics.accuracy_breakdown``."""
     text = (frame["hint"].fillna("").astype(str).str.strip() != "").to_numpy()
-    image = frame["has_image"].fillna(False).astype(bool).to_numpy()
+    image = _truth(frame["has_image"])
     grade = frame["grade"].astype(str).str.extract(r"(\d+)", expand=False).astype(float)
     subjects = sorted(frame["subject"].dropna().unique())
     return {**{f"subject={s}": (frame["subject"] == s).to_numpy() for s in subjects},
-            "context=text": text, "context=image": image, "context=none": ~text & ~image,
+            "context=text": text, "context=image": image > 0, "context=none": ~text & ~(image > 0),
             "grade=1-6": grade.between(1, 6).to_numpy(), "grade=7-12": grade.between(7, 12).to_numpy()}
 
 
-def _resolution(metric: str) -> float:
-    """Half the last digit shown: 0.05 points, 0.0005 on the 0-1 scale."""
-    return 0.05 if _points(metric) else 0.0005
+def _as_arm(value) -> list[pd.DataFrame]:
+    return [value] if isinstance(value, pd.DataFrame) else list(value)
 
 
-def _significant(metric: str, r: Paired) -> bool:
-    """At 5 %: McNemar's p for accuracy, a CI clear of zero for the rest. Never on fewer than
-    ``MIN_N`` problems (a bootstrap of a handful of problems only restates them) nor for a CI that
-    stays within the reported precision of zero (:func:`_resolution`): a BLEU-1 of 0.00001 against
-    0.00002 is no finding, and the table would show it as -0.000 "significant"."""
-    if r.n < MIN_N:
-        return False
-    if metric == "acc":
-        return r.p_value < 0.05
-    return r.ci_low >= _resolution(metric) or r.ci_high <= -_resolution(metric)
+def join_arms(arms: Mapping[str, pd.DataFrame | Sequence[pd.DataFrame]]) -> tuple[dict[str, list], Joined]:
+    """Every run of every arm joined on the problems all of them share: arm -> its aligned frames."""
+    runs = {(label, i): f for label, arm in arms.items() for i, f in enumerate(_as_arm(arm))}
+    joined = join_rows({_run_name(arms, key): f for key, f in runs.items()})
+    frames = list(joined.frames.values())
+    out, k = {}, 0
+    for label, arm in arms.items():
+        out[label] = frames[k:k + len(_as_arm(arm))]
+        k += len(_as_arm(arm))
+    return out, joined
 
 
-def compare_runs(frames: Mapping[str, pd.DataFrame], baseline: str, *, seed: int = SEED,
-                 n_resamples: int = N_RESAMPLES, by_group: bool = True) -> pd.DataFrame:
-    """One tidy row per (run vs baseline, metric, group) on the problems all runs share.
+def _run_name(arms: Mapping, key: tuple[str, int]) -> str:
+    label, i = key
+    return label if len(_as_arm(arms[label])) == 1 else f"{label} (seed run {i + 1})"
 
-    A metric undefined for a run is left out (ROUGE-L and METEOR skip empty predictions, so a run
-    of empty answers has neither, nor an overall score), never shown as NaN."""
-    if baseline not in frames:
-        raise ValueError(f"baseline {baseline!r} is not one of the runs {list(frames)}")
-    joined = join_rows(frames)
-    base = joined.frames[baseline]
-    groups = {"all": np.ones(joined.n, dtype=bool), **(_groups(base) if by_group else {})}
-    kw = {"seed": seed, "n_resamples": n_resamples}
+
+def compare_runs(arms: Mapping[str, pd.DataFrame | Sequence[pd.DataFrame]], baseline: str, *,
+                 by_group: bool = True, primary: bool = True, confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """One tidy row per (arm vs baseline, metric, group) on the problems all runs share. An arm is a
+    frame (one run) or a list of frames (its seed runs). ``primary``: each arm's accuracy on all
+    problems is a primary endpoint (Holm-adjusted); every other row is exploratory.
+
+    A metric undefined for a run is left out (ROUGE-L and METEOR skip empty explanations, so a run
+    of empty explanations has neither, nor an overall score), never shown as NaN."""
+    if baseline not in arms:
+        raise ValueError(f"baseline {baseline!r} is not one of the runs {list(arms)}")
+    frames, joined = join_arms(arms)
+    base = frames[baseline]
+    groups = {"all": None, **(_groups(base[0]) if by_group else {})}
     rows = []
-    for run, other in joined.frames.items():
+    for run, other in frames.items():
         if run == baseline:
             continue
-        results = [("acc", g, paired_accuracy(base["correct"][m], other["correct"][m], **kw))
-                   for g, m in groups.items()]
-        metrics = [name for name in EXPLANATION if name in base and name in other]
-        results += [(name, "all", paired_metric(base[name], other[name], **kw)) for name in metrics]
-        if len(metrics) == len(EXPLANATION):
-            results.append(("overall", "all", paired_overall(base, other, **kw)))
-        for metric, group, r in results:
-            significant = _significant(metric, r)
-            rows += [{**asdict(r), "run": run, "baseline": baseline, "metric": metric, "group": group,
-                      "significant": bool(significant)}] if r.n and np.isfinite(r.diff) else []
-    return pd.DataFrame(rows, columns=COLUMNS)
+        wanted = [("acc", g, m) for g, m in groups.items() if m is None or m.any()]
+        wanted += [(name, "all", None) for name in (*EXPLANATION, "overall")]
+        for metric, group, mask in wanted:
+            a, b = _arm_values(base, metric, mask), _arm_values(other, metric, mask)
+            if a is None or b is None or not a.shape[1]:
+                continue
+            r = arm_difference(a, b, confidence)
+            family = PRIMARY if primary and (metric, group) == ("acc", "all") else EXPLORATORY
+            rows.append({**asdict(r), "run": run, "baseline": baseline, "metric": metric, "group": group,
+                         "family": family})
+    return decide(pd.DataFrame(rows, columns=COLUMNS))
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values (Holm 1979): sorted p times (m - rank), kept monotone, at most 1."""
+    p = np.asarray(p, dtype=float)
+    order = np.argsort(p)
+    adjusted = np.minimum(1.0, np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]))
+    out = np.empty_like(p)
+    out[order] = adjusted
+    return out
+
+
+def decide(table: pd.DataFrame) -> pd.DataFrame:
+    """``p_holm`` over the primary rows with a p, and the one significance rule (module docstring)."""
+    table = table.copy()
+    primary = (table["family"] == PRIMARY).to_numpy() & table["p_value"].notna().to_numpy()
+    table["p_holm"] = np.nan
+    table.loc[primary, "p_holm"] = holm(table.loc[primary, "p_value"].to_numpy(dtype=float))
+    decided = np.where(primary, table["p_holm"], table["p_value"]).astype(float)
+    table["significant"] = np.nan_to_num(decided, nan=1.0) < ALPHA
+    return table
+
+
+def n_tests(table: pd.DataFrame) -> tuple[int, int]:
+    """(primary, exploratory) tests in a table: what the header says was run."""
+    primary = int((table["family"] == PRIMARY).sum())
+    return primary, len(table) - primary
+
+
+# --------------------------------------------------------------------------- reports
 
 
 def _points(metric: str) -> bool:
@@ -224,47 +297,98 @@ def _num(value: float, metric: str, signed: bool = False) -> str:
     return text.replace("-", "\u2212")
 
 
+def p_text(p: float) -> str:
+    """p with two significant digits, more where two would show 0.05 itself or the other side of it."""
+    if p != p:
+        return ""
+    if p < 0.001:
+        return "<0.001"
+    for digits in (2, 3, 4, 6):
+        text = f"{p:.{digits}g}"
+        if float(text) != ALPHA and (float(text) < ALPHA) == (p < ALPHA):
+            return text
+    return f"{p:.6g}"
+
+
+def _ci(r, metric: str) -> str:
+    return f"[{_num(r.ci_low, metric, True)}, {_num(r.ci_high, metric, True)}]"
+
+
+def _pair(r, name: Mapping) -> str:
+    return f"{name.get(r.run, r.run)} vs {name.get(r.baseline, r.baseline)}"
+
+
 def _display(table: pd.DataFrame, labels: Mapping[str, str] | None) -> pd.DataFrame:
-    """The table as strings, shared by the markdown and terminal renderings."""
+    """Every row as strings: the markdown table of ``comparison.md``."""
     name = dict(labels or {})
     return pd.DataFrame([{
-        "comparison": f"{name.get(r.run, r.run)} vs {name.get(r.baseline, r.baseline)}", "metric": r.metric,
-        "group": r.group, "n": str(r.n), "a": _num(r.a, r.metric), "b": _num(r.b, r.metric),
-        "diff": _num(r.diff, r.metric, True),
-        "95% CI": f"[{_num(r.ci_low, r.metric, True)}, {_num(r.ci_high, r.metric, True)}]",
-        "p": "" if pd.isna(r.p_value) else f"{r.p_value:.2g}" if r.p_value >= 0.001 else "<0.001",
-        "sig": "*" if r.significant else ""} for r in table.itertuples()])
-
-
-def to_markdown(table: pd.DataFrame, labels: Mapping[str, str] | None = None) -> str:
-    """Markdown table, a sentence per headline accuracy or significant difference, the rest summarised."""
-    if table.empty:
-        return "No comparisons (no runs besides the baseline, or no common problems).\n"
-    shown = _display(table, labels)
-    note = f"Differences are run \u2212 baseline, {CONFIDENCE:.0%} paired bootstrap CIs, exact McNemar p for accuracy."
-    lines = [shown.to_markdown(index=False, disable_numparse=True), "", note, ""]
-    quiet: dict[str, list[str]] = {}
-    for r, s in zip(table.itertuples(), shown.to_dict("records")):
-        what = LABELS[r.metric] + ("" if r.group == "all" else f" ({r.group})")
-        if not r.significant and (r.metric, r.group) != ("acc", "all"):
-            quiet.setdefault(s["comparison"], []).append(what)
-            continue
-        unit = " points" if _points(r.metric) else ""
-        p = "" if not s["p"] else f", p {s['p']}" if s["p"][0] == "<" else f", p = {s['p']}"
-        verdict = "significant" if r.significant else "not significant"
-        lines.append(f"- {s['comparison']}: {what} {s['diff']}{unit} {s['95% CI']}{p}, n = {r.n} \u2014 "
-                     f"{verdict} at 5 %.")
-    lines += [f"- {pair}: not significant at 5 % for {', '.join(whats)}." for pair, whats in quiet.items()]
-    return "\n".join(lines) + "\n"
+        "comparison": _pair(r, name), "family": r.family, "metric": r.metric, "group": r.group, "n": str(r.n),
+        "seeds": f"{r.seeds_a}/{r.seeds_b}", "a": _num(r.a, r.metric), "b": _num(r.b, r.metric),
+        "diff": _num(r.diff, r.metric, True), "95% CI": _ci(r, r.metric), "p": p_text(r.p_value),
+        "p_holm": p_text(r.p_holm), "sig": "*" if r.significant else "", "per-seed diffs": r.per_seed or ""}
+        for r in table.itertuples()])
 
 
 def to_text(table: pd.DataFrame, labels: Mapping[str, str] | None = None) -> str:
-    """Aligned plain-text table for a terminal."""
-    return _display(table, labels).to_markdown(index=False, tablefmt="simple", disable_numparse=True)
+    """The terminal table: one line per comparison, accuracy (both arms, diff, interval, p, p_holm)
+    and the overall score's difference; ``*`` marks a significant primary endpoint only."""
+    name = dict(labels or {})
+    everything = table[table["group"] == "all"]
+    lines = []
+    for (run, baseline), rows in everything.groupby(["run", "baseline"], sort=False):
+        by_metric = {r.metric: r for r in rows.itertuples()}
+        acc, overall = by_metric.get("acc"), by_metric.get("overall")
+        if acc is None:
+            continue
+        lines.append({
+            "comparison": _pair(acc, name), "n": str(acc.n), "seeds": f"{acc.seeds_a}/{acc.seeds_b}",
+            "acc a": _num(acc.a, "acc"), "acc b": _num(acc.b, "acc"),
+            "acc diff [95% CI]": f"{_num(acc.diff, 'acc', True)} {_ci(acc, 'acc')}", "p": p_text(acc.p_value),
+            "p_holm": p_text(acc.p_holm) + (" *" if acc.family == PRIMARY and acc.significant else ""),
+            "overall diff [95% CI]": "" if overall is None else f"{_num(overall.diff, 'overall', True)} "
+                                                                f"{_ci(overall, 'overall')}"})
+    if not lines:
+        return "No comparisons (no runs besides the baseline, or no common problems)."
+    return pd.DataFrame(lines).to_markdown(index=False, tablefmt="simple", disable_numparse=True)
+
+
+def _verdict(r) -> str:
+    if not r.significant:
+        return "cannot tell apart at 5 %"
+    return "significant at 5 %" + (" (Holm-adjusted)" if r.family == PRIMARY else " (exploratory, unadjusted)")
+
+
+def to_markdown(table: pd.DataFrame, labels: Mapping[str, str] | None = None) -> str:
+    """Markdown table, a sentence per primary endpoint and per exploratory row whose interval excludes
+    zero, the rest summarised."""
+    if table.empty:
+        return "No comparisons (no runs besides the baseline, or no common problems).\n"
+    shown = _display(table, labels)
+    primary, exploratory = n_tests(table)
+    lines = [shown.to_markdown(index=False, disable_numparse=True), "",
+             f"Differences are run \u2212 baseline with {CONFIDENCE:.0%} intervals ({METHOD}). {primary} primary "
+             f"test(s), Holm-adjusted (p_holm); {exploratory} exploratory test(s), unadjusted. Seeds a/b: seed "
+             "runs per arm; with one seed per arm an interval covers the sampling of problems only, not training "
+             "variance.", ""]
+    quiet: dict[str, list[str]] = {}
+    for r, s in zip(table.itertuples(), shown.to_dict("records")):
+        what = LABELS[r.metric] + ("" if r.group == "all" else f" ({r.group})")
+        if r.family != PRIMARY and not r.significant:
+            quiet.setdefault(s["comparison"], []).append(what)
+            continue
+        unit = " points" if _points(r.metric) else ""
+        p = f", p = {s['p']}" if s["p"] else ""
+        p += f", p_holm = {s['p_holm']}" if s["p_holm"] else ""
+        seeds = f", {r.seeds_a}/{r.seeds_b} seeds" if max(r.seeds_a, r.seeds_b) > 1 else ""
+        lines.append(f"- {s['comparison']}: {what} {s['diff']}{unit} {s['95% CI']}{p}, n = {r.n}{seeds} \u2014 "
+                     f"{_verdict(r)}.")
+    lines += [f"- {pair}: cannot tell apart at 5 % (exploratory) for {', '.join(whats)}."
+              for pair, whats in quiet.items()]
+    return "\n".join(lines) + "\n"
 
 
 def forest_plot(table: pd.DataFrame, path: str | Path, labels: Mapping[str, str] | None = None) -> Path:
-    """Differences with CIs per (run vs baseline, metric): points panel (acc, overall) and 0-1 panel."""
+    """Differences with intervals per (run vs baseline, metric): points panel (acc, overall) and 0-1 panel."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, also on machines without a display
@@ -278,6 +402,7 @@ def forest_plot(table: pd.DataFrame, path: str | Path, labels: Mapping[str, str]
         raise ValueError("nothing to plot: no group == 'all' rows")
     height = 1.2 + 0.4 * max(len(part) for _, part in panels)
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), height), squeeze=False)
+    name = dict(labels or {})
     for ax, (title, part) in zip(axes[0], panels):
         y = np.arange(len(part))[::-1]
         for significant, color in ((False, "tab:gray"), (True, "tab:red")):
@@ -285,9 +410,9 @@ def forest_plot(table: pd.DataFrame, path: str | Path, labels: Mapping[str, str]
             d, low, high = (part[c].to_numpy(dtype=float)[sel] for c in ("diff", "ci_low", "ci_high"))
             ax.errorbar(d, y[sel], xerr=np.clip([d - low, high - d], 0, None), fmt="o", color=color, capsize=3)
         ax.axvline(0, color="black", linestyle="--", linewidth=1)
-        ax.set_yticks(y, [f"{c}: {LABELS[m]}" for c, m in zip(_display(part, labels)["comparison"], part["metric"])])
+        ax.set_yticks(y, [f"{_pair(r, name)}: {LABELS[r.metric]}" for r in part.itertuples()])
         ax.set_title(title)
-        ax.set_xlabel(f"run \u2212 baseline, {CONFIDENCE:.0%} CI (red: significant)")
+        ax.set_xlabel(f"run \u2212 baseline, {CONFIDENCE:.0%} interval (red: significant)")
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -42,6 +42,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -69,6 +70,18 @@ def sqlite_path(uri: str) -> Path | None:
         return None
     name = uri[len("sqlite:///"):].split("?", 1)[0]
     return Path(name) if name and name != ":memory:" else None
+
+
+def unwritable_reason(folder: Path) -> str | None:
+    """Why files cannot be created in ``folder`` (an existing folder), or None. Tried, not guessed:
+    ``os.access`` says yes to root on a read-only or immutable folder, and a deleted working folder
+    still answers ``stat``; then the lock file could not be made and its lock was waited on for
+    LOCK_TIMEOUT_S as if another process held it. The probe file is removed at once."""
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".sciqa-probe-"):
+            return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
 
 
 def lock_path(db: Path) -> Path:

@@ -10,8 +10,6 @@ whose answer is wrong (the common KD ablation).
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
 from dataclasses import dataclass, field
@@ -19,6 +17,7 @@ from pathlib import Path
 
 from sciqa.data.problems import Problem
 from sciqa.errors import SciqaError
+from sciqa.outputs import UserCSV, read_user_csv
 from sciqa.prompts import target_json
 
 STUDY_COLUMNS = ("index", "answer", "explanation")
@@ -63,24 +62,31 @@ def golden(problems: list[Problem]) -> Targets:
     return Targets({p.id: target_json(p.answer_text, p.solution) for p in problems}, source="golden")
 
 
-def _rows_from_csv_text(text: str, where: str) -> tuple[list[dict], str]:
-    """Rows and their format (``ours`` or ``study``) from a CSV text, tab or comma separated."""
-    first = text.splitlines()[0] if text.strip() else ""
-    delim = "\t" if first.count("\t") > first.count(",") else ","
-    try:
-        reader = csv.DictReader(io.StringIO(text), delimiter=delim)
-        cols = [c.strip() for c in (reader.fieldnames or [])]
-        reader.fieldnames = cols
-        rows = list(reader)
-    except csv.Error as exc:
-        raise SciqaError(f"teacher CSV '{where}' cannot be parsed ({exc})") from None
+class TeacherRows(list):
+    """Teacher rows as read (of an id given twice, the last: the same rule as ``evaluate --csv``) and
+    how many rows repeated an id (the training run's ``duplicate_ids`` metric)."""
+
+    def __init__(self, rows=(), duplicate_ids: int = 0):
+        super().__init__(rows)
+        self.duplicate_ids = duplicate_ids
+
+
+def _read_rows(path: Path, where: str) -> tuple[UserCSV, str]:
+    """The CSV's records and their format (``ours`` or ``study``), tab or comma separated, read by the
+    outputs CSV's record-level reader: a damaged record is skipped and named by its line, never read
+    as ids; a repeated id keeps its last row. Both are said in one warning line."""
+    table = read_user_csv(path, "teacher CSV", keys=("id", "index"))
+    cols = table.columns
     if "id" in cols and ("raw_output" in cols or "answer_text" in cols):
-        return rows, "ours"
-    missing = [c for c in STUDY_COLUMNS if c not in cols]
-    if missing:
-        raise SciqaError(f"teacher CSV '{where}' lacks columns {', '.join(missing)}; expected our outputs CSV "
-                         "(id, raw_output, ...) or the study's format (index, input, answer, explanation)")
-    return rows, "study"
+        fmt = "ours"
+    else:
+        missing = [c for c in STUDY_COLUMNS if c not in cols]
+        if missing:
+            raise SciqaError(f"teacher CSV '{where}' lacks columns {', '.join(missing)}; expected our outputs CSV "
+                             "(id, raw_output, ...) or the study's format (index, input, answer, explanation)")
+        fmt = "study"
+    table.warn(f"teacher CSV '{where}'")
+    return table, fmt
 
 
 def _index(cell: str | None, n_choices: int) -> int | None:
@@ -117,16 +123,13 @@ def teacher_rows(rows: list[dict], fmt: str, choices: dict[str, tuple[str, ...]]
     return out
 
 
-def from_csv(path: str, all_train: list[Problem], strict_ids: bool = True) -> list[TeacherRow]:
+def from_csv(path: str, all_train: list[Problem], strict_ids: bool = True, where: str = "") -> TeacherRows:
     p = Path(path).expanduser()
     if not p.is_file():
         raise SciqaError(f"teacher CSV '{path}' does not exist")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise SciqaError(f"teacher CSV '{path}' is not UTF-8 text") from None
-    rows, fmt = _rows_from_csv_text(text, path)
-    return teacher_rows(rows, fmt, {q.id: q.choices for q in all_train}, path, strict_ids)
+    table, fmt = _read_rows(p, where or path)
+    rows = teacher_rows(table.rows, fmt, {q.id: q.choices for q in all_train}, where or path, strict_ids)
+    return TeacherRows(rows, table.duplicate_ids)
 
 
 def run_train_csv(run_id: str, setting: str) -> str:
@@ -148,23 +151,24 @@ def run_train_csv(run_id: str, setting: str) -> str:
     return (preferred or train)[0]
 
 
-def from_run(run_id: str, setting: str, all_train: list[Problem], workdir: Path) -> list[TeacherRow]:
+def from_run(run_id: str, setting: str, all_train: list[Problem], workdir: Path) -> TeacherRows:
     from sciqa.tracking import fetch_artifact
 
     art = run_train_csv(run_id, setting)
     local = Path(workdir) / "teacher" / run_id / Path(art).name
     if not local.exists() and not fetch_artifact([run_id], art, local):
         raise SciqaError(f"teacher run '{run_id}': {art} cannot be downloaded")
-    rows, fmt = _rows_from_csv_text(local.read_text(encoding="utf-8"), f"run {run_id}")
-    return teacher_rows(rows, fmt, {q.id: q.choices for q in all_train}, f"run {run_id}", strict_ids=False)
+    return from_csv(str(local), all_train, strict_ids=False, where=f"run {run_id}")
 
 
 def kd_targets(rows: list[TeacherRow], problems: list[Problem], kd_filter: str, source: str,
                run_id: str = "") -> Targets:
-    """The usable teacher rows of ``problems`` as targets; every dropped row counted by reason."""
+    """The usable teacher rows of ``problems`` as targets; every dropped row counted by reason. A kept
+    row with an empty explanation is kept (its answer still teaches) and counted
+    (``teacher_rows_empty_explanation``): the comparison's header shows it."""
     by_problem = {p.id: p for p in problems}
     counts = dict.fromkeys(("teacher_rows", "teacher_rows_truncated", "teacher_rows_unmapped",
-                            "teacher_rows_wrong", "teacher_missing"), 0)
+                            "teacher_rows_wrong", "teacher_missing", "teacher_rows_empty_explanation"), 0)
     kept: dict[str, str] = {}
     for row in rows:
         p = by_problem.get(row.id)
@@ -179,6 +183,7 @@ def kd_targets(rows: list[TeacherRow], problems: list[Problem], kd_filter: str, 
             counts["teacher_rows_wrong"] += 1
         else:
             kept[row.id] = target_json(p.choices[row.index], row.solution)
+            counts["teacher_rows_empty_explanation"] += int(not row.solution.strip())
     answered = {r.id for r in rows}
     counts["teacher_missing"] = sum(1 for p in problems if p.id not in answered)
     dropped = counts["teacher_rows"] - len(kept)

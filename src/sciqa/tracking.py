@@ -72,11 +72,17 @@ def check_uri(uri: str) -> None:
     if scheme in ("http", "https", "databricks"):
         return
     if scheme == "sqlite":
-        path = Path(uri[len("sqlite:///"):] or ".")
-        folder = path.parent if not path.exists() else path
-        if not os.access(folder if folder.exists() else Path.cwd(), os.W_OK):
-            raise SciqaError(f"tracking store {uri}: folder '{folder}' is not writable; run where you can write "
-                             "or set MLFLOW_TRACKING_URI")
+        from sciqa.store import sqlite_path, unwritable_reason
+
+        path = sqlite_path(uri)
+        folder = path.parent if path is not None else None
+        if folder is not None and not folder.is_dir():  # MLflow would create every missing folder on the way
+            raise SciqaError(f"tracking store {uri}: folder '{folder}' does not exist; create it, or set "
+                             "MLFLOW_TRACKING_URI to a store in an existing folder")
+        why = unwritable_reason(folder) if folder is not None else None
+        if why:
+            raise SciqaError(f"tracking store {uri}: folder '{folder}' is not writable ({why}); run where you can "
+                             "write or set MLFLOW_TRACKING_URI")
         return
     if scheme in _SQL_SCHEMES:
         import sqlalchemy
@@ -164,6 +170,14 @@ def get_run(run_id: str, what: str = "run"):
         raise SciqaError(f"{what} '{run_id}' cannot be read from {redact(tracking_uri())}: {first}") from None
 
 
+def error_reason(exc: BaseException) -> str:
+    """Why a run failed, as its ``sciqa.error`` tag: a user error's line, else the exception's type
+    and first line; redacted (a request error names the URL, credentials included)."""
+    text = str(exc) if isinstance(exc, SciqaError) else \
+        f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+    return redact(text)[:5000]
+
+
 def fail_outer(message: str) -> None:
     """Bad input under ``mlflow run``: mark the run it made FAILED with the reason as a tag."""
     run_id = outer_run_id()
@@ -173,7 +187,7 @@ def fail_outer(message: str) -> None:
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking_uri())
-        client.set_tag(run_id, "sciqa.error", message[:5000])
+        client.set_tag(run_id, "sciqa.error", redact(message)[:5000])
         client.set_terminated(run_id, "FAILED")
     except Exception:  # noqa: BLE001 - the store itself may be what is wrong
         pass
@@ -183,6 +197,7 @@ def release_outer(note: str, reused: str = "") -> None:
     """The outer run was not needed (the result lives in ``reused``): see :func:`discard_run`."""
     run_id = take_outer_run()
     if run_id:
+        get_run(run_id, "MLFLOW_RUN_ID: run")
         discard_run(run_id, note, reused)
 
 
@@ -384,7 +399,7 @@ def step_run(step: str, params: dict, tags: dict[str, str], run_name: str, force
     with runlock.key_lock(f"{store_identity()}|{experiment_id()}", key) as holder:
         attach = take_outer_run() if parent_run_id is None else None
         if attach:
-            _check_attach(client.get_run(attach), key, logged)
+            _check_attach(get_run(attach, "MLFLOW_RUN_ID: run"), key, logged)
         run = _open(client, key, run_name, attach, parent_run_id, force, reuse, holder)
         if run.reused:
             yield run
@@ -403,15 +418,15 @@ def step_run(step: str, params: dict, tags: dict[str, str], run_name: str, force
         try:
             yield run
             status = "FINISHED"
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C: the CLI says which run stopped (innermost first), exit 130
             status = "KILLED"
+            exc.sciqa_runs = [*getattr(exc, "sciqa_runs", []), (step, run.run_id)]  # type: ignore[attr-defined]
             raise
         except Stopped as exc:  # a stop signal at a safe point: SCHEDULED when the job comes back, else KILLED
             status = "SCHEDULED" if exc.requeued else "KILLED"
             raise
-        except BaseException as exc:
-            if isinstance(exc, SciqaError):
-                client.set_tag(run.run_id, "sciqa.error", str(exc)[:5000])
+        except Exception as exc:
+            client.set_tag(run.run_id, "sciqa.error", error_reason(exc))
             raise
         finally:
             heartbeat.stop()

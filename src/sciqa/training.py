@@ -260,18 +260,27 @@ def _epoch(run: _Run, encoded: list[Encoded], epoch: int, first: int, partial_su
         with _autocast(lm.device, cfg.bf16):
             logits = run.adapted(**batch).logits
         loss, n = token_loss_sum(logits, labels)
+        _check_finite(run, loss.detach(), "the loss", epoch)
         (loss / max(n_window, 1)).backward()
         loss_sum, tokens = loss_sum + float(loss.detach()), tokens + n
         if i == window_start + len(window) - 1:
-            _optimizer_step(run, float(loss.detach()) / max(n, 1))
+            _optimizer_step(run, float(loss.detach()) / max(n, 1), epoch)
         bar.set_postfix(loss=f"{loss_sum / max(tokens, 1):.4f}")
         bar.update(1)
     bar.close()
     return loss_sum, tokens, seconds + time.perf_counter() - t0
 
 
-def _optimizer_step(run: _Run, last_loss: float) -> None:
-    torch.nn.utils.clip_grad_norm_(run.params, 1.0)
+def _check_finite(run: _Run, value: torch.Tensor, what: str, epoch: int) -> None:
+    """Stop at the first non-finite loss or gradient: every step after it would train on NaN, and the
+    run must fail (with this reason) rather than finish with an adapter that is scored and reused."""
+    if not bool(torch.isfinite(value).all()):
+        raise SciqaError(f"training diverged: {what} is {float(value)} at epoch {epoch + 1}, step "
+                         f"{run.global_step + 1}; lower --lr (now {run.cfg.lr:g}) or check the targets")
+
+
+def _optimizer_step(run: _Run, last_loss: float, epoch: int) -> None:
+    _check_finite(run, torch.nn.utils.clip_grad_norm_(run.params, 1.0), "the gradient norm", epoch)
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)

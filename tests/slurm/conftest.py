@@ -18,11 +18,6 @@ SCRIPTS = REPO / "slurm" / "testcluster"
 STATE_DIR = os.environ.get("SLURM_TEST_DIR", "/tmp/sciqa-slurm")  # short: unix socket paths
 
 
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "slurm: needs the local Slurm test cluster (slurm/testcluster/start.sh, root)")
-
-
 @pytest.fixture(scope="session")
 def slurm_cluster():
     """SLURM_CONF of a running test cluster, also exported in os.environ for sbatch/squeue."""

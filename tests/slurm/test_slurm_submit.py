@@ -191,7 +191,7 @@ def test_requeued_benchmark_resumes_in_the_same_run(slurm_env, tmp_path):
     client = mlflow.MlflowClient()
     made = client.create_run(slurm_env).info.run_id  # what `mlflow run` does before the command
     proc = run_cli("benchmark", *TINY, "--max-new-tokens", "32", "--limit", str(limit), "--batch-size", "1",
-                   "--slurm-gpu", "a100",
+                   "--slurm-gpu", "a100", "--workdir", str(tmp_path / "sciqa-work"),
                    cwd=tmp_path, env={"MLFLOW_RUN_ID": made, "MLFLOW_EXPERIMENT_ID": slurm_env})
     run_id, job_id = ids_of(proc.stdout)
     assert run_id == made
@@ -220,7 +220,7 @@ def test_requeued_training_resumes_and_matches_uninterrupted(slurm_env, tmp_path
 
     args = ["train-prefix", "--variant", "pkv", "--model", "tiny-qwen2-vl", "--limit", "48", "--val-limit", "4",
             "--epochs", "3", "--batch-size", "2", "--prefix-len", "4", "--max-length", "512", "--seed", "3"]
-    proc = run_cli(*args, "--slurm-gpu", "h100", cwd=tmp_path)
+    proc = run_cli(*args, "--slurm-gpu", "h100", "--workdir", str(tmp_path / "sciqa-work"), cwd=tmp_path)
     run_id, job_id = ids_of(proc.stdout)
     requeue_when(job_id, lambda: any((tmp_path / "sciqa-work").glob("*/checkpoints/epoch_1")), "epoch 1")
     [run] = all_runs(slurm_env)
@@ -245,7 +245,7 @@ def test_requeued_main_resumes_its_training_child_and_finishes(slurm_env, tmp_pa
 
     args = ["main", "--variants", "pkv", "--limit", "24", "--eval-limit", "2", "--epochs", "3", "--prefix-len", "2",
             "--train-batch-size", "2", "--batch-size", "4", "--max-new-tokens", "4", "--teacher-max-new-tokens", "64"]
-    proc = run_cli(*args, "--slurm-gpu", "h100", cwd=tmp_path)
+    proc = run_cli(*args, "--slurm-gpu", "h100", "--workdir", str(tmp_path / "sciqa-work"), cwd=tmp_path)
     run_id, job_id = ids_of(proc.stdout)
     requeue_when(job_id, lambda: any((tmp_path / "sciqa-work").glob("*/checkpoints/epoch_1")), "epoch 1", timeout=400)
     runs = all_runs(slurm_env)

@@ -6,13 +6,19 @@ folder (weights + ``adapter_config.json``, which names the base model) as the mo
 and :class:`AdapterModel` loads the base model, applies the adapter and answers problems. The
 signature says what it takes (problem fields, the setting) and gives (the raw answer).
 
+sciqa is on no package index, so the model carries its code (``code_paths``: the ``sciqa`` package,
+put on ``sys.path`` when the model loads) and names only sciqa's own dependencies as requirements:
+a fresh environment (``mlflow models serve``, another machine) installs those and loads it.
+
     model = mlflow.pyfunc.load_model("models:/sciqa-tiny-qwen2-vl-pkv-kd/1")
     model.predict(pd.DataFrame([{"question": ..., "choices": '["a", "b"]', ...}]))
 """
 from __future__ import annotations
 
 import json
+import tomllib
 import warnings
+from importlib.metadata import PackageNotFoundError, requires
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -54,6 +60,22 @@ def _example():
                           "hint": "", "task": "closed choice", "lecture": "", "solution": "", "setting": "QTCH"}])
 
 
+def requirements() -> list[str]:
+    """sciqa's own dependencies, never sciqa itself: a checkout's pyproject.toml (current even when an
+    editable install's metadata is not), else the installed package's metadata."""
+    package = Path(__file__).resolve().parents[1]
+    pyproject = package.parents[1] / "pyproject.toml"
+    if pyproject.is_file():
+        return list(tomllib.loads(pyproject.read_text())["project"]["dependencies"])
+    try:
+        return [r for r in requires("sciqa") or [] if "extra ==" not in r]
+    except PackageNotFoundError:
+        from sciqa.errors import SciqaError
+
+        raise SciqaError(f"cannot tell sciqa's dependencies: no pyproject.toml beside {package} "
+                         "and no installed sciqa; pip install -e . in the checkout") from None
+
+
 def log_adapter_model(folder: Path, base_model: str, variant: str, registered_name: str = "") -> str:
     """Log ``folder`` as the active run's model ``adapter_model`` (registered when a name is given);
     returns its model URI."""
@@ -65,7 +87,8 @@ def log_adapter_model(folder: Path, base_model: str, variant: str, registered_na
                                     params={"max_new_tokens": 256})
         info = mlflow.pyfunc.log_model(name="adapter_model", python_model=AdapterModel(),
                                        artifacts={"adapter": str(folder)}, signature=signature,
-                                       pip_requirements=["sciqa"], registered_model_name=registered_name or None,
+                                       code_paths=[str(Path(__file__).resolve().parents[1])],
+                                       pip_requirements=requirements(), registered_model_name=registered_name or None,
                                        metadata={"base_model": base_model, "variant": variant})
     return info.model_uri
 
@@ -84,6 +107,10 @@ def run_of_model(uri: str) -> str:
 
     if not uri.startswith("models:/") or uri.count("/") < 2 and "@" not in uri:
         raise SciqaError(f"--adapter takes models:/NAME/VERSION or models:/NAME@ALIAS, got '{uri}'")
+    from sciqa.tracking import store_exists, tracking_uri
+
+    if not store_exists():  # reading a sqlite store that is not there would create it
+        raise SciqaError(f"registered adapter '{uri}' not found: the store {tracking_uri()} has no models yet")
     rest = uri[len("models:/"):]
     client = MlflowClient()
     try:

@@ -30,15 +30,11 @@ import shutil
 import subprocess
 import sys
 import time as _time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sciqa.errors import SciqaError
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 DEFAULT_PROFILE = "local"
 PROFILE_ENV = "SCIQA_SLURM_PROFILE"
@@ -301,13 +297,27 @@ exit "$status"
 """
 
 
+def _task_block(tasks: list[tuple[dict[str, str], list[str]]]) -> str:
+    """A job array's per-task exports and command, chosen by ``SLURM_ARRAY_TASK_ID``."""
+    lines = ["# job array: each task runs its own command (a grid cell) in its own MLflow run",
+             'case "$SLURM_ARRAY_TASK_ID" in']
+    for i, (exports, command) in enumerate(tasks):
+        sets = "; ".join(f"export {k}={shlex.quote(str(v))}" for k, v in exports.items())
+        lines.append(f"  {i}) {sets + '; ' if sets else ''}cmd=({shlex.join(command)}) ;;")
+    lines += ['  *) echo "sciqa: no task $SLURM_ARRAY_TASK_ID in this array"; exit 2 ;;', "esac"]
+    return "\n".join(lines)
+
+
 def build_job(profile: Profile, gpu: str, command: list[str], job_name: str, time: str | None,
               log_dir: str | Path, env_exports: dict[str, str], workdir: str | Path, *,
-              gpus: int = 1, signal_seconds: int | None = None) -> str:
+              gpus: int = 1, signal_seconds: int | None = None, tasks: list[tuple[dict[str, str], list[str]]] = (),
+              max_running: int = 0, dependency: str = "") -> str:
     """Render the sbatch script: resources from the profile, MLflow exports, signal forwarding.
 
     ``time`` None takes the partition's default; the log ``<log_dir>/%j.out`` holds stdout
-    and stderr and is appended to when the job is requeued.
+    and stderr and is appended to when the job is requeued (an array task's %j is its own id).
+    ``tasks``: a job array (``--array=0-N%max_running``), task i exporting ``tasks[i][0]`` and
+    running ``tasks[i][1]`` instead of ``command``; ``dependency``: sbatch's, e.g. ``afterany:12``.
     """
     from simple_slurm import Slurm  # a fresh object per job: commands accumulate on reuse
 
@@ -322,7 +332,9 @@ def build_job(profile: Profile, gpu: str, command: list[str], job_name: str, tim
         raise SciqaError(f"time {time} leaves no room to checkpoint {signal_seconds} s before the limit; "
                          f"accepted: a time longer than {signal_seconds} s or a smaller signal_seconds")
     check_env_exports(env_exports)
-    if not command:
+    for exports, _ in tasks:
+        check_env_exports(exports)
+    if not command and not tasks:
         raise SciqaError("empty command for the Slurm job")
     workdir = os.path.abspath(Path(workdir).expanduser())  # abspath: keep the user's symlinked paths
     log_dir = Path(os.path.abspath(Path(log_dir).expanduser()))
@@ -331,7 +343,9 @@ def build_job(profile: Profile, gpu: str, command: list[str], job_name: str, tim
     job = Slurm(job_name=job_name, partition=spec.partition, gres=spec.gres,
                 cpus_per_task=spec.cpus, mem=spec.mem, time=time,
                 output=str(log_dir / "%j.out"), open_mode="append", requeue=True,
-                signal=f"B:USR1@{signal_seconds}", chdir=workdir)
+                signal=f"B:USR1@{signal_seconds}", chdir=workdir,
+                **({"array": f"0-{len(tasks) - 1}" + (f"%{max_running}" if max_running else "")} if tasks else {}),
+                **({"dependency": dependency} if dependency else {}))
     job.set_shell("/bin/bash")
     job.add_cmd(f"# sciqa job: profile {profile.name}, {spec.count} x {spec.type}")
     job.add_cmd('echo "sciqa: job $SLURM_JOB_ID start (restart ${SLURM_RESTART_COUNT:-0}) on '
@@ -345,7 +359,9 @@ def build_job(profile: Profile, gpu: str, command: list[str], job_name: str, tim
         for key, value in env_exports.items():
             job.add_cmd(f"export {key}={shlex.quote(str(value))}")
     job.add_cmd("export PYTHONUNBUFFERED=1  # log lines reach %j.out as they happen")
-    job.add_cmd(_RUN_BLOCK.format(command=shlex.join(command)))
+    if tasks:
+        job.add_cmd(_task_block(tasks))
+    job.add_cmd(_RUN_BLOCK.format(command='"${cmd[@]}"' if tasks else shlex.join(command)))
     # convert=False: `$` must reach bash as is (convert=True is for simple-slurm's here-doc)
     text = job.script(convert=False)
     # simple-slurm pads flags without a value (`--requeue` + blanks): strip trailing blanks

@@ -31,21 +31,22 @@ class EvaluateConfig:
 
 
 def _read(path: Path):
-    """A CSV with ``id`` and ``raw_output``, as strings; anything else is one line."""
-    import csv
-
+    """A CSV with ``id`` and ``raw_output``, as strings; anything else is one line. Read record by record
+    as a teacher CSV is (``outputs.read_user_csv``): damaged records skipped and named by line, the last
+    row of a repeated id kept (``attrs["duplicate_ids"]`` counts them)."""
     import pandas as pd
 
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, sep=None, engine="python")
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError, ValueError, OSError,
-            csv.Error) as exc:
-        raise SciqaError(f"cannot read CSV '{path}': {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
-    missing = [c for c in ("id", "raw_output") if c not in df.columns]
+    from sciqa.outputs import read_user_csv
+
+    table = read_user_csv(path, "CSV")
+    missing = [c for c in ("id", "raw_output") if c not in table.columns]
     if missing:
-        raise SciqaError(f"CSV '{path.name}' lacks column(s) {', '.join(missing)}; it has: {', '.join(df.columns)}")
-    if df.empty:
+        raise SciqaError(f"CSV '{path.name}' lacks column(s) {', '.join(missing)}; it has: {', '.join(table.columns)}")
+    if not table.rows:
         raise SciqaError(f"CSV '{path.name}' has no rows to evaluate")
+    table.warn(f"CSV '{path.name}'")
+    df = pd.DataFrame(table.rows, columns=table.columns)
+    df.attrs["duplicate_ids"] = table.duplicate_ids
     return df
 
 
@@ -90,10 +91,11 @@ def _index(value: str, n_choices: int, base: int) -> int | None:
 def _dedupe(df, name: str):
     """Keep the last row per id (a rerun appended to the file), warning with the count."""
     dupes = int(df["id"].duplicated().sum())
+    merged = df.attrs.get("duplicate_ids", 0)  # already merged by the reader, which warned
     if dupes:
         print(f"sciqa: warning: {name}: {dupes} duplicated id(s); the last row of each is evaluated",
               file=sys.stderr)
-    return df.drop_duplicates("id", keep="last"), dupes
+    return df.drop_duplicates("id", keep="last"), dupes + merged
 
 
 def score_frame(df, problems: dict[str, Problem], number_base: int):
@@ -101,7 +103,7 @@ def score_frame(df, problems: dict[str, Problem], number_base: int):
     Returns the frame and counts of what was repaired (duplicates, invalid ``answer_index`` cells)."""
     import pandas as pd
 
-    from sciqa.parsing import parse_output
+    from sciqa.parsing import UNMAPPED, parse_output
 
     unknown = [i for i in df["id"] if i not in problems]
     if unknown:
@@ -121,7 +123,8 @@ def score_frame(df, problems: dict[str, Problem], number_base: int):
         rows.append({"id": p.id, "answer_index": index, "answer": p.answer, "subject": p.subject,
                      "grade": p.grade, "topic": p.topic, "hint": p.hint, "has_image": p.has_image,
                      "prediction": str(rec["solution"]) if has_solution else parsed.solution,
-                     "reference": f"{p.lecture} {p.solution}".strip()})
+                     "reference": f"{p.lecture} {p.solution}".strip(),
+                     "rule": rules[-1] if index is not None else UNMAPPED})  # compare: fuzzy-mapped share
     frame = pd.DataFrame(rows)
     frame["answer_index"] = frame["answer_index"].astype("Int64")
     return frame, {"duplicate_ids": dupes, "answer_index_invalid": invalid}, rules
@@ -141,12 +144,17 @@ def evaluate_paths(paths: list[Path], dataset: str, number_base: int) -> dict:
     """stem -> (summary, topics, per-row scores, counts) for each outputs CSV."""
     from sciqa.metrics import ensure_wordnet
 
+    frames = {path: _read(path) for path in paths}  # a bad CSV: one line before anything else
     ensure_wordnet()
     problems = _problems_by_id(dataset)
     results = {}
-    for path in paths:
-        frame, counts, rules = score_frame(_read(path), problems, number_base)
+    for path, df in frames.items():
+        frame, counts, rules = score_frame(df, problems, number_base)
         summary, topics, per_row = evaluate_frame(frame)
+        counts["empty_explanations"] = int(per_row["rougeL"].isna().sum())  # the rows ROUGE-L/METEOR skip
+        if "overall" not in summary and len(per_row):
+            print(f"sciqa: warning: {path.stem}: every explanation is empty ({len(per_row)} rows), so ROUGE-L, "
+                  "METEOR and the overall score are undefined and not logged", file=sys.stderr)
         results[path.stem] = (summary, topics, per_row, counts, rules)
     return results
 
@@ -177,12 +185,16 @@ def log_results(run_id: str, results: dict) -> None:
 
 
 def _rule_table(rules: list[str]):
-    """How many answers each parsing rule mapped: how much fuzzy matching the accuracy relies on."""
+    """How many answers each parsing rule mapped, every rule named (zeros too): how much fuzzy
+    matching the accuracy relies on, and how many label/text conflicts were left unmapped."""
     import pandas as pd
 
-    counts = pd.Series([r or "unmapped" for r in rules], dtype=str).value_counts()
-    return pd.DataFrame({"rule": counts.index, "answers": counts.values,
-                         "share": counts.values / max(len(rules), 1)})
+    from sciqa.parsing import FUZZY_RULES, rule_counts
+
+    counts = rule_counts(rules)
+    return pd.DataFrame({"rule": list(counts), "answers": list(counts.values()),
+                         "share": [n / max(len(rules), 1) for n in counts.values()],
+                         "fuzzy": [rule in FUZZY_RULES for rule in counts]})
 
 
 def _print(results: dict) -> None:
@@ -235,7 +247,6 @@ def evaluate(cfg: EvaluateConfig, parent_run_id: str | None = None) -> str:
         return evaluate_run(cfg.run, cfg.force, cfg.dataset, cfg.number_base)
     path = Path(cfg.csv).expanduser().resolve()
     dataset = cfg.dataset or "sample"
-    _read(path)  # bad CSVs: one line before any run
     results = evaluate_paths([path], dataset, cfg.number_base)
     tracking.setup()
     params = {"dataset": dataset, "number_base": cfg.number_base, "csv_digest": tracking.digest(path.read_bytes())}

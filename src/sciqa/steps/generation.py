@@ -1,7 +1,6 @@
 """The generation loop shared by ``benchmark`` and ``score``: resume by id, batches, CSV, metrics."""
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -46,7 +45,8 @@ class GenerationConfig:
     revision: str = option("", "model revision (hub models)")
     dtype: str = option("auto", "weights dtype (auto: bf16 on CUDA, else float32)", choices=DTYPE_CHOICES)
     device: str = option("auto", "auto (CUDA when present), cpu or cuda[:N]")
-    workdir: str = option("sciqa-work", "local folder for outputs (resume state)", operational=True)
+    workdir: str = option("", "local folder for outputs (resume state); '' = $SCIQA_CACHE/work, "
+                              "never the folder the command runs in", operational=True)
     force: bool = option(False, "recompute even if a finished run matches", operational=True)
     # openai backend (any OpenAI-compatible chat-completions API)
     api_base: str = option("", "openai backend: API base URL, e.g. http://127.0.0.1:8000/v1")
@@ -88,16 +88,35 @@ class Inputs:
     images_missing: int
 
 
+def workdir_path(workdir: str) -> Path:
+    """``--workdir``, else sciqa's cache (``$SCIQA_CACHE/work/<store>``, ~/.cache/sciqa/...): step state
+    never lands in the folder a command runs in, which under ``mlflow run`` is the project checkout
+    (a git-URI run's is a temporary copy). One folder per tracking store: a state folder belongs to a
+    run (:meth:`StepRun.state_dir`), and equal steps logged to two stores must not take each other's."""
+    if workdir:
+        return Path(workdir).expanduser()
+    from sciqa.cache import cache_root
+    from sciqa.tracking import digest, store_identity
+
+    return cache_root() / "work" / digest(store_identity())[:12]
+
+
 def check_workdir(workdir: str) -> Path:
     """The local folder for outputs, checked writable without creating anything (bad input must
     leave nothing behind): the folder itself if it exists, else its nearest existing parent."""
-    path = Path(workdir).expanduser().resolve()
+    from sciqa.store import unwritable_reason
+
+    try:
+        path = workdir_path(workdir).resolve()
+    except OSError:  # a relative path in a working folder that was deleted
+        raise SciqaError(f"output folder '{workdir}': the current folder no longer exists; cd to a folder that "
+                         "does, or pass --workdir") from None
     probe = path
     while not probe.exists():
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise SciqaError(f"output folder '{workdir}' is not writable ('{probe}' is not a writable folder); "
-                         "pass --workdir")
+    why = "not a folder" if not probe.is_dir() else unwritable_reason(probe)
+    if why:
+        raise SciqaError(f"output folder '{workdir or path}' is not writable ('{probe}': {why}); pass --workdir")
     return path
 
 
@@ -127,7 +146,7 @@ def csv_name(split: str, setting: str) -> str:
 
 def _open_csv(run: StepRun, workdir: str, name: str) -> OutputsCSV:
     """This run's CSV: local, else downloaded from the run (or the run it continues); repaired."""
-    path = run.state_dir(Path(workdir).expanduser()) / name
+    path = run.state_dir(workdir_path(workdir)) / name
     if not path.exists():
         fetch_artifact(run.seeds, f"outputs/{name}", path)
     out = OutputsCSV(path)

@@ -6,11 +6,12 @@
 
 1. teacher outputs: benchmark the teacher on train (or reuse --teacher-run / --teacher-csv) and
    evaluate them (a weak teacher is told apart from a KD failure);
-2. per seed and variant, train a golden and a KD adapter on the same problems (the teacher's
-   usable rows; ``golden_on=all`` trains golden on every problem instead);
+2. per seed and variant, train a golden and a KD adapter on exactly the same problems (KD's, after
+   every KD filter; ``golden_on=all`` trains golden on every problem instead);
 3. benchmark the base model and score every adapter on the evaluation split (each evaluated);
-4. compare with paired statistics: KD − golden and adapter − base per variant, with 95 %
-   bootstrap CIs and exact McNemar p-values (``compare/``, ``plots/deltas.png`` on the parent).
+4. compare (``sciqa.compare``, the same code as ``sciqa compare``): seeds as replicates, KD − golden
+   accuracy the primary endpoint per variant (Holm), adapter − base exploratory; one table on the
+   terminal, the rest in ``compare/comparison.md`` and ``plots/deltas.png`` on the parent.
 Each child is cached by its parameters and content digests (``sciqa.tracking``): a re-run redoes
 only what changed, and a re-run after a crash resumes the parent and every unfinished child.
 """
@@ -23,6 +24,7 @@ from sciqa.backends.base import ANSWER_MODES, CHOICE_SCORES
 from sciqa.config import check_ranges, identity, operational, option
 from sciqa.errors import SciqaError
 from sciqa.prompts import SETTINGS
+from sciqa.steps.train import GOLDEN_ON
 from sciqa.teacher import KD_FILTERS
 from sciqa.tracking import step_run
 
@@ -38,8 +40,9 @@ class MainConfig:
     teacher_max_new_tokens: int = option(512, "teacher benchmark budget: whole explanations (rows cut at it are "
                                               "dropped)", min=1)
     kd_filter: str = option("all", "KD on all usable teacher rows or only the correct ones", choices=KD_FILTERS)
-    golden_on: str = option("same", "golden adapters train on the same problems as KD (the teacher's usable rows) "
-                                    "or on all train problems", choices=("same", "all"))
+    golden_on: str = option("same", "golden adapters train on exactly KD's problems (after every KD filter, "
+                                    "kd_filter included; checked in the comparison) or on all train problems",
+                            choices=tuple(reversed(GOLDEN_ON)))
     dataset: str = option("sample", "sample, a hub dataset id, or a local folder")
     setting: str = option("QTCH", "prompt setting for teacher, training and scoring", choices=tuple(SETTINGS))
     eval_split: str = option("validation", "split the adapters are scored on")
@@ -57,7 +60,7 @@ class MainConfig:
     limit: int = option(0, "first N train problems (0 = all)", min=0)
     eval_limit: int = option(0, "first N evaluation problems (0 = all)", min=0)
     seeds: str = option("0", "comma-separated training seeds: every adapter is trained and scored once per seed")
-    workdir: str = option("sciqa-work", "local folder for outputs and checkpoints", operational=True)
+    workdir: str = option("", "local folder for outputs and checkpoints; '' = $SCIQA_CACHE/work", operational=True)
     force: bool = option(False, "recompute every step", operational=True)
 
 
@@ -122,7 +125,7 @@ def train_configs(cfg: MainConfig, teacher_run: str) -> dict:
         teacher_run=teacher_run if kd or same else "", teacher_csv=cfg.teacher_csv if kd or same else "",
         teacher_model=cfg.teacher_model,
         teacher_answer_mode=cfg.teacher_answer_mode, teacher_max_new_tokens=cfg.teacher_max_new_tokens,
-        kd_filter=cfg.kd_filter, golden_on="teacher" if cfg.golden_on == "same" else "all", epochs=cfg.epochs,
+        kd_filter=cfg.kd_filter, golden_on=cfg.golden_on, epochs=cfg.epochs,
         lr=cfg.lr, batch_size=cfg.train_batch_size, prefix_len=cfg.prefix_len, limit=cfg.limit,
         val_limit=cfg.eval_limit, seed=seed, workdir=cfg.workdir, force=cfg.force)
         for seed in seeds_of(cfg) for variant in variants_of(cfg) for kd in (False, True)}
@@ -193,5 +196,5 @@ def main(cfg: MainConfig) -> str:
             scored[key] = _child(pid, f"score {key[0]} {'kd' if key[1] else 'golden'} seed {key[2]}", score,
                                  score_config(cfg, train_id)).run_id
         table = compare(base, trained, scored, teacher_scores, cfg)
-    print(table)
+    print(table)  # one table; the sentences and every metric are in compare/comparison.md
     return parent.run_id

@@ -94,7 +94,10 @@ def check(cfg: ScoreConfig):
 
 def adapter_run_of(cfg: ScoreConfig) -> str:
     """The training run of ``--adapter-run``, or the one behind a registered ``--adapter`` model."""
-    from sciqa.adapters.mlflow_model import run_of_model
+    import warnings
+
+    with warnings.catch_warnings(record=True):  # defining its PythonModel makes MLflow print a 2-line hint
+        from sciqa.adapters.mlflow_model import run_of_model
 
     return run_of_model(cfg.adapter) if cfg.adapter else cfg.adapter_run
 

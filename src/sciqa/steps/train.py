@@ -14,6 +14,8 @@ SIGUSR1/SIGTERM save one and exit with code 75 (requeue).
 """
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,6 +26,9 @@ from sciqa.errors import SciqaError
 from sciqa.prompts import SETTINGS
 from sciqa.teacher import KD_FILTERS, Targets
 from sciqa.tracking import StepRun, step_run
+
+
+GOLDEN_ON = ("all", "same")  # golden on every train problem, or on exactly the problems KD trains on
 
 
 @dataclass
@@ -43,8 +48,9 @@ class TrainConfig:
                                               "(rows cut at the budget are dropped, never repaired)", min=1)
     kd_filter: str = option("all", "KD on all usable teacher rows, or only those whose answer is correct",
                             choices=KD_FILTERS)
-    golden_on: str = option("all", "golden training on all train problems, or on those the teacher answered "
-                                   "usably (KD's problems; needs a teacher source)", choices=("all", "teacher"))
+    golden_on: str = option("all", "golden training on all train problems, or on exactly the problems KD trains on "
+                                   "(same: after every KD filter, kd_filter included; needs a teacher source)",
+                            choices=GOLDEN_ON)
     epochs: int = option(3, "training epochs", min=1)
     lr: float = option(5e-3, "peak learning rate (AdamW, linear decay)", above=0)
     warmup_ratio: float = option(0.1, "fraction of steps of linear warm-up", min=0, max=0.99)
@@ -68,7 +74,7 @@ class TrainConfig:
     register: bool = option(False, "register the adapter in the MLflow Model Registry as "
                                    "sciqa-<model>-<variant>-<kd|golden> (score it with --adapter models:/NAME/N)",
                             operational=True)
-    workdir: str = option("sciqa-work", "local folder for checkpoints and adapters", operational=True)
+    workdir: str = option("", "local folder for checkpoints and adapters; '' = $SCIQA_CACHE/work", operational=True)
     force: bool = option(False, "retrain even if a finished run matches", operational=True)
 
 
@@ -89,7 +95,7 @@ def params_of_config(cfg: TrainConfig) -> dict:
     options are left out (they cannot change the result)."""
     other = [f for step, fields in STEP_FIELDS.items() if step != step_of(cfg) for f in fields if f != "variant"]
     unused = TEACHER_FIELDS if not cfg.teacher and cfg.golden_on == "all" else ()
-    return identity(cfg, ignore=(*other, *unused, *(("kd_filter",) if not cfg.teacher else ())))
+    return identity(cfg, ignore=(*other, *unused))
 
 
 def adapter_options(cfg: TrainConfig) -> dict:
@@ -126,17 +132,20 @@ def check(cfg: TrainConfig, step: str | None = None) -> TrainInputs:
                          "twice, peft#869); drop --gradient-checkpointing or use train-lora")
     if cfg.teacher_run and cfg.teacher_csv:
         raise SciqaError("give either --teacher-run or --teacher-csv, not both")
-    if (cfg.teacher_run or cfg.teacher_csv) and not (cfg.teacher or cfg.golden_on == "teacher"):
-        raise SciqaError("--teacher-run/--teacher-csv need --teacher true (or --golden-on teacher)")
+    if (cfg.teacher_run or cfg.teacher_csv) and not (cfg.teacher or cfg.golden_on == "same"):
+        raise SciqaError("--teacher-run/--teacher-csv need --teacher true (or --golden-on same)")
     workdir = check_inputs(cfg.dtype, cfg.workdir)
     check_variant(cfg.variant, models.resolve(cfg.model)[1])
     train = problem_inputs(cfg.dataset, "train", False, cfg.limit, cfg.strict_images)
     val = problem_inputs(cfg.dataset, "validation", False, cfg.val_limit, cfg.strict_images)
     all_train = load_problems(cfg.dataset, "train", keep_all=True)
     rows = None
-    if cfg.teacher or cfg.golden_on == "teacher":
+    if cfg.teacher or cfg.golden_on == "same":
         if cfg.teacher_csv:
             rows = teach.from_csv(cfg.teacher_csv, all_train)
+            with contextlib.redirect_stderr(io.StringIO()):  # whether any row is usable, before any store is
+                teach.kd_targets(rows, train.problems, cfg.kd_filter,  # touched (golden_on=same: the same); its
+                                 f"csv {cfg.teacher_csv}")  # warning is printed once, when the run uses them
         elif cfg.teacher_run:
             from sciqa import tracking
 
@@ -186,18 +195,21 @@ def _teacher_rows(cfg: TrainConfig, inputs: TrainInputs) -> tuple[list, str, str
 
 
 def targets_of(cfg: TrainConfig, inputs: TrainInputs) -> Targets:
-    """Golden or KD targets; KD (and golden with ``golden_on=teacher``) on the usable teacher rows only."""
+    """Golden or KD targets. KD trains on the usable teacher rows (``kd_filter=correct``: the correct ones);
+    golden with ``golden_on=same`` on exactly KD's problems, the same filters applied, so the two
+    differ in their targets only (equal ``train_ids_digest``)."""
     from sciqa import teacher as teach
 
     if not cfg.teacher and cfg.golden_on == "all":
         return teach.golden(inputs.train)
     rows, source, run_id = _teacher_rows(cfg, inputs)
-    kd = teach.kd_targets(rows, inputs.train, cfg.kd_filter if cfg.teacher else "all", source, run_id)
+    kd = teach.kd_targets(rows, inputs.train, cfg.kd_filter, source, run_id)
+    kd.counts["duplicate_ids"] = rows.duplicate_ids  # rows of an id given twice: the last was used
     if cfg.teacher:
         return kd
     same = [p for p in inputs.train if p.id in kd.by_id]
-    return replace(teach.golden(same), source=f"golden on the teacher's problems ({source})", teacher_run=run_id,
-                   counts=kd.counts)
+    return replace(teach.golden(same), source=f"golden on KD's problems ({source}, kd_filter={cfg.kd_filter})",
+                   teacher_run=run_id, counts=kd.counts)
 
 
 def _resume_point(run: StepRun, run_dir: Path) -> Path | None:
