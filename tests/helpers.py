@@ -31,13 +31,13 @@ def run_cli(*args: str, cwd: Path, timeout: int = 600, check: bool = True, env: 
 def fresh_process(cwd: Path, env: dict | None = None) -> Iterator[None]:
     """What a new ``python -m sciqa`` process would see, in this one: the working folder, the
     environment plus ``env`` (None removes a variable), sciqa's process-wide state (outer-run claim,
-    experiment, stop flag) and MLflow's (tracking URI, experiment, active run, cached stores) as at
+    experiment, stop flag, embeddings in memory, stores prepared and warned about) and MLflow's (tracking URI, experiment, active run, cached stores) as at
     start; afterwards everything is put back as it was, signal handlers included."""
     import mlflow
     import mlflow.tracking.fluent as fluent
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    from sciqa import tracking
+    from sciqa import metrics, store, tracking
     from sciqa.slurm import job
 
     def reset() -> None:
@@ -46,6 +46,9 @@ def fresh_process(cwd: Path, env: dict | None = None) -> Iterator[None]:
         tracking._OUTER.update(id=None, used=False)
         tracking._EXPERIMENT.clear()
         job.reset()
+        metrics._VECTORS.clear()  # else a text seen before never reaches the (env-selected) encoder
+        store._PREPARED.clear()
+        store._WARNED.clear()
         # stores are cached by URI: a relative sqlite:///mlflow.db must not reach another test's folder
         tracking_utils._tracking_store_registry._get_store_with_resolved_uri.cache_clear()
 

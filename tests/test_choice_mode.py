@@ -28,12 +28,13 @@ def _problems_and_texts(lm, limit=5):
     return problems, [lm.family.render_prompt(lm.processor, build_prompt(p, "QTCH")) for p in problems]
 
 
-def _reference_scores(lm, problems, texts, mean: bool) -> list[list[float]]:
-    """Brute force: one unpadded row per (problem, choice), log-softmax over the whole sequence; the
-    scored tokens are the fewest last tokens whose text holds the whole quoted choice."""
-    scores = []
+def _reference_scores(lm, problems, texts) -> dict[str, list[list[float]]]:
+    """Brute force, both scores: one unpadded row per (problem, choice), log-softmax over the whole
+    sequence; the scored tokens are the fewest last tokens whose text holds the whole quoted choice."""
+    sums, means = [], []
     for problem, text in zip(problems, texts):
-        row = []
+        sums.append([])
+        means.append([])
         for choice in problem.choices:
             inputs = lm.family.encode(lm.processor, [text], [problem.image()], [answer_start(choice)])
             ids = inputs["input_ids"][0]
@@ -43,22 +44,22 @@ def _reference_scores(lm, problems, texts, mean: bool) -> list[list[float]]:
             logp = torch.log_softmax(logits, -1).gather(-1, ids[1:, None])[:, 0]
             quoted = json.dumps(choice, ensure_ascii=False)
             k = next(k for k in range(1, len(ids)) if quoted in lm.tokenizer.decode(ids[-k:]))
-            row.append(float(logp[-k:].sum()) / (k if mean else 1))
-        scores.append(row)
-    return scores
+            sums[-1].append(float(logp[-k:].sum()))
+            means[-1].append(sums[-1][-1] / k)
+    return {"sum": sums, "mean": means}
 
 
 @pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("score", ["sum", "mean"])
-def test_choice_scores_equal_brute_force(name, score):
+def test_choice_scores_equal_brute_force(name):
     lm = _lm(name)
     problems, texts = _problems_and_texts(lm)
-    backend = HFBackend(lm, answer_mode="choice", choice_score=score)
-    got = backend.choice_scores(problems, texts)
-    want = _reference_scores(lm, problems, texts, mean=score == "mean")
-    assert [len(row) for row in got] == [len(p.choices) for p in problems]
-    assert [s for row in got for s in row] == pytest.approx([s for row in want for s in row], rel=1e-4, abs=1e-4)
-    assert backend.likeliest_choices(problems, texts) == [row.index(max(row)) for row in want]
+    reference = _reference_scores(lm, problems, texts)
+    for score, want in reference.items():
+        backend = HFBackend(lm, answer_mode="choice", choice_score=score)
+        got = backend.choice_scores(problems, texts)
+        assert [len(row) for row in got] == [len(p.choices) for p in problems]
+        assert [s for row in got for s in row] == pytest.approx([s for row in want for s in row], rel=1e-4, abs=1e-4)
+        assert backend.likeliest_choices(problems, texts) == [row.index(max(row)) for row in want]
 
 
 class LargestVocabularyTensor(TorchDispatchMode):

@@ -14,7 +14,8 @@ from pathlib import Path
 import nltk
 import pytest
 
-from sciqa import metrics
+from helpers import free_port, invoke_cli
+from sciqa import metrics, server_auth, store
 from sciqa.errors import SciqaError
 
 PREDICTIONS = ["the dog ran quickly to the big house", "a hound sprinted home", "plants need light to grow", ""]
@@ -139,3 +140,88 @@ def test_pyproject_declares_what_src_imports_and_nothing_else():
     assert not unused, f"declared but never imported by src/: {sorted(unused)}"
     for name in NEEDED_WITHOUT_IMPORT:
         assert declared.get(name) == "" and name not in used, name  # a stale entry here fails too
+
+
+# --------------------------------------------------------------------------- sciqa doctor
+
+def _no_wordnet(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCIQA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "empty")])
+    monkeypatch.setattr(metrics, "_DEBIAN_WORDNET", tmp_path / "no-debian")
+
+
+def test_doctor_shows_the_machine_and_passes_when_nothing_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    result = invoke_cli("doctor", cwd=tmp_path)
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert {"torch", "CUDA", "WordNet", "MiniLM", "tracking", "HF_HUB_OFFLINE", "cache"} <= set(rows)
+    assert "MISSING" not in result.stdout and rows["WordNet"].split()[1] == "ok"
+    assert f"sqlite:///{tmp_path}/mlflow.db (sqlite, created on first run)" in rows["tracking"]
+    assert not (tmp_path / "mlflow.db").exists()  # a check creates nothing
+
+
+def test_doctor_exits_2_naming_what_a_step_lacks(tmp_path, monkeypatch):
+    _no_wordnet(tmp_path, monkeypatch)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    result = invoke_cli("doctor", cwd=tmp_path, check=False)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert "WordNet (main, score, evaluate)" in result.stderr and "not reachable" in result.stderr
+    assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith(("WordNet", "tracking"))] == \
+        ["MISSING", "MISSING"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    assert invoke_cli("doctor", "--step", "benchmark", cwd=tmp_path).returncode == 0  # benchmark needs no WordNet
+
+
+def test_slurm_submission_runs_the_doctor_checks_before_queueing(tmp_path, monkeypatch):
+    _no_wordnet(tmp_path, monkeypatch)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    result = invoke_cli("score", "--adapter-dir", str(tmp_path), "--slurm-gpu", "a100", "--slurm-profile", "local",
+                        cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    assert result.stderr.startswith("sciqa: error: not queueing score, the job would fail: WordNet")
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "sciqa-slurm").exists()  # nothing made
+
+
+# --------------------------------------------------------------------------- an authenticated server
+
+PASSWORD = "correct-horse-battery"
+
+
+@pytest.fixture
+def no_credentials(tmp_path, monkeypatch):
+    """No MLflow credentials in the environment, and a home whose ~/.mlflow/credentials the test writes."""
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / ".mlflow").mkdir(parents=True)
+    return tmp_path / "home" / ".mlflow" / "credentials"
+
+
+def test_server_beyond_loopback_runs_mlflow_basic_auth(tmp_path):
+    assert store.server_command(tmp_path, "0.0.0.0", 5000, 1)[-2:] == ["--app-name", "basic-auth"]
+    assert "--app-name" not in store.server_command(tmp_path, "127.0.0.1", 5000, 1)
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("none", "a server other nodes can reach needs credentials: export MLFLOW_TRACKING_USERNAME"),
+    ("readable_file", "can be read by others: chmod 600"),
+    ("short_password", "shorter than 12 characters"),
+])
+def test_server_beyond_loopback_refuses_to_start_without_usable_credentials(no_credentials, tmp_path, monkeypatch,
+                                                                            case, needle):
+    if case != "none":
+        password = "xyzzy42" if case == "short_password" else PASSWORD
+        no_credentials.write_text(f"[mlflow]\nmlflow_tracking_username = ada\nmlflow_tracking_password = {password}\n")
+        no_credentials.chmod(0o644 if case == "readable_file" else 0o600)
+    result = invoke_cli("server", "--host", "0.0.0.0", "--port", str(free_port()), "--store", str(tmp_path / "s"),
+                        cwd=tmp_path, check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and needle in result.stderr, result.stderr
+    assert "xyzzy42" not in result.stderr and PASSWORD not in result.stderr + result.stdout  # never echoed
+    assert not (tmp_path / "s").exists()  # refused before anything was made
+
+
+def test_server_config_file_is_private_and_holds_no_password(tmp_path):
+    env = server_auth.server_env(tmp_path, "ada", PASSWORD)
+    config = Path(env["MLFLOW_AUTH_CONFIG_PATH"])
+    assert config.stat().st_mode & 0o777 == 0o600 and PASSWORD not in config.read_text()
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == PASSWORD and len(env["MLFLOW_FLASK_SERVER_SECRET_KEY"]) == 64

@@ -68,7 +68,8 @@ def _fake_run(tmp_path, name: str, correct, *, params: dict | None = None, answe
                          "answer": answer if answer is not None else [0] * n,
                          "reference": reference if reference is not None else [f"ref {i}" for i in range(n)],
                          "prediction": prediction if prediction is not None else ["because"] * n,
-                         "rule": rule if rule is not None else ["json"] * n})
+                         "rule": rule if rule is not None else ["json"] * n,
+                         "subject": "natural science", "grade": "grade3", "hint": "", "has_image": False})
     folder = tmp_path / name
     folder.mkdir()
     rows.to_csv(folder / "validation_QTCH_rows.csv", index=False)

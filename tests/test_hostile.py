@@ -2,6 +2,7 @@
 errors, unusable folders and stores, a bad MLFLOW_RUN_ID, Ctrl-C, and step state outside the checkout."""
 from __future__ import annotations
 
+import base64
 import csv
 import http.server
 import logging
@@ -24,6 +25,14 @@ TRAIN = ["--limit", "4", "--val-limit", "2", "--epochs", "2", "--prefix-len", "4
          "--max-length", "400", "--log-every", "1"]
 SECRET = "hunter2-planted-password"
 API_KEY = "sk-planted-api-key-0123456789"
+
+
+def _error_line(proc, needle: str) -> str:
+    """Exit 2, no traceback, and one error line naming ``needle`` (beside a step's progress bars)."""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("sciqa: error: ")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(lines) == 1 and needle in lines[0], proc.stderr[-2000:]
+    return lines[0]
 
 
 def _sqlite(folder: Path) -> str:
@@ -69,15 +78,18 @@ def test_non_finite_option_values_are_refused(cli, args, needle, experiment, tmp
     assert runs_of(experiment) == []
 
 
-def test_diverging_training_stops_at_once_and_fails_its_run(cli, experiment, tmp_path):
-    """A finite but absurd learning rate: the first non-finite loss or gradient stops the training
-    with one line naming epoch and step; the run is FAILED with that reason, so it is never reused."""
-    proc = cli("train-prefix", *TRAIN, "--lr", "1e30", "--workdir", str(tmp_path / "w"), cwd=tmp_path, check=False)
-    line = assert_one_error(proc, "training diverged")
-    assert "epoch 1, step " in line, line
+def test_diverging_training_stops_at_once_and_fails_its_run(cli, experiment, tmp_path, monkeypatch):
+    """The issue's ``--lr inf``, let through the option check: the first non-finite loss or gradient
+    stops the training with one line naming epoch and step; the run is FAILED with that reason (so it
+    is never reused) and has no adapter."""
+    import sciqa.steps.train
+
+    monkeypatch.setattr(sciqa.steps.train, "check_ranges", lambda cfg: None)
+    proc = cli("train-prefix", *TRAIN, "--lr", "inf", "--workdir", str(tmp_path / "w"), cwd=tmp_path, check=False)
+    line = _error_line(proc, "training diverged: the loss is nan at epoch 1, step 2")
     (run,) = runs_of(experiment)
-    assert run.info.status == "FAILED" and "training diverged" in run.data.tags["sciqa.error"]
-    assert "epoch 1, step" in run.data.tags["sciqa.error"]
+    assert run.info.status == "FAILED" and run.data.tags["sciqa.error"] == line.removeprefix("sciqa: error: ")
+    assert "train_loss" not in run.data.metrics
     assert not mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="adapter")
 
 
@@ -191,21 +203,22 @@ def test_a_planted_secret_reaches_neither_stderr_nor_the_store(cli, echo_api, tm
     base = ["benchmark", "--backend", "openai", "--model", "tiny-llava", "--max-retries", "0", "--timeout", "5",
             *TINY, "--workdir", str(tmp_path / "w")]
     out = []
-    for port in (free_port(), echo_api):
-        proc = cli(*base, "--api-base", f"http://user:{SECRET}@127.0.0.1:{port}/v1", cwd=tmp_path, env=env,
-                   check=False)
-        assert_one_error(proc, "API request to http://***@127.0.0.1")
+    for api_base in (f"http://user:{SECRET}@127.0.0.1:{free_port()}/v1",  # nothing listens
+                     f"http://user:{SECRET}@127.0.0.1:{echo_api}/v1",  # echoes Basic base64(user:password)
+                     f"http://127.0.0.1:{echo_api}/v1"):  # echoes Bearer API_KEY
+        proc = cli(*base, "--api-base", api_base, cwd=tmp_path, env=env, check=False)
+        _error_line(proc, "API request to http://")
         out.append(proc.stdout + proc.stderr)
-    assert "unauthorized: Bearer ***" in out[-1]
+    assert "unauthorized: Basic ***" in out[1] and "unauthorized: Bearer ***" in out[2]
     proc = cli(*base, "--api-base", "http://127.0.0.1:9/v1", cwd=tmp_path, check=False,
                env={**env, "MLFLOW_TRACKING_URI": f"http://user:{SECRET}@127.0.0.1:{free_port()}"})
     assert_one_error(proc, "cannot be reached")
     out.append(proc.stdout + proc.stderr)
     runs = _store_runs(uri)
-    assert len(runs) == 2 and all(r.info.status == "FAILED" and "***" in r.data.tags["sciqa.error"] for r in runs)
-    assert all(SECRET not in text and API_KEY not in text for text in out), out
-    leaks = [p for p in tmp_path.rglob("*") if p.is_file() and (SECRET.encode() in p.read_bytes()
-                                                                  or API_KEY.encode() in p.read_bytes())]
+    assert len(runs) == 3 and all(r.info.status == "FAILED" and "***" in r.data.tags["sciqa.error"] for r in runs)
+    planted = [SECRET, API_KEY, base64.b64encode(f"user:{SECRET}".encode()).decode()]
+    assert not [s for s in planted for text in out if s in text], out
+    leaks = [p for p in tmp_path.rglob("*") if p.is_file() and any(s.encode() in p.read_bytes() for s in planted)]
     assert leaks == []
 
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import mlflow
@@ -143,3 +145,56 @@ def test_setup_installs_into_a_venv_where_python3_is_externally_managed(tmp_path
     assert after.returncode == 0, after.stderr[-3000:]
     assert after.stdout.splitlines()[0] == str(checkout / ".venv" / "bin" / "python3")
     assert "Usage: sciqa" in after.stdout
+
+
+@pytest.mark.timeout(600)
+def test_server_beyond_loopback_logs_in_jobs_and_shuts_out_the_rest(tmp_path):
+    """`sciqa server --host 0.0.0.0` runs MLflow's basic-auth app: a job with the credentials in its
+    environment logs a run, a request without them gets 401, and the password is in no output,
+    command line or file the server writes (only basic_auth.db's hash)."""
+    import requests
+
+    from helpers import free_port
+
+    password = "correct-horse-battery"
+    port = free_port()
+    creds = {"MLFLOW_TRACKING_USERNAME": "ada", "MLFLOW_TRACKING_PASSWORD": password}
+    env = {**os.environ, **creds, "HOME": str(tmp_path)}
+    log = open(tmp_path / "server.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "sciqa", "server", "--host", "0.0.0.0", "--port", str(port),
+                             "--store", str(tmp_path / "store")], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 300
+        while "export MLFLOW_TRACKING_URI" not in (tmp_path / "server.log").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+            time.sleep(1)
+        search = f"{url}/api/2.0/mlflow/experiments/search"
+        assert requests.get(search, params={"max_results": 1}, timeout=30).status_code == 401
+        assert requests.get(search, params={"max_results": 1}, auth=("ada", "wrong-password-123"), timeout=30).status_code == 401
+        csv, _ = _answers_csv(tmp_path)
+        job = subprocess.run([sys.executable, "-m", "sciqa", "evaluate", "--csv", str(csv)], cwd=tmp_path, timeout=600,
+                             env={**env, "MLFLOW_TRACKING_URI": url}, capture_output=True, text=True)
+        assert job.returncode == 0, job.stderr[-3000:]
+        stranger = subprocess.run([sys.executable, "-m", "sciqa", "evaluate", "--csv", str(csv), "--force"], cwd=tmp_path,
+                                  env={**{k: v for k, v in env.items() if k not in creds}, "MLFLOW_TRACKING_URI": url},
+                                  capture_output=True, text=True, timeout=600)
+        assert stranger.returncode != 0
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in os.listdir("/proc") if pid.isdigit()
+                    and Path(f"/proc/{pid}/stat").exists() and _session(pid) == proc.pid]
+        assert commands and not any(password.encode() in c for c in commands)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    written = [p for p in (tmp_path / "store").rglob("*") if p.is_file() and p.name != "basic_auth.db"]
+    assert not any(password.encode() in p.read_bytes() for p in written)
+    assert password not in (tmp_path / "server.log").read_text()
+    assert (tmp_path / "store" / "basic_auth.ini").stat().st_mode & 0o777 == 0o600
+
+
+def _session(pid: str) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[4])  # field 6: session id
+    except (OSError, IndexError, ValueError):
+        return None

@@ -3,7 +3,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from helpers import run_cli
+from helpers import invoke_cli, run_cli
 
 SMALL = ["main", "--variants", "pkv", "--limit", "6", "--eval-limit", "4", "--epochs", "1", "--max-new-tokens", "4",
          "--prefix-len", "2", "--train-batch-size", "3", "--batch-size", "4", "--teacher-max-new-tokens", "64"]
@@ -14,10 +14,27 @@ def _children(experiment, parent_id):
     return {r.info.run_id: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id}
 
 
+def _main(small_main, *args: str):
+    """``sciqa main`` in the module's experiment and folder; returns (output, parent run id)."""
+    out = invoke_cli(*args, "--workdir", str(small_main["cwd"] / "w"), cwd=small_main["cwd"], env=small_main["env"])
+    return out, out.stdout.split("main run: ")[1].split()[0]
+
+
+@pytest.fixture(scope="module")
+def small_main(mlflow_server, tmp_path_factory, tiny_models) -> dict:
+    """One small ``main`` in an experiment of its own, which the tests below read, rerun and change."""
+    import time
+
+    name = f"main-{time.time_ns()}"
+    made = dict(experiment=mlflow.MlflowClient(mlflow_server).create_experiment(name),
+                cwd=tmp_path_factory.mktemp("main"), env={"MLFLOW_EXPERIMENT_NAME": name, "MLFLOW_EXPERIMENT_ID": None})
+    made["parent_id"] = _main(made, *SMALL)[1]
+    return made
+
+
 @pytest.mark.timeout(900)
-def test_main_end_to_end_reuse_and_partial_recompute(cli, experiment, tmp_path):
-    out = cli(*SMALL, "--workdir", str(tmp_path / "w"), cwd=tmp_path)
-    parent_id = out.stdout.split("main run: ")[1].split()[0]
+def test_main_end_to_end(small_main, tmp_path):
+    experiment, parent_id = small_main["experiment"], small_main["parent_id"]
     parent = mlflow.get_run(parent_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["sciqa.step"] == "main"
     kids = _children(experiment, parent_id)
@@ -55,16 +72,21 @@ def test_main_end_to_end_reuse_and_partial_recompute(cli, experiment, tmp_path):
             if f"sciqa.{k}" in r.data.tags and k in r.data.params:
                 assert r.data.tags[f"sciqa.{k}"] == r.data.params[k], (r.info.run_name, k)
 
-    again = cli(*SMALL, "--workdir", str(tmp_path / "w"), cwd=tmp_path)
-    second = again.stdout.split("main run: ")[1].split()[0]
+
+def test_main_again_reuses_every_step(small_main):
+    experiment = small_main["experiment"]
+    before = len(mlflow.search_runs([experiment], output_format="list"))
+    again, second = _main(small_main, *SMALL)
     assert again.stdout.count("reusing finished run") == 6
     assert "row/s" not in again.stderr and "batch/s" not in again.stderr  # no generation, no training
     assert _children(experiment, second) == {}
-    assert len(mlflow.search_runs([experiment], output_format="list")) == 8  # two parents + six children
+    assert len(mlflow.search_runs([experiment], output_format="list")) == before + 1  # the new parent only
 
-    changed = cli(*[a if a != "1" else "2" for a in SMALL], "--workdir", str(tmp_path / "w"), cwd=tmp_path)
-    third = changed.stdout.split("main run: ")[1].split()[0]
-    redone = sorted(r.data.tags["sciqa.step"] for r in _children(experiment, third).values())
+
+@pytest.mark.slow  # a third main: two more trainings and scorings
+def test_main_with_more_epochs_recomputes_only_training_and_scoring(small_main):
+    _, third = _main(small_main, *[a if a != "1" else "2" for a in SMALL])
+    redone = sorted(r.data.tags["sciqa.step"] for r in _children(small_main["experiment"], third).values())
     assert redone == ["score", "score", "train_prefix", "train_prefix"]  # both benchmarks reused
 
 

@@ -14,6 +14,7 @@ import click
 
 from sciqa.slurm.cli import slurm_group, slurm_options
 from sciqa.config import cli_name, redact, redact_logging
+from sciqa.doctor import STEPS
 from sciqa.errors import SciqaError
 
 CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING, bool: click.BOOL}
@@ -310,6 +311,22 @@ def prefetch(model: str, dataset: str, dest: str, revision: str, verify: bool) -
     for f in fetched:
         click.echo(f"{f.what}: {f.source} -> {f.path}")
         click.echo(f"  on compute nodes: HF_HUB_OFFLINE=1 sciqa ... --{f.what} {f.use_as}")
+
+
+@main.command()
+@click.option("--step", type=click.Choice(["all", *STEPS]), default="all", show_default=True,
+              help="the step whose prerequisites decide the exit code")
+@click.option("--slurm", is_flag=True, help="also the Slurm profile and whether sbatch/sinfo answer")
+def doctor(step: str, slurm: bool) -> None:
+    """What this machine has for sciqa (torch, CUDA, WordNet, MiniLM, tracking, Slurm, HF offline,
+    cache), as a short table; exit 2 when something a step needs is missing."""
+    from sciqa import doctor as checks
+
+    results = checks.diagnose(STEPS if step == "all" else (step,), slurm)
+    click.echo(checks.table(results))
+    missing = checks.blocking(results)
+    if missing:
+        raise SciqaError(f"missing: {missing}")
 
 
 @main.command()

@@ -439,16 +439,18 @@ def parse_arms(specs: list[str]) -> list[list[str]]:
 
 
 def arm_labels(arms: list[list[str]], fields: dict[str, dict]) -> tuple[dict[str, str], list[str]]:
-    """(arm key -> a label that tells the arms apart, the fields on which the runs differ): the run
-    name, the differing fields' values, the first id's first 8 characters (and the seed-run count)."""
-    differ = [f for f in RUN_FIELDS if len({fields[r][f] for arm in arms for r in arm}) > 1]
+    """(arm key -> a label that tells the arms apart, the fields worth a warning): the run name, the
+    values of the fields on which the arms differ, the first id's first 8 characters (and the
+    seed-run count). Seed runs of one arm differ in their adapter by design; in nothing else."""
+    between = [f for f in RUN_FIELDS if len({fields[arm[0]][f] for arm in arms}) > 1]
+    within = [f for f in RUN_FIELDS if f != "adapter" and any(len({fields[r][f] for r in arm}) > 1 for arm in arms)]
     labels = {}
     for arm in arms:
         first = fields[arm[0]]
-        extra = [f"{f}={first[f]}" for f in differ if f not in ("data_digest",)]
+        extra = [f"{f}={first[f][:8]}" for f in between if f != "data_digest"]
         seeds = f" +{len(arm) - 1} seed runs" if len(arm) > 1 else ""
         labels[",".join(arm)] = f"{first['run']}{' [' + ', '.join(extra) + ']' if extra else ''} ({arm[0][:8]}{seeds})"
-    return labels, differ
+    return labels, list(dict.fromkeys([*between, *within]))
 
 
 def compare_command(run_ids: list[str], baseline: str = "", by_group: bool = True,
@@ -485,7 +487,7 @@ def compare_command(run_ids: list[str], baseline: str = "", by_group: bool = Tru
         raise SciqaError(f"cannot compare these runs: {exc}") from None
     for f in differ:
         print(f"sciqa: warning: the compared runs differ in {f}: "
-              + ", ".join(f"{labels[k]} {fields[arm[0]][f] or '-'}" for k, arm in zip(keys, arms)), file=sys.stderr)
+              + ", ".join(f"{r[:8]} {fields[r][f] or '-'}" for r in runs), file=sys.stderr)
     n_common = int(table["n"].max()) if len(table) else 0
     missing = {r[:8]: len(f) - n_common for r, f in rows.items() if len(f) != n_common}
     info = pd.DataFrame([{"arm": labels[k], "run id": r[:8], **{f: fields[r][f] for f in RUN_FIELDS},

@@ -22,6 +22,7 @@ _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
 # Environment variables whose values are secrets (HF_TOKEN, OPENAI_API_KEY, MLFLOW_TRACKING_PASSWORD,
 # MLFLOW_TRACKING_TOKEN, AWS_SECRET_ACCESS_KEY, ...): their values are redacted wherever they appear.
 _SECRET_NAME = re.compile(r"(^|_)(TOKEN|KEY|PASSWORD|PASS|SECRET)$")
+_AUTH_HEADER = re.compile(r"\b(Basic|Bearer|Token)\s+[A-Za-z0-9._~+/=-]{6,}")  # an API echoing the header
 _SHORTEST_SECRET = 6  # shorter values ("1", "true") are settings, and redacting them would garble text
 
 
@@ -44,10 +45,11 @@ def secret_values(env=os.environ) -> list[str]:
 
 def redact(value: str) -> str:
     """The one redaction, for params, tags, errors and log lines: ``https://user:pass@host/v1`` ->
-    ``https://***@host/v1``, and the value of any secret environment variable -> ``***``."""
+    ``https://***@host/v1``, the value of any secret environment variable and an ``Authorization``
+    header's credentials (``Basic`` is the URL's user:pass in base64) -> ``***``."""
     for secret in secret_values():
         value = value.replace(secret, "***")
-    return _USERINFO.sub(r"\g<scheme>***@", value)
+    return _AUTH_HEADER.sub(r"\1 ***", _USERINFO.sub(r"\g<scheme>***@", value))
 
 
 def redact_logging() -> None:

@@ -26,8 +26,8 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 GB = 1024 ** 3
 # activation tensors kept per token and layer, in units of hidden size and intermediate size: from the
 # layer's forward (norms, q/k/v/o, residuals; gate, up, activation) as PyTorch saves them for backward
-SAVED_PER_HIDDEN, SAVED_PER_INTERMEDIATE = 12, 3
-LIVE_PER_HIDDEN, LIVE_PER_INTERMEDIATE = 4, 3  # inference: one layer's tensors alive at once
+SAVED_PER_HIDDEN, SAVED_PER_INTERMEDIATE = 16, 3
+LIVE_PER_HIDDEN, LIVE_PER_INTERMEDIATE = 6, 3  # inference: one layer's tensors alive at once
 LOGIT_COPIES_TRAIN = 3  # float32 logits, their log-softmax, and its gradient
 
 

@@ -90,8 +90,25 @@ COMPARE = """\
     command: """ + PYTHON + """ compare --runs {runs} --baseline {baseline} --by-group {by_group}"""
 
 
+GRID = """\
+  grid:
+    # A step over option lists as one parent run with a child run per cell, then the table (grid/table.md):
+    # step=benchmark grid='model=a,b;setting=QTCH,QTCHS;limit=8' (a single value: the same in every cell)
+    parameters:
+      step: {type: string, default: benchmark}
+      grid: {type: string}
+      # Slurm: one job array per GPU type (auto: the idlest type that holds the estimated memory)
+      slurm_gpu: {type: string, default: ""}
+      slurm_profile: {type: string, default: ""}
+      slurm_time: {type: string, default: ""}
+      slurm_max_running: {type: int, default: 0}
+    command: >-
+      """ + PYTHON + """ grid {step} --grid {grid} --slurm-gpu {slurm_gpu}
+      --slurm-profile {slurm_profile} --slurm-time {slurm_time} --slurm-max-running {slurm_max_running}"""
+
+
 def render() -> str:
-    return HEADER + "\n\n".join([*(entry(name) for name in ENTRY_POINTS), COMPARE]) + "\n"
+    return HEADER + "\n\n".join([*(entry(name) for name in ENTRY_POINTS), COMPARE, GRID]) + "\n"
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from sciqa import server_auth
 from sciqa.errors import SciqaError
 
 BUSY_TIMEOUT_MS = 60_000  # where MLflow sets none (its sessions set 20 s): start-up checks, migration
@@ -274,6 +275,8 @@ def server_command(root: Path, host: str, port: int, workers: int) -> list[str]:
            "--artifacts-destination", str(root / "artifacts"), "--workers", str(workers)]
     if host in WILDCARDS:  # MLflow accepts only localhost/private-IP Host headers by default
         cmd += ["--allowed-hosts", ",".join(f"{name}:{port}" for name in sorted(_own_names()))]
+    if server_auth.needs_auth(host):  # reachable from other nodes: users and passwords (sciqa.server_auth)
+        cmd += ["--app-name", "basic-auth"]
     return cmd
 
 
@@ -330,6 +333,7 @@ def serve(folder: str, host: str, port: int, workers: int = 1) -> int:
     print the ``export MLFLOW_TRACKING_URI=…`` line once it answers; return its exit code (0 on
     Ctrl-C or SIGTERM, which stop the server with this command)."""
     check_port(host, port)
+    creds = server_auth.credentials() if server_auth.needs_auth(host) else None  # refused before anything is made
     root = store_folder(folder)
     migrate(f"sqlite:///{root / 'mlflow.db'}")
     url = public_url(host, port)
@@ -337,11 +341,17 @@ def serve(folder: str, host: str, port: int, workers: int = 1) -> int:
     # MLflow's GenAI job runners (eight huey processes) serve nothing sciqa logs: off unless asked for
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION",
                                                                               "false")}
+    if creds:
+        env.update(server_auth.server_env(root, *creds))
     proc = subprocess.Popen(server_command(root, host, port, workers), env=env, start_new_session=True)  # see _stop
     try:
         _wait_until_up(proc, public_url(LOOPBACK.get(host, host), port))  # the name may not resolve here
+        if creds:
+            server_auth.check_login(public_url(LOOPBACK.get(host, host), port), *creds)
+        login = (" The jobs log in as you: MLFLOW_TRACKING_USERNAME/PASSWORD in their environment or "
+                 "~/.mlflow/credentials." if creds else "")
         print(f"sciqa: tracking server on {root / 'mlflow.db'} (artifacts: {root / 'artifacts'}); "
-              f"Ctrl-C stops it. In the jobs' shells:\nexport MLFLOW_TRACKING_URI={url}", flush=True)
+              f"Ctrl-C stops it.{login} In the jobs' shells:\nexport MLFLOW_TRACKING_URI={url}", flush=True)
         return proc.wait()
     except KeyboardInterrupt:
         return 0

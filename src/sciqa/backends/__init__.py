@@ -21,7 +21,7 @@ class BackendSpec:
 
 
 BACKENDS: dict[str, BackendSpec] = {
-    "hf": BackendSpec("sciqa.backends.hf:HFBackend", (), choice_mode=True, adapters="all"),
+    "hf": BackendSpec("sciqa.backends.hf:HFBackend", ("gpu_memory_gb",), choice_mode=True, adapters="all"),
     "vllm": BackendSpec("sciqa.backends.vllm:VLLMBackend", ("tensor_parallel", "max_model_len",
                         "gpu_memory_utilization", "max_images", "cpu_offload_gb"), choice_mode=False, adapters="vllm"),
     "openai": BackendSpec("sciqa.backends.openai:OpenAIBackend", ("api_base", "api_key_env", "concurrency", "timeout",

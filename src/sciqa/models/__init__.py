@@ -114,10 +114,12 @@ def _config(name: str, revision: str | None):
         raise SciqaError(f"{unknown} ({str(exc or local_error).splitlines()[0]})") from None
 
 
-def load(name: str, revision: str | None = None, dtype: str = "auto", device: str = "auto") -> LoadedModel:
-    """Load model and processor; ``device='auto'`` means CUDA with bf16 when present, else CPU float32."""
+def load(name: str, revision: str | None = None, dtype: str = "auto", device: str = "auto",
+         gpu_memory_gb: float = 0.0) -> LoadedModel:
+    """Load model and processor; ``device='auto'`` means CUDA with bf16 when present, else CPU float32;
+    ``gpu_memory_gb`` > 0 caps the GPU's share and offloads the rest to CPU (``models.base.placement``)."""
     path, fam = resolve(name, revision)
-    return fam.load(name, path, revision=revision, dtype=dtype, device=device)
+    return fam.load(name, path, revision=revision, dtype=dtype, device=device, gpu_memory_gb=gpu_memory_gb)
 
 
 def fingerprint(name: str, revision: str | None = None) -> str:

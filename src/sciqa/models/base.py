@@ -18,6 +18,23 @@ def pick_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtyp
     return torch.device(device), DTYPES[dtype]
 
 
+def placement(device: torch.device, gpu_memory_gb: float) -> dict:
+    """``from_pretrained`` placement: none (the caller moves the whole model to ``device``) or, with
+    a GPU memory cap, accelerate's ``device_map="auto"``: the layers that fit in ``gpu_memory_gb``
+    on the GPU, the rest in CPU memory (slower; how the study benchmarked big models on small GPUs)."""
+    if gpu_memory_gb <= 0:
+        return {}
+    if device.type != "cuda":
+        from sciqa.errors import SciqaError
+
+        raise SciqaError(f"--gpu-memory-gb {gpu_memory_gb:g} offloads to CPU what does not fit on a GPU; "
+                         f"the device here is {device} (use --device cuda, or drop --gpu-memory-gb)")
+    import psutil
+
+    cpu_gib = max(1, int(psutil.virtual_memory().available / 2 ** 30) - 2)  # leave the process some room
+    return {"device_map": "auto", "max_memory": {device.index or 0: f"{gpu_memory_gb:g}GiB", "cpu": f"{cpu_gib}GiB"}}
+
+
 @dataclass
 class LoadedModel:
     """A model with the processor and family rules that belong to it."""
@@ -70,12 +87,15 @@ class Family:
         return config.model_type in (self.model_types or (self.name,)) and (
             not self.vision_types or vision in self.vision_types)
 
-    def load(self, name: str, path: str, revision: str | None, dtype: str, device: str) -> LoadedModel:
+    def load(self, name: str, path: str, revision: str | None, dtype: str, device: str,
+             gpu_memory_gb: float = 0.0) -> LoadedModel:
         import transformers
 
         dev, dt = pick_device_dtype(device, dtype)
         cls = getattr(transformers, self.model_class)
-        model = cls.from_pretrained(path, revision=revision, dtype=dt).to(dev).eval()
+        kwargs = placement(dev, gpu_memory_gb)
+        model = cls.from_pretrained(path, revision=revision, dtype=dt, **kwargs)
+        model = (model if kwargs else model.to(dev)).eval()
         return LoadedModel(name=name, model=model, processor=self.load_processor(path, revision), family=self)
 
     def load_processor(self, path: str, revision: str | None):

@@ -32,9 +32,10 @@ class CausalLMFamily(Family):
 
         return getattr(config, "vision_config", None) is None and config.model_type in CAUSAL_LMS
 
-    def load(self, name: str, path: str, revision: str | None, dtype: str, device: str) -> LoadedModel:
+    def load(self, name: str, path: str, revision: str | None, dtype: str, device: str,
+             gpu_memory_gb: float = 0.0) -> LoadedModel:
         """The base loader (``AutoModelForCausalLM``), with the family bound to the tokenizer's turns."""
-        lm = super().load(name, path, revision, dtype, device)
+        lm = super().load(name, path, revision, dtype, device, gpu_memory_gb)
         return replace(lm, family=self.bound_to(lm.processor))
 
     def load_processor(self, path: str, revision: str | None):

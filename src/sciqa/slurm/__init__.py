@@ -56,7 +56,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 _PROFILE_KEYS = {"description", "setup", "python", "signal_seconds", "partitions", "gpus", "models"}
 _PARTITION_KEYS = {"gpus_per_node", "cpus_per_gpu", "mem_per_gpu_mb", "time", "max_time"}
-_GPU_KEYS = {"partitions", "gres"}
+_GPU_KEYS = {"partitions", "gres", "memory_gb"}
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,7 @@ class Profile:
     gpu_partitions: dict[str, tuple[str, ...]]
     gpu_gres: dict[str, str]
     models: dict[str, int] = field(default_factory=dict)
+    gpu_memory_gb: dict[str, float] = field(default_factory=dict)  # per type, for --slurm-gpu auto
 
     @property
     def gpu_types(self) -> list[str]:
@@ -199,6 +200,7 @@ def _parse_profile(name: str, path: Path, data: dict) -> Profile:
                                       int(p["mem_per_gpu_mb"]), p["time"], p["max_time"])
     gpu_partitions: dict[str, tuple[str, ...]] = {}
     gpu_gres: dict[str, str] = {}
+    gpu_memory: dict[str, float] = {}
     for gtype, g in data["gpus"].items():
         _check_keys(f"{where} [gpus.{gtype}]", g, _GPU_KEYS, {"partitions"})
         names = tuple(g["partitions"])
@@ -208,22 +210,28 @@ def _parse_profile(name: str, path: Path, data: dict) -> Profile:
                              f"accepted: {', '.join(sorted(partitions))}")
         gpu_partitions[gtype] = names
         gpu_gres[gtype] = g.get("gres", f"gpu:{gtype}")
+        if "memory_gb" in g:
+            if not isinstance(g["memory_gb"], (int, float)) or g["memory_gb"] <= 0:
+                raise SciqaError(f"{where} [gpus.{gtype}]: memory_gb must be a positive number, got {g['memory_gb']!r}")
+            gpu_memory[gtype] = float(g["memory_gb"])
     return Profile(name=name, path=path, description=data.get("description", ""),
                    setup=tuple(data.get("setup", ())), python=data.get("python", "python"),
                    signal_seconds=int(data.get("signal_seconds", DEFAULT_SIGNAL_SECONDS)),
                    partitions=partitions, gpu_partitions=gpu_partitions, gpu_gres=gpu_gres,
-                   models={str(k): int(v) for k, v in data.get("models", {}).items()})
+                   models={str(k): int(v) for k, v in data.get("models", {}).items()}, gpu_memory_gb=gpu_memory)
 
 
 def describe_profile(profile: Profile) -> str:
     """A table of GPU types and their resources, for ``sciqa slurm profiles``."""
-    head = ("GPU", "GPUs", "partition", "gres (1 GPU)", "cpus/GPU", "mem/GPU", "time", "max time")
+    head = ("GPU", "GPU memory", "GPUs", "partition", "gres (1 GPU)", "cpus/GPU", "mem/GPU", "time", "max time")
     rows = []
     for gtype in profile.gpu_types:
+        memory = profile.gpu_memory_gb.get(gtype)
         for pname in profile.gpu_partitions[gtype]:
             p = profile.partitions[pname]
-            rows.append((gtype, f"1-{p.gpus_per_node}", pname, f"{profile.gpu_gres[gtype]}:1",
-                         str(p.cpus_per_gpu), f"{p.mem_per_gpu_mb}M", p.time, p.max_time))
+            rows.append((gtype, f"{memory:g} GB" if memory else "?", f"1-{p.gpus_per_node}", pname,
+                         f"{profile.gpu_gres[gtype]}:1", str(p.cpus_per_gpu), f"{p.mem_per_gpu_mb}M", p.time,
+                         p.max_time))
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [f"{profile.name}: {profile.description}".rstrip(": "), f"  file: {profile.path}",

@@ -121,6 +121,9 @@ def submit(step: str, command: str, cfg, check_fn: Callable | None, *, gpu: str,
         return slurm.build_job(prof, gpu, cmd, job_name, time_limit, log_dir, exports, os.getcwd(), gpus=gpus)
 
     draft = render("0" * 32, "0", "http://127.0.0.1:5000")  # time limit, signal margin
+    from sciqa.doctor import require
+
+    require(step)  # `sciqa doctor`'s checks for this step (torch, WordNet, MiniLM, tracking, cache)
     if shutil.which("sbatch") is None:
         raise SciqaError("sbatch not found on PATH: submitting needs the Slurm client tools (run on the "
                          "cluster's login node, or drop --slurm-gpu to run here)")
@@ -224,6 +227,10 @@ def status_lines(run_id: str) -> list[str]:
         raise SciqaError(f"no MLflow run {run_id} at {mlflow.get_tracking_uri()}: "
                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     tags, metrics = run.data.tags, run.data.metrics
+    if tags.get("sciqa.step") == "grid":
+        from sciqa.slurm.array import status_lines as grid_status
+
+        return grid_status(run_id, run)
     job = tags.get("sciqa.slurm_job_id")
     lines = [f"run {run_id}: {run.info.status} (step {tags.get('sciqa.step', '?')}, "
              f"model {tags.get('sciqa.model', '?')})"]

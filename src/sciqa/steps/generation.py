@@ -58,6 +58,10 @@ class GenerationConfig:
     prompt_cost_per_1k: float = option(0.0, "openai backend: price per 1k prompt tokens", min=0, operational=True)
     completion_cost_per_1k: float = option(0.0, "openai backend: price per 1k completion tokens (logs api_cost)",
                                            min=0, operational=True)
+    # hf backend
+    gpu_memory_gb: float = option(0.0, "hf backend: GiB of the GPU the model may use; the layers beyond it are "
+                                       "offloaded to CPU memory (device_map=auto, slower; 0 = all on the GPU)",
+                                  min=0, operational=True)
     # vllm backend (pip install -e '.[vllm]'); serves LoRA adapters only, prefix adapters need --backend hf
     tensor_parallel: int = option(1, "vllm backend: GPUs for tensor parallelism (vLLM serves LoRA adapters "
                                      "only; prefix adapters: --backend hf)", min=1)
