@@ -4,6 +4,8 @@ In-process (click's CliRunner) with tiny models: 2 models x 2 settings, 8 proble
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import mlflow
 import pandas as pd
 import pytest
@@ -88,7 +90,7 @@ def test_grid_runs_cells_as_children_resumes_and_reuses(experiment, tmp_path, mo
     assert sorted(acc["model"]) == ["tiny-llava", "tiny-qwen2-vl"]
     assert set(zip(acc["run"], acc["baseline"])) == {("QTCHS", "QTCH")} and (acc["n"] == 8).all()
     params = mlflow.get_run(parent.info.run_id).data.params
-    assert params["grid"] == "model=tiny-qwen2-vl,tiny-llava;setting=QTCH,QTCHS" and params["limit"] == "8"
+    assert params["grid_axes"] == "model=tiny-qwen2-vl,tiny-llava;setting=QTCH,QTCHS" and params["limit"] == "8"
 
     again = invoke_cli(*GRID, *work, cwd=tmp_path)  # everything is reused: no cell runs again
     assert again.stdout.count("reusing finished run") == 4
@@ -100,15 +102,16 @@ def test_grid_spec_and_options_give_the_same_cells():
     from sciqa.steps.grid import parse
 
     by_options = parse("train-lora", "", ["--lr", "0.001,0.01", "--epochs", "2", "--seed", "0,1"])
-    by_spec = parse("train_lora", "lr=0.001,0.01;seed=0,1", ["--epochs", "2"])
+    by_spec = parse("train_lora", "lr=0.001,0.01;seed=0,1", ["--epochs", "2", "--workdir", "elsewhere"])
     assert by_options.spec == by_spec.spec == "lr=0.001,0.01;seed=0,1"
-    assert [c.config for c in by_options.cells] == [c.config for c in by_spec.cells]
+    assert [replace(c.config, workdir="elsewhere") for c in by_options.cells] == [c.config for c in by_spec.cells]
     assert [c.values for c in by_spec.cells] == [{"lr": "0.001", "seed": "0"}, {"lr": "0.001", "seed": "1"},
                                                   {"lr": "0.01", "seed": "0"}, {"lr": "0.01", "seed": "1"}]
     cfg = by_spec.cells[3].config
     assert (cfg.variant, cfg.lr, cfg.seed, cfg.epochs) == ("lora", 0.01, 1, 2)
     assert by_spec.cells[0].args[:1] == ("train-lora",) and "--lr" in by_spec.cells[0].args
-    assert by_spec.params()["epochs"] == "2"
+    assert by_spec.params()["epochs"] == "2" and "workdir" not in by_spec.params()  # where, not what
+    assert by_spec.settings == {"workdir": "elsewhere"} and cfg.workdir == "elsewhere"
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -339,10 +339,10 @@ def test_sigint_to_a_real_process_exits_130_naming_the_run(experiment, tmp_path)
 # ---------------------------------------------------------------- 10. step state outside the working folder
 
 def test_step_state_defaults_to_the_cache_not_the_working_folder(cli, experiment, tmp_path):
-    from sciqa.steps.generation import workdir_path
-
     cli("benchmark", *TINY, cwd=tmp_path)
     assert list(tmp_path.iterdir()) == []  # nothing in the folder it ran in (under `mlflow run`: the checkout)
+    from sciqa.steps.generation import workdir_path
+
     (run,) = runs_of(experiment)
     key = run.data.tags["sciqa.key"]
     assert (workdir_path("") / key / "run_id").read_text() == run.info.run_id

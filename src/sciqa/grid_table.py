@@ -72,7 +72,7 @@ def table(step: str, cells: list[dict]):
         _evaluate(step, run)
         rows.append(_row(step, cell, effective_run(cell["run_id"])))
     frame = pd.DataFrame(rows)
-    metric, lower = STEPS[step][1:]
+    metric, lower = STEPS[step][1:3]
     frame["best"] = ""
     if metric in frame and frame[metric].notna().any():
         best = frame[metric].min() if lower else frame[metric].max()
@@ -155,7 +155,7 @@ def heatmap(step: str, frame, axes: list[str], path: Path) -> Path:
 
     from sciqa.steps.grid import STEPS
 
-    metric, lower = STEPS[step][1:]
+    metric, lower = STEPS[step][1:3]
     across = column_axis(axes)
     down = [a for a in axes if a != across]
     data = frame.assign(_row=frame[down].astype(str).agg(" ".join, axis=1) if down else metric)

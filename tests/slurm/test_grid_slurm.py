@@ -67,7 +67,7 @@ def test_grid_is_one_array_with_a_requeued_task_and_a_collected_table(slurm_env,
     client = mlflow.MlflowClient()
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["sciqa.step"] == "grid"
-    assert parent.data.params["grid"] == "model=tiny-qwen2-vl,tiny-llava;setting=QTCH,QTCHS"
+    assert parent.data.params["grid_axes"] == "model=tiny-qwen2-vl,tiny-llava;setting=QTCH,QTCHS"
     for k, cell in enumerate(cells):  # each task ran in its own child run, nested under the parent
         run = client.get_run(cell["run_id"])
         assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent_id

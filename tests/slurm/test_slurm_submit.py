@@ -57,38 +57,38 @@ def one_error_line(proc) -> str:
     (["--slurm-gpu", "h100", "--setting", "XYZ"], r"setting"),  # the step's own check, before anything
     (["--slurm-time", "00:10:00"], r"--slurm-time: only for a Slurm job"),
 ])
-def test_bad_input_is_one_line_and_leaves_no_run(slurm_env, tmp_path, args, expected):
-    proc = run_cli("benchmark", *TINY, "--limit", "2", *args, cwd=tmp_path, check=False)
+def test_bad_input_is_one_line_and_leaves_no_run(cli, slurm_env, tmp_path, args, expected):
+    proc = cli("benchmark", *TINY, "--limit", "2", *args, cwd=tmp_path, check=False)
     assert re.search(expected, one_error_line(proc)), proc.stderr
     assert all_runs(slurm_env) == []
     assert not (tmp_path / "sciqa-slurm").exists()
 
 
-def test_missing_sbatch_is_one_line_and_leaves_no_run(slurm_env, tmp_path):
+def test_missing_sbatch_is_one_line_and_leaves_no_run(cli, slurm_env, tmp_path):
     empty = tmp_path / "bin"
     empty.mkdir()
-    proc = run_cli("benchmark", *TINY, "--limit", "2", "--slurm-gpu", "h100", cwd=tmp_path, check=False,
-                   env={"PATH": str(empty)})
+    proc = cli("benchmark", *TINY, "--limit", "2", "--slurm-gpu", "h100", cwd=tmp_path, check=False,
+               env={"PATH": str(empty)})
     assert "sbatch not found on PATH" in one_error_line(proc)
     assert all_runs(slurm_env) == []
 
 
-def test_cluster_refusal_is_one_line_and_leaves_no_run(slurm_env, tmp_path):
+def test_cluster_refusal_is_one_line_and_leaves_no_run(cli, slurm_env, tmp_path):
     """A profile that promises a GPU type the cluster lacks: sbatch --test-only says no before any run."""
     text = (Path(slurm.load_profile("local").path).read_text()
             .replace("[gpus.a100]", "[gpus.v100]\npartitions = [\"gpu_4_a100\"]\n\n[gpus.a100]"))
     profile = tmp_path / "wrong.toml"
     profile.write_text(text)
-    proc = run_cli("benchmark", *TINY, "--limit", "2", "--slurm-gpu", "v100", "--slurm-profile", str(profile),
-                   cwd=tmp_path, check=False)
+    proc = cli("benchmark", *TINY, "--limit", "2", "--slurm-gpu", "v100", "--slurm-profile", str(profile),
+               cwd=tmp_path, check=False)
     assert "the cluster refuses this job" in one_error_line(proc)
     assert all_runs(slurm_env) == []
 
 
-def test_profiles_and_status_commands(slurm_env, tmp_path):
-    out = run_cli("slurm", "profiles", "--slurm-profile", "bwunicluster", cwd=tmp_path).stdout
+def test_profiles_and_status_commands(cli, slurm_env, tmp_path):
+    out = cli("slurm", "profiles", "--slurm-profile", "bwunicluster", cwd=tmp_path).stdout
     assert "gpu_4_h100" in out and "v100-dev" in out and "bwunicluster (shown)" in out
-    proc = run_cli("slurm", "status", "0123456789abcdef0123456789abcdef", cwd=tmp_path, check=False)
+    proc = cli("slurm", "status", "0123456789abcdef0123456789abcdef", cwd=tmp_path, check=False)
     assert "no MLflow run 0123456789abcdef0123456789abcdef" in one_error_line(proc)
 
 

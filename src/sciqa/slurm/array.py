@@ -95,7 +95,7 @@ def submit_grid(grid, gpu: str, *, profile: str | None = None, time_limit: str |
         for k, v in tags.items() if attach else ():
             client.set_tag(parent, k, v)
         have = client.get_run(parent).data.params  # `mlflow run` logged its own strings first
-        client.log_batch(parent, params=[mlflow.entities.Param(k, v) for k, v in grid.params().items()
+        client.log_batch(parent, params=[mlflow.entities.Param(k, v) for k, v in {**grid.settings, **grid.params()}.items()
                                          if k not in have])
         runs = {c.index: client.create_run(exp, run_name=f"{grid.step}-{c.label.replace(' ', '-')}", tags={
             "mlflow.parentRunId": parent, "sciqa.step": grid.step, "sciqa.grid_cell": str(c.index),

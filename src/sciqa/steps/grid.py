@@ -24,12 +24,12 @@ from typing import Any, Callable
 
 from sciqa.errors import SciqaError
 
-# step -> (CLI command, the metric of its heatmap, lower is better)
-STEPS: dict[str, tuple[str, str, bool]] = {
-    "benchmark": ("benchmark", "acc", False),
-    "score": ("score", "acc", False),
-    "train_prefix": ("train-prefix", "val_loss_golden", True),
-    "train_lora": ("train-lora", "val_loss_golden", True),
+# step -> (CLI command, the metric of its heatmap, lower is better, its function: fn(cfg, parent_run_id=...))
+STEPS: dict[str, tuple[str, str, bool, str]] = {
+    "benchmark": ("benchmark", "acc", False, "sciqa.steps.benchmark:benchmark"),
+    "score": ("score", "acc", False, "sciqa.steps.score:score"),
+    "train_prefix": ("train-prefix", "val_loss_golden", True, "sciqa.steps.train:train"),
+    "train_lora": ("train-lora", "val_loss_golden", True, "sciqa.steps.train:train"),
 }
 _NOT_AXES = ("slurm_gpu", "slurm_profile", "slurm_time", "slurm_gpus", "wait")
 
@@ -52,7 +52,8 @@ class Cell:
 class Grid:
     step: str
     axes: dict[str, list[str]]
-    fixed: dict[str, str]
+    fixed: dict[str, str]  # options with one value that define the result
+    settings: dict[str, str]  # ... and those that say how it is computed (workdir, batch size): not keyed
     cells: list[Cell]
 
     @property
@@ -65,8 +66,9 @@ class Grid:
         return ";".join(f"{k}={','.join(v)}" for k, v in self.axes.items())
 
     def params(self) -> dict[str, str]:
-        """What defines the grid (the parent run's params and key)."""
-        return {"grid_step": self.step, "grid": self.spec, "grid_cells": str(len(self.cells)), **self.fixed}
+        """What defines the grid (the parent run's key; ``grid_axes``, not ``grid``: MLproject's own
+        ``grid`` parameter holds the user's string, fixed options included)."""
+        return {"grid_step": self.step, "grid_axes": self.spec, "grid_cells": str(len(self.cells)), **self.fixed}
 
 
 def step_name(step: str) -> str:
@@ -126,7 +128,10 @@ def parse(step: str, spec: str = "", extra: list[str] | tuple[str, ...] = ()) ->
         values = [v.strip() for v in value.split(",")]
         if len(set(values)) != len(values) or "" in values:
             raise SciqaError(f"grid option '{raw}': values must be non-empty and each given once, got '{value}'")
-        (axes.__setitem__(name, values) if len(values) > 1 else fixed.__setitem__(name, values[0]))
+        if len(values) > 1:
+            axes[name] = values
+        else:
+            fixed[name] = values[0]
     if not axes:
         raise SciqaError("a grid needs at least one option with several comma-separated values, "
                          "e.g. --setting QTCH,QTCHS")
@@ -138,8 +143,10 @@ def parse(step: str, spec: str = "", extra: list[str] | tuple[str, ...] = ()) ->
         ctx = cmd.make_context(cmd.name, argv)  # bad values: click's own one-line usage error
         cfg = make({f.name: ctx.params[f.name] for f in fields(config_cls) if f.name in ctx.params})
         cells.append(Cell(index, values, cfg, tuple(job_args(cmd.name, cfg))))
-    fixed = {k: as_param(getattr(cells[0].config, k)) for k in fixed}
-    return Grid(step, axes, fixed, cells)
+    operational = {f.name for f in fields(config_cls) if f.metadata.get("operational")}
+    given = {k: as_param(getattr(cells[0].config, k)) for k in fixed}
+    return Grid(step, axes, {k: v for k, v in given.items() if k not in operational},
+                {k: v for k, v in given.items() if k in operational}, cells)
 
 
 def _config_maker(step: str) -> tuple[type, Callable[[dict], Any]]:
@@ -167,17 +174,10 @@ def check(grid: Grid) -> None:
 
 def runner(step: str) -> Callable:
     """``fn(cfg, parent_run_id=...) -> StepRun``: the step function the single command calls."""
-    if step == "benchmark":
-        from sciqa.steps.benchmark import benchmark
+    from sciqa.slurm.cli import _resolve
 
-        return benchmark
-    if step == "score":
-        from sciqa.steps.score import score
-
-        return score
-    from sciqa.steps.train import train
-
-    return functools.partial(train, step=step)
+    fn = _resolve(STEPS[step][3])
+    return functools.partial(fn, step=step) if step.startswith("train") else fn
 
 
 def run_local(grid: Grid) -> str:
@@ -193,7 +193,7 @@ def run_local(grid: Grid) -> str:
     check(grid)
     tracking.setup()
     tags = {"sciqa.grid_step": grid.step}
-    with step_run("grid", grid.params(), tags, f"grid-{grid.step}", reuse=False) as parent:
+    with step_run("grid", grid.params(), tags, f"grid-{grid.step}", settings=grid.settings, reuse=False) as parent:
         pid = parent.run_id
         runs: dict[int, str] = {}
         failed: list[str] = []
@@ -254,14 +254,18 @@ def collect_run(parent_id: str) -> str:
                          f"'{run.data.tags.get('sciqa.step', '')}')")
     cells = cells_of(parent_id)
     text = collect(parent_id, run.data.params["grid_step"], cells)
-    missing = [" ".join(f"{k}={v}" for k, v in c["values"].items()) for c in cells
-               if not c.get("run_id") or effective_run(c["run_id"]).info.status != "FINISHED"]
-    client = MlflowClient()
-    if missing:
-        client.set_tag(parent_id, "sciqa.grid_missing", "; ".join(missing)[:5000])
-    client.set_terminated(parent_id, "FAILED" if missing else "FINISHED")
-    return text + (f"\ngrid run {parent_id}: {len(missing)} cell(s) not finished: {'; '.join(missing)}"
-                   if missing else f"\ngrid run: {parent_id}")
+    states = {" ".join(f"{k}={v}" for k, v in c["values"].items()):
+              effective_run(c["run_id"]).info.status if c.get("run_id") else "MISSING" for c in cells}
+    missing = [f"{label} ({state})" for label, state in states.items() if state != "FINISHED"]
+    if not missing:
+        MlflowClient().set_terminated(parent_id, "FINISHED")
+        return text + f"\ngrid run: {parent_id}"
+    if any(state in ("RUNNING", "SCHEDULED") for state in states.values()):  # collected early: leave it open
+        return text + f"\ngrid run {parent_id}: the table so far; still to come: {'; '.join(missing)}"
+    MlflowClient().set_tag(parent_id, "sciqa.grid_missing", "; ".join(missing)[:5000])
+    MlflowClient().set_terminated(parent_id, "FAILED")
+    return text + (f"\ngrid run {parent_id}: {len(missing)} cell(s) did not finish: {'; '.join(missing)}; "
+                   "submit the same grid again to fill them in (finished cells are reused)")
 
 
 def command(step: str, spec: str, extra: list[str], *, collect: str = "", gpu: str = "", profile: str = "",
