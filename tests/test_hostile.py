@@ -225,35 +225,38 @@ def test_a_planted_secret_reaches_neither_stderr_nor_the_store(cli, echo_api, tm
 # ---------------------------------------------------------------- 5. and 7. folders and stores that cannot be used
 
 @pytest.fixture
-def immutable(tmp_path):
-    """A folder nobody can create files in, root included (``chattr +i``; os.access still says yes)."""
-    folder = tmp_path / "immutable"
+def refusing_folder(tmp_path, monkeypatch):
+    """A folder that refuses new files while ``os.access`` says it may be written: what root sees on
+    an NFS mount with root_squash, or anyone in a working folder another shell removed. Made with
+    ``chattr +i`` (refuses root too) and an ``os.access`` that answers yes."""
+    folder = tmp_path / "refusing"
     folder.mkdir()
     if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
         pytest.skip("chattr +i is not available here")
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: True)
     try:
         yield folder
     finally:
         subprocess.run(["chattr", "-i", str(folder)], check=True)
 
 
-def test_unwritable_workdir_is_one_line_at_once_and_creates_no_run(cli, immutable, tmp_path):
+def test_unwritable_workdir_is_one_line_at_once_and_creates_no_run(cli, refusing_folder, tmp_path):
     uri = _sqlite(tmp_path / "store")
-    proc = cli("benchmark", *TINY, "--workdir", str(immutable / "w"), cwd=tmp_path, check=False,
+    proc = cli("benchmark", *TINY, "--workdir", str(refusing_folder / "w"), cwd=tmp_path, check=False,
                env={"MLFLOW_TRACKING_URI": uri})
     assert_one_error(proc, "is not writable")
     assert not (tmp_path / "store" / "mlflow.db").exists()
 
 
-def test_default_store_in_an_unwritable_folder_is_one_line_at_once(cli, immutable, tmp_path, monkeypatch):
+def test_default_store_in_an_unwritable_folder_is_one_line_at_once(cli, refusing_folder, tmp_path, monkeypatch):
     from sciqa import store
 
     monkeypatch.setattr(store, "LOCK_TIMEOUT_S", 5.0)  # before: the lock could not be made and was waited on
     started = time.monotonic()
-    proc = cli("benchmark", *TINY, "--workdir", str(tmp_path / "w"), cwd=immutable, check=False,
+    proc = cli("benchmark", *TINY, "--workdir", str(tmp_path / "w"), cwd=refusing_folder, check=False,
                env={"MLFLOW_TRACKING_URI": None})
     assert_one_error(proc, "is not writable")
-    assert time.monotonic() - started < 30 and not any(immutable.iterdir())
+    assert time.monotonic() - started < 30 and not (tmp_path / "w").exists()
 
 
 def test_sqlite_store_in_a_missing_folder_is_refused_and_not_created(cli, tmp_path):

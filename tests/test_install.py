@@ -181,9 +181,8 @@ def test_server_beyond_loopback_logs_in_jobs_and_shuts_out_the_rest(tmp_path):
                                   env={**{k: v for k, v in env.items() if k not in creds}, "MLFLOW_TRACKING_URI": url},
                                   capture_output=True, text=True, timeout=600)
         assert stranger.returncode != 0
-        commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in os.listdir("/proc") if pid.isdigit()
-                    and Path(f"/proc/{pid}/stat").exists() and _session(pid) == proc.pid]
-        assert commands and not any(password.encode() in c for c in commands)
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in _descendants(proc.pid)]
+        assert len(commands) >= 2 and not any(password.encode() in c for c in commands)  # sciqa, mlflow, uvicorn
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
@@ -193,8 +192,86 @@ def test_server_beyond_loopback_logs_in_jobs_and_shuts_out_the_rest(tmp_path):
     assert (tmp_path / "store" / "basic_auth.ini").stat().st_mode & 0o777 == 0o600
 
 
-def _session(pid: str) -> int | None:
+def _descendants(root: int) -> list[int]:
+    """``root`` and every process below it (from /proc: the parent is field 4 of /proc/PID/stat)."""
+    parents = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parents[int(pid)] = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    found = [root]
+    for pid in found:
+        found += [child for child, parent in parents.items() if parent == pid]
+    return found
+
+
+NONROOT = "sciqa-nonroot"
+NONROOT_SCRIPT = r"""
+set -euo pipefail
+cd "$HOME/sciqa"
+test ! -e /usr/share/wordnet/index.noun  # Debian's WordNet is hidden in this mount namespace
+# The README's "On a cluster (no root)" steps (the WordNet download stands in as ~/nltk_data, made beforehand)
+python3 -m venv "$HOME/venv" && . "$HOME/venv/bin/activate"
+pip install -q torch==2.13.0
+pip install -q -e .
+bash .ci/wordnet.sh
+sciqa doctor
+sciqa evaluate --csv "$HOME/validation_QTCH.csv"
+# Without nltk's data either, and no root or sudo: one line naming both ways, exit 1
+mkdir -p "$HOME/empty"
+if HOME="$HOME/empty" bash .ci/wordnet.sh 2>"$HOME/wordnet.err"; then exit 3; fi
+"""
+
+
+def _can_switch_user() -> bool:
+    return os.geteuid() == 0 and all(shutil.which(t) for t in ("useradd", "runuser", "unshare", "mount"))
+
+
+@pytest.mark.timeout(2400)
+@pytest.mark.skipif(not _can_switch_user() or not _externally_managed(DEBIAN_PYTHON),
+                    reason="needs root (to make an unprivileged user and a mount namespace) and Debian's python3")
+def test_no_root_install_without_debian_wordnet_evaluates_all_metrics(tmp_path):
+    """The README's cluster install as an unprivileged user, /usr/share/wordnet hidden by an empty
+    tmpfs in a mount namespace, WordNet from ~/nltk_data: every metric of a CSV is computed."""
+    from sciqa import metrics
+
+    if subprocess.run(["id", NONROOT], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", NONROOT], check=True)
+    home = Path(f"/tmp/{NONROOT}-{tmp_path.name}")  # pytest's tmp_path is root's own (mode 700)
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(mode=0o755)
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[4])  # field 6: session id
-    except (OSError, IndexError, ValueError):
-        return None
+        _copy_checkout(home / "sciqa")
+        wordnet = home / "nltk_data" / "corpora" / "wordnet"
+        wordnet.mkdir(parents=True)
+        metrics._copy_wordnet(wordnet)  # what `python -m nltk.downloader -d ~/nltk_data wordnet` leaves (unzipped)
+        csv, problems = _answers_csv(home)
+        pip_conf = Path.home() / ".config" / "pip" / "pip.conf"  # this machine's package index, as the user's own
+        if pip_conf.is_file():
+            (home / ".config" / "pip").mkdir(parents=True)
+            shutil.copy(pip_conf, home / ".config" / "pip" / "pip.conf")
+        subprocess.run(["chown", "-R", f"{NONROOT}:{NONROOT}", str(home)], check=True)
+        (home / "script.sh").write_text(NONROOT_SCRIPT)
+        env = ["env", "-i", f"HOME={home}", f"USER={NONROOT}", f"PATH={BASIC_PATH}", "LANG=C.UTF-8", "HF_HUB_OFFLINE=1",
+               f"MLFLOW_TRACKING_URI=sqlite:///{home}/mlflow.db",
+               *(f"{k}={v}" for k, v in os.environ.items() if k.startswith(("PIP_", "SSL_CERT_", "REQUESTS_CA")))]
+        inner = " ".join(["mount -t tmpfs -o size=1m none /usr/share/wordnet &&", "exec runuser -u", NONROOT, "--",
+                          *env, "bash", str(home / "script.sh")])
+        started = time.monotonic()
+        proc = subprocess.run(["unshare", "--mount", "bash", "-c", inner], capture_output=True, text=True, timeout=2300)
+        seconds = time.monotonic() - started
+        assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+        assert f"wordnet: nltk data ({wordnet}); skipping apt" in proc.stdout
+        assert f"nltk data: {wordnet}" in next(line for line in proc.stdout.splitlines() if line.startswith("WordNet"))
+        error = (home / "wordnet.err").read_text()
+        assert error.count("\n") == 1 and "nltk.downloader -d ~/nltk_data wordnet" in error and "wordnet-base" in error
+        mlflow.set_tracking_uri(f"sqlite:///{home}/mlflow.db")
+        (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+        assert run.data.metrics["acc"] == 100
+        assert {"bleu1", "bleu4", "rougeL", "meteor", "cosine", "overall"} <= set(run.data.metrics)
+        assert run.data.metrics["meteor"] > 0  # WordNet was read: METEOR ran
+        print(f"no-root install and evaluate: {seconds:.0f} s")
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+        mlflow.set_tracking_uri(None)

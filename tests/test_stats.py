@@ -3,7 +3,6 @@ replicates (mean over seeds, the seed term, per-seed differences), linearised Na
 the overall score equal to the runs' own values, the row join and the gold check, Holm and the one
 significance rule, and the report/plot outputs."""
 
-import math
 import warnings
 
 import numpy as np

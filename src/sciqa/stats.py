@@ -41,8 +41,8 @@ from scipy.stats import t as student_t
 from sciqa.metrics import BY_NAME, EXPLANATION, LABELS
 
 __all__ = ["ALPHA", "COLUMNS", "CONFIDENCE", "EXPLANATION", "METHOD", "Joined", "Paired", "arm_difference",
-           "compare_runs", "decide", "forest_plot", "holm", "join_rows", "linearised", "p_text", "to_markdown",
-           "to_text"]
+           "compare_runs", "decide", "forest_plot", "holm", "join_arms", "join_rows", "linearised", "n_tests", "p_text",
+           "to_markdown", "to_text"]
 
 ALPHA = 0.05
 CONFIDENCE = 1 - ALPHA
@@ -410,7 +410,8 @@ def forest_plot(table: pd.DataFrame, path: str | Path, labels: Mapping[str, str]
             d, low, high = (part[c].to_numpy(dtype=float)[sel] for c in ("diff", "ci_low", "ci_high"))
             ax.errorbar(d, y[sel], xerr=np.clip([d - low, high - d], 0, None), fmt="o", color=color, capsize=3)
         ax.axvline(0, color="black", linestyle="--", linewidth=1)
-        ax.set_yticks(y, [f"{_pair(r, name)}: {LABELS[r.metric]}" for r in part.itertuples()])
+        ticks = [f"{_pair(r, name)}: {LABELS[r.metric]}" for r in part.itertuples()]
+        ax.set_yticks(y, [t if len(t) <= 70 else f"{t[:40]}\u2026{t[-29:]}" for t in ticks])  # fits the figure
         ax.set_title(title)
         ax.set_xlabel(f"run \u2212 baseline, {CONFIDENCE:.0%} interval (red: significant)")
         ax.grid(axis="x", alpha=0.3)

@@ -124,6 +124,12 @@ def test_auto_gpu_takes_the_type_that_fits_then_the_idler_one(slurm_env, tmp_pat
     # both hold it and both are idle: the smaller; the smaller busy: the idler one
     both = _profile(tmp_path, 3 * est.total_gb, 1.5 * est.total_gb)
     assert submitted(both) == ("a100", "a100:4,h100:4")
+    single = run_cli("benchmark", "--model", "tiny-llava", "--limit", "2", "--max-new-tokens", "8", "--batch-size", "1",
+                     "--slurm-gpu", "auto", "--slurm-profile", str(both), cwd=tmp_path)  # one step: the same choice
+    subprocess.run(["scancel", re.search(r"slurm job: (\d+)", single.stdout).group(1)])
+    tags = mlflow.get_run(re.search(r"benchmark run: (\w+)", single.stdout).group(1)).data.tags
+    assert (tags["sciqa.slurm_gpu"], tags["sciqa.slurm_partition"], tags["sciqa.gpu_candidates"]) == (
+        "a100", "gpu_4_a100", "a100:4,h100:4")
     hog = subprocess.run(["sbatch", "--parsable", "-p", "gpu_4_a100", "--gres", "gpu:a100:4", "-c", "1",
                           "-o", "/dev/null", "--wrap", "sleep 300"], capture_output=True, text=True, check=True)
     hog_id = hog.stdout.strip()

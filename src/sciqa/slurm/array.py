@@ -11,7 +11,6 @@ single ``--slurm-gpu`` job does (reuse, resume, requeue: :mod:`sciqa.slurm.launc
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 
@@ -21,37 +20,17 @@ from sciqa.slurm.job import LOG_ENV
 from sciqa.slurm.launch import _log_as, _test_only, job_dir, shared_tracking_uri
 
 
-def _model(grid_step: str, cfg) -> str:
-    """The base model a cell loads (a score cell's comes from its adapter when --model is not given)."""
-    if grid_step == "score" and not cfg.model:
-        from sciqa.steps.score import check
-
-        return check(cfg)[0].base_model
-    return cfg.model
-
-
 def gpu_of_cells(grid, gpu: str, profile) -> dict[int, tuple[str, int, dict[str, str]]]:
-    """cell index -> (GPU type, GPUs, tags saying why): the given type, or auto per cell."""
-    from sciqa import memory
-    from sciqa.slurm.gpu_auto import choose, idle_gpus
+    """cell index -> (GPU type, GPUs, tags saying why): the given type, or auto per cell (one sinfo)."""
+    from sciqa.slurm.gpu_auto import idle_gpus, place
 
-    out = {}
     idle = idle_gpus(profile) if gpu == "auto" else None
+    out = {}
     for cell in grid.cells:
-        model = _model(grid.step, cell.config)
-        count = profile.gpus_for(model)
-        if gpu != "auto":
-            profile.gpu(gpu, count)  # unknown type / too many GPUs: the accepted values
-            out[cell.index] = (gpu, count, {"sciqa.slurm_gpu": gpu})
-            continue
-        est = memory.estimate(grid.step, dataclasses.replace(cell.config, model=model), "cuda")
         try:
-            choice = choose(profile, est.total_gb, count, idle)
+            out[cell.index] = place(grid.step, cell.config, profile, gpu, idle, cell.label)
         except SciqaError as exc:
             raise SciqaError(f"grid cell {cell.label}: {exc}") from None
-        print(f"sciqa: cell {cell.label}: estimated peak {est.describe()}; fits "
-              f"{', '.join(f'{t} ({n} idle)' for t, n in choice.candidates.items())}; chose {choice.gpu}")
-        out[cell.index] = (choice.gpu, count, choice.tags())
     return out
 
 

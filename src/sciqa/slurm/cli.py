@@ -78,7 +78,8 @@ def slurm_options(step_name: str, config_cls, check_fn: Callable | str | None = 
 
         options = [
             click.option("--slurm-gpu", "slurm_gpu", default=None, callback=_empty_to_none, metavar="TYPE",
-                         help=SLURM_HELP + " TYPE: a GPU type of the profile (see `sciqa slurm profiles`)."),
+                         help=SLURM_HELP + " TYPE: a GPU type of the profile (see `sciqa slurm profiles`), or auto: the "
+                              "idlest type whose memory (profile: memory_gb) holds the step's estimated peak."),
             click.option("--slurm-profile", "slurm_profile", default=None, callback=_empty_to_none,
                          envvar="SCIQA_SLURM_PROFILE", metavar="NAME|PATH",
                          help="cluster profile: a name in slurm/profiles or a .toml path "

@@ -81,3 +81,33 @@ def choose(profile, estimate_gb: float, gpus: int = 1, idle: dict[str, int] | No
     candidates = {t: idle.get(t, 0) for t in fits}
     best = max(fits, key=lambda t: (candidates[t], -sized[t]))  # most idle, then the smallest
     return Choice(best, estimate_gb, candidates)
+
+
+def _model(step: str, cfg) -> str:
+    """The base model a step loads (a score's comes from its adapter when --model is not given)."""
+    if step == "score" and not cfg.model:
+        from sciqa.steps.score import check
+
+        return check(cfg)[0].base_model
+    return cfg.model
+
+
+def place(step: str, cfg, profile, gpu: str, idle: dict[str, int] | None = None,
+          label: str = "") -> tuple[str, int, dict[str, str]]:
+    """(GPU type, GPUs, tags) for a step's job: ``gpu`` as given, or ``auto``: estimated, printed, chosen."""
+    import dataclasses
+
+    from sciqa import memory
+
+    if gpu == "auto" and step == "main":
+        raise SciqaError("--slurm-gpu auto estimates one step's memory; for main give a GPU type")
+    model = _model(step, cfg)
+    count = profile.gpus_for(model)
+    if gpu != "auto":
+        profile.gpu(gpu, count)  # unknown type / too many GPUs: the accepted values
+        return gpu, count, {"sciqa.slurm_gpu": gpu}
+    est = memory.estimate(step, dataclasses.replace(cfg, model=model), "cuda")
+    choice = choose(profile, est.total_gb, count, idle)
+    print(f"sciqa: {label or step}: estimated peak {est.describe()}; fits "
+          f"{', '.join(f'{t} ({n} idle)' for t, n in choice.candidates.items())}; chose {choice.gpu}")
+    return choice.gpu, count, choice.tags()

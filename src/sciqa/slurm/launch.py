@@ -109,6 +109,11 @@ def submit(step: str, command: str, cfg, check_fn: Callable | None, *, gpu: str,
     """Everything but printing: see :func:`submit_step`."""
     prof = slurm.load_profile(profile or None)
     model = str(getattr(cfg, "model", "") or "")
+    chosen: dict[str, str] = {}
+    if gpu == "auto":  # the idlest GPU type that holds the step's estimated memory
+        from sciqa.slurm.gpu_auto import place
+
+        gpu, _, chosen = place(step, cfg, prof, gpu)
     gpus = gpus or prof.gpus_for(model)
     spec = prof.gpu(gpu, gpus)  # unknown type / too many GPUs: lists the accepted values
     base = job_dir()
@@ -144,7 +149,7 @@ def submit(step: str, command: str, cfg, check_fn: Callable | None, *, gpu: str,
     run_id = run.info.run_id
     try:
         script = render(run_id, run.info.experiment_id, uri)
-        mlflow.set_tags({"sciqa.step": step, **({"sciqa.model": model} if model else {}),
+        mlflow.set_tags({"sciqa.step": step, **({"sciqa.model": model} if model else {}), **chosen,
                          "sciqa.slurm_gpu": gpu, "sciqa.slurm_gpus": str(gpus),
                          "sciqa.slurm_partition": spec.partition, "sciqa.slurm_profile": prof.name,
                          "sciqa.slurm_status": "PENDING"})
