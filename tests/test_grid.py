@@ -126,3 +126,17 @@ def test_grid_spec_and_options_give_the_same_cells():
 def test_bad_grid_is_one_line_and_leaves_no_run(experiment, tmp_path, args, needle):
     assert_one_error(invoke_cli("grid", *args, cwd=tmp_path, check=False), needle)
     assert runs_of(experiment) == []
+
+
+def test_training_table_marks_the_lowest_loss_and_keeps_axis_values_as_given():
+    from sciqa.grid_table import mark_best, markdown
+
+    frame = mark_best("train_prefix", pd.DataFrame({
+        "lr": ["0.001", "0.01", "0.001", "0.01"], "prefix_len": ["10", "10", "50", "50"],
+        "run_id": ["a", "b", "c", ""], "status": ["FINISHED", "FINISHED", "FINISHED", "FAILED"],
+        "val_loss_golden": [2.5, 1.25, 3.0, float("nan")]}))
+    assert list(frame["best"]) == ["", "*", "", ""]
+    text = markdown("train_prefix", frame, ["lr", "prefix_len"], None)
+    # the last axis across, the others down; a failed cell shows its status
+    assert "| lr    | 10      | 50     |" in text and "| 0.01  | 1.2500* | FAILED |" in text
+    assert "| 0.001 | 10           | a        | FINISHED | 2.5000 " in text  # axis values as given

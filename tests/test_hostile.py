@@ -109,7 +109,7 @@ def test_duplicate_teacher_ids_keep_the_last_row_warn_and_count(capsys, tmp_path
     capsys.readouterr()
     path = _ours_csv(tmp_path / "dup.csv", [*first, again])
     rows = teacher.from_csv(str(path), all_train)
-    assert "1 repeated id(s): the last row of each is used" in capsys.readouterr().err
+    assert "1 duplicated id(s): the last row of each is used" in capsys.readouterr().err
     assert rows.duplicate_ids == 1 and len(rows) == 3
     kd = teacher.kd_targets(rows, probs, "all", "csv")
     assert '"the rerun\'s answer"' in kd.by_id[probs[0].id]

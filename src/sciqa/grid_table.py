@@ -61,8 +61,6 @@ def table(step: str, cells: list[dict]):
     """One row per cell (missing cells: status only); the best finished cell marked."""
     import pandas as pd
 
-    from sciqa.steps.grid import STEPS
-
     rows = []
     for cell in cells:
         if not cell.get("run_id"):
@@ -71,7 +69,13 @@ def table(step: str, cells: list[dict]):
         run = effective_run(cell["run_id"])
         _evaluate(step, run)
         rows.append(_row(step, cell, effective_run(cell["run_id"])))
-    frame = pd.DataFrame(rows)
+    return mark_best(step, pd.DataFrame(rows))
+
+
+def mark_best(step: str, frame):
+    """Column ``best``: ``*`` on the best cell(s) by the step's metric (highest accuracy, lowest loss)."""
+    from sciqa.steps.grid import STEPS
+
     metric, lower = STEPS[step][1:3]
     frame["best"] = ""
     if metric in frame and frame[metric].notna().any():
@@ -134,9 +138,13 @@ def markdown(step: str, frame, axes: list[str], compared) -> str:
     if down:
         pivot = shown.pivot_table(index=down, columns=across, values="cell", aggfunc="first", sort=False)
     else:
-        pivot = shown.set_index(across)[["cell"]].T
-    lines = [f"## Grid: {step}", "", title, "", pivot.to_markdown(), "", "## Every cell", "",
-             frame.to_markdown(index=False, floatfmt=".2f"), ""]
+        pivot = shown.set_index(across)[["cell"]].T.rename(index={"cell": metric})
+    every = frame.copy()  # axis values as given (0.001 stays 0.001), metrics rounded
+    for column in every.columns.difference(axes):
+        if every[column].dtype.kind == "f":
+            every[column] = [_fmt(v, 4 if "loss" in column else 2) for v in every[column]]
+    lines = [f"## Grid: {step}", "", title, "", pivot.to_markdown(disable_numparse=True), "", "## Every cell", "",
+             every.to_markdown(index=False, disable_numparse=True), ""]
     if compared is not None and len(compared):
         lines += [f"## Paired comparisons ({across})", "",
                   "run \u2212 baseline on the problems both answered, as `sciqa compare` reports it.", "",

@@ -298,7 +298,7 @@ class UserCSV:
             lines = ", ".join(map(str, self.damaged_lines[:5])) + (" ..." if len(self.damaged_lines) > 5 else "")
             said.append(f"{len(self.damaged_lines)} damaged record(s) skipped (line {lines})")
         if self.duplicate_ids:
-            said.append(f"{self.duplicate_ids} repeated id(s): the last row of each is used")
+            said.append(f"{self.duplicate_ids} duplicated id(s): the last row of each is used")
         if said:
             print(f"sciqa: warning: {where}: {'; '.join(said)}", file=sys.stderr, flush=True)
 

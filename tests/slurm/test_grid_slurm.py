@@ -148,3 +148,24 @@ def test_auto_gpu_takes_the_type_that_fits_then_the_idler_one(slurm_env, tmp_pat
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "no GPU type fits" in lines[0] and f"{est.total_gb:.1f} GB" in lines[0] and "largest GPU is h100" in lines[0]
+
+
+@pytest.mark.timeout(300)
+def test_cells_needing_other_gpu_counts_go_into_their_own_array(slurm_env, tmp_path):
+    """The profile's [models] GPU counts hold in a grid: a model listed with 2 GPUs gets its own array."""
+    text = Path(slurm.load_profile("local").path).read_text().replace(
+        '[models]\n', '[models]\n"tiny-llava" = 2\n')
+    profile = tmp_path / "two.toml"
+    profile.write_text(text)
+    proc = run_cli("grid", "benchmark", "--model", "tiny-qwen2-vl,tiny-llava", "--limit", "2", "--slurm-gpu", "h100",
+                   "--slurm-profile", str(profile), cwd=tmp_path)
+    arrays = dict((count, job) for job, count in re.findall(r"slurm array (\d+): 1 x h100 \((\d) GPU each\)", proc.stdout))
+    collect = re.search(r"slurm job (\d+): collects", proc.stdout).group(1)
+    try:
+        assert set(arrays) == {"1", "2"}, proc.stdout
+        info = slurm.job_info(collect)
+        assert all(job in info["Dependency"] for job in arrays.values()), info["Dependency"]
+        gres = {count: slurm.job_info(f"{job}_0").get("TresPerNode", "") for count, job in arrays.items()}
+        assert gres["1"].endswith("h100:1") and gres["2"].endswith("h100:2"), gres
+    finally:
+        subprocess.run(["scancel", *arrays.values(), collect])
