@@ -112,6 +112,10 @@ def test_grid_spec_and_options_give_the_same_cells():
     assert by_spec.cells[0].args[:1] == ("train-lora",) and "--lr" in by_spec.cells[0].args
     assert by_spec.params()["epochs"] == "2" and "workdir" not in by_spec.params()  # where, not what
     assert by_spec.settings == {"workdir": "elsewhere"} and cfg.workdir == "elsewhere"
+    escaped = parse("train-lora", "", ["--lora-targets", r"q_proj\,v_proj,q_proj\,k_proj\,v_proj"])
+    assert escaped.axes == {"lora_targets": ["q_proj,v_proj", "q_proj,k_proj,v_proj"]}
+    assert escaped.cells[1].config.lora_targets == "q_proj,k_proj,v_proj"
+    assert parse("train-lora", escaped.spec).axes == escaped.axes  # the logged spec reads back the same
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -25,7 +25,7 @@ def _inputs(run_id: str) -> dict[str, tuple[str, str]]:
 
 
 def test_datasets_are_run_inputs_and_their_digest_keys_the_cache(cli, experiment, tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # in-process, a step can take < 1 s
     data, keep = _original_layout(tmp_path / "data")
     args = ["benchmark", "--dataset", str(data), "--limit", "3", "--max-new-tokens", "2", "--workdir", str(tmp_path / "w")]
     first = last_run_id(cli(*args, cwd=tmp_path))

@@ -6,7 +6,8 @@
     mlflow run . -e grid -P step=benchmark -P grid="model=a,b;setting=QTCH,QTCHS"
 
 An option given with commas is an axis; the cells are the cross product of the axes (in the order
-given), every other option is the same in every cell. Each cell is exactly the run the single
+given), every other option is the same in every cell. A value that holds a comma escapes it:
+``--lora-targets 'q_proj\,v_proj'`` is one value. Each cell is exactly the run the single
 command would make, started as a child of the grid's parent run the way ``main`` starts its
 steps (:func:`sciqa.steps.pipeline._child`), so a finished identical cell is reused, an unfinished
 one resumed, and re-running the grid fills in only what is missing. At the end the parent gets
@@ -19,6 +20,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import re
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
@@ -31,6 +33,7 @@ STEPS: dict[str, tuple[str, str, bool, str]] = {
     "train_prefix": ("train-prefix", "val_loss_golden", True, "sciqa.steps.train:train"),
     "train_lora": ("train-lora", "val_loss_golden", True, "sciqa.steps.train:train"),
 }
+_ESCAPED_COMMA = "\\,"  # inside one value
 _NOT_AXES = ("slurm_gpu", "slurm_profile", "slurm_time", "slurm_gpus", "wait")
 
 
@@ -63,7 +66,7 @@ class Grid:
     @property
     def spec(self) -> str:
         """The axes as MLproject's ``grid`` parameter writes them: ``model=a,b;setting=QTCH,QTCHS``."""
-        return ";".join(f"{k}={','.join(v)}" for k, v in self.axes.items())
+        return ";".join(f"{k}={','.join(x.replace(',', _ESCAPED_COMMA) for x in v)}" for k, v in self.axes.items())
 
     def params(self) -> dict[str, str]:
         """What defines the grid (the parent run's key; ``grid_axes``, not ``grid``: MLproject's own
@@ -125,7 +128,7 @@ def parse(step: str, spec: str = "", extra: list[str] | tuple[str, ...] = ()) ->
                              f"{', '.join(sorted(o.replace('_', '-') for o in options))}")
         if name in axes or name in fixed:
             raise SciqaError(f"grid option '{raw}' is given twice; list its values once, comma-separated")
-        values = [v.strip() for v in value.split(",")]
+        values = [v.strip().replace(_ESCAPED_COMMA, ",") for v in re.split(r"(?<!\\),", value)]  # "a\,b": one value
         if len(set(values)) != len(values) or "" in values:
             raise SciqaError(f"grid option '{raw}': values must be non-empty and each given once, got '{value}'")
         if len(values) > 1:
