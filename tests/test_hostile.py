@@ -173,6 +173,21 @@ def test_redaction_covers_userinfo_secret_values_and_log_records(monkeypatch):
     assert records == ["retrying http://***@127.0.0.1/x after ***"]
 
 
+def test_a_key_variable_named_by_the_user_is_redacted_whatever_its_name(monkeypatch):
+    from sciqa import config
+    from sciqa.backends.openai import OpenAIBackend
+
+    monkeypatch.setattr(config, "_KEY_VARIABLES", set())
+    monkeypatch.setenv("MY_LAB_CREDENTIAL", "lab-credential-0042")
+    assert config.redact("sent lab-credential-0042") == "sent lab-credential-0042"  # not a secret-shaped name
+    cfg = type("Cfg", (), {"model": "m", "revision": "", "max_new_tokens": 8, "backend_options": ""})()
+    monkeypatch.setattr(OpenAIBackend, "options", classmethod(lambda cls, c: {
+        "api_base": "http://127.0.0.1:9/v1", "api_key_env": "MY_LAB_CREDENTIAL"}))
+    monkeypatch.setattr(OpenAIBackend, "resume_counters", lambda self: None)
+    OpenAIBackend.from_config(cfg)
+    assert config.redact("sent lab-credential-0042") == "sent ***"
+
+
 class _EchoAuth(http.server.BaseHTTPRequestHandler):
     """An API that refuses every request, echoing the Authorization header it got (as some do)."""
 

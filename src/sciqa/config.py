@@ -37,9 +37,18 @@ def cli_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+_KEY_VARIABLES: set[str] = set()  # variables a user named as holding a key (--api-key-env), whatever their name
+
+
+def treat_as_secret(variable: str) -> None:
+    """Redact this environment variable's value too: ``--api-key-env MYVAR`` need not end in ``_KEY``."""
+    _KEY_VARIABLES.add(variable)
+
+
 def secret_values(env=os.environ) -> list[str]:
     """The values of the secret-named environment variables, longest first (a key inside a longer one)."""
-    found = {v for k, v in env.items() if _SECRET_NAME.search(k.upper()) and len(v) >= _SHORTEST_SECRET}
+    found = {v for k, v in env.items()
+             if (_SECRET_NAME.search(k.upper()) or k in _KEY_VARIABLES) and len(v) >= _SHORTEST_SECRET}
     return sorted(found, key=len, reverse=True)
 
 

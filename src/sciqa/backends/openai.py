@@ -22,6 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from sciqa.backends.base import Backend, Generation
+from sciqa.config import treat_as_secret
 from sciqa.data.problems import Problem
 from sciqa.errors import SciqaError
 
@@ -102,6 +103,8 @@ class OpenAIBackend(Backend):
         cls.check(cfg)
         o = cls.options(cfg)
         env = o.pop("api_key_env")
+        if env:
+            treat_as_secret(env)
         key = os.environ.get(env, "") if env else ""
         backend = cls(cfg.model, api_key=key, max_new_tokens=cfg.max_new_tokens,
                       clean=output_cleaner(cfg.model, cfg.revision or None), **o)

@@ -1,7 +1,7 @@
 """Score a split with a base model plus a trained adapter: the outputs CSV, as ``benchmark`` writes it.
 
     sciqa score --adapter-run RUN_ID --split validation
-    sciqa score --adapter-dir sciqa-work/<key>/adapter --split test --setting QTCH
+    sciqa score --adapter-dir path/to/adapter --split test --setting QTCH
     mlflow run . -e score --env-manager local -P adapter_run=RUN_ID -P split=validation
 
 The base model is the one the adapter was trained on (``--model`` may name it, and must match).
