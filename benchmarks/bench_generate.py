@@ -25,7 +25,7 @@ import click
 from sciqa import models
 from sciqa.backends.hf import HFBackend
 from sciqa.data import load_problems
-from sciqa.prompts import build_prompt
+from sciqa.data.prompts import build_prompt
 
 
 def rows_per_second(backend, problems, prompts, batch_size: int) -> tuple[float, list]:

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sciqa import metrics
 from sciqa.data.sources import SAMPLE_DIR
+from sciqa.eval import metrics
 
 
 def load_pairs(n_rows: int, seed: int = 0) -> tuple[list[str], list[str]]:

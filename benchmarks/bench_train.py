@@ -4,9 +4,9 @@ Three loops over the same examples and batch size, each in its own process:
 
 - ``base``: the floor. The base model alone (no adapter, its weights trainable), batches collated
   before the clock starts, then per step forward, token-mean loss, backward. No optimizer step.
-- ``bare``: the loop one writes first: collate the batch (``sciqa.collate.collate``, the processor
+- ``bare``: the loop one writes first: collate the batch (``sciqa.train.collate.collate``, the processor
   over its prompts and images), forward through the adapter, token-mean loss, backward, AdamW step.
-- ``sciqa``: ``sciqa.training.train``, which processes every example once per run and cuts each
+- ``sciqa``: ``sciqa.train.loop.train``, which processes every example once per run and cuts each
   epoch's batches from those tensors, and adds the scheduler, gradient clipping, exact token-mean
   over accumulation windows, the progress bar, step metrics and the epoch checkpoint.
 
@@ -39,9 +39,9 @@ def _setup(variant: str, args):
 
     from sciqa import models
     from sciqa.adapters import attach
-    from sciqa.collate import Example
     from sciqa.data import load_problems
-    from sciqa.prompts import build_prompt, target_json
+    from sciqa.data.prompts import build_prompt, target_json
+    from sciqa.train.collate import Example
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -55,7 +55,7 @@ def _setup(variant: str, args):
 
 def _step(lm, model, batch: dict) -> None:
     """Forward, token-mean loss on the supervised tokens, backward."""
-    from sciqa.collate import token_loss_sum
+    from sciqa.train.collate import token_loss_sum
 
     batch = dict(batch)
     labels = batch.pop("labels")
@@ -68,8 +68,8 @@ def _loop(mode: str, lm, model, examples, args) -> None:
     """One timed run of ``mode`` over ``args.epochs`` epochs."""
     import torch
 
-    from sciqa.collate import collate
-    from sciqa.training import LoopConfig, train
+    from sciqa.train.collate import collate
+    from sciqa.train.loop import LoopConfig, train
 
     size = args.batch_size
     if mode == "base":
@@ -97,7 +97,7 @@ def one(variant: str, mode: str, args) -> dict:
     """Time one (variant, mode) run after a warm-up step (first-call costs are not per-step costs)."""
     import torch
 
-    from sciqa.collate import collate
+    from sciqa.train.collate import collate
 
     lm, model, examples = _setup("base" if mode == "base" else variant, args)
     _step(lm, model, collate(lm, examples[: args.batch_size]))
@@ -121,7 +121,7 @@ def profile(variant: str, args) -> None:
     """pyinstrument's call tree of the sciqa loop for ``variant`` (``pip install pyinstrument``)."""
     from pyinstrument import Profiler
 
-    from sciqa.collate import collate
+    from sciqa.train.collate import collate
 
     lm, model, examples = _setup(variant, args)
     _step(lm, model, collate(lm, examples[: args.batch_size]))

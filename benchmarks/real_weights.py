@@ -13,8 +13,8 @@ through sciqa's own steps and tracking (a temporary sqlite store), on the bundle
 3. golden LoRA, golden prefix (``pkv``) and KD LoRA adapters (``--kd-variants``), all trained on the
    problems the teacher answered usably (as ``sciqa main`` does), then scored in free mode on the
    same validation problems;
-4. paired differences with 95 % intervals and the t-test they invert (``sciqa.stats.compare_runs``
-   on ``sciqa.compare.run_rows``, one seed: the intervals cover the sampling of problems only): each
+4. paired differences with 95 % intervals and the t-test they invert (``sciqa.eval.stats.compare_runs``
+   on ``sciqa.steps.compare.run_rows``, one seed: the intervals cover the sampling of problems only): each
    adapter vs the untuned model, KD vs golden; an interval that crosses zero is reported as "cannot
    tell apart";
 5. the chance baselines on the same problems (the expected accuracy of a uniform guess among each
@@ -182,7 +182,7 @@ def comparisons(frames: dict, pairs: list[tuple[str, str]]) -> str:
     each with its verdict in words."""
     import pandas as pd
 
-    from sciqa.stats import compare_runs, decide, to_text
+    from sciqa.eval.stats import compare_runs, decide, to_text
 
     tables = [compare_runs(frames, "base (free)", by_group=False)]
     tables += [compare_runs({a: frames[a], b: frames[b]}, a, by_group=False) for a, b in pairs]
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from sciqa import models
-    from sciqa.compare import run_rows
+    from sciqa.steps.compare import run_rows
 
     clock, t0 = Clock(), time.perf_counter()
     print(f"workdir {workdir}; torch threads {torch.get_num_threads()}; load average {os.getloadavg()}")

@@ -67,13 +67,14 @@ UNUSED_DAYS = 7
 
 
 def _cache_digest() -> str:
-    """Of the libraries' versions, sciqa/cache.py and metrics.py's builders (the whole module if one
+    """Of the libraries' versions, sciqa/files.py and metrics.py's builders (the whole module if one
     was renamed: a rebuild, never a stale folder)."""
     import inspect
 
-    from sciqa import cache, metrics
+    from sciqa import files
+    from sciqa.eval import metrics
 
-    h = hashlib.sha256(sys.version.encode() + inspect.getsource(cache).encode())
+    h = hashlib.sha256(sys.version.encode() + inspect.getsource(files).encode())
     for name in CACHE_LIBRARIES:
         try:
             h.update(f"{name}=={version(name)}".encode())
@@ -117,8 +118,8 @@ def sciqa_test_cache() -> Path:
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, sciqa_test_cache):
     """The shared test cache; no run id, active run, outer-run claim or stop request leaks between tests."""
-    from sciqa import tracking
     from sciqa.slurm import job
+    from sciqa.tracking import runs as tracking
 
     monkeypatch.setenv("SCIQA_CACHE", str(sciqa_test_cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -177,8 +178,8 @@ SHARED_ADAPTER = dict(limit=4, val_limit=2, epochs=1, prefix_len=4, batch_size=2
 def trained_adapter(mlflow_server, tmp_path_factory):
     """``trained_adapter("pkv")``: the run id of a tiny-qwen2-vl adapter of that variant, trained once
     per session (``SHARED_ADAPTER``) in an experiment of its own, so tests count only their own runs."""
-    from sciqa import tracking
     from sciqa.steps.train import TrainConfig, train
+    from sciqa.tracking import runs as tracking
 
     made: dict[str, str] = {}
 

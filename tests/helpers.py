@@ -7,9 +7,9 @@ import socket
 import subprocess
 import sys
 import traceback
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 
 def free_port() -> int:
@@ -37,14 +37,15 @@ def fresh_process(cwd: Path, env: dict | None = None) -> Iterator[None]:
     import mlflow.tracking.fluent as fluent
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    from sciqa import metrics, store, tracking
+    from sciqa.eval import metrics
     from sciqa.slurm import job
+    from sciqa.tracking import runs, store
 
     def reset() -> None:
         while mlflow.active_run():
             mlflow.end_run()  # what MLflow's atexit hook does when a process ends
-        tracking._OUTER.update(id=None, used=False)
-        tracking._EXPERIMENT.clear()
+        runs._OUTER.update(id=None, used=False)
+        runs._EXPERIMENT.clear()
         job.reset()
         metrics._VECTORS.clear()  # else a text seen before never reaches the (env-selected) encoder
         store._PREPARED.clear()
@@ -53,7 +54,7 @@ def fresh_process(cwd: Path, env: dict | None = None) -> Iterator[None]:
         tracking_utils._tracking_store_registry._get_store_with_resolved_uri.cache_clear()
 
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
-    saved_outer, saved_experiment = dict(tracking._OUTER), dict(tracking._EXPERIMENT)
+    saved_outer, saved_experiment = dict(runs._OUTER), dict(runs._EXPERIMENT)
     saved_uri, saved_exp = tracking_utils._tracking_uri, fluent._active_experiment_id
     handlers = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
     reset()
@@ -68,8 +69,8 @@ def fresh_process(cwd: Path, env: dict | None = None) -> Iterator[None]:
         yield
     finally:
         reset()
-        tracking._OUTER.update(saved_outer)
-        tracking._EXPERIMENT.update(saved_experiment)
+        runs._OUTER.update(saved_outer)
+        runs._EXPERIMENT.update(saved_experiment)
         os.chdir(saved_cwd)
         tracking_utils._tracking_uri, fluent._active_experiment_id = saved_uri, saved_exp
         os.environ.clear()

@@ -7,10 +7,10 @@ import torch
 from sciqa import models
 from sciqa.adapters import attach, check_variant, load_adapter, save_adapter
 from sciqa.backends.hf import encode_prompts
-from sciqa.collate import IGNORE, Example, collate, token_loss_sum
 from sciqa.data import load_problems
+from sciqa.data.prompts import build_prompt, target_json
 from sciqa.errors import SciqaError
-from sciqa.prompts import build_prompt, target_json
+from sciqa.train.collate import IGNORE, Example, collate, token_loss_sum
 
 MODELS = ["tiny-qwen2-vl", "tiny-llava", "tiny-paligemma"]
 
@@ -178,8 +178,8 @@ def test_examples_encoded_once_collate_like_the_processor_over_the_batch(name, m
     padding included, equals the processor's batch; so do Qwen2-VL's precomputed rotary positions
     (those ``get_rope_index`` gives the whole batch), and so does the fallback for images past the
     per-run budget."""
-    from sciqa import collate as collation
     from sciqa.adapters.prefix import real_positions
+    from sciqa.train import collate as collation
 
     lm = _lm(name)
     exs = [Example(p, build_prompt(p, "QTCH"), target_json(p.answer_text, p.solution[: 20 + 60 * i]))
@@ -205,7 +205,7 @@ def test_examples_encoded_once_collate_like_the_processor_over_the_batch(name, m
 @pytest.mark.parametrize("variant", ["pkv", "peft", "lora"])
 def test_precomputed_positions_give_the_same_forward(variant, problems):
     """A training batch's precomputed rotary positions replace the forward's own computation exactly."""
-    from sciqa.collate import collate_encoded, encode_examples
+    from sciqa.train.collate import collate_encoded, encode_examples
 
     lm = _lm("tiny-qwen2-vl")
     torch.manual_seed(0)

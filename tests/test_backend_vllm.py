@@ -82,7 +82,7 @@ def test_requests_sampling_and_outputs(fake_vllm):
     from sciqa.backends.hf import encode_prompts
     from sciqa.backends.vllm import VLLMBackend
     from sciqa.data import load_problems
-    from sciqa.prompts import build_prompt
+    from sciqa.data.prompts import build_prompt
 
     cfg = config(tensor_parallel=4, max_model_len=8192, gpu_memory_utilization=0.8, max_images=1, cpu_offload_gb=2.0,
                  dtype="bfloat16")
@@ -182,15 +182,15 @@ def test_without_vllm_one_line_exit_2(cli, tmp_path, experiment):
 def test_score_with_a_lora_adapter_goes_through_vllm(fake_vllm, trained_adapter, experiment, tmp_path, monkeypatch):
     """`sciqa score --backend vllm`: the one generation config reaches the vllm backend, which loads
     the LoRA adapter's PEFT export; a prefix adapter is refused before any run starts."""
-    from sciqa import tracking
     from sciqa.errors import SciqaError
     from sciqa.steps.score import ScoreConfig, score
     from sciqa.steps.train import TrainConfig, train
+    from sciqa.tracking import runs
 
     monkeypatch.setattr(FakeLLM, "_answer", lambda self, kind, reqs, params, kw: (
         self.calls.append((kind, reqs, params, kw)) or
         [FakeRequestOutput([FakeCompletion('{"answer": "x", "solution": "y"}', [1, 2], "stop")]) for _ in reqs]))
-    tracking.setup()
+    runs.setup()
     small = dict(limit=2, val_limit=2, epochs=1, batch_size=2, max_length=0, workdir=str(tmp_path / "t"))
     lora = train(TrainConfig(variant="lora", **small)).run_id
     run = score(ScoreConfig(adapter_run=lora, backend="vllm", limit=3, max_new_tokens=4, tensor_parallel=2,

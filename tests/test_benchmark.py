@@ -12,8 +12,8 @@ from helpers import run_cli
 from sciqa import models
 from sciqa.backends.hf import HFBackend
 from sciqa.data import load_problems
-from sciqa.outputs import COLUMNS, read_outputs
-from sciqa.prompts import build_prompt
+from sciqa.data.prompts import build_prompt
+from sciqa.eval.outputs import COLUMNS, read_outputs
 
 
 def _csv(workdir):

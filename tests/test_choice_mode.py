@@ -11,9 +11,9 @@ from torch.utils._pytree import tree_leaves
 from sciqa import models
 from sciqa.backends.hf import ANSWER_HEAD, HFBackend, answer_prefix, answer_start, encode_texts
 from sciqa.data import load_problems
+from sciqa.data.prompts import build_prompt
 from sciqa.errors import SciqaError
-from sciqa.parsing import parse_output
-from sciqa.prompts import build_prompt
+from sciqa.eval.parsing import parse_output
 
 # tiny-llava: a metaspace (sentencepiece-style) BPE, where a leading space is part of a token
 MODELS = ["tiny-llava", "tiny-qwen2-vl", "tiny-paligemma"]

@@ -15,8 +15,9 @@ import nltk
 import pytest
 
 from helpers import free_port, invoke_cli
-from sciqa import metrics, server_auth, store
 from sciqa.errors import SciqaError
+from sciqa.eval import metrics
+from sciqa.tracking import server_auth, store
 
 PREDICTIONS = ["the dog ran quickly to the big house", "a hound sprinted home", "plants need light to grow", ""]
 REFERENCES = ["the hound ran fast to the large home", "the dog ran quickly to the house",

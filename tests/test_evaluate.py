@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from sciqa.data import load_problems
-from sciqa.metrics import explanation_scores, summarize_explanations
-from sciqa.outputs import COLUMNS
+from sciqa.eval.metrics import explanation_scores, summarize_explanations
+from sciqa.eval.outputs import COLUMNS
 
 PROBLEMS = load_problems("sample", "validation", limit=4)
 

@@ -133,7 +133,7 @@ def test_bad_grid_is_one_line_and_leaves_no_run(experiment, tmp_path, args, need
 
 
 def test_training_table_marks_the_lowest_loss_and_keeps_axis_values_as_given():
-    from sciqa.grid_table import mark_best, markdown
+    from sciqa.steps.grid_table import mark_best, markdown
 
     frame = mark_best("train_prefix", pd.DataFrame({
         "lr": ["0.001", "0.01", "0.001", "0.01"], "prefix_len": ["10", "10", "50", "50"],

@@ -47,7 +47,7 @@ def _store_runs(uri: str) -> list:
 
 def _ours_csv(path: Path, rows: list[dict]) -> Path:
     """A teacher CSV in our outputs format (multi-line prompts, as benchmark writes them)."""
-    from sciqa.outputs import COLUMNS
+    from sciqa.eval.outputs import COLUMNS
 
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
@@ -57,7 +57,7 @@ def _ours_csv(path: Path, rows: list[dict]) -> Path:
 
 
 def _teacher_row(p, index: int, solution: str) -> dict:
-    from sciqa.prompts import build_prompt
+    from sciqa.data.prompts import build_prompt
 
     return {"id": p.id, "split": "train", "setting": "QTCH", "model": "t", "adapter": "",
             "prompt": build_prompt(p, "QTCH"), "raw_output": "x", "answer_index": index,
@@ -98,8 +98,8 @@ def test_diverging_training_stops_at_once_and_fails_its_run(cli, experiment, tmp
 def test_duplicate_teacher_ids_keep_the_last_row_warn_and_count(capsys, tmp_path):
     """One rule for teacher CSVs and ``evaluate --csv``: the last row of an id wins, a warning says
     how many repeated, and the targets' digest is that of the rows used."""
-    from sciqa import teacher
     from sciqa.steps.evaluate import _read, score_frame
+    from sciqa.train import teacher
 
     all_train = load_problems("sample", "train", keep_all=True)
     probs = load_problems("sample", "train", limit=3)
@@ -120,8 +120,8 @@ def test_duplicate_teacher_ids_keep_the_last_row_warn_and_count(capsys, tmp_path
 
 
 def test_duplicate_teacher_ids_are_a_metric_of_the_training_run(experiment, tmp_path):
-    from sciqa import tracking
     from sciqa.steps.train import TrainConfig, train
+    from sciqa.tracking import runs as tracking
 
     tracking.setup()
     probs = load_problems("sample", "train", limit=4)
@@ -134,8 +134,8 @@ def test_duplicate_teacher_ids_are_a_metric_of_the_training_run(experiment, tmp_
 
 def test_a_torn_record_in_a_teacher_csv_is_skipped_by_line_and_the_rest_kept(capsys, tmp_path):
     """A record cut mid-field (a crash while a tool wrote it): its prompt lines are never read as ids."""
-    from sciqa import teacher
     from sciqa.steps.evaluate import _read
+    from sciqa.train import teacher
 
     all_train = load_problems("sample", "train", keep_all=True)
     probs = load_problems("sample", "train", limit=4)
@@ -264,7 +264,7 @@ def test_unwritable_workdir_is_one_line_at_once_and_creates_no_run(cli, refusing
 
 
 def test_default_store_in_an_unwritable_folder_is_one_line_at_once(cli, refusing_folder, tmp_path, monkeypatch):
-    from sciqa import store
+    from sciqa.tracking import store
 
     monkeypatch.setattr(store, "LOCK_TIMEOUT_S", 5.0)  # before: the lock could not be made and was waited on
     started = time.monotonic()
@@ -320,13 +320,13 @@ def test_empty_or_unusable_teacher_csv_touches_no_store(cli, content, tmp_path):
 # ---------------------------------------------------------------- 9. Ctrl-C
 
 def test_ctrl_c_says_where_the_run_stands_exits_130_and_resumes(cli, experiment, tmp_path, monkeypatch):
-    import sciqa.parsing
+    import sciqa.eval.parsing
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(sciqa.parsing, "parse_output", interrupt)  # Ctrl-C while the first batch is handled
+        m.setattr(sciqa.eval.parsing, "parse_output", interrupt)  # Ctrl-C while the first batch is handled
         proc = cli("benchmark", *TINY, cwd=tmp_path, check=False)
     (run,) = runs_of(experiment)
     assert proc.returncode == 130, proc.stderr[-2000:]

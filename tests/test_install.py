@@ -76,9 +76,9 @@ def test_mlflow_run_works_where_sciqa_is_not_installed(bare_python, experiment, 
 def test_registered_adapter_loads_where_sciqa_is_not_installed(bare_python, experiment, tmp_path):
     """The registered pyfunc carries sciqa's code and names only resolvable requirements: loaded in
     a process that cannot import sciqa, it answers as `sciqa score` did."""
-    from sciqa import tracking
     from sciqa.steps.score import ScoreConfig, score
     from sciqa.steps.train import TrainConfig, train
+    from sciqa.tracking import runs as tracking
 
     tracking.setup()
     trained = train(TrainConfig(variant="pkv", teacher=False, register=True, workdir=str(tmp_path / "w"),
@@ -234,7 +234,7 @@ def _can_switch_user() -> bool:
 def test_no_root_install_without_debian_wordnet_evaluates_all_metrics(tmp_path):
     """The README's cluster install as an unprivileged user, /usr/share/wordnet hidden by an empty
     tmpfs in a mount namespace, WordNet from ~/nltk_data: every metric of a CSV is computed."""
-    from sciqa import metrics
+    from sciqa.eval import metrics
 
     if subprocess.run(["id", NONROOT], capture_output=True).returncode != 0:
         subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", NONROOT], check=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sciqa import stats
+from sciqa.eval import stats
 
 
 def _null_experiment(rng: np.random.Generator, n: int, seeds: int, tau: float) -> tuple[np.ndarray, np.ndarray]:
@@ -111,8 +111,8 @@ def test_main_two_seeds_arms_are_seed_means_and_golden_trains_on_kds_filtered_pr
 def test_a_kd_golden_pair_on_different_problems_is_refused_unless_golden_on_all(experiment):
     import mlflow
 
-    from sciqa.compare import check_same_problems
     from sciqa.errors import SciqaError
+    from sciqa.steps.compare import check_same_problems
 
     def run(digest: str) -> str:
         with mlflow.start_run() as r:
@@ -159,8 +159,8 @@ def test_every_explanation_empty_leaves_overall_out_with_the_count_never_nan(tmp
     undefined: not logged (a warning says why), and the empty-explanation count and rate are."""
     import json
 
-    from sciqa import metrics
     from sciqa.data import load_problems
+    from sciqa.eval import metrics
     from sciqa.steps.evaluate import evaluate_paths
 
     rows = pd.DataFrame({"bleu1": [0.0, 0.0], "bleu4": [0.0, 0.0], "rougeL": [np.nan, np.nan],

@@ -1,4 +1,4 @@
-"""The GPU memory estimate behind ``--slurm-gpu auto`` (sciqa.memory, sciqa.slurm.gpu_auto) and the
+"""The GPU memory estimate behind ``--slurm-gpu auto`` (sciqa.slurm.memory, sciqa.slurm.gpu_auto) and the
 hf backend's CPU offload: estimates against the measured peak of tiny models on CPU, real models
 from their published configs, the choice of GPU type, the offload's ``from_pretrained`` arguments."""
 from __future__ import annotations
@@ -10,8 +10,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from sciqa import memory
 from sciqa.errors import SciqaError
+from sciqa.slurm import memory
 
 MB = 2 ** 20
 
@@ -53,7 +53,7 @@ def _batch(name: str):
     from sciqa import models
     from sciqa.backends.hf import encode_prompts
     from sciqa.data import load_problems
-    from sciqa.prompts import build_prompt
+    from sciqa.data.prompts import build_prompt
 
     problems = load_problems("sample", "validation", False, 8)
     prompts = [build_prompt(p, "QTCH") for p in problems]

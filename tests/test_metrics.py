@@ -9,8 +9,8 @@ from nltk.translate.bleu_score import sentence_bleu
 from nltk.translate.meteor_score import meteor_score
 from rouge_score.rouge_scorer import RougeScorer
 
-from sciqa import metrics
 from sciqa.errors import SciqaError
+from sciqa.eval import metrics
 
 PREDICTIONS = [
     "the cat sat",  # BLEU-1 = 1 * brevity penalty; ROUGE-L = 2/3 by hand
@@ -77,7 +77,7 @@ def test_meteor_gives_wordnet_synonym_credit():
         def synsets(self, word):
             return []
 
-    reference, hypothesis = "the car is red".split(), "the auto is red".split()
+    reference, hypothesis = ["the", "car", "is", "red"], ["the", "auto", "is", "red"]
     with_synonyms = meteor_score([reference], hypothesis)
     without = meteor_score([reference], hypothesis, wordnet=NoWordNet())
     assert with_synonyms == pytest.approx(0.9921875)  # 4 of 4 matched, one chunk
@@ -190,7 +190,7 @@ def test_metric_table_names_exactly_what_is_logged(scored):
     """The one table (name, label, scale, group) covers every logged metric and nothing else."""
     logged = set(metrics.accuracy_breakdown(_frame())) | set(metrics.summarize_explanations(scored))
     assert set(metrics.names()) == logged
-    assert metrics.EXPLANATION == tuple(scored.columns)
+    assert tuple(scored.columns) == metrics.EXPLANATION
     assert all(metrics.BY_NAME[n].scale == "points" for n in metrics.accuracy_breakdown(_frame()))
     assert {metrics.BY_NAME[n].scale for n in metrics.EXPLANATION} == {"unit"}
     assert len(set(metrics.LABELS.values())) == len(metrics.METRICS)

@@ -7,12 +7,12 @@ import json
 import mlflow
 import pandas as pd
 import pytest
+from test_trust import _original_layout
 
 from helpers import last_run_id
-from sciqa import tracking
 from sciqa.steps.score import ScoreConfig, score
 from sciqa.steps.train import TrainConfig, train
-from test_trust import _original_layout
+from sciqa.tracking import runs as tracking
 
 FAST = dict(limit=4, val_limit=2, epochs=1, prefix_len=4, batch_size=2, max_length=0)
 

@@ -5,7 +5,7 @@ import io
 import pytest
 
 from sciqa.errors import SciqaError
-from sciqa.outputs import COLUMNS, OutputsCSV, read_outputs
+from sciqa.eval.outputs import COLUMNS, OutputsCSV, read_outputs
 
 
 def _row(i, text="answer"):
@@ -231,7 +231,7 @@ def test_empty_and_torn_header_files_are_empty(tmp_path):
 
 def test_long_records_are_kept(tmp_path):
     """A field over csv's default 128 KiB limit, or a record over the resync look-ahead in lines."""
-    from sciqa import outputs
+    from sciqa.eval import outputs
 
     big = _rich_row(21) | {"raw_output": "x" * 300_000}
     tall = _rich_row(22) | {"raw_output": "\n" * (3 * outputs.RESYNC_LOOKAHEAD_LINES)}
@@ -245,7 +245,7 @@ def test_long_records_are_kept(tmp_path):
 
 def test_resync_lookahead_bound(tmp_path, records, monkeypatch):
     """After damage, a record may span at most max(bound, 2 x the longest so far) lines; in sequence, any."""
-    from sciqa import outputs
+    from sciqa.eval import outputs
 
     monkeypatch.setattr(outputs, "RESYNC_LOOKAHEAD_LINES", 30)
     tall = _rich_row(6) | {"raw_output": "line\n" * 60}
@@ -264,7 +264,7 @@ def test_pathological_damage_is_not_quadratic(tmp_path, records, monkeypatch):
     """Each line after damage opens a quoted field that runs to the end: unbounded, 10^8 steps."""
     import time
 
-    from sciqa import outputs
+    from sciqa.eval import outputs
 
     monkeypatch.setattr(outputs, "RESYNC_LOOKAHEAD_LINES", 20)
     parts = list(records.values())

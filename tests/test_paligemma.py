@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_adapters import with_completion
 
 from sciqa import models
 from sciqa.adapters import attach
 from sciqa.backends.hf import HFBackend, answer_prefix, encode_texts
-from sciqa.collate import IGNORE, Example, collate, token_loss_sum
 from sciqa.data import load_problems
-from sciqa.prompts import build_prompt, target_json
-from test_adapters import with_completion
+from sciqa.data.prompts import build_prompt, target_json
+from sciqa.train.collate import IGNORE, Example, collate, token_loss_sum
 
 MODEL = "tiny-paligemma"
 
@@ -118,7 +118,7 @@ def test_batched_greedy_equals_batch_of_one(answer_mode):
 
 
 def test_prefix_training_lowers_the_loss(problems, tmp_path):
-    from sciqa.training import LoopConfig, train
+    from sciqa.train.loop import LoopConfig, train
 
     lm = _lm()
     adapted = attach(lm, "pkv", {"prefix_len": 4})

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sciqa.parsing import RULES, UNMAPPED, Parsed, parse_output, rule_counts
+from sciqa.eval.parsing import RULES, UNMAPPED, Parsed, parse_output, rule_counts
 
 FIG = ["chiasmus", "apostrophe"]
 YN = ["yes", "no"]

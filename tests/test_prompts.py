@@ -2,7 +2,7 @@
 import pytest
 
 from sciqa.data import load_problems
-from sciqa.prompts import INSTRUCTION, SETTINGS, build_prompt, target_json
+from sciqa.data.prompts import INSTRUCTION, SETTINGS, build_prompt, target_json
 
 PROBLEM = load_problems("sample", "validation")[0]
 

@@ -20,8 +20,8 @@ import torch
 
 from sciqa import models
 from sciqa.data import load_problems
+from sciqa.data.prompts import build_prompt, target_json
 from sciqa.errors import SciqaError
-from sciqa.prompts import build_prompt, target_json
 
 MODEL = "smollm2-135m"
 # the machine's cache as it was before conftest points SCIQA_CACHE at a per-session folder
@@ -142,10 +142,10 @@ def test_golden_training_lowers_loss_changes_answers_and_reloads_from_mlflow(lm,
     import csv
 
     from sciqa.adapters import load_adapter
-    from sciqa.collate import Example
     from sciqa.steps.score import ScoreConfig, score
     from sciqa.steps.train import TrainConfig, train
-    from sciqa.training import LoopConfig, encode, evaluate_loss
+    from sciqa.train.collate import Example
+    from sciqa.train.loop import LoopConfig, encode, evaluate_loss
 
     problems = load_problems("sample", "train", limit=4)
     examples = [Example(p, build_prompt(p, "QTCH"), target_json(p.answer_text, p.solution)) for p in problems]

@@ -4,10 +4,10 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from sciqa import tracking
-from sciqa.outputs import read_outputs
+from sciqa.eval.outputs import read_outputs
 from sciqa.steps.benchmark import BenchmarkConfig, benchmark
 from sciqa.steps.score import ScoreConfig, score
+from sciqa.tracking import runs as tracking
 
 
 @pytest.fixture

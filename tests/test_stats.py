@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from sciqa import metrics, stats
+from sciqa.eval import metrics, stats
 
 N_PROBLEMS = 200
 

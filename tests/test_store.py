@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
-from helpers import assert_one_error
 
-from sciqa import store
+from helpers import assert_one_error
+from sciqa.tracking import store
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_MOUNTS = "/dev/sda1 / ext4 rw 0 0\nproc /proc proc rw 0 0\n"

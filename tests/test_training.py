@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import run_cli
-from sciqa import tracking
 from sciqa.data import load_problems
-from sciqa.steps.train import TrainConfig, train
 from sciqa.slurm import job
+from sciqa.steps.train import TrainConfig, train
+from sciqa.tracking import runs as tracking
 
 FAST = dict(limit=4, val_limit=2, epochs=3, prefix_len=4, batch_size=2, max_length=400, lr=3e-2, log_every=1)
 CLI_FAST = ["--limit", "4", "--val-limit", "2", "--epochs", "2", "--prefix-len", "4", "--batch-size", "2",
@@ -158,7 +158,7 @@ def test_teacher_csv_study_format_counts_unparseable(experiment, tmp_path):
     assert r.data.tags["sciqa.teacher"] == "true"
     assert r.data.metrics["teacher_rows_unmapped"] == 1 and r.data.metrics["train_examples"] == 3
     # the KD target is the teacher's (wrong) answer, not the golden one
-    from sciqa import teacher
+    from sciqa.train import teacher
 
     rows = teacher.from_csv(str(path), load_problems("sample", "train", keep_all=True))
     kd = teacher.kd_targets(rows, probs, "all", "csv")
@@ -172,7 +172,7 @@ def test_teacher_csv_study_format_counts_unparseable(experiment, tmp_path):
 
 def _fake_benchmark(tmp_path: Path, split: str = "train", model: str = "tiny-llava") -> str:
     """A finished benchmark-like run whose outputs CSV holds mapped teacher answers."""
-    from sciqa.outputs import OutputsCSV
+    from sciqa.eval.outputs import OutputsCSV
 
     probs = load_problems("sample", split, limit=4)
     path = tmp_path / f"{split}_QTCH.csv"
@@ -259,7 +259,7 @@ def test_linear_schedule_equals_transformers_and_loads_its_state():
     checkpoint's scheduler state saved by either loads into the other."""
     from transformers import get_linear_schedule_with_warmup
 
-    from sciqa.training import linear_schedule
+    from sciqa.train.loop import linear_schedule
 
     def lrs(make, steps=12):
         opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
@@ -283,10 +283,10 @@ def test_examples_go_through_the_processor_once_per_run(tmp_path, monkeypatch):
     """Each train and validation example is processed once, not once per epoch and batch."""
     from sciqa import models
     from sciqa.adapters import attach
-    from sciqa.collate import Example
-    from sciqa.prompts import build_prompt, target_json
-    from sciqa.training import LoopConfig
-    from sciqa.training import train as run_loop
+    from sciqa.data.prompts import build_prompt, target_json
+    from sciqa.train.collate import Example
+    from sciqa.train.loop import LoopConfig
+    from sciqa.train.loop import train as run_loop
 
     lm = models.load("tiny-qwen2-vl", dtype="float32", device="cpu")
     calls = []

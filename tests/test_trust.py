@@ -14,11 +14,12 @@ import pandas as pd
 import pytest
 
 from helpers import assert_one_error, last_run_id, run_cli, runs_of
-from sciqa import tracking
+from sciqa import files
 from sciqa.config import operational, params_of
 from sciqa.data import load_problems
 from sciqa.data.sources import SAMPLE_DIR
-from sciqa.outputs import read_outputs
+from sciqa.eval.outputs import read_outputs
+from sciqa.tracking import runs as tracking
 
 TINY = ["--limit", "3", "--batch-size", "3", "--max-new-tokens", "2"]
 
@@ -56,10 +57,10 @@ def test_secrets_in_urls_are_redacted_and_key_names_never_filter():
 def test_source_digest_changes_with_any_source_file(tmp_path):
     pkg = tmp_path / "pkg"
     shutil.copytree(SAMPLE_DIR.parents[1], pkg, ignore=shutil.ignore_patterns("__pycache__", "sample"))
-    before = tracking.tree_digest(pkg)
-    (pkg / "prompts.py").write_text((pkg / "prompts.py").read_text() + "\n# an uncommitted edit\n")
-    assert tracking.tree_digest(pkg) != before
-    assert tracking.source_digest() in tracking.code_version()
+    before = files.tree_digest(pkg)
+    (pkg / "data" / "prompts.py").write_text((pkg / "data" / "prompts.py").read_text() + "\n# an uncommitted edit\n")
+    assert files.tree_digest(pkg) != before
+    assert files.source_digest() in tracking.code_version()
 
 
 def test_budget_change_is_a_new_run_and_force_recomputes(cli, experiment, tmp_path):
@@ -132,7 +133,7 @@ def test_train_ranges_and_help_per_command(cli, tmp_path):
 
 def _running_benchmark(tmp_path, model: str = "tiny-llava", split: str = "train") -> str:
     """A benchmark run left RUNNING (its process was killed) with a partial outputs CSV."""
-    from sciqa.outputs import OutputsCSV
+    from sciqa.eval.outputs import OutputsCSV
 
     probs = load_problems("sample", split, limit=2)
     path = tmp_path / f"{split}_QTCH.csv"
@@ -263,8 +264,8 @@ def test_unknown_model_offline_fails_in_seconds(tmp_path):
 
 
 def test_prerequisites_are_checked_before_work(monkeypatch, tmp_path):
-    from sciqa import metrics
     from sciqa.errors import SciqaError
+    from sciqa.eval import metrics
 
     monkeypatch.setattr(metrics, "_DEBIAN_WORDNET", tmp_path / "nowhere")
     monkeypatch.setenv("SCIQA_CACHE", str(tmp_path / "cache"))

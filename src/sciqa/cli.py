@@ -8,14 +8,14 @@ import dataclasses
 import sys
 import traceback
 import typing
-from typing import Callable
+from collections.abc import Callable
 
 import click
 
-from sciqa.slurm.cli import slurm_group, slurm_options
 from sciqa.config import cli_name, redact, redact_logging
 from sciqa.doctor import STEPS
 from sciqa.errors import SciqaError
+from sciqa.slurm.cli import slurm_group, slurm_options
 
 CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING, bool: click.BOOL}
 
@@ -56,7 +56,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT: what shells and schedulers expect after 
 
 def _fail(message: str) -> None:
     """One line on stderr, the run ``mlflow run`` made marked FAILED with the reason, exit 2."""
-    from sciqa import tracking
+    from sciqa.tracking import runs as tracking
 
     message = redact(message)
     click.echo(f"sciqa: error: {message}", err=True)
@@ -106,7 +106,7 @@ class Group(click.Group):
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """sciqa: ScienceQA experiments (benchmark, adapters, KD vs golden) tracked in MLflow."""
-    from sciqa.tracking import claim_outer_run
+    from sciqa.tracking.runs import claim_outer_run
 
     redact_logging()
     claim_outer_run()  # MLFLOW_RUN_ID is the outer step's only (mlflow#15713)
@@ -126,7 +126,8 @@ def _benchmark_config():
 @slurm_options("benchmark", _benchmark_config(), "sciqa.steps.benchmark:check")
 def benchmark(**kwargs) -> None:
     """Benchmark a model on one split and setting; writes outputs/<split>_<setting>.csv."""
-    from sciqa.steps.benchmark import BenchmarkConfig, benchmark as run_benchmark
+    from sciqa.steps.benchmark import BenchmarkConfig
+    from sciqa.steps.benchmark import benchmark as run_benchmark
 
     run = run_benchmark(BenchmarkConfig(**kwargs))
     click.echo(f"benchmark run: {run.run_id}")
@@ -143,8 +144,9 @@ def _main_config():
 @slurm_options("main", _main_config(), "sciqa.steps.pipeline:check")
 def main_cmd(**kwargs) -> None:
     """The whole experiment as one parent MLflow run with nested child runs."""
-    from sciqa import tracking
-    from sciqa.steps.pipeline import MainConfig, main as run_main
+    from sciqa.steps.pipeline import MainConfig
+    from sciqa.steps.pipeline import main as run_main
+    from sciqa.tracking import runs as tracking
 
     run_id = run_main(MainConfig(**kwargs))
     uri = tracking.tracking_uri()
@@ -253,7 +255,8 @@ def _evaluate_config():
 @config_options(_evaluate_config())
 def evaluate(**kwargs) -> None:
     """Accuracy breakdowns and explanation metrics (BLEU, ROUGE-L, METEOR, cosine) of outputs."""
-    from sciqa.steps.evaluate import EvaluateConfig, evaluate as run_evaluate
+    from sciqa.steps.evaluate import EvaluateConfig
+    from sciqa.steps.evaluate import evaluate as run_evaluate
 
     click.echo(f"evaluate run: {run_evaluate(EvaluateConfig(**kwargs))}")
 
@@ -272,7 +275,7 @@ def compare_cmd(run_ids: tuple[str, ...], runs: str, baseline: str, by_group: bo
     intervals that cover problems and seeds, on the problems all runs share."""
     import re
 
-    from sciqa.compare import compare_command
+    from sciqa.steps.compare import compare_command
 
     ids = [*run_ids, *(r for r in re.split(r"[;\s]+", runs) if r)]
     run_id, text = compare_command(ids, baseline, by_group)
@@ -335,8 +338,8 @@ def doctor(step: str, slurm: bool) -> None:
 @click.option("--children", is_flag=True, help="also the child runs (a main run's steps)")
 def download(run_id: str, dest: str, children: bool) -> None:
     """Download a run's outputs, metrics, plots and comparison (like `mlflow artifacts download`)."""
-    from sciqa import tracking
-    from sciqa.download import download as fetch
+    from sciqa.tracking import runs as tracking
+    from sciqa.tracking.download import download as fetch
 
     tracking.connect()
     for path in fetch(run_id, dest, children):
@@ -356,6 +359,6 @@ def server(port: int, host: str, store: str, workers: int) -> None:
     For many jobs at once (a Slurm array, several terminals): they log to it over HTTP instead of
     sharing one sqlite file. Prints the `export MLFLOW_TRACKING_URI=...` line to use in the jobs.
     """
-    from sciqa.store import serve
+    from sciqa.tracking.store import serve
 
     sys.exit(serve(store, host, port, workers))

@@ -13,8 +13,8 @@ import importlib.util
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from sciqa.errors import SciqaError
 
@@ -52,7 +52,7 @@ def _cuda() -> Finding:
 
 
 def _wordnet() -> Finding:
-    from sciqa.metrics import _NO_WORDNET, wordnet_source
+    from sciqa.eval.metrics import _NO_WORDNET, wordnet_source
 
     found = wordnet_source()
     return Finding("WordNet", f"{found[0]}: {found[1]}") if found else Finding("WordNet", _NO_WORDNET, False)
@@ -68,8 +68,8 @@ def _minilm() -> Finding:
 
 
 def _tracking() -> Finding:
-    from sciqa import tracking
     from sciqa.config import redact
+    from sciqa.tracking import runs as tracking
 
     uri = tracking.tracking_uri()
     backend = uri.split("://", 1)[0] if "://" in uri else "file"
@@ -118,7 +118,7 @@ def _offline() -> Finding:
 
 
 def _cache() -> Finding:
-    from sciqa.cache import cache_root
+    from sciqa.files import cache_root
 
     root = cache_root()
     existing = next(p for p in (root, *root.parents) if p.exists())

@@ -100,7 +100,7 @@ def _profile(tmp_path: Path, h100_gb: float, a100_gb: float) -> Path:
 def test_auto_gpu_takes_the_type_that_fits_then_the_idler_one(slurm_env, tmp_path):
     import mlflow
 
-    from sciqa import memory
+    from sciqa.slurm import memory
     from sciqa.steps.benchmark import BenchmarkConfig
 
     est = memory.estimate("benchmark", BenchmarkConfig(model="tiny-llava", batch_size=1, max_new_tokens=8), "cuda")

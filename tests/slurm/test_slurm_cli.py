@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from click.testing import CliRunner
 import pytest
+from click.testing import CliRunner
 
 from sciqa.cli import main
 from sciqa.slurm.cli import _resolve
@@ -22,7 +22,7 @@ def test_benchmark_has_the_options_and_every_check_resolves():
     assert "benchmark" in commands
     for name, cmd in commands.items():
         opts = {o for p in cmd.params for o in p.opts}
-        assert SLURM_OPTIONS <= opts, name
+        assert opts >= SLURM_OPTIONS, name
         step, config_cls, check_fn = cmd.callback.__sciqa_slurm__
         assert check_fn is None or callable(_resolve(check_fn)), (name, check_fn)
         from sciqa.steps.train import STEP_FIELDS

@@ -85,7 +85,7 @@ def test_usr1_checkpoints_and_requeues_itself(slurm_cluster, tmp_path):
 
     text = events.read_text()
     check_first_start(text, "a100")
-    assert ["got SIGUSR1", "checkpoint", "requeued"] == text.splitlines()[1:4]
+    assert text.splitlines()[1:4] == ["got SIGUSR1", "checkpoint", "requeued"]
     assert "start restart=1 partition=gpu_4_a100" in text and text.endswith("resumed, done\n")
     info = slurm.job_info(job)
     assert info["Restarts"] == "1" and info["Partition"] == "gpu_4_a100" and info["Requeue"] == "1"

@@ -13,7 +13,7 @@ class Lora(AdaptedLM):
     variant = "lora"
 
     @classmethod
-    def build(cls, lm, options: dict) -> "Lora":
+    def build(cls, lm, options: dict) -> Lora:
         from peft import LoraConfig, get_peft_model
 
         targets = [t.strip() for t in str(options.get("lora_targets", "q_proj,v_proj")).split(",") if t.strip()]

@@ -40,7 +40,7 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None) -> list[str]:
         from sciqa.data.problems import Problem
-        from sciqa.prompts import build_prompt
+        from sciqa.data.prompts import build_prompt
 
         rows = model_input.to_dict("records")
         problems = [Problem(id=str(r.get("id") or i), split="", question=r["question"],
@@ -107,7 +107,7 @@ def run_of_model(uri: str) -> str:
 
     if not uri.startswith("models:/") or uri.count("/") < 2 and "@" not in uri:
         raise SciqaError(f"--adapter takes models:/NAME/VERSION or models:/NAME@ALIAS, got '{uri}'")
-    from sciqa.tracking import store_exists, tracking_uri
+    from sciqa.tracking.runs import store_exists, tracking_uri
 
     if not store_exists():  # reading a sqlite store that is not there would create it
         raise SciqaError(f"registered adapter '{uri}' not found: the store {tracking_uri()} has no models yet")

@@ -14,7 +14,7 @@ class PeftPrefix(PrefixLM):
     variant = "peft"
 
     @classmethod
-    def build(cls, lm, options: dict) -> "PeftPrefix":
+    def build(cls, lm, options: dict) -> PeftPrefix:
         from peft import PrefixTuningConfig, get_peft_model
 
         prefix_len = int(options.get("prefix_len", 50))

@@ -40,7 +40,7 @@ class PKV(PrefixLM):
     variant = "pkv"
 
     @classmethod
-    def build(cls, lm, options: dict) -> "PKV":
+    def build(cls, lm, options: dict) -> PKV:
         layers, kv, hd, hidden = text_shape(lm.model.config)
         prefix_len = int(options.get("prefix_len", 50))
         self = cls(lm.model, lm.family, prefix_len)

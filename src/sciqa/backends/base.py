@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from sciqa.data.problems import Problem
 
-
 # free: the study's free generation; choice: the likeliest choice, then the explanation (hf backend)
 ANSWER_MODES = ("free", "choice")
 CHOICE_SCORES = ("sum", "mean")  # choice mode: summed or per-token mean log-probability of a choice's tokens
@@ -43,7 +42,7 @@ class Backend(ABC):
 
     @classmethod
     @abstractmethod
-    def from_config(cls, cfg, adapter: str | None = None) -> "Backend":
+    def from_config(cls, cfg, adapter: str | None = None) -> Backend:
         """Build the backend for a step config; ``adapter``: a trained adapter folder to apply."""
 
     @abstractmethod

@@ -70,7 +70,7 @@ class HFBackend(Backend):
         models.resolve(cfg.model, cfg.revision or None)
 
     @classmethod
-    def from_config(cls, cfg, adapter: str | None = None) -> "HFBackend":
+    def from_config(cls, cfg, adapter: str | None = None) -> HFBackend:
         lm = models.load(cfg.model, cfg.revision or None, cfg.dtype, cfg.device, cfg.gpu_memory_gb)
         if adapter:
             from sciqa.adapters import load_adapter

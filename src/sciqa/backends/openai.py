@@ -97,7 +97,7 @@ class OpenAIBackend(Backend):
                              "(or name another one with --api-key-env; --api-key-env '' sends no key)")
 
     @classmethod
-    def from_config(cls, cfg, adapter: str | None = None) -> "OpenAIBackend":
+    def from_config(cls, cfg, adapter: str | None = None) -> OpenAIBackend:
         if adapter:
             raise SciqaError("backend 'openai' cannot apply a local adapter; score adapters with --backend hf")
         cls.check(cfg)

@@ -67,7 +67,7 @@ class VLLMBackend(Backend):
             raise SciqaError(INSTALL_HINT)
 
     @classmethod
-    def from_config(cls, cfg, adapter: str | None = None) -> "VLLMBackend":
+    def from_config(cls, cfg, adapter: str | None = None) -> VLLMBackend:
         cls.check(cfg)
         lora_path, rank = lora_folder(adapter) if adapter else (None, 0)
         try:

@@ -4,10 +4,11 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sciqa.errors import SciqaError
 
@@ -89,7 +90,7 @@ _FIELDS = ("id", "split", "question", "choices", "answer", "hint", "task", "grad
            "skill", "lecture", "solution", "has_image")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _file_digest(path: str, size: int, mtime_ns: int) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 

@@ -127,7 +127,7 @@ def fingerprint(name: str, revision: str | None = None) -> str:
     ones by size and head), a tiny model's recipe, or a hub id's resolved commit when cached."""
     from pathlib import Path
 
-    from sciqa.tracking import digest
+    from sciqa.files import digest
 
     if name in TINY_MODELS:
         from sciqa.models.tiny import tiny_recipe

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from sciqa.cache import cache_root
 from sciqa.errors import SciqaError
+from sciqa.files import cache_root
 
 RECIPE_VERSION = "1"  # bump when the dequantised folder's layout or dtype changes
 

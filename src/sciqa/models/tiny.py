@@ -12,8 +12,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from sciqa.cache import build_folder, cache_root
 from sciqa.data.sources import SAMPLE_DIR
+from sciqa.files import build_folder, cache_root
 
 SEED = 1234
 VOCAB = 1000
@@ -130,8 +130,13 @@ def build_qwen2_vl(folder: Path) -> None:
 
 
 def build_llava(folder: Path) -> None:
-    from transformers import (CLIPImageProcessorPil, LlamaTokenizer, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import (
+        CLIPImageProcessorPil,
+        LlamaTokenizer,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     vocab, merges = _train_bpe(LLAVA_SPECIALS, metaspace=True)
     tok = LlamaTokenizer(vocab=vocab, merges=merges, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
@@ -160,8 +165,13 @@ def build_paligemma(folder: Path) -> None:
     """GemmaTokenizer (its BPE with byte fallback over "▁"-joined text: a metaspace BPE fits it),
     SigLIP's PIL image processor at 28 px, 4 image tokens. The processor adds PaliGemma's 1,152
     location and segmentation tokens to the vocabulary, so the config is sized after it."""
-    from transformers import (GemmaTokenizer, PaliGemmaConfig, PaliGemmaForConditionalGeneration,
-                              PaliGemmaProcessor, SiglipImageProcessorPil)
+    from transformers import (
+        GemmaTokenizer,
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipImageProcessorPil,
+    )
 
     vocab, merges = _train_bpe(PALIGEMMA_SPECIALS, metaspace=True)
     tok = GemmaTokenizer(vocab=vocab, merges=merges)

@@ -39,8 +39,8 @@ def submit_grid(grid, gpu: str, *, profile: str | None = None, time_limit: str |
     """Validate, create the parent and child runs, submit the arrays and the collect job; what to print."""
     import mlflow
 
-    from sciqa import tracking
     from sciqa.steps.grid import check, log_cells
+    from sciqa.tracking import runs as tracking
 
     prof = slurm.load_profile(profile)
     if shutil.which("sbatch") is None:
@@ -116,8 +116,8 @@ def submit_grid(grid, gpu: str, *, profile: str | None = None, time_limit: str |
 
 def status_lines(parent_id: str, parent) -> list[str]:
     """``sciqa slurm status GRID_RUN``: one line per cell (values, run, MLflow status, Slurm state)."""
-    from sciqa.grid_table import effective_run
     from sciqa.steps.grid import cells_of
+    from sciqa.steps.grid_table import effective_run
 
     lines = [f"grid run {parent_id}: {parent.info.status} ({parent.data.params.get('grid_step', '?')} "
              f"{parent.data.params.get('grid', '')}); collect job "

@@ -21,7 +21,7 @@ import dataclasses
 import functools
 import importlib
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import click
 

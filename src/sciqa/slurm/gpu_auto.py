@@ -1,6 +1,6 @@
 """``--slurm-gpu auto``: the GPU type whose memory holds the step, the idlest one now.
 
-The profile gives each type its memory (``[gpus.v100] memory_gb = 32``); :mod:`sciqa.memory`
+The profile gives each type its memory (``[gpus.v100] memory_gb = 32``); :mod:`sciqa.slurm.memory`
 estimates the step's peak from the model's config. Types whose memory holds the estimate with
 ``MARGIN`` to spare (for a model the profile spreads over N GPUs: N x memory) are the candidates;
 of these the one with the most idle GPUs right now (``sinfo``: GRES minus GRES in use, on nodes
@@ -97,7 +97,7 @@ def place(step: str, cfg, profile, gpu: str, idle: dict[str, int] | None = None,
     """(GPU type, GPUs, tags) for a step's job: ``gpu`` as given, or ``auto``: estimated, printed, chosen."""
     import dataclasses
 
-    from sciqa import memory
+    from sciqa.slurm import memory
 
     if gpu == "auto" and step == "main":
         raise SciqaError("--slurm-gpu auto estimates one step's memory; for main give a GPU type")

@@ -5,7 +5,7 @@ The CLI installs :func:`watch` for the whole command: SIGUSR1 (Slurm: time limit
 call :func:`check` at safe points (between generation batches, at optimizer-step boundaries); once
 the flag is set it saves what the loop has (the CSV as an artifact, a checkpoint), requeues the
 Slurm job on SIGUSR1 and raises :class:`Stopped` (exit code :data:`EXIT_STOPPED`), which
-:func:`sciqa.tracking.step_run` records as SCHEDULED (requeued) or KILLED. The restarted job — or
+:func:`sciqa.tracking.runs.step_run` records as SCHEDULED (requeued) or KILLED. The restarted job — or
 the same command run again — resumes from what was saved.
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped by a signal at a safe point, state saved
 LOG_ENV = "SCIQA_SLURM_LOG"  # exported into a Slurm job: its log file, %j = job id

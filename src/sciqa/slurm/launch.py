@@ -18,8 +18,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from sciqa import slurm
 from sciqa.errors import SciqaError
@@ -136,7 +136,7 @@ def submit(step: str, command: str, cfg, check_fn: Callable | None, *, gpu: str,
     if check_fn is not None:  # the step's own inputs (may import torch: seconds)
         check_fn(cfg)
 
-    from sciqa import tracking
+    from sciqa.tracking import runs as tracking
 
     uri = shared_tracking_uri(tracking.setup())
     import mlflow
@@ -215,7 +215,7 @@ def status_lines(run_id: str) -> list[str]:
     """``sciqa slurm status``: the run's MLflow status and tags, the job's Slurm state."""
     import mlflow
 
-    from sciqa import tracking
+    from sciqa.tracking import runs as tracking
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.DEFAULT_URI
     if uri.startswith(("http://", "https://")):  # fail in seconds, not after MLflow's retries

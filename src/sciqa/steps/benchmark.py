@@ -10,9 +10,15 @@ from dataclasses import dataclass
 from sciqa.backends import backend_class
 from sciqa.backends.base import check_answer_mode
 from sciqa.config import check_ranges, operational
-from sciqa.steps.generation import (GenerationConfig, Inputs, check_inputs, generate_outputs, generation_identity,
-                                    problem_inputs)
-from sciqa.tracking import StepRun, step_run
+from sciqa.steps.generation import (
+    GenerationConfig,
+    Inputs,
+    check_inputs,
+    generate_outputs,
+    generation_identity,
+    problem_inputs,
+)
+from sciqa.tracking.runs import StepRun, step_run
 
 
 @dataclass
@@ -33,10 +39,11 @@ def check(cfg: BenchmarkConfig) -> Inputs:
 
 def benchmark(cfg: BenchmarkConfig, parent_run_id: str | None = None) -> StepRun:
     """Validate everything, then generate (resuming by id) inside one MLflow run."""
-    from sciqa import models, tracking
+    from sciqa import models
+    from sciqa.tracking import runs
 
     inputs = check(cfg)
-    tracking.setup()
+    runs.setup()
     split = inputs.problems[0].split
     params = {**generation_identity(cfg), "split": split, "data_digest": inputs.digest,
               "model_digest": models.fingerprint(cfg.model, cfg.revision or None)}
@@ -47,7 +54,7 @@ def benchmark(cfg: BenchmarkConfig, parent_run_id: str | None = None) -> StepRun
         if run.reused:
             print(f"benchmark: reusing finished run {run.run_id}")
             return run
-        tracking.log_problems(inputs.problems, cfg.dataset, inputs.digest, "eval", cfg.setting)
+        runs.log_problems(inputs.problems, cfg.dataset, inputs.digest, "eval", cfg.setting)
         backend_cls = backend_class(cfg.backend)
         generate_outputs(run, cfg.workdir, inputs, cfg.setting, lambda: backend_cls.from_config(cfg), cfg.batch_size,
                          {"model": cfg.model, "adapter": ""})

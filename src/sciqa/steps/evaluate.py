@@ -14,10 +14,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from sciqa import files
 from sciqa.config import check_ranges, option
 from sciqa.data.problems import Problem
 from sciqa.errors import SciqaError
-from sciqa.tracking import step_run
+from sciqa.tracking.runs import step_run
 
 
 @dataclass
@@ -36,7 +37,7 @@ def _read(path: Path):
     row of a repeated id kept (``attrs["duplicate_ids"]`` counts them)."""
     import pandas as pd
 
-    from sciqa.outputs import read_user_csv
+    from sciqa.eval.outputs import read_user_csv
 
     table = read_user_csv(path, "CSV")
     missing = [c for c in ("id", "raw_output") if c not in table.columns]
@@ -57,9 +58,9 @@ def _problems_by_id(dataset: str) -> dict[str, Problem]:
 
 
 def _finished_run(run_id: str):
-    from sciqa import tracking
+    from sciqa.tracking import runs
 
-    run = tracking.get_run(run_id)
+    run = runs.get_run(run_id)
     if run.info.status != "FINISHED":
         raise SciqaError(f"run '{run_id}' is {run.info.status}, not finished: run its step again to resume and "
                          "finish it (it evaluates itself where it can), then evaluate")
@@ -103,7 +104,7 @@ def score_frame(df, problems: dict[str, Problem], number_base: int):
     Returns the frame and counts of what was repaired (duplicates, invalid ``answer_index`` cells)."""
     import pandas as pd
 
-    from sciqa.parsing import UNMAPPED, parse_output
+    from sciqa.eval.parsing import UNMAPPED, parse_output
 
     unknown = [i for i in df["id"] if i not in problems]
     if unknown:
@@ -132,7 +133,7 @@ def score_frame(df, problems: dict[str, Problem], number_base: int):
 
 def evaluate_frame(frame) -> tuple[dict[str, float], object, object]:
     """(summary metrics, per-topic table, per-row scores)."""
-    from sciqa.metrics import accuracy_breakdown, explanation_scores, summarize_explanations, topic_accuracy
+    from sciqa.eval.metrics import accuracy_breakdown, explanation_scores, summarize_explanations, topic_accuracy
 
     scores = explanation_scores(list(frame["prediction"]), list(frame["reference"]))
     per_row = frame.assign(correct=(frame["answer_index"] == frame["answer"]).fillna(False), **scores)
@@ -142,7 +143,7 @@ def evaluate_frame(frame) -> tuple[dict[str, float], object, object]:
 
 def evaluate_paths(paths: list[Path], dataset: str, number_base: int) -> dict:
     """stem -> (summary, topics, per-row scores, counts) for each outputs CSV."""
-    from sciqa.metrics import ensure_wordnet
+    from sciqa.eval.metrics import ensure_wordnet
 
     frames = {path: _read(path) for path in paths}  # a bad CSV: one line before anything else
     ensure_wordnet()
@@ -164,7 +165,7 @@ def log_results(run_id: str, results: dict) -> None:
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
-    from sciqa.metrics import METRIC_SETTINGS
+    from sciqa.eval.metrics import METRIC_SETTINGS
 
     client = MlflowClient()
     metrics = []
@@ -189,7 +190,7 @@ def _rule_table(rules: list[str]):
     matching the accuracy relies on, and how many label/text conflicts were left unmapped."""
     import pandas as pd
 
-    from sciqa.parsing import FUZZY_RULES, rule_counts
+    from sciqa.eval.parsing import FUZZY_RULES, rule_counts
 
     counts = rule_counts(rules)
     return pd.DataFrame({"rule": list(counts), "answers": list(counts.values()),
@@ -214,7 +215,7 @@ def evaluate_run(run_id: str, force: bool = False, dataset: str = "", number_bas
     if "acc" in run.data.metrics and not force:
         print(f"evaluate: run {run_id} already has metrics (acc {run.data.metrics['acc']:.1f})")
         return run_id
-    from sciqa.tracking import phase
+    from sciqa.tracking.runs import phase
 
     with tempfile.TemporaryDirectory() as tmp, phase("evaluate", run_id):
         paths = _run_csvs(run, Path(tmp))
@@ -225,7 +226,7 @@ def evaluate_run(run_id: str, force: bool = False, dataset: str = "", number_bas
 
 
 def check(cfg: EvaluateConfig) -> None:
-    from sciqa.metrics import check_prerequisites
+    from sciqa.eval.metrics import check_prerequisites
 
     check_ranges(cfg)
     check_prerequisites()
@@ -237,19 +238,19 @@ def check(cfg: EvaluateConfig) -> None:
 
 def evaluate(cfg: EvaluateConfig, parent_run_id: str | None = None) -> str:
     """Evaluate a run's outputs (logged into that run) or a CSV (logged into its own evaluate run)."""
-    from sciqa import tracking
+    from sciqa.tracking import runs
 
     check(cfg)
     if cfg.run:
-        tracking.connect()
+        runs.connect()
         _finished_run(cfg.run)
-        tracking.release_outer(f"metrics go into run {cfg.run}", cfg.run)
+        runs.release_outer(f"metrics go into run {cfg.run}", cfg.run)
         return evaluate_run(cfg.run, cfg.force, cfg.dataset, cfg.number_base)
     path = Path(cfg.csv).expanduser().resolve()
     dataset = cfg.dataset or "sample"
     results = evaluate_paths([path], dataset, cfg.number_base)
-    tracking.setup()
-    params = {"dataset": dataset, "number_base": cfg.number_base, "csv_digest": tracking.digest(path.read_bytes())}
+    runs.setup()
+    params = {"dataset": dataset, "number_base": cfg.number_base, "csv_digest": files.digest(path.read_bytes())}
     with step_run("evaluate", params, {}, f"evaluate-{path.stem}", cfg.force, parent_run_id,
                   {"csv": str(path)}) as run:
         if run.reused:

@@ -3,21 +3,21 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from tqdm import tqdm
 
-from sciqa.slurm import job
 from sciqa.backends import BACKEND_OPTIONS, BACKENDS
 from sciqa.backends.base import ANSWER_MODES, CHOICE_SCORES, Backend
 from sciqa.config import DTYPE_CHOICES, option
 from sciqa.data.problems import Problem
+from sciqa.data.prompts import SETTINGS, build_prompt
 from sciqa.errors import SciqaError
-from sciqa.outputs import OutputsCSV, read_outputs
-from sciqa.prompts import SETTINGS, build_prompt
-from sciqa.tracking import StepRun, fetch_artifact, phase
+from sciqa.eval.outputs import OutputsCSV, read_outputs
+from sciqa.slurm import job
+from sciqa.tracking.runs import StepRun, fetch_artifact, phase
 
 CSV_LOG_SECONDS = 300  # log the partial CSV this often (a signal-free crash loses at most this much)
 
@@ -99,8 +99,8 @@ def workdir_path(workdir: str) -> Path:
     run (:meth:`StepRun.state_dir`), and equal steps logged to two stores must not take each other's."""
     if workdir:
         return Path(workdir).expanduser()
-    from sciqa.cache import cache_root
-    from sciqa.tracking import digest, store_identity
+    from sciqa.files import cache_root, digest
+    from sciqa.tracking.runs import store_identity
 
     return cache_root() / "work" / digest(store_identity())[:12]
 
@@ -108,7 +108,7 @@ def workdir_path(workdir: str) -> Path:
 def check_workdir(workdir: str) -> Path:
     """The local folder for outputs, checked writable without creating anything (bad input must
     leave nothing behind): the folder itself if it exists, else its nearest existing parent."""
-    from sciqa.store import unwritable_reason
+    from sciqa.tracking.store import unwritable_reason
 
     try:
         path = workdir_path(workdir).resolve()
@@ -169,7 +169,7 @@ def generate_outputs(run: StepRun, workdir: str, inputs: Inputs, setting: str,
     """
     import mlflow
 
-    from sciqa.parsing import parse_output
+    from sciqa.eval.parsing import parse_output
 
     problems = inputs.problems
     name = csv_name(problems[0].split, setting)

@@ -1,4 +1,4 @@
-"""The study's table in one command: a grid of any step's option lists under one parent run.
+r"""The study's table in one command: a grid of any step's option lists under one parent run.
 
     sciqa grid benchmark --model tiny-qwen2-vl,tiny-llava --setting QTCH,QTCHS --limit 8
     sciqa grid train-prefix --lr 1e-3,5e-3 --prefix-len 10,50 --epochs 3
@@ -11,7 +11,7 @@ given), every other option is the same in every cell. A value that holds a comma
 command would make, started as a child of the grid's parent run the way ``main`` starts its
 steps (:func:`sciqa.steps.pipeline._child`), so a finished identical cell is reused, an unfinished
 one resumed, and re-running the grid fills in only what is missing. At the end the parent gets
-the table (:mod:`sciqa.grid_table`). With ``--slurm-gpu`` the cells are one job array per GPU
+the table (:mod:`sciqa.steps.grid_table`). With ``--slurm-gpu`` the cells are one job array per GPU
 type instead (:mod:`sciqa.slurm.array`) and ``sciqa grid --collect GRID_RUN`` (or the dependent
 job it submits) makes the table.
 """
@@ -21,8 +21,9 @@ import functools
 import itertools
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 from sciqa.errors import SciqaError
 
@@ -187,11 +188,11 @@ def run_local(grid: Grid) -> str:
     """Every cell, one after another, as a child of one parent run; then the table. Returns the parent id."""
     from tqdm import tqdm
 
-    from sciqa import tracking
-    from sciqa.grid_table import collect
     from sciqa.slurm import job
+    from sciqa.steps.grid_table import collect
     from sciqa.steps.pipeline import _child
-    from sciqa.tracking import step_run
+    from sciqa.tracking import runs as tracking
+    from sciqa.tracking.runs import step_run
 
     check(grid)
     tracking.setup()
@@ -247,8 +248,8 @@ def collect_run(parent_id: str) -> str:
     FINISHED when every cell did, else FAILED naming the missing ones (re-submit the grid to fill them)."""
     from mlflow import MlflowClient
 
-    from sciqa import tracking
-    from sciqa.grid_table import collect, effective_run
+    from sciqa.steps.grid_table import collect, effective_run
+    from sciqa.tracking import runs as tracking
 
     tracking.connect()
     run = tracking.get_run(parent_id, "grid run")

@@ -9,10 +9,10 @@
 2. per seed and variant, train a golden and a KD adapter on exactly the same problems (KD's, after
    every KD filter; ``golden_on=all`` trains golden on every problem instead);
 3. benchmark the base model and score every adapter on the evaluation split (each evaluated);
-4. compare (``sciqa.compare``, the same code as ``sciqa compare``): seeds as replicates, KD − golden
+4. compare (``sciqa.steps.compare``, the same code as ``sciqa compare``): seeds as replicates, KD − golden
    accuracy the primary endpoint per variant (Holm), adapter − base exploratory; one table on the
    terminal, the rest in ``compare/comparison.md`` and ``plots/deltas.png`` on the parent.
-Each child is cached by its parameters and content digests (``sciqa.tracking``): a re-run redoes
+Each child is cached by its parameters and content digests (``sciqa.tracking.runs``): a re-run redoes
 only what changed, and a re-run after a crash resumes the parent and every unfinished child.
 """
 from __future__ import annotations
@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from sciqa.adapters import VARIANTS
 from sciqa.backends.base import ANSWER_MODES, CHOICE_SCORES
 from sciqa.config import check_ranges, identity, operational, option
+from sciqa.data.prompts import SETTINGS
 from sciqa.errors import SciqaError
-from sciqa.prompts import SETTINGS
 from sciqa.steps.train import GOLDEN_ON
-from sciqa.teacher import KD_FILTERS
-from sciqa.tracking import step_run
+from sciqa.tracking.runs import step_run
+from sciqa.train.teacher import KD_FILTERS
 
 
 @dataclass
@@ -142,7 +142,7 @@ def score_config(cfg: MainConfig, train_run: str):
 
 def check(cfg: MainConfig) -> None:
     """Every child's input, before the parent run starts (a bad teacher CSV fails here, not mid-way)."""
-    from sciqa.metrics import check_prerequisites
+    from sciqa.eval.metrics import check_prerequisites
     from sciqa.steps.benchmark import check as check_benchmark
     from sciqa.steps.train import check as check_train
 
@@ -172,12 +172,12 @@ def _teacher(cfg: MainConfig, pid: str) -> tuple[str, str]:
 
 def main(cfg: MainConfig) -> str:
     """Run (or reuse) every step as a child of one parent run; returns the parent run id."""
-    from sciqa import tracking
-    from sciqa.compare import compare
     from sciqa.steps.benchmark import benchmark
+    from sciqa.steps.compare import compare
     from sciqa.steps.evaluate import evaluate_run
     from sciqa.steps.score import score
     from sciqa.steps.train import train
+    from sciqa.tracking import runs as tracking
 
     check(cfg)
     tracking.setup()

@@ -14,11 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from sciqa import files
 from sciqa.config import check_ranges, operational, option
+from sciqa.data.prompts import SETTINGS
 from sciqa.errors import SciqaError
-from sciqa.prompts import SETTINGS
 from sciqa.steps.generation import GenerationConfig
-from sciqa.tracking import StepRun, step_run
+from sciqa.tracking.runs import StepRun, step_run
 
 
 @dataclass
@@ -46,8 +47,8 @@ def _adapter_config_of_run(run_id: str) -> tuple[dict, dict]:
     """The training run's adapter config and tags, read without writing anything."""
     import mlflow
 
-    from sciqa import tracking
     from sciqa.adapters import CONFIG_FILE, WEIGHTS_FILE, parse_adapter_config
+    from sciqa.tracking import runs as tracking
 
     run = tracking.get_run(run_id, "adapter run")
     names = {Path(a.path).name for a in mlflow.artifacts.list_artifacts(run_id=run_id, artifact_path="adapter")}
@@ -62,11 +63,10 @@ def check(cfg: ScoreConfig):
     """Every input error, with no side effects (no run, no files): the adapter and the problems."""
     from sciqa import models
     from sciqa.adapters import check_variant, read_adapter_config
-    from sciqa.metrics import check_prerequisites
-    from sciqa.steps.generation import check_inputs, problem_inputs
-
     from sciqa.backends import backend_class, check_adapter
     from sciqa.backends.base import check_answer_mode
+    from sciqa.eval.metrics import check_prerequisites
+    from sciqa.steps.generation import check_inputs, problem_inputs
 
     check_ranges(cfg)
     check_prerequisites()
@@ -75,7 +75,7 @@ def check(cfg: ScoreConfig):
         raise SciqaError("give exactly one of --adapter models:/NAME/VERSION, --adapter-run or --adapter-dir")
     check_inputs(cfg.dtype, cfg.workdir)
     if cfg.adapter or cfg.adapter_run:
-        from sciqa import tracking
+        from sciqa.tracking import runs as tracking
 
         tracking.connect()
         acfg, tags = _adapter_config_of_run(adapter_run_of(cfg))
@@ -105,7 +105,7 @@ def adapter_run_of(cfg: ScoreConfig) -> str:
 def adapter_folder(cfg: ScoreConfig, workdir: Path) -> Path:
     """The adapter files: a local folder, or the training run's ``adapter/`` downloaded once
     (into a temp folder, then moved into place: a failed download leaves no half folder)."""
-    from sciqa.tracking import fetch_artifact
+    from sciqa.tracking.runs import fetch_artifact
 
     if cfg.adapter_dir:
         return Path(cfg.adapter_dir).expanduser().resolve()
@@ -118,10 +118,10 @@ def adapter_folder(cfg: ScoreConfig, workdir: Path) -> Path:
 
 def score(cfg: ScoreConfig, parent_run_id: str | None = None) -> StepRun:
     """Validate everything, then generate with the adapter (resuming by id) and evaluate, in one run."""
-    from sciqa import tracking
     from sciqa.backends import backend_class
     from sciqa.steps.evaluate import evaluate_run
     from sciqa.steps.generation import check_workdir, generate_outputs, generation_identity
+    from sciqa.tracking import runs as tracking
 
     adapter, inputs = check(cfg)
     tracking.setup()
@@ -130,7 +130,7 @@ def score(cfg: ScoreConfig, parent_run_id: str | None = None) -> StepRun:
     where = ("adapter", "adapter_run", "adapter_dir")  # where the adapter came from: its digest is what counts
     params = {**generation_identity(cfg, ignore=where), "model": adapter.base_model, "setting": adapter.setting,
               "split": split, "variant": variant, "data_digest": inputs.digest,
-              "adapter_digest": tracking.folder_digest(folder)}
+              "adapter_digest": files.folder_digest(folder)}
     tags = {"sciqa.model": adapter.base_model, "sciqa.variant": variant, "sciqa.split": split,
             "sciqa.setting": adapter.setting, "sciqa.backend": cfg.backend, "sciqa.adapter_run": adapter_run_of(cfg),
             "sciqa.teacher": adapter.run_tags.get("sciqa.teacher", "")}

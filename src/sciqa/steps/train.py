@@ -22,11 +22,10 @@ from pathlib import Path
 from sciqa.adapters import VARIANTS, step_options
 from sciqa.backends.base import ANSWER_MODES
 from sciqa.config import DTYPE_CHOICES, as_param, check_ranges, identity, operational, option
+from sciqa.data.prompts import SETTINGS
 from sciqa.errors import SciqaError
-from sciqa.prompts import SETTINGS
-from sciqa.teacher import KD_FILTERS, Targets
-from sciqa.tracking import StepRun, step_run
-
+from sciqa.tracking.runs import StepRun, step_run
+from sciqa.train.teacher import KD_FILTERS, Targets
 
 GOLDEN_ON = ("all", "same")  # golden on every train problem, or on exactly the problems KD trains on
 
@@ -117,10 +116,11 @@ class TrainInputs:
 
 def check(cfg: TrainConfig, step: str | None = None) -> TrainInputs:
     """Every input error before any run starts (reads, never writes): also the Slurm submit check."""
-    from sciqa import models, teacher as teach
+    from sciqa import models
     from sciqa.adapters import check_variant
     from sciqa.data import load_problems
     from sciqa.steps.generation import check_inputs, problem_inputs
+    from sciqa.train import teacher as teach
 
     check_ranges(cfg)
     step = step or step_of(cfg)
@@ -147,13 +147,13 @@ def check(cfg: TrainConfig, step: str | None = None) -> TrainInputs:
                 teach.kd_targets(rows, train.problems, cfg.kd_filter,  # touched (golden_on=same: the same); its
                                  f"csv {cfg.teacher_csv}")  # warning is printed once, when the run uses them
         elif cfg.teacher_run:
-            from sciqa import tracking
+            from sciqa.tracking import runs
 
-            tracking.connect()
+            runs.connect()
             teach.run_train_csv(cfg.teacher_run, cfg.setting)  # finished, with train outputs: else one line
         else:
             models.resolve(cfg.teacher_model)
-    from sciqa.tracking import digest
+    from sciqa.files import digest
 
     return TrainInputs(workdir, train.problems, val.problems, all_train, rows, digest(train.digest, val.digest),
                        train.images_missing + val.images_missing)
@@ -181,7 +181,8 @@ def teacher_benchmark_config(cfg: TrainConfig):
 
 def _teacher_rows(cfg: TrainConfig, inputs: TrainInputs) -> tuple[list, str, str]:
     """(rows, source, run id): a CSV's rows, a finished run's, or the teacher benchmark's (run or reused)."""
-    from sciqa import teacher as teach, tracking
+    from sciqa.tracking import runs
+    from sciqa.train import teacher as teach
 
     if cfg.teacher_csv:
         return inputs.teacher_rows, f"csv {cfg.teacher_csv}", ""
@@ -190,7 +191,7 @@ def _teacher_rows(cfg: TrainConfig, inputs: TrainInputs) -> tuple[list, str, str
         from sciqa.steps.benchmark import benchmark
 
         print(f"train: the teacher is the train-split benchmark of '{cfg.teacher_model}' (reused when it exists)")
-        run_id = benchmark(teacher_benchmark_config(cfg), parent_run_id=tracking.outer_run_id()).run_id
+        run_id = benchmark(teacher_benchmark_config(cfg), parent_run_id=runs.outer_run_id()).run_id
     return teach.from_run(run_id, cfg.setting, inputs.all_train, inputs.workdir), f"run {run_id}", run_id
 
 
@@ -198,7 +199,7 @@ def targets_of(cfg: TrainConfig, inputs: TrainInputs) -> Targets:
     """Golden or KD targets. KD trains on the usable teacher rows (``kd_filter=correct``: the correct ones);
     golden with ``golden_on=same`` on exactly KD's problems, the same filters applied, so the two
     differ in their targets only (equal ``train_ids_digest``)."""
-    from sciqa import teacher as teach
+    from sciqa.train import teacher as teach
 
     if not cfg.teacher and cfg.golden_on == "all":
         return teach.golden(inputs.train)
@@ -218,8 +219,8 @@ def _resume_point(run: StepRun, run_dir: Path) -> Path | None:
     folder of the key is wiped when it belongs to another run (:meth:`StepRun.state_dir`)."""
     import mlflow
 
-    from sciqa.tracking import fetch_artifact
-    from sciqa.training import checkpoint_key, newest_checkpoint
+    from sciqa.tracking.runs import fetch_artifact
+    from sciqa.train.loop import checkpoint_key, newest_checkpoint
 
     local = newest_checkpoint(run_dir / "checkpoints")
     if local is not None:
@@ -240,11 +241,12 @@ def _resume_point(run: StepRun, run_dir: Path) -> Path | None:
 def train(cfg: TrainConfig, step: str | None = None, parent_run_id: str | None = None) -> StepRun:
     """Validate, resolve the targets (benchmarking the teacher first if needed), then train inside
     one MLflow run (reused when finished, resumed when not)."""
-    from sciqa import models, tracking
+    from sciqa import models
+    from sciqa.tracking import runs
 
     step = step or step_of(cfg)
     inputs = check(cfg, step)
-    tracking.setup()
+    runs.setup()
     targets = targets_of(cfg, inputs)
     params = {**params_of_config(cfg), "data_digest": inputs.data_digest, "targets_digest": targets.digest,
               "model_digest": models.fingerprint(cfg.model)}
@@ -284,8 +286,9 @@ def _train_in_run(cfg: TrainConfig, run: StepRun, inputs: TrainInputs, targets: 
     import mlflow
     import torch
 
-    from sciqa.tracking import phase
-    from sciqa.training import LoopConfig, train as run_loop
+    from sciqa.tracking.runs import phase
+    from sciqa.train.loop import LoopConfig
+    from sciqa.train.loop import train as run_loop
 
     with phase("load"):
         lm, adapted, examples, val = _prepare(cfg, run, inputs, targets)
@@ -311,10 +314,10 @@ def _prepare(cfg: TrainConfig, run: StepRun, inputs: TrainInputs, targets: Targe
 
     from sciqa import models
     from sciqa.adapters import attach
-    from sciqa.collate import Example, fit_to_length
     from sciqa.data.problems import problems_digest
-    from sciqa.prompts import build_prompt, target_json
-    from sciqa.tracking import log_problems
+    from sciqa.data.prompts import build_prompt, target_json
+    from sciqa.tracking.runs import log_problems
+    from sciqa.train.collate import Example, fit_to_length
 
     used = [p for p in inputs.train if p.id in targets.by_id]
     log_problems(used, cfg.dataset, problems_digest(used), "train", cfg.setting)
@@ -347,7 +350,7 @@ def _log_adapter(cfg: TrainConfig, run: StepRun, adapted, history: list[dict], r
 
     from sciqa.adapters import save_adapter
     from sciqa.adapters.mlflow_model import log_adapter_model, registered_name
-    from sciqa.training import plot_losses
+    from sciqa.train.loop import plot_losses
 
     _log_missing_epochs(run.run_id, history)
     folder = save_adapter(adapted, cfg.model, run_dir / "adapter")

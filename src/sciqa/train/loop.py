@@ -21,22 +21,22 @@ import random
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from sciqa.collate import (
+from sciqa.errors import SciqaError
+from sciqa.slurm import job
+from sciqa.train.collate import (
     Encoded,
     Example,
     collate_encoded,
     encode_examples,
     token_loss_sum,
 )
-from sciqa.errors import SciqaError
-from sciqa.slurm import job
 
 STATE_FILE = "state.pt"
 _CKPT = re.compile(r"^epoch_(\d+)(?:-step_(\d+))?$")

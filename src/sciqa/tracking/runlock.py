@@ -17,9 +17,9 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 OWNER_TAG = "sciqa.owner"
 HEARTBEAT_TAG = "sciqa.heartbeat"
@@ -95,7 +95,7 @@ def key_lock(scope: str, key: str) -> Iterator[_Holder]:
     """Hold the machine-wide lock of one step key for the duration of the block."""
     from filelock import FileLock, Timeout
 
-    from sciqa.cache import cache_root
+    from sciqa.files import cache_root
 
     folder = cache_root() / "locks"
     folder.mkdir(parents=True, exist_ok=True)

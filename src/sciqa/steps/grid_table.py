@@ -2,7 +2,7 @@
 
 Benchmark and score grids: per cell the accuracy with a 95 % Wilson interval and the study's
 group accuracies (subject, context, grade); between settings, per model (every combination of
-the other axes), the paired differences of :func:`sciqa.stats.compare_runs`, as ``sciqa compare``
+the other axes), the paired differences of :func:`sciqa.eval.stats.compare_runs`, as ``sciqa compare``
 computes them. Training grids: per cell the final
 ``val_loss_golden`` (and accuracy/overall where the run was scored), the best cell marked.
 """
@@ -91,11 +91,11 @@ def column_axis(axes: list[str]) -> str:
 
 def comparisons(frame, axes: list[str]):
     """Per combination of the other axes: each value of the column axis vs its first, on the problems
-    all share (:func:`sciqa.stats.compare_runs`: accuracy, the primary endpoint, and explanation metrics)."""
+    all share (:func:`sciqa.eval.stats.compare_runs`: accuracy, the primary endpoint, and explanation metrics)."""
     import pandas as pd
 
-    from sciqa.compare import run_rows
-    from sciqa.stats import compare_runs
+    from sciqa.eval.stats import compare_runs
+    from sciqa.steps.compare import run_rows
 
     across = column_axis(axes)
     others = [a for a in axes if a != across]

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import t as student_t
 
-from sciqa.metrics import BY_NAME, EXPLANATION, LABELS
+from sciqa.eval.metrics import BY_NAME, EXPLANATION, LABELS
 
 __all__ = ["ALPHA", "COLUMNS", "CONFIDENCE", "EXPLANATION", "METHOD", "Joined", "Paired", "arm_difference",
            "compare_runs", "decide", "forest_plot", "holm", "join_arms", "join_rows", "linearised", "n_tests", "p_text",

@@ -2,7 +2,7 @@
 
 Every scored run logged its per-row scores (``metrics/<stem>_rows.csv``); they are joined by
 problem id (only ids in every run count, n is shown; a common id whose gold answer or reference
-differs between runs is refused) and compared with :mod:`sciqa.stats`. An arm is one run or the
+differs between runs is refused) and compared with :mod:`sciqa.eval.stats`. An arm is one run or the
 seed runs of one adapter: seeds are replicates (the arm's value is the mean over seeds, in every
 table), never majority-voted. KD − golden accuracy on the evaluation split is the primary endpoint
 of each variant (Holm-adjusted over variants); every other difference is exploratory. The terminal
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from sciqa.errors import SciqaError
-from sciqa.metrics import BY_NAME, EXPLANATION, LABELS, names
+from sciqa.eval.metrics import BY_NAME, EXPLANATION, LABELS, names
 
 SHOWN = names(headline=True)  # the runs table's metric columns
 BARS = tuple(name for name in SHOWN if BY_NAME[name].group != "rate")  # the bar plot's groups
@@ -57,7 +57,7 @@ def run_rows(run_id: str):
 
 def fuzzy_rules() -> frozenset:
     """The parse rules that read an answer rather than match it (``parsing.FUZZY_RULES``)."""
-    from sciqa import parsing
+    from sciqa.eval import parsing
 
     return frozenset(getattr(parsing, "FUZZY_RULES", FUZZY_FALLBACK))
 
@@ -134,7 +134,7 @@ def deltas_table(base: str, scored: dict, rows: dict):
     every arm's seeds as replicates, on the problems its comparison shares; Holm over variants."""
     import pandas as pd
 
-    from sciqa.stats import compare_runs, decide
+    from sciqa.eval.stats import compare_runs, decide
 
     arms = {"base": [rows[base]], **arms_of(scored, rows)}
     parts = []
@@ -286,7 +286,7 @@ def _dropped(rows: dict, labels: dict) -> dict[str, int]:
 
 def headers(cfg, runs, deltas, teacher_words: str, dropped: dict, digests: dict, kd_empty: dict) -> tuple[str, str]:
     """(markdown header for comparison.md, the few terminal lines above the table)."""
-    from sciqa.stats import METHOD, n_tests
+    from sciqa.eval.stats import METHOD, n_tests
 
     n = int(deltas["n"].max()) if len(deltas) else 0
     primary, exploratory = n_tests(deltas)
@@ -340,7 +340,7 @@ def compare(base: str, trained: dict, scored: dict, teacher_run: str, cfg) -> st
     import mlflow
     from mlflow import MlflowClient
 
-    from sciqa.stats import forest_plot, to_markdown, to_text
+    from sciqa.eval.stats import forest_plot, to_markdown, to_text
 
     digests = check_same_problems(trained, cfg.golden_on)
     rows = {r: run_rows(r) for r in dict.fromkeys([base, *scored.values()])}
@@ -463,9 +463,10 @@ def compare_command(run_ids: list[str], baseline: str = "", by_group: bool = Tru
     import mlflow
     import pandas as pd
 
-    from sciqa import tracking
-    from sciqa.stats import METHOD, compare_runs, forest_plot, n_tests, to_markdown, to_text
-    from sciqa.tracking import digest, step_run
+    from sciqa.eval.stats import METHOD, compare_runs, forest_plot, n_tests, to_markdown, to_text
+    from sciqa.files import digest
+    from sciqa.tracking import runs as tracking
+    from sciqa.tracking.runs import step_run
 
     arms = parse_arms(run_ids)
     keys = [",".join(arm) for arm in arms]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 FOLDERS = ("outputs", "metrics", "plots", "compare")
 
 
@@ -15,7 +14,7 @@ def download(run_id: str, dest: str, children: bool = False, folders: tuple[str,
     """Download the analysis folders of a run (into ``dest/<run_id>/``) and of its child runs."""
     import mlflow
 
-    from sciqa import tracking
+    from sciqa.tracking import runs as tracking
 
     run = tracking.get_run(run_id)
     runs = [run]

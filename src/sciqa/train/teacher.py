@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sciqa.data.problems import Problem
+from sciqa.data.prompts import target_json
 from sciqa.errors import SciqaError
-from sciqa.outputs import UserCSV, read_user_csv
-from sciqa.prompts import target_json
+from sciqa.eval.outputs import UserCSV, read_user_csv
 
 STUDY_COLUMNS = ("index", "answer", "explanation")
 KD_FILTERS = ("all", "correct")
@@ -47,13 +47,13 @@ class Targets:
     @property
     def digest(self) -> str:
         """Content of what is trained on: part of the training run's cache key."""
-        from sciqa.tracking import digest
+        from sciqa.files import digest
 
         return digest(sorted(self.by_id.items()))
 
     @property
     def ids_digest(self) -> str:
-        from sciqa.tracking import digest
+        from sciqa.files import digest
 
         return digest(sorted(self.by_id))
 
@@ -101,7 +101,7 @@ def _index(cell: str | None, n_choices: int) -> int | None:
 def teacher_rows(rows: list[dict], fmt: str, choices: dict[str, tuple[str, ...]], where: str,
                  strict_ids: bool) -> list[TeacherRow]:
     """Map rows to what the teacher said; unknown ids raise when ``strict_ids`` (a user's CSV)."""
-    from sciqa.parsing import parse_output
+    from sciqa.eval.parsing import parse_output
 
     key = "id" if fmt == "ours" else "index"
     ids = [str(r.get(key) or "").strip() for r in rows]
@@ -136,9 +136,9 @@ def run_train_csv(run_id: str, setting: str) -> str:
     """Artifact path of a finished run's train-split outputs CSV (the setting's if there are several)."""
     import mlflow
 
-    from sciqa import tracking
+    from sciqa.tracking import runs
 
-    run = tracking.get_run(run_id, "teacher run")
+    run = runs.get_run(run_id, "teacher run")
     if run.info.status != "FINISHED":
         raise SciqaError(f"teacher run '{run_id}' is {run.info.status}, not finished: its outputs are partial; "
                          "run its benchmark again to finish it, or pass another --teacher-run")
@@ -152,7 +152,7 @@ def run_train_csv(run_id: str, setting: str) -> str:
 
 
 def from_run(run_id: str, setting: str, all_train: list[Problem], workdir: Path) -> TeacherRows:
-    from sciqa.tracking import fetch_artifact
+    from sciqa.tracking.runs import fetch_artifact
 
     art = run_train_csv(run_id, setting)
     local = Path(workdir) / "teacher" / run_id / Path(art).name

@@ -11,7 +11,7 @@ scored on one split encode its references once. all-MiniLM-L6-v2 runs in ONNX
 Runtime where that is installed and agrees with torch (exported once per model
 digest; ``SCIQA_EMBEDDING_BACKEND=torch`` keeps torch).
 
-    python -c "from sciqa.metrics import explanation_scores as s; print(s(['a cat'], ['the cat']))"
+    python -c "from sciqa.eval.metrics import explanation_scores as s; print(s(['a cat'], ['the cat']))"
 """
 
 from __future__ import annotations
@@ -25,16 +25,16 @@ import shutil
 import sys
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from sciqa.cache import build_folder
 from sciqa.errors import SciqaError
+from sciqa.files import build_folder
 
 __all__ = [
     "EXPLANATION",
@@ -390,13 +390,13 @@ def _model_path() -> Path:
 @lru_cache(maxsize=1)
 def _model_digest() -> str:
     """Digest of the model's files (names and bytes): every cache of its outputs is keyed by it."""
-    from sciqa.tracking import folder_digest
+    from sciqa.files import folder_digest
 
     return folder_digest(_model_path())
 
 
 def _embedding_cache() -> Path:
-    from sciqa.cache import cache_root
+    from sciqa.files import cache_root
 
     return cache_root() / "embeddings"
 
@@ -541,14 +541,7 @@ _WORDNET_FILES = tuple(
     f"{kind}.{pos}" for kind in ("index", "data") for pos in ("noun", "verb", "adj", "adv")
 ) + tuple(f"{pos}.exc" for pos in ("noun", "verb", "adj", "adv")) + ("cntlist.rev", "index.sense")
 # The 45 lexicographer files of WordNet 3.0, in file-number order (lexnames(5WN)).
-_LEXNAMES = (
-    "adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute noun.body "
-    "noun.cognition noun.communication noun.event noun.feeling noun.food noun.group noun.location "
-    "noun.motive noun.object noun.person noun.phenomenon noun.plant noun.possession noun.process "
-    "noun.quantity noun.relation noun.shape noun.state noun.substance noun.time verb.body verb.change "
-    "verb.cognition verb.communication verb.competition verb.consumption verb.contact verb.creation "
-    "verb.emotion verb.motion verb.perception verb.possession verb.social verb.stative verb.weather adj.ppl"
-).split()
+_LEXNAMES = ["adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact", "noun.attribute", "noun.body", "noun.cognition", "noun.communication", "noun.event", "noun.feeling", "noun.food", "noun.group", "noun.location", "noun.motive", "noun.object", "noun.person", "noun.phenomenon", "noun.plant", "noun.possession", "noun.process", "noun.quantity", "noun.relation", "noun.shape", "noun.state", "noun.substance", "noun.time", "verb.body", "verb.change", "verb.cognition", "verb.communication", "verb.competition", "verb.consumption", "verb.contact", "verb.creation", "verb.emotion", "verb.motion", "verb.perception", "verb.possession", "verb.social", "verb.stative", "verb.weather", "adj.ppl"]
 _CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 
 
@@ -571,7 +564,7 @@ _NO_WORDNET = (
 
 
 def _wordnet_root() -> Path:
-    from sciqa.cache import cache_root
+    from sciqa.files import cache_root
 
     return cache_root() / "nltk_data"
 

@@ -47,8 +47,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from sciqa import server_auth
 from sciqa.errors import SciqaError
+from sciqa.tracking import server_auth
 
 BUSY_TIMEOUT_MS = 60_000  # where MLflow sets none (its sessions set 20 s): start-up checks, migration
 LOCK_TIMEOUT_S = 600.0  # a migration never takes this long; a hung holder is then named, not waited on forever
@@ -275,7 +275,7 @@ def server_command(root: Path, host: str, port: int, workers: int) -> list[str]:
            "--artifacts-destination", str(root / "artifacts"), "--workers", str(workers)]
     if host in WILDCARDS:  # MLflow accepts only localhost/private-IP Host headers by default
         cmd += ["--allowed-hosts", ",".join(f"{name}:{port}" for name in sorted(_own_names()))]
-    if server_auth.needs_auth(host):  # reachable from other nodes: users and passwords (sciqa.server_auth)
+    if server_auth.needs_auth(host):  # reachable from other nodes: users and passwords (sciqa.tracking.server_auth)
         cmd += ["--app-name", "basic-auth"]
     return cmd
 

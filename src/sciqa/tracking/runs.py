@@ -23,14 +23,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
 
 from sciqa.config import params_of, redact
 from sciqa.errors import SciqaError
+from sciqa.files import source_digest
 from sciqa.slurm.job import Stopped, job_log_path
 
 DEFAULT_URI = "sqlite:///mlflow.db"  # what `mlflow ui` and `mlflow run` default to (MLflow >= 3.6)
@@ -72,7 +73,7 @@ def check_uri(uri: str) -> None:
     if scheme in ("http", "https", "databricks"):
         return
     if scheme == "sqlite":
-        from sciqa.store import sqlite_path, unwritable_reason
+        from sciqa.tracking.store import sqlite_path, unwritable_reason
 
         path = sqlite_path(uri)
         folder = path.parent if path is not None else None
@@ -109,7 +110,7 @@ def connect() -> str:
 
     uri = tracking_uri()
     check_uri(uri)
-    from sciqa.store import wait_for_locks
+    from sciqa.tracking.store import wait_for_locks
 
     wait_for_locks(uri)  # sqlite: wait for another writer's lock instead of "database is locked"
     if uri.startswith(("http://", "https://")):
@@ -141,7 +142,7 @@ def setup() -> str:
     import mlflow
 
     uri = connect()
-    from sciqa.store import prepare
+    from sciqa.tracking.store import prepare
 
     prepare(uri)  # a fresh sqlite store is created and migrated under its file lock (concurrent jobs)
     exp_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
@@ -219,21 +220,6 @@ def discard_run(run_id: str, note: str, reused: str = "") -> None:
 
 # ---------------------------------------------------------------- identity
 
-def tree_digest(root: Path) -> str:
-    """Digest of the Python files under ``root``: names and bytes."""
-    h = hashlib.sha256()
-    for path in sorted(Path(root).rglob("*.py")):
-        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()[:12]
-
-
-@lru_cache(maxsize=1)
-def source_digest() -> str:
-    """Digest of sciqa's own source: an edit (committed or not, in a checkout or an installed
-    wheel) changes every step's key."""
-    return tree_digest(Path(__file__).parent)
-
-
 @lru_cache(maxsize=1)
 def code_version() -> str:
     """Package version + source digest (the key), and the git commit where there is one (a tag)."""
@@ -259,21 +245,6 @@ def step_key(step: str, params: dict) -> str:
     """Identity of a step's result: entry point, parameters (as strings, digests included), code."""
     blob = json.dumps({"step": step, "code": code_version(), **params_of(params)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def digest(*parts) -> str:
-    """A short content digest of JSON-able parts (problem fields, target texts, file bytes' hashes)."""
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True, default=str).encode())
-        h.update(b"\0")
-    return h.hexdigest()[:16]
-
-
-def folder_digest(folder: Path) -> str:
-    """Digest of every file's relative name and bytes (adapter folders are small)."""
-    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
-    return digest(*[x for p in files for x in (str(p.relative_to(folder)), hashlib.sha256(p.read_bytes()).digest())])
 
 
 # ---------------------------------------------------------------- the step's run
@@ -350,7 +321,7 @@ def _supersede(client, old: str, by: str) -> None:
 def _open(client, key: str, run_name: str, attach: str | None, parent_run_id: str | None, force: bool,
           reuse: bool, holder) -> StepRun:
     """Decide: attach (``mlflow run``/Slurm), reuse a finished run, resume an unfinished one, or create."""
-    from sciqa import runlock
+    from sciqa.tracking import runlock
 
     earlier = [r for r in _same_key_runs(client, key) if r.info.run_id != attach]
     finished = [r for r in earlier if r.info.status == "FINISHED"] if reuse and not force else []
@@ -391,7 +362,7 @@ def step_run(step: str, params: dict, tags: dict[str, str], run_name: str, force
     import mlflow
     from mlflow import MlflowClient
 
-    from sciqa import runlock
+    from sciqa.tracking import runlock
 
     client = MlflowClient()
     key = step_key(step, params)

@@ -120,10 +120,7 @@ _ORDINAL_REF = re.compile(
 _ORDINAL_WORD = re.compile(rf"\b(?:{_ORD})\b")
 # Words that name nothing on their own: a phrase of only these ("The", "It has") is in too many choices
 # by chance to name one. A library's stop list (scikit-learn's) holds answers too: "fire", "thick", "empty".
-_FUNCTION_WORDS = frozenset("""a an the this that these those it its it's they them their there he she him her
-his i we you me us our your is are was were be been being am has have had do does did will would can could
-shall should may might must of in on at to for from by with as into onto about than then so and or but if
-which who whom whose what also very not both all none neither either each any some other""".split())
+_FUNCTION_WORDS = frozenset(["a", "an", "the", "this", "that", "these", "those", "it", "its", "it's", "they", "them", "their", "there", "he", "she", "him", "her", "his", "i", "we", "you", "me", "us", "our", "your", "is", "are", "was", "were", "be", "been", "being", "am", "has", "have", "had", "do", "does", "did", "will", "would", "can", "could", "shall", "should", "may", "might", "must", "of", "in", "on", "at", "to", "for", "from", "by", "with", "as", "into", "onto", "about", "than", "then", "so", "and", "or", "but", "if", "which", "who", "whom", "whose", "what", "also", "very", "not", "both", "all", "none", "neither", "either", "each", "any", "some", "other"])
 _WORD = re.compile(r"[\w'-]+")
 # A choice named right after these is denied, not chosen: "is not a liquid", "isn't a liquid", "neither ... nor".
 # One named before a negated verb is not: "Chop doesn't belong" answers "Which word does not belong?".
