@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# WordNet for METEOR from wherever this machine has it, as sciqa.eval.metrics.wordnet_source() finds it: nltk's
+# WordNet for METEOR from wherever this machine has it, as sciqa.eval.wordnet.wordnet_source() finds it: nltk's
 # own data (~/nltk_data, $NLTK_DATA), then Debian's files in /usr/share/wordnet. With neither, Debian's
 # packages wordnet-base + wordnet-sense-index through apt, as root or with sudo; a user who can be
 # neither gets one line naming both ways. nltk never downloads at run time. Idempotent.
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 . .ci/lib.sh
 python=${PYTHON:-python3}
 source_of() {
-    "$python" -c 'from sciqa.eval.metrics import wordnet_source
+    "$python" -c 'from sciqa.eval.wordnet import wordnet_source
 found = wordnet_source()
 print(f"{found[0]} ({found[1]})" if found else "")'
 }

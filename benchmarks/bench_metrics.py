@@ -4,11 +4,10 @@ The study scored each row with its own calls: two sentence_bleu calls, a new
 RougeScorer, a METEOR call against nltk's WordNet, and one embedding ``encode``
 per row. sciqa shares that work across rows. Both must give the same numbers.
 
-The cosine, nearly all of the time, is measured four ways, each from an empty in-memory cache
-(as a new process starts): with a cold vector store (an empty folder: every distinct text is
-encoded) and a warm one (filled by the cold run: only the predictions are encoded, references
-are read from disk, as when another run, step or setting scores the same split), each with the
-torch and the ONNX Runtime encoder. The totals add BLEU, ROUGE-L and METEOR, measured once.
+The cosine, nearly all of the time, is measured two ways: cold (nothing encoded yet, as a new
+process starts: every distinct text is encoded) and warm (the split's references already encoded by
+an earlier evaluation in the process, as when `main` scores its next run: only the predictions are
+encoded). The totals add BLEU, ROUGE-L and METEOR, measured once.
 
     PYTHONPATH=src python benchmarks/bench_metrics.py [--rows 3216] [--study-every N]
 """
@@ -19,15 +18,13 @@ import argparse
 import json
 import os
 import random
-import tempfile
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 
 from sciqa.data.sources import SAMPLE_DIR
-from sciqa.eval import metrics
+from sciqa.eval import embeddings, metrics
 
 
 def load_pairs(n_rows: int, seed: int = 0) -> tuple[list[str], list[str]]:
@@ -61,15 +58,11 @@ def text_metrics(predictions: list[str], references: list[str]) -> tuple[dict[st
     return rows, times
 
 
-def cosine(predictions: list[str], references: list[str], backend: str, cache: Path) -> tuple[list[float], tuple]:
-    """sciqa's cosine in a fresh process's state (no vector in memory) with ``backend`` and sciqa's
-    cache folder at ``cache`` (the vector store's home): an empty folder is a cold cache, one a
-    previous call filled is warm. The encoders were loaded before (``SCIQA_CACHE`` then was the
-    user's, where the exported ONNX model stays)."""
-    os.environ["SCIQA_EMBEDDING_BACKEND"] = backend
-    os.environ["SCIQA_CACHE"] = str(cache)
-    metrics._VECTORS.clear()
-    return timed(lambda: metrics._cosine(predictions, references))
+def cosine(predictions: list[str], references: list[str], known: dict) -> tuple[list[float], tuple]:
+    """sciqa's cosine with the process's vectors set to ``known`` (empty: cold; the references: warm)."""
+    embeddings._VECTORS.clear()
+    embeddings._VECTORS.update(known)
+    return timed(lambda: embeddings.cosine(predictions, references))
 
 
 def timed(step) -> tuple[object, tuple[float, float]]:
@@ -84,7 +77,7 @@ def study(predictions: list[str], references: list[str]) -> tuple[dict[str, list
     from nltk.translate.meteor_score import meteor_score
     from rouge_score.rouge_scorer import RougeScorer
 
-    model = metrics._torch_embedder()
+    model = embeddings.model()
     pairs = list(zip(predictions, references))
     values = {}
 
@@ -122,13 +115,6 @@ def summary(values: dict[str, list]) -> dict[str, float]:
     return {**means, "overall": 100.0 * float(np.mean(parts))}
 
 
-def store_read_seconds(references: list[str]) -> tuple[int, float]:
-    """(vectors, seconds) to read every distinct reference's vector from the current (warm) store."""
-    texts = list(dict.fromkeys(references))
-    found, (wall, _) = timed(lambda: metrics._embedder().sciqa_store.load(texts))
-    return len(found), wall
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=3216)
@@ -140,21 +126,16 @@ def main() -> None:
     predictions, references = load_pairs(args.rows)
 
     start = time.perf_counter()
-    metrics.explanation_scores(predictions[:2], references[:2])  # WordNet, the models, the ONNX export
-    for backend in ("torch", "onnx"):
-        os.environ["SCIQA_EMBEDDING_BACKEND"] = backend
-        metrics._embedder()
-    print(f"rows={args.rows}  setup (WordNet + models + ONNX export if not cached)={time.perf_counter() - start:.1f}s")
+    metrics.explanation_scores(predictions[:2], references[:2])  # WordNet and the model
+    print(f"rows={args.rows}  setup (WordNet + model)={time.perf_counter() - start:.1f}s")
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
 
     rows, text_times = text_metrics(predictions, references)
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = {}  # name -> (cosine values, (wall, CPU))
-        for name, backend, store in (("cold torch", "torch", "torch"), ("cold onnx", "onnx", "onnx"),
-                                     ("warm onnx", "onnx", "onnx"), ("warm torch", "torch", "torch")):
-            runs[name] = cosine(predictions, references, backend, Path(tmp) / store)
-            print(f"sciqa cosine, {name} vector store: {runs[name][1][0]:.1f}s", flush=True)
-        stored, read_s = store_read_seconds(references)
+    runs = {"cold": cosine(predictions, references, {})}  # name -> (cosine values, (wall, CPU))
+    refs = {text: embeddings._VECTORS[text] for text in references}
+    runs["warm"] = cosine(predictions, references, refs)
+    for name, (_, (wall, _cpu)) in runs.items():
+        print(f"sciqa cosine, {name}: {wall:.1f}s", flush=True)
 
     n = args.study_every
     study_values, study_times = study(predictions[::n], references[::n])
@@ -162,7 +143,6 @@ def main() -> None:
     if n > 1:
         print(f"study way run on every {n}th row ({len(predictions[::n])} rows); its times are scaled by {n}")
     report(rows, text_times, runs, study_values, study_times, n)
-    print(f"vector store: {stored} reference vectors read in {read_s * 1000:.0f} ms (one file per text)")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
@@ -174,9 +154,8 @@ def report(rows, text_times, runs, study_values, study_times, n) -> None:
     print(f"{'metric':8s} {'study':>10s} " + " ".join(f"{name:>11s}" for name in ours))
     for key in theirs:
         print(f"{key:8s} {theirs[key]:10.6f} " + " ".join(f"{ours[name][key]:11.6f}" for name in ours))
-    torch_rows, onnx_rows = (np.array(runs[name][0]) for name in ("cold torch", "cold onnx"))
-    print(f"cosine per row, max |onnx - torch| = {np.abs(onnx_rows - torch_rows).max():.2e}; "
-          f"max |sciqa torch - study| = {np.abs(torch_rows[::n] - np.array(study_values['cosine'])).max():.2e}")
+    cold = np.array(runs["cold"][0])
+    print(f"cosine per row, max |sciqa - study| = {np.abs(cold[::n] - np.array(study_values['cosine'])).max():.2e}")
     for name in ours:
         same = all(abs(ours[name][k] - theirs[k]) < 1e-4 for k in theirs)
         print(f"same values as the study (1e-4), {name}: {same}")

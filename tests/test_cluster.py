@@ -16,8 +16,8 @@ import pytest
 
 from helpers import free_port, invoke_cli
 from sciqa.errors import SciqaError
-from sciqa.eval import metrics
-from sciqa.tracking import server_auth, store
+from sciqa.eval import metrics, wordnet
+from sciqa.tracking import server
 
 PREDICTIONS = ["the dog ran quickly to the big house", "a hound sprinted home", "plants need light to grow", ""]
 REFERENCES = ["the hound ran fast to the large home", "the dog ran quickly to the house",
@@ -30,7 +30,7 @@ def _nltk_data(tmp_path, zipped: bool):
     root = tmp_path / ("zipped" if zipped else "folder")
     folder = root / "corpora" / "wordnet"
     folder.mkdir(parents=True)
-    metrics._copy_wordnet(folder)
+    wordnet._copy_wordnet(folder)
     if zipped:
         with zipfile.ZipFile(root / "corpora" / "wordnet.zip", "w") as archive:
             archive.writestr("wordnet/", "")
@@ -44,7 +44,7 @@ def _meteor_with(monkeypatch, nltk_path: list[str]):
     monkeypatch.setattr(nltk.data, "path", nltk_path)
     metrics._meteor_helpers.cache_clear()
     try:
-        return metrics.wordnet_source(), metrics._meteor(PREDICTIONS, REFERENCES)
+        return wordnet.wordnet_source(), metrics._meteor(PREDICTIONS, REFERENCES)
     finally:
         metrics._meteor_helpers.cache_clear()
 
@@ -53,10 +53,10 @@ def _meteor_with(monkeypatch, nltk_path: list[str]):
 def test_meteor_is_identical_with_nltk_data_and_debian_files(tmp_path, monkeypatch, zipped):
     monkeypatch.setenv("SCIQA_CACHE", str(tmp_path / "cache"))
     debian_source, debian = _meteor_with(monkeypatch, [])
-    assert debian_source == ("debian", metrics._DEBIAN_WORDNET)
+    assert debian_source == ("debian", wordnet._DEBIAN_WORDNET)
 
     data = _nltk_data(tmp_path, zipped)
-    monkeypatch.setattr(metrics, "_DEBIAN_WORDNET", tmp_path / "no-debian")  # nltk's data alone suffice
+    monkeypatch.setattr(wordnet, "_DEBIAN_WORDNET", tmp_path / "no-debian")  # nltk's data alone suffice
     shutil.rmtree(tmp_path / "cache")
     nltk_source, from_nltk = _meteor_with(monkeypatch, [str(data)])
     expected = data / "corpora" / ("wordnet.zip" if zipped else "wordnet")
@@ -77,16 +77,16 @@ def test_meteor_is_identical_with_nltk_data_and_debian_files(tmp_path, monkeypat
 def test_nltk_data_come_before_debian_files(tmp_path, monkeypatch):
     data = _nltk_data(tmp_path, zipped=False)
     monkeypatch.setattr(nltk.data, "path", [str(data)])
-    assert metrics.wordnet_source() == ("nltk data", data / "corpora" / "wordnet")
-    assert metrics.ensure_wordnet() == data / "corpora" / "wordnet"
+    assert wordnet.wordnet_source() == ("nltk data", data / "corpora" / "wordnet")
+    assert wordnet.ensure_wordnet() == data / "corpora" / "wordnet"
 
 
 def test_no_wordnet_anywhere_names_both_ways(tmp_path, monkeypatch):
     monkeypatch.setenv("SCIQA_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "empty")])
-    monkeypatch.setattr(metrics, "_DEBIAN_WORDNET", tmp_path / "no-debian")
-    assert metrics.wordnet_source() is None
-    for check in (metrics.ensure_wordnet, metrics.check_prerequisites):
+    monkeypatch.setattr(wordnet, "_DEBIAN_WORDNET", tmp_path / "no-debian")
+    assert wordnet.wordnet_source() is None
+    for check in (wordnet.ensure_wordnet, metrics.check_prerequisites):
         with pytest.raises(SciqaError) as error:
             check()
         message = str(error.value)
@@ -98,7 +98,7 @@ def test_no_wordnet_anywhere_names_both_ways(tmp_path, monkeypatch):
 
 ROOT = Path(__file__).resolve().parents[1]
 # Declared though src/ never imports them: a library it calls needs them.
-NEEDED_WITHOUT_IMPORT = {"tabulate": "pandas' DataFrame.to_markdown", "onnx": "torch.onnx.export (metrics' ONNX encoder)",
+NEEDED_WITHOUT_IMPORT = {"tabulate": "pandas' DataFrame.to_markdown",
                          "accelerate": "transformers' device_map='auto' (models/base.py's CPU offload)"}
 
 
@@ -149,7 +149,7 @@ def test_pyproject_declares_what_src_imports_and_nothing_else():
 def _no_wordnet(tmp_path, monkeypatch):
     monkeypatch.setenv("SCIQA_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "empty")])
-    monkeypatch.setattr(metrics, "_DEBIAN_WORDNET", tmp_path / "no-debian")
+    monkeypatch.setattr(wordnet, "_DEBIAN_WORDNET", tmp_path / "no-debian")
 
 
 def test_doctor_shows_the_machine_and_passes_when_nothing_is_missing(tmp_path, monkeypatch):
@@ -167,7 +167,7 @@ def test_doctor_exits_2_naming_what_a_step_lacks(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     result = invoke_cli("doctor", cwd=tmp_path, check=False)
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
-    assert "WordNet (main, score, evaluate)" in result.stderr and "not reachable" in result.stderr
+    assert "WordNet (main, score, evaluate)" in result.stderr and "cannot be reached" in result.stderr
     assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith(("WordNet", "tracking"))] == \
         ["MISSING", "MISSING"]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
@@ -200,8 +200,8 @@ def no_credentials(tmp_path, monkeypatch):
 
 
 def test_server_beyond_loopback_runs_mlflow_basic_auth(tmp_path):
-    assert store.server_command(tmp_path, "0.0.0.0", 5000, 1)[-2:] == ["--app-name", "basic-auth"]
-    assert "--app-name" not in store.server_command(tmp_path, "127.0.0.1", 5000, 1)
+    assert server.server_command(tmp_path, "0.0.0.0", 5000, 1)[-2:] == ["--app-name", "basic-auth"]
+    assert "--app-name" not in server.server_command(tmp_path, "127.0.0.1", 5000, 1)
 
 
 @pytest.mark.parametrize("case, needle", [
@@ -223,7 +223,7 @@ def test_server_beyond_loopback_refuses_to_start_without_usable_credentials(no_c
 
 
 def test_server_config_file_is_private_and_holds_no_password(tmp_path):
-    env = server_auth.server_env(tmp_path, "ada", PASSWORD)
+    env = server.server_env(tmp_path, "ada", PASSWORD)
     config = Path(env["MLFLOW_AUTH_CONFIG_PATH"])
     assert config.stat().st_mode & 0o777 == 0o600 and PASSWORD not in config.read_text()
     assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == PASSWORD and len(env["MLFLOW_FLASK_SERVER_SECRET_KEY"]) == 64

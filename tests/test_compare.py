@@ -33,8 +33,8 @@ def test_compare_two_runs_against_hand_computed_statistics(cli, experiment, tmp_
     run = mlflow.get_run(last_run_id(out))
     assert run.data.tags["sciqa.step"] == "compare" and run.data.tags["sciqa.compared_runs"] == f"{a},{b}"
     assert run.data.params["baseline"] == a
-    table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
-                                                           artifact_path="compare/comparison.csv", dst_path=str(tmp_path)))
+    table = pd.read_csv(mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="compare/comparison.csv", dst_path=str(tmp_path)))
     acc = table[(table.metric == "acc") & (table.group == "all")].iloc[0]
     assert acc["n"] == N and acc["diff"] == pytest.approx(100 * 10 / N)
     a_right, b_right = np.isin(np.arange(N), range(0, 30)), np.isin(np.arange(N), range(10, 50))

@@ -99,10 +99,11 @@ def test_grid_runs_cells_as_children_resumes_and_reuses(experiment, tmp_path, mo
 
 
 def test_grid_spec_and_options_give_the_same_cells():
+    from sciqa.cli import main
     from sciqa.steps.grid import parse
 
-    by_options = parse("train-lora", "", ["--lr", "0.001,0.01", "--epochs", "2", "--seed", "0,1"])
-    by_spec = parse("train_lora", "lr=0.001,0.01;seed=0,1", ["--epochs", "2", "--workdir", "elsewhere"])
+    by_options = parse(main.commands, "train-lora", "", ["--lr", "0.001,0.01", "--epochs", "2", "--seed", "0,1"])
+    by_spec = parse(main.commands, "train_lora", "lr=0.001,0.01;seed=0,1", ["--epochs", "2", "--workdir", "elsewhere"])
     assert by_options.spec == by_spec.spec == "lr=0.001,0.01;seed=0,1"
     assert [replace(c.config, workdir="elsewhere") for c in by_options.cells] == [c.config for c in by_spec.cells]
     assert [c.values for c in by_spec.cells] == [{"lr": "0.001", "seed": "0"}, {"lr": "0.001", "seed": "1"},
@@ -112,10 +113,10 @@ def test_grid_spec_and_options_give_the_same_cells():
     assert by_spec.cells[0].args[:1] == ("train-lora",) and "--lr" in by_spec.cells[0].args
     assert by_spec.params()["epochs"] == "2" and "workdir" not in by_spec.params()  # where, not what
     assert by_spec.settings == {"workdir": "elsewhere"} and cfg.workdir == "elsewhere"
-    escaped = parse("train-lora", "", ["--lora-targets", r"q_proj\,v_proj,q_proj\,k_proj\,v_proj"])
+    escaped = parse(main.commands, "train-lora", "", ["--lora-targets", r"q_proj\,v_proj,q_proj\,k_proj\,v_proj"])
     assert escaped.axes == {"lora_targets": ["q_proj,v_proj", "q_proj,k_proj,v_proj"]}
     assert escaped.cells[1].config.lora_targets == "q_proj,k_proj,v_proj"
-    assert parse("train-lora", escaped.spec).axes == escaped.axes  # the logged spec reads back the same
+    assert parse(main.commands, "train-lora", escaped.spec).axes == escaped.axes  # the logged spec reads back the same
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -98,7 +98,8 @@ def test_diverging_training_stops_at_once_and_fails_its_run(cli, experiment, tmp
 def test_duplicate_teacher_ids_keep_the_last_row_warn_and_count(capsys, tmp_path):
     """One rule for teacher CSVs and ``evaluate --csv``: the last row of an id wins, a warning says
     how many repeated, and the targets' digest is that of the rows used."""
-    from sciqa.steps.evaluate import _read, score_frame
+    from sciqa.eval.outputs import read_frame
+    from sciqa.steps.evaluate import score_frame
     from sciqa.train import teacher
 
     all_train = load_problems("sample", "train", keep_all=True)
@@ -114,7 +115,7 @@ def test_duplicate_teacher_ids_keep_the_last_row_warn_and_count(capsys, tmp_path
     kd = teacher.kd_targets(rows, probs, "all", "csv")
     assert '"the rerun\'s answer"' in kd.by_id[probs[0].id]
     assert kd.digest != teacher.kd_targets(clean, probs, "all", "csv").digest
-    df = _read(path)
+    df = read_frame(path)
     _, counts, _ = score_frame(df, {p.id: p for p in all_train}, 0)
     assert counts["duplicate_ids"] == 1 and len(df) == 3
 
@@ -134,7 +135,7 @@ def test_duplicate_teacher_ids_are_a_metric_of_the_training_run(experiment, tmp_
 
 def test_a_torn_record_in_a_teacher_csv_is_skipped_by_line_and_the_rest_kept(capsys, tmp_path):
     """A record cut mid-field (a crash while a tool wrote it): its prompt lines are never read as ids."""
-    from sciqa.steps.evaluate import _read
+    from sciqa.eval.outputs import read_frame
     from sciqa.train import teacher
 
     all_train = load_problems("sample", "train", keep_all=True)
@@ -148,7 +149,7 @@ def test_a_torn_record_in_a_teacher_csv_is_skipped_by_line_and_the_rest_kept(cap
     rows = teacher.from_csv(str(path), all_train)
     assert [r.id for r in rows] == [probs[0].id, probs[2].id, probs[3].id]
     assert f"1 damaged record(s) skipped (line {line})" in capsys.readouterr().err
-    assert list(_read(path)["id"]) == [probs[0].id, probs[2].id, probs[3].id]
+    assert list(read_frame(path)["id"]) == [probs[0].id, probs[2].id, probs[3].id]
 
 
 # ---------------------------------------------------------------- 4. secrets
@@ -176,15 +177,13 @@ def test_redaction_covers_userinfo_secret_values_and_log_records(monkeypatch):
 def test_a_key_variable_named_by_the_user_is_redacted_whatever_its_name(monkeypatch):
     from sciqa import config
     from sciqa.backends.openai import OpenAIBackend
+    from sciqa.steps.benchmark import BenchmarkConfig
 
     monkeypatch.setattr(config, "_KEY_VARIABLES", set())
     monkeypatch.setenv("MY_LAB_CREDENTIAL", "lab-credential-0042")
     assert config.redact("sent lab-credential-0042") == "sent lab-credential-0042"  # not a secret-shaped name
-    cfg = type("Cfg", (), {"model": "m", "revision": "", "max_new_tokens": 8, "backend_options": ""})()
-    monkeypatch.setattr(OpenAIBackend, "options", classmethod(lambda cls, c: {
-        "api_base": "http://127.0.0.1:9/v1", "api_key_env": "MY_LAB_CREDENTIAL"}))
-    monkeypatch.setattr(OpenAIBackend, "resume_counters", lambda self: None)
-    OpenAIBackend.from_config(cfg)
+    OpenAIBackend.from_config(BenchmarkConfig(backend="openai", model="m", max_new_tokens=8,
+                                              api_base="http://127.0.0.1:9/v1", api_key_env="MY_LAB_CREDENTIAL"))
     assert config.redact("sent lab-credential-0042") == "sent ***"
 
 
@@ -320,13 +319,13 @@ def test_empty_or_unusable_teacher_csv_touches_no_store(cli, content, tmp_path):
 # ---------------------------------------------------------------- 9. Ctrl-C
 
 def test_ctrl_c_says_where_the_run_stands_exits_130_and_resumes(cli, experiment, tmp_path, monkeypatch):
-    import sciqa.eval.parsing
+    import sciqa.steps.generation
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(sciqa.eval.parsing, "parse_output", interrupt)  # Ctrl-C while the first batch is handled
+        m.setattr(sciqa.steps.generation, "parse_output", interrupt)  # Ctrl-C while the first batch is handled
         proc = cli("benchmark", *TINY, cwd=tmp_path, check=False)
     (run,) = runs_of(experiment)
     assert proc.returncode == 130, proc.stderr[-2000:]

@@ -234,7 +234,7 @@ def _can_switch_user() -> bool:
 def test_no_root_install_without_debian_wordnet_evaluates_all_metrics(tmp_path):
     """The README's cluster install as an unprivileged user, /usr/share/wordnet hidden by an empty
     tmpfs in a mount namespace, WordNet from ~/nltk_data: every metric of a CSV is computed."""
-    from sciqa.eval import metrics
+    from sciqa.eval.wordnet import _copy_wordnet
 
     if subprocess.run(["id", NONROOT], capture_output=True).returncode != 0:
         subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", NONROOT], check=True)
@@ -245,7 +245,7 @@ def test_no_root_install_without_debian_wordnet_evaluates_all_metrics(tmp_path):
         _copy_checkout(home / "sciqa")
         wordnet = home / "nltk_data" / "corpora" / "wordnet"
         wordnet.mkdir(parents=True)
-        metrics._copy_wordnet(wordnet)  # what `python -m nltk.downloader -d ~/nltk_data wordnet` leaves (unzipped)
+        _copy_wordnet(wordnet)  # what `python -m nltk.downloader -d ~/nltk_data wordnet` leaves (unzipped)
         csv, problems = _answers_csv(home)
         pip_conf = Path.home() / ".config" / "pip" / "pip.conf"  # this machine's package index, as the user's own
         if pip_conf.is_file():

@@ -85,7 +85,8 @@ def test_main_two_seeds_arms_are_seed_means_and_golden_trains_on_kds_filtered_pr
         return pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent, artifact_path=f"compare/{name}",
                                                                dst_path=str(tmp_path / name)))
 
-    scores = {(r.data.params["adapter_run"]): r.data.metrics["acc"] for r in kids if r.data.tags["sciqa.step"] == "score"}
+    scores = {r.data.params["adapter_run"]: r.data.metrics["acc"] for r in kids
+              if r.data.tags["sciqa.step"] == "score"}
     by_arm = {kind: [scores[r.info.run_id] for r in trains if r.data.tags["sciqa.teacher"] == t]
               for kind, t in (("golden", "false"), ("kd", "true"))}
     deltas, runs = artifact("comparison.csv"), artifact("runs.csv").set_index("model")
@@ -112,7 +113,7 @@ def test_a_kd_golden_pair_on_different_problems_is_refused_unless_golden_on_all(
     import mlflow
 
     from sciqa.errors import SciqaError
-    from sciqa.steps.compare import check_same_problems
+    from sciqa.steps.report import check_same_problems
 
     def run(digest: str) -> str:
         with mlflow.start_run() as r:

@@ -1,4 +1,4 @@
-"""The GPU memory estimate behind ``--slurm-gpu auto`` (sciqa.slurm.memory, sciqa.slurm.gpu_auto) and the
+"""The GPU memory estimate behind ``--slurm-gpu auto`` (sciqa.slurm.memory) and the
 hf backend's CPU offload: estimates against the measured peak of tiny models on CPU, real models
 from their published configs, the choice of GPU type, the offload's ``from_pretrained`` arguments."""
 from __future__ import annotations
@@ -50,8 +50,8 @@ def _measured(fn, module: torch.nn.Module) -> int:
 
 
 def _batch(name: str):
+    from helpers import encode_prompts
     from sciqa import models
-    from sciqa.backends.hf import encode_prompts
     from sciqa.data import load_problems
     from sciqa.data.prompts import build_prompt
 
@@ -130,7 +130,7 @@ def _published():
 def test_real_models_from_published_configs_pick_the_gpus_that_hold_them():
     from sciqa import slurm
     from sciqa.models import family
-    from sciqa.slurm.gpu_auto import choose
+    from sciqa.slurm.memory import choose
 
     profile = slurm.load_profile("bwunicluster")
     idle = {"v100": 8, "v100-dev": 0, "a100": 2, "h100": 1}

@@ -10,7 +10,7 @@ from nltk.translate.meteor_score import meteor_score
 from rouge_score.rouge_scorer import RougeScorer
 
 from sciqa.errors import SciqaError
-from sciqa.eval import metrics
+from sciqa.eval import embeddings, metrics, wordnet
 
 PREDICTIONS = [
     "the cat sat",  # BLEU-1 = 1 * brevity penalty; ROUGE-L = 2/3 by hand
@@ -71,7 +71,7 @@ def test_meteor_matches_nltk_on_whitespace_tokens(scored):
 
 
 def test_meteor_gives_wordnet_synonym_credit():
-    metrics.ensure_wordnet()
+    wordnet.ensure_wordnet()
 
     class NoWordNet:
         def synsets(self, word):
@@ -86,7 +86,7 @@ def test_meteor_gives_wordnet_synonym_credit():
 
 
 def test_cosine_matches_row_by_row_encoding(scored):
-    model = metrics._embedder()
+    model = embeddings.model()
     for i, (p, r) in enumerate(zip(PREDICTIONS, REFERENCES)):
         a, b = model.encode([p, r], normalize_embeddings=True)
         assert scored.cosine[i] == pytest.approx(float(np.dot(a, b)), abs=1e-5)
@@ -102,12 +102,12 @@ def test_cosine_encodes_each_text_once_per_process(monkeypatch):
             calls.append(list(texts))
             return np.array([[1.0, 0.0] if "cat" in t else [0.6, 0.8] for t in texts])
 
-    monkeypatch.setattr(metrics, "_embedder", lambda: FakeModel())
-    monkeypatch.setattr(metrics, "_VECTORS", {})
-    assert metrics._cosine(["a cat", "a dog"], ["the cat", "the cat"]) == pytest.approx([1.0, 0.6])
-    assert metrics._cosine(["a dog", "a cow"], ["the cat", "a cat"]) == pytest.approx([0.6, 0.6])
+    monkeypatch.setattr(embeddings, "model", lambda: FakeModel())
+    monkeypatch.setattr(embeddings, "_VECTORS", {})
+    assert embeddings.cosine(["a cat", "a dog"], ["the cat", "the cat"]) == pytest.approx([1.0, 0.6])
+    assert embeddings.cosine(["a dog", "a cow"], ["the cat", "a cat"]) == pytest.approx([0.6, 0.6])
     assert calls == [["a cat", "a dog", "the cat"], ["a cow"]]
-    assert metrics._cosine([], []) == []
+    assert embeddings.cosine([], []) == []
 
 
 def test_summary_averaging_rules_and_overall_formula():
@@ -136,21 +136,21 @@ def test_explanation_scores_rejects_unequal_lengths():
 
 
 def test_wordnet_is_laid_out_for_nltk():
-    path = metrics.ensure_wordnet()
-    assert path == metrics.ensure_wordnet()  # idempotent
+    path = wordnet.ensure_wordnet()
+    assert path == wordnet.ensure_wordnet()  # idempotent
     lines = (path / "lexnames").read_text().splitlines()
     assert len(lines) == 45
     assert lines[5] == "05\tnoun.animal\t1" and lines[44] == "44\tadj.ppl\t3"
-    from nltk.corpus import wordnet
+    from nltk.corpus import wordnet as nltk_wordnet
 
-    assert "dog.n.01" in [s.name() for s in wordnet.synsets("dog")]
+    assert "dog.n.01" in [s.name() for s in nltk_wordnet.synsets("dog")]
 
 
 def test_missing_debian_wordnet_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("SCIQA_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(metrics, "_DEBIAN_WORDNET", tmp_path / "nowhere")
+    monkeypatch.setattr(wordnet, "_DEBIAN_WORDNET", tmp_path / "nowhere")
     with pytest.raises(SciqaError, match="apt-get install wordnet-base"):
-        metrics.ensure_wordnet()
+        wordnet.ensure_wordnet()
 
 
 def _frame():
@@ -194,6 +194,8 @@ def test_metric_table_names_exactly_what_is_logged(scored):
     assert all(metrics.BY_NAME[n].scale == "points" for n in metrics.accuracy_breakdown(_frame()))
     assert {metrics.BY_NAME[n].scale for n in metrics.EXPLANATION} == {"unit"}
     assert len(set(metrics.LABELS.values())) == len(metrics.METRICS)
+    groups = metrics.accuracy_groups(_frame())  # the one definition stats' per-group rows also use
+    assert set(groups) == set(metrics.names("accuracy")) and all(metrics.BY_NAME[n].where for n in groups)
 
 
 def test_accuracy_breakdown_omits_empty_groups():
@@ -217,80 +219,3 @@ def test_topic_accuracy_table():
         "civics": (1, 0.0),
     }
     assert list(table.topic[:3]) == ["geography", "grammar", "physics"]  # largest first, then by name
-
-
-# --------------------------------------------------------------------------- embedding cache and runtimes
-
-
-class _CountingEncoder:
-    """A stand-in encoder with a disk store: records what it is asked to encode."""
-
-    def __init__(self):
-        self.calls = []
-        self.sciqa_store = metrics.VectorStore("fake-model", 2)
-
-    def encode(self, texts, **kwargs):
-        self.calls.append(list(texts))
-        return np.array([[1.0, 0.0] if "cat" in t else [0.6, 0.8] for t in texts], dtype=np.float32)
-
-
-def test_reference_vectors_are_read_from_disk_by_the_next_process(monkeypatch, tmp_path):
-    monkeypatch.setenv("SCIQA_CACHE", str(tmp_path))
-    encoder = _CountingEncoder()
-    monkeypatch.setattr(metrics, "_embedder", lambda: encoder)
-    monkeypatch.setattr(metrics, "_VECTORS", {})
-    assert metrics._cosine(["a cat", "a dog"], ["the cat", "a dog"]) == pytest.approx([1.0, 1.0])
-    assert encoder.calls == [["a cat", "a dog", "the cat"]]
-    stored = sorted(p.name for p in (tmp_path / "embeddings" / "vectors" / "fake-model").rglob("*.f32"))
-    assert len(stored) == 2  # the references only: "the cat" and "a dog" (also a prediction)
-    metrics._VECTORS.clear()  # a new process: nothing in memory
-    assert metrics._cosine(["a cow", "a dog"], ["the cat", "a dog"]) == pytest.approx([0.6, 1.0])
-    assert encoder.calls[1:] == [["a cow"]]  # "a dog" is a reference: read from disk, like "the cat"
-    assert not list(tmp_path.rglob(".tmp-*"))  # temp files were renamed into place
-
-
-def test_vector_store_treats_a_torn_file_as_a_miss_and_replaces_it(monkeypatch, tmp_path):
-    monkeypatch.setenv("SCIQA_CACHE", str(tmp_path))
-    store = metrics.VectorStore("m", 3)
-    path = store.path("text")
-    path.parent.mkdir(parents=True)
-    path.write_bytes(b"\0" * 5)  # not 3 float32: a file some other writer left half-written
-    assert store.load(["text", "other"]) == {}
-    store.save({"text": np.array([0.5, 0.25, 1.0])})
-    assert store.load(["text"])["text"].tolist() == [0.5, 0.25, 1.0]
-
-
-def test_concurrent_writers_leave_whole_vectors(monkeypatch, tmp_path):
-    import threading
-
-    monkeypatch.setenv("SCIQA_CACHE", str(tmp_path))
-    store = metrics.VectorStore("m", 384)
-    vectors = {f"text {i}": np.full(384, i, dtype=np.float32) for i in range(50)}
-    threads = [threading.Thread(target=store.save, args=(vectors,)) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    loaded = store.load(list(vectors))
-    assert len(loaded) == 50 and all(np.array_equal(loaded[k], v) for k, v in vectors.items())
-
-
-def test_onnx_runtime_matches_torch_and_is_exported_once_per_model_digest():
-    torch_model = metrics._load_embedder("torch")
-    onnx_model = metrics._load_embedder("onnx")
-    assert isinstance(onnx_model, metrics.OnnxEncoder)
-    texts = [t for t in PREDICTIONS + REFERENCES]
-    ours = onnx_model.encode(texts, batch_size=4, normalize_embeddings=True)
-    reference = torch_model.encode(texts, batch_size=4, normalize_embeddings=True, convert_to_numpy=True)
-    assert np.abs(ours - reference).max() < 1e-5  # well inside the 0.005 allowed on a cosine
-    exported = list((metrics._embedding_cache() / "onnx").iterdir())
-    assert len(exported) == 1 and exported[0].name.startswith(metrics._model_digest())
-    assert metrics._exported_model() == exported[0]  # found, not exported again
-    # each runtime keeps its own vectors: the cosine a run logs never mixes the two
-    assert onnx_model.sciqa_store.name != torch_model.sciqa_store.name
-
-
-def test_unknown_embedding_backend_is_one_line(monkeypatch):
-    monkeypatch.setenv("SCIQA_EMBEDDING_BACKEND", "tpu")
-    with pytest.raises(SciqaError, match="accepted are auto, onnx and torch"):
-        metrics._embedder()

@@ -230,11 +230,9 @@ def test_empty_and_torn_header_files_are_empty(tmp_path):
 
 
 def test_long_records_are_kept(tmp_path):
-    """A field over csv's default 128 KiB limit, or a record over the resync look-ahead in lines."""
-    from sciqa.eval import outputs
-
+    """A field over csv's default 128 KiB limit, or a record of thousands of lines."""
     big = _rich_row(21) | {"raw_output": "x" * 300_000}
-    tall = _rich_row(22) | {"raw_output": "\n" * (3 * outputs.RESYNC_LOOKAHEAD_LINES)}
+    tall = _rich_row(22) | {"raw_output": "\n" * 3000}
     path = tmp_path / "o.csv"
     OutputsCSV(path).append([_rich_row(1), big, tall, _rich_row(2)])
     limit = csv.field_size_limit()
@@ -243,30 +241,24 @@ def test_long_records_are_kept(tmp_path):
     assert csv.field_size_limit() == limit
 
 
-def test_resync_lookahead_bound(tmp_path, records, monkeypatch):
-    """After damage, a record may span at most max(bound, 2 x the longest so far) lines; in sequence, any."""
-    from sciqa.eval import outputs
-
-    monkeypatch.setattr(outputs, "RESYNC_LOOKAHEAD_LINES", 30)
+def test_tall_record_right_after_damage_is_kept(tmp_path, records):
+    """A record of many lines is kept in sequence and right after damage alike."""
     tall = _rich_row(6) | {"raw_output": "line\n" * 60}
     buf = io.StringIO()
     csv.DictWriter(buf, fieldnames=COLUMNS).writerow(tall)
     parts = list(records.values())
     parts[5] = buf.getvalue().encode()
     _, out = _open(tmp_path, parts)
-    assert out.done == set(_without()) and out.dropped == 0  # in sequence: kept
+    assert out.done == set(_without()) and out.dropped == 0
     parts[4] += b"\x00garbage\r\n"  # now record 6 (61+ lines) comes right after damage
     path, out = _open(tmp_path, parts)
-    assert out.dropped == 1 and _ids(path) == _without(6)
+    assert out.dropped == 1 and _ids(path) == _without()
 
 
-def test_pathological_damage_is_not_quadratic(tmp_path, records, monkeypatch):
+def test_pathological_damage_is_not_quadratic(tmp_path, records):
     """Each line after damage opens a quoted field that runs to the end: unbounded, 10^8 steps."""
     import time
 
-    from sciqa.eval import outputs
-
-    monkeypatch.setattr(outputs, "RESYNC_LOOKAHEAD_LINES", 20)
     parts = list(records.values())
     parts[9] += b'\x00"garbage\r\na,"x\r\n' + b'b",c,"y\r\n' * 20_000 + b'z"\r\n'  # after record 10
     t0 = time.perf_counter()

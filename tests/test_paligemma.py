@@ -8,12 +8,13 @@ import pytest
 import torch
 from test_adapters import with_completion
 
+from helpers import collate
 from sciqa import models
 from sciqa.adapters import attach
 from sciqa.backends.hf import HFBackend, answer_prefix, encode_texts
 from sciqa.data import load_problems
 from sciqa.data.prompts import build_prompt, target_json
-from sciqa.train.collate import IGNORE, Example, collate, token_loss_sum
+from sciqa.train.collate import IGNORE, Example, token_loss_sum
 
 MODEL = "tiny-paligemma"
 

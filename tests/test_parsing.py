@@ -252,7 +252,7 @@ def test_every_rule_has_a_case():
 
 def test_rule_counts_lists_every_rule():
     parsed = [parse_output(raw, choices) for raw, choices, _ in RULE_CASES] + [parse_output("1", FIG)]
-    counts = rule_counts(parsed)
+    counts = rule_counts(p.rule for p in parsed)
     assert list(counts) == [*RULES, UNMAPPED]
     assert counts == {**dict.fromkeys(RULES, 1), "number": 2, UNMAPPED: 1}
     assert rule_counts([]) == dict.fromkeys((*RULES, UNMAPPED), 0)

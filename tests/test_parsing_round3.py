@@ -102,9 +102,8 @@ def test_a_label_and_a_text_that_disagree_are_a_conflict(raw, pid):
 
 def test_conflicts_are_counted_apart_from_other_unmapped_answers():
     parsed = [parse_output(raw, choices(pid)) for raw, pid in CONFLICTS] + [parse_output("simile", choices("104"))]
-    counts = rule_counts(parsed)
+    counts = rule_counts(p.rule for p in parsed)
     assert (counts[CONFLICT], counts[UNMAPPED]) == (len(CONFLICTS), 1)
-    assert rule_counts([p.rule for p in parsed]) == counts  # the rule names alone count the same
 
 
 def test_choice_key_value_is_the_explanation_and_the_key_the_answer():

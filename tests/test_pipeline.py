@@ -6,7 +6,8 @@ import pytest
 from helpers import invoke_cli, run_cli
 
 SMALL = ["main", "--variants", "pkv", "--limit", "6", "--eval-limit", "4", "--epochs", "1", "--max-new-tokens", "4",
-         "--prefix-len", "2", "--train-batch-size", "3", "--batch-size", "4", "--teacher-max-new-tokens", "64"]
+         "--prefix-len", "2", "--train-batch-size", "3", "--batch-size", "4", "--teacher-max-new-tokens", "64",
+         "--choice-score", "mean"]
 
 
 def _children(experiment, parent_id):
@@ -81,6 +82,23 @@ def test_main_again_reuses_every_step(small_main):
     assert "row/s" not in again.stderr and "batch/s" not in again.stderr  # no generation, no training
     assert _children(experiment, second) == {}
     assert len(mlflow.search_runs([experiment], output_format="list")) == before + 1  # the new parent only
+
+
+def test_standalone_kd_training_reuses_mains_teacher_benchmark(small_main):
+    """One teacher config: after ``main --choice-score mean``, the same KD train-prefix benchmarks nothing."""
+    experiment = small_main["experiment"]
+
+    def benchmarks():
+        return {r.info.run_id for r in mlflow.search_runs([experiment], output_format="list")
+                if r.data.tags.get("sciqa.step") == "benchmark"}
+
+    before = benchmarks()
+    out = invoke_cli("train-prefix", "--variant", "pkv", "--teacher", "true", "--limit", "6", "--val-limit", "4",
+                     "--epochs", "1", "--prefix-len", "2", "--batch-size", "3", "--teacher-max-new-tokens", "64",
+                     "--workdir", str(small_main["cwd"] / "w"), cwd=small_main["cwd"], env=small_main["env"])
+    assert benchmarks() == before and "benchmark: reusing finished run" in out.stdout
+    kd = mlflow.get_run(out.stdout.split("train_prefix run: ")[1].split()[0])
+    assert kd.data.tags["sciqa.teacher"] == "true" and kd.data.tags["sciqa.teacher_run"] in before
 
 
 @pytest.mark.slow  # a third main: two more trainings and scorings

@@ -69,7 +69,6 @@ def test_any_causal_lm_config_without_a_vision_tower_is_the_text_only_family():
 
     assert {models.family_of(c()).name for c in (LlamaConfig, Qwen2Config, MistralConfig)} == {"causal_lm"}
     assert models.family_of(Qwen2VLConfig()).name == "qwen2_vl"
-    assert models.family("causal_lm").uses_images is False
 
 
 def test_a_missing_package_is_one_line_naming_the_install_command(monkeypatch, tmp_path):
@@ -144,20 +143,20 @@ def test_golden_training_lowers_loss_changes_answers_and_reloads_from_mlflow(lm,
     from sciqa.adapters import load_adapter
     from sciqa.steps.score import ScoreConfig, score
     from sciqa.steps.train import TrainConfig, train
-    from sciqa.train.collate import Example
-    from sciqa.train.loop import LoopConfig, encode, evaluate_loss
+    from sciqa.train.collate import Example, encode_examples
+    from sciqa.train.loop import LoopConfig, evaluate_loss
 
     problems = load_problems("sample", "train", limit=4)
     examples = [Example(p, build_prompt(p, "QTCH"), target_json(p.answer_text, p.solution)) for p in problems]
     loop = LoopConfig(batch_size=4, max_length=200)
-    before_loss = evaluate_loss(lm.model, lm, encode(lm, examples, loop), loop)
+    before_loss = evaluate_loss(lm.model, lm, encode_examples(lm, examples, loop.max_length), loop)
     before = _generate(lm, problems)
 
     run = train(TrainConfig(model=MODEL, variant="lora", limit=4, val_limit=1, epochs=5, batch_size=1, lr=3e-3,
                             max_length=200, log_every=0, workdir=str(tmp_path)))
     folder = mlflow.artifacts.download_artifacts(run_id=run.run_id, artifact_path="adapter", dst_path=str(tmp_path))
     tuned = load_adapter(models.load(MODEL, dtype="float32", device="cpu"), folder)
-    after_loss = evaluate_loss(tuned.model, tuned, encode(tuned, examples, loop), loop)
+    after_loss = evaluate_loss(tuned.model, tuned, encode_examples(tuned, examples, loop.max_length), loop)
     after = _generate(tuned, problems)
     print(f"loss on the trained examples: {before_loss:.3f} untuned, {after_loss:.3f} after 20 steps")
     assert after_loss < 0.6 * before_loss, (before_loss, after_loss)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import mlflow
 import pytest
 
+from sciqa.errors import SciqaError
+from sciqa.eval import embeddings
 from sciqa.eval.outputs import read_outputs
 from sciqa.steps.benchmark import BenchmarkConfig, benchmark
 from sciqa.steps.score import ScoreConfig, score
@@ -46,16 +48,23 @@ def test_score_adapter_of_another_base_model_is_refused(cli, trained, experiment
     assert len(mlflow.search_runs([experiment], output_format="list")) == before
 
 
-def test_failed_evaluation_fails_the_score_run_and_the_rerun_finishes_it(cli, trained, experiment, tmp_path):
+def _no_embedding_model():
+    raise SciqaError("no embedding model")
+
+
+def test_failed_evaluation_fails_the_score_run_and_the_rerun_finishes_it(cli, trained, experiment, tmp_path,
+                                                                          monkeypatch):
     """Evaluation runs inside the score run: its failure is the run's (FAILED, the reason as a tag,
     one line, exit 2), and the same command resumes that run without generating again."""
     args = ["score", "--adapter-run", trained, "--limit", "3", "--max-new-tokens", "4",
             "--workdir", str(tmp_path / "w")]
-    failed = cli(*args, cwd=tmp_path, check=False, env={"SCIQA_EMBEDDING_BACKEND": "bogus"})
+    with monkeypatch.context() as patch:
+        patch.setattr(embeddings, "model", _no_embedding_model)
+        failed = cli(*args, cwd=tmp_path, check=False)
     errors = [ln for ln in failed.stderr.splitlines() if ln.startswith("sciqa: error: ")]
-    assert failed.returncode == 2 and len(errors) == 1 and "SCIQA_EMBEDDING_BACKEND" in errors[0]
+    assert failed.returncode == 2 and len(errors) == 1 and "no embedding model" in errors[0]
     (run,) = [r for r in mlflow.search_runs([experiment], output_format="list") if r.data.tags["sciqa.step"] == "score"]
-    assert run.info.status == "FAILED" and "SCIQA_EMBEDDING_BACKEND" in run.data.tags["sciqa.error"]
+    assert run.info.status == "FAILED" and "no embedding model" in run.data.tags["sciqa.error"]
     assert "acc" not in run.data.metrics
     again = cli(*args, cwd=tmp_path)
     assert f"score run: {run.info.run_id}" in again.stdout and "row/s" not in again.stderr

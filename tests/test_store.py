@@ -7,15 +7,15 @@ import importlib.util
 import socket
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import sqlalchemy
 
 from helpers import assert_one_error
-from sciqa.tracking import store
+from sciqa.tracking import server, store
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCAL_MOUNTS = "/dev/sda1 / ext4 rw 0 0\nproc /proc proc rw 0 0\n"
 
 
 def _load_test():
@@ -45,27 +45,37 @@ def test_sqlite_path(uri, path):
     assert store.sqlite_path(uri) == (Path(path) if path else None)
 
 
-def test_network_filesystem_is_found_by_longest_mount(tmp_path):
-    mounts = f"{LOCAL_MOUNTS}server:/export {tmp_path} nfs4 rw 0 0\n"
-    assert store.filesystem_type(tmp_path / "not-yet" / "mlflow.db", mounts) == "nfs4"
-    assert store.filesystem_type(tmp_path, LOCAL_MOUNTS) == "ext4"
+def _mounts(monkeypatch, *extra: tuple[str, str]) -> None:
+    """The mount table psutil reads, faked: ext4 on /, plus (mount point, type) pairs."""
+    table = [("/", "ext4"), ("/proc", "proc"), *extra]
+    monkeypatch.setattr(store.psutil, "disk_partitions",
+                        lambda all=False: [SimpleNamespace(mountpoint=p, fstype=t) for p, t in table])
+
+
+def test_network_filesystem_is_found_by_longest_mount(tmp_path, monkeypatch):
+    _mounts(monkeypatch)
+    assert store.filesystem_type(tmp_path) == "ext4"
+    _mounts(monkeypatch, (str(tmp_path), "nfs4"))
+    assert store.filesystem_type(tmp_path / "not-yet" / "mlflow.db") == "nfs4"
     spaced = tmp_path / "my runs"
     spaced.mkdir()
-    escaped = str(spaced).replace(" ", "\\040")
-    assert store.filesystem_type(spaced / "mlflow.db", f"{LOCAL_MOUNTS}fs {escaped} fuse.sshfs rw 0 0\n") == "fuse.sshfs"
+    _mounts(monkeypatch, (str(spaced), "nfs4"), (str(spaced), "fuse.sshfs"))  # the later mount over a point wins
+    assert store.filesystem_type(spaced / "mlflow.db") == "fuse.sshfs"
     assert store.is_network_fs("fuse.sshfs") and store.is_network_fs("lustre") and not store.is_network_fs("ext4")
 
 
-def test_load_warning_names_the_reason_and_the_server(tmp_path):
+def test_load_warning_names_the_reason_and_the_server(tmp_path, monkeypatch):
     db = tmp_path / "mlflow.db"
-    nfs = store.load_warning(db, env={}, mounts=f"{LOCAL_MOUNTS}srv:/x {tmp_path} nfs rw 0 0\n")
-    array = store.load_warning(db, env={"SLURM_ARRAY_TASK_ID": "3"}, mounts=LOCAL_MOUNTS)
+    _mounts(monkeypatch, (str(tmp_path), "nfs"))
+    nfs = store.load_warning(db, env={})
+    _mounts(monkeypatch)
+    array = store.load_warning(db, env={"SLURM_ARRAY_TASK_ID": "3"})
     for line in (nfs, array):
         assert line.startswith("sciqa: warning: ") and "\n" not in line
         assert f"sciqa server --host 0.0.0.0 --store {tmp_path}" in line and "MLFLOW_TRACKING_URI=http" in line
     assert "network filesystem (nfs)" in nfs and "Slurm job array" in array
-    assert store.load_warning(db, env={}, mounts=LOCAL_MOUNTS) is None
-    assert store.load_warning(db, env={"SLURM_JOB_ID": "7"}, mounts=LOCAL_MOUNTS) is None  # one job: no crowd
+    assert store.load_warning(db, env={}) is None
+    assert store.load_warning(db, env={"SLURM_JOB_ID": "7"}) is None  # one job: no crowd
 
 
 def test_sqlite_connections_wait_for_locks(tmp_path):
@@ -79,7 +89,7 @@ def test_sqlite_connections_wait_for_locks(tmp_path):
 
 def test_prepare_migrates_under_the_lock_and_warns_once(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
-    monkeypatch.setattr(store, "filesystem_type", lambda path, mounts=None: "ext4")
+    monkeypatch.setattr(store, "filesystem_type", lambda path: "ext4")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     store.prepare(uri)
     store.prepare(uri)
@@ -105,13 +115,13 @@ def test_reading_a_missing_store_creates_nothing(cli, tmp_path):
 # ---------------------------------------------------------------- sciqa server
 
 def test_server_on_every_interface_names_this_machine(tmp_path):
-    cmd = store.server_command(tmp_path, "0.0.0.0", 5000, 1)
+    cmd = server.server_command(tmp_path, "0.0.0.0", 5000, 1)
     allowed = cmd[cmd.index("--allowed-hosts") + 1].split(",")
     assert f"{socket.gethostname()}:5000" in allowed and "127.0.0.1:5000" in allowed
     assert cmd[cmd.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert store.public_url("0.0.0.0", 5000) == f"http://{store.machine_name()}:5000" != "http://localhost:5000"
-    assert store.public_url("127.0.0.1", 5000) == "http://127.0.0.1:5000"
-    assert "--allowed-hosts" not in store.server_command(tmp_path, "127.0.0.1", 5000, 1)
+    assert server.public_url("0.0.0.0", 5000) == f"http://{server.machine_name()}:5000" != "http://localhost:5000"
+    assert server.public_url("127.0.0.1", 5000) == "http://127.0.0.1:5000"
+    assert "--allowed-hosts" not in server.server_command(tmp_path, "127.0.0.1", 5000, 1)
 
 
 def test_server_port_in_use(cli, tmp_path):

@@ -265,9 +265,9 @@ def test_unknown_model_offline_fails_in_seconds(tmp_path):
 
 def test_prerequisites_are_checked_before_work(monkeypatch, tmp_path):
     from sciqa.errors import SciqaError
-    from sciqa.eval import metrics
+    from sciqa.eval import metrics, wordnet
 
-    monkeypatch.setattr(metrics, "_DEBIAN_WORDNET", tmp_path / "nowhere")
+    monkeypatch.setattr(wordnet, "_DEBIAN_WORDNET", tmp_path / "nowhere")
     monkeypatch.setenv("SCIQA_CACHE", str(tmp_path / "cache"))
     with pytest.raises(SciqaError, match="WordNet not found"):
         metrics.check_prerequisites()

@@ -1,23 +1,29 @@
-"""The ``sciqa`` command: one thin command per entry point; options derive from step configs.
+"""The ``sciqa`` command: one thin command per step, its options derived from the step's dataclass config.
 
-Heavy imports (torch, transformers, mlflow) happen inside commands, so ``sciqa --help`` is fast.
+Commands import their step when they run (torch, transformers, mlflow), so ``sciqa --help`` stays fast.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib
+import re
 import sys
 import traceback
 import typing
-from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 
 import click
 
+from sciqa.adapters import variants_of_step
 from sciqa.config import cli_name, redact, redact_logging
 from sciqa.doctor import STEPS
 from sciqa.errors import SciqaError
-from sciqa.slurm.cli import slurm_group, slurm_options
+from sciqa.slurm.cli import STATUS_BY_STEP, slurm_group, slurm_options
 
 CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING, bool: click.BOOL}
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what shells and schedulers expect after Ctrl-C
 
 
 def _help(f: dataclasses.Field) -> str:
@@ -31,27 +37,9 @@ def _help(f: dataclasses.Field) -> str:
     return meta.get("help", "") + (f" [{'; '.join(extra)}]" if extra else "")
 
 
-def config_options(config_cls, exclude: tuple[str, ...] = ()) -> Callable:
-    """Click options from a dataclass config: ``--batch-size`` for ``batch_size``, its help and default.
-    Booleans take an optional value so both ``--force`` and MLproject's ``--force false`` work.
-    ``exclude``: fields this command does not take (they keep their defaults)."""
-    hints = typing.get_type_hints(config_cls)
-
-    def decorate(fn):
-        for f in reversed(dataclasses.fields(config_cls)):
-            if f.name in exclude:
-                continue
-            py = hints[f.name]
-            kw = dict(default=f.default, show_default=True, help=_help(f), type=CLICK_TYPES[py])
-            if py is bool:
-                kw.update(is_flag=False, flag_value=True)
-            fn = click.option(cli_name(f.name), f.name, **kw)(fn)
-        return fn
-
-    return decorate
-
-
-EXIT_INTERRUPTED = 130  # 128 + SIGINT: what shells and schedulers expect after Ctrl-C
+def _load(ref: str):
+    module, attr = ref.split(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def _fail(message: str) -> None:
@@ -113,105 +101,82 @@ def main() -> None:
 
 
 main.add_command(slurm_group)  # sciqa slurm profiles | status RUN_ID
+STATUS_BY_STEP["grid"] = "sciqa.steps.grid:status_lines"  # a grid run's status: one line per cell
 
 
-def _benchmark_config():
-    from sciqa.steps.benchmark import BenchmarkConfig
+def config_command(name: str, config: str, check: str = "", exclude: tuple[str, ...] = ()):
+    """A command whose options are the fields of ``config`` ("module:Class", torch-free) but ``exclude``, and
+    whose function gets the config; ``check`` ("module:function"): also --slurm-* options, checked before
+    submitting. Booleans take a value, so both ``--force`` and MLproject's ``--force false`` work."""
+    cls = _load(config)
+    hints = typing.get_type_hints(cls)
 
-    return BenchmarkConfig
+    def decorate(fn):
+        @functools.wraps(fn)
+        def command(**kwargs):
+            fn(cls(**kwargs))
+
+        if check:
+            command = slurm_options(name.replace("-", "_"), cls, check)(command)
+        for f in reversed(dataclasses.fields(cls)):
+            if f.name not in exclude:
+                flag = {"is_flag": False, "flag_value": True} if hints[f.name] is bool else {}
+                command = click.option(cli_name(f.name), f.name, default=f.default, show_default=True, help=_help(f),
+                                       type=CLICK_TYPES[hints[f.name]], **flag)(command)
+        return main.command(name)(command)
+
+    return decorate
 
 
-@main.command()
-@config_options(_benchmark_config())
-@slurm_options("benchmark", _benchmark_config(), "sciqa.steps.benchmark:check")
-def benchmark(**kwargs) -> None:
+@config_command("benchmark", "sciqa.steps.benchmark:BenchmarkConfig", "sciqa.steps.benchmark:check")
+def benchmark(cfg) -> None:
     """Benchmark a model on one split and setting; writes outputs/<split>_<setting>.csv."""
-    from sciqa.steps.benchmark import BenchmarkConfig
-    from sciqa.steps.benchmark import benchmark as run_benchmark
+    from sciqa.steps.benchmark import benchmark as run
 
-    run = run_benchmark(BenchmarkConfig(**kwargs))
-    click.echo(f"benchmark run: {run.run_id}")
+    click.echo(f"benchmark run: {run(cfg).run_id}")
 
 
-def _main_config():
-    from sciqa.steps.pipeline import MainConfig
-
-    return MainConfig
-
-
-@main.command("main")
-@config_options(_main_config())
-@slurm_options("main", _main_config(), "sciqa.steps.pipeline:check")
-def main_cmd(**kwargs) -> None:
+@config_command("main", "sciqa.steps.pipeline:MainConfig", "sciqa.steps.pipeline:check")
+def main_cmd(cfg) -> None:
     """The whole experiment as one parent MLflow run with nested child runs."""
-    from sciqa.steps.pipeline import MainConfig
     from sciqa.steps.pipeline import main as run_main
-    from sciqa.tracking import runs as tracking
+    from sciqa.tracking.store import tracking_uri
 
-    run_id = run_main(MainConfig(**kwargs))
-    uri = tracking.tracking_uri()
+    run_id, uri = run_main(cfg), tracking_uri()
     where = f"open {uri}" if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
     click.echo(f"main run: {run_id}\nlook at it: {where}")
 
 
-def _train_config():
-    from sciqa.steps.train import TrainConfig
-
-    return TrainConfig
+TRAIN = "sciqa.steps.train:TrainConfig"
 
 
-def _run_training(step: str, kwargs: dict) -> None:
-    """Train; a stop signal saves a checkpoint and exits 75 (sciqa.slurm.job), the same command resumes."""
-    from sciqa.steps.train import TrainConfig, train
-
-    run = train(TrainConfig(**kwargs), step=step)
-    click.echo(f"{step} run: {run.run_id}")
+def _other_options(step: str) -> tuple[str, ...]:
+    """The other training command's options: train-lora has no --prefix-len, train-prefix no --lora-r."""
+    return tuple(f for name, names in _load("sciqa.steps.train:STEP_FIELDS").items() if name != step for f in names)
 
 
-def _only(step: str) -> tuple[str, ...]:
-    from sciqa.steps.train import STEP_FIELDS
+@config_command("train-prefix", TRAIN, "sciqa.steps.train:check_prefix", _other_options("train_prefix"))
+def train_prefix(cfg) -> None:
+    """Train a prefix adapter (--variant) on golden or teacher (KD) targets."""
+    from sciqa.steps.train import train
 
-    return tuple(f for other, fields in STEP_FIELDS.items() if other != step for f in fields)
-
-
-@main.command("train-prefix")
-@config_options(_train_config(), exclude=_only("train_prefix"))
-@slurm_options("train_prefix", _train_config(), "sciqa.steps.train:check_prefix")
-def train_prefix(**kwargs) -> None:
-    """Train a prefix adapter (--variant pkv or peft) on golden or teacher (KD) targets."""
-    from sciqa.adapters import variants_of_step
-
-    if kwargs["variant"] not in variants_of_step("train_prefix"):
-        raise SciqaError(f"unknown prefix variant '{kwargs['variant']}'; accepted: "
-                         f"{', '.join(variants_of_step('train_prefix'))} (LoRA: train-lora)")
-    _run_training("train_prefix", kwargs)
+    click.echo(f"train_prefix run: {train(cfg, step='train_prefix').run_id}")
 
 
-@main.command("train-lora")
-@config_options(_train_config(), exclude=_only("train_lora"))
-@slurm_options("train_lora", _train_config(), "sciqa.steps.train:check_lora")
-def train_lora(**kwargs) -> None:
+@config_command("train-lora", TRAIN, "sciqa.steps.train:check_lora", _other_options("train_lora"))
+def train_lora(cfg) -> None:
     """Train a LoRA adapter on golden or teacher (KD) targets."""
-    from sciqa.adapters import variants_of_step
+    from sciqa.steps.train import train
 
-    _run_training("train_lora", {**kwargs, "variant": variants_of_step("train_lora")[0]})
-
-
-def _score_config():
-    from sciqa.steps.score import ScoreConfig
-
-    return ScoreConfig
+    click.echo(f"train_lora run: {train(replace(cfg, variant=variants_of_step('train_lora')[0])).run_id}")
 
 
-@main.command("score")
-@config_options(_score_config())
-@slurm_options("score", _score_config(), "sciqa.steps.score:check")
-def score_cmd(**kwargs) -> None:
+@config_command("score", "sciqa.steps.score:ScoreConfig", "sciqa.steps.score:check")
+def score_cmd(cfg) -> None:
     """Generate for a split with the base model plus a trained adapter (same CSV as benchmark)."""
-    from sciqa.steps.score import ScoreConfig, score
+    from sciqa.steps.score import score
 
-    run = score(ScoreConfig(**kwargs))
-    click.echo(f"score run: {run.run_id}")
+    click.echo(f"score run: {score(cfg).run_id}")
 
 
 @main.command("grid", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -241,24 +206,16 @@ def grid_cmd(ctx, step: str, spec: str, collect: str, slurm_gpu: str, slurm_prof
     """
     from sciqa.steps import grid as grid_step
 
-    click.echo(grid_step.command(step, spec, ctx.args, collect=collect, gpu=slurm_gpu, profile=slurm_profile,
-                                 time_limit=slurm_time, max_running=max_running))
+    click.echo(grid_step.command(main.commands, step, spec, ctx.args, collect=collect, gpu=slurm_gpu,
+                                 profile=slurm_profile, time_limit=slurm_time, max_running=max_running))
 
 
-def _evaluate_config():
-    from sciqa.steps.evaluate import EvaluateConfig
-
-    return EvaluateConfig
-
-
-@main.command()
-@config_options(_evaluate_config())
-def evaluate(**kwargs) -> None:
+@config_command("evaluate", "sciqa.steps.evaluate:EvaluateConfig")
+def evaluate(cfg) -> None:
     """Accuracy breakdowns and explanation metrics (BLEU, ROUGE-L, METEOR, cosine) of outputs."""
-    from sciqa.steps.evaluate import EvaluateConfig
-    from sciqa.steps.evaluate import evaluate as run_evaluate
+    from sciqa.steps.evaluate import evaluate as run
 
-    click.echo(f"evaluate run: {run_evaluate(EvaluateConfig(**kwargs))}")
+    click.echo(f"evaluate run: {run(cfg)}")
 
 
 @main.command("compare")
@@ -273,8 +230,6 @@ def compare_cmd(run_ids: tuple[str, ...], runs: str, baseline: str, by_group: bo
     run id, or the comma-joined ids of its seed runs (sciqa compare A1,A2,A3 B1,B2,B3): seeds are
     replicates. Each arm's accuracy vs the baseline is a primary test (Holm-adjusted), with 95 %
     intervals that cover problems and seeds, on the problems all runs share."""
-    import re
-
     from sciqa.steps.compare import compare_command
 
     ids = [*run_ids, *(r for r in re.split(r"[;\s]+", runs) if r)]
@@ -297,8 +252,6 @@ def prefetch(model: str, dataset: str, dest: str, revision: str, verify: bool) -
     then run with HF_HUB_OFFLINE=1 and the same --model/--dataset; with --dest, pass the printed
     folders as --model/--dataset.
     """
-    from pathlib import Path
-
     from sciqa import prefetch as pf
 
     if not model and not dataset:
@@ -338,10 +291,8 @@ def doctor(step: str, slurm: bool) -> None:
 @click.option("--children", is_flag=True, help="also the child runs (a main run's steps)")
 def download(run_id: str, dest: str, children: bool) -> None:
     """Download a run's outputs, metrics, plots and comparison (like `mlflow artifacts download`)."""
-    from sciqa.tracking import runs as tracking
-    from sciqa.tracking.download import download as fetch
+    from sciqa.tracking.artifacts import download as fetch
 
-    tracking.connect()
     for path in fetch(run_id, dest, children):
         click.echo(str(path))
 
@@ -359,6 +310,6 @@ def server(port: int, host: str, store: str, workers: int) -> None:
     For many jobs at once (a Slurm array, several terminals): they log to it over HTTP instead of
     sharing one sqlite file. Prints the `export MLFLOW_TRACKING_URI=...` line to use in the jobs.
     """
-    from sciqa.tracking.store import serve
+    from sciqa.tracking.server import serve
 
     sys.exit(serve(store, host, port, workers))

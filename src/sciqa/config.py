@@ -1,17 +1,16 @@
-"""Step configs as dataclasses: one declaration per option gives its default, help, range and role.
+"""Step configs as dataclasses (one declaration per option: default, help, range, role) and secret redaction.
 
-Every field is either part of the step's *identity* (what the result depends on: the cache key
-and the params compared on resume) or *operational* (how the work is carried out: batch size,
-concurrency, work folder; logged as a param, but changing it resumes instead of starting over).
-No field is a secret: keys and tokens come from the environment and are never config values.
-Values that may carry credentials (a URL with ``user:pass@``) are redacted before logging.
+A field is *identity* (keys the result) or *operational* (batch size, workdir: logged, but a change resumes).
+No field is a secret: keys come from the environment; URLs with ``user:pass@`` are redacted before logging.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import re
+from contextlib import suppress
 from dataclasses import field
 from typing import Any
 
@@ -19,9 +18,8 @@ from sciqa.errors import SciqaError
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # models.base.DTYPES plus auto (no torch import here)
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
-# Environment variables whose values are secrets (HF_TOKEN, OPENAI_API_KEY, MLFLOW_TRACKING_PASSWORD,
-# MLFLOW_TRACKING_TOKEN, AWS_SECRET_ACCESS_KEY, ...): their values are redacted wherever they appear.
-_SECRET_NAME = re.compile(r"(^|_)(TOKEN|KEY|PASSWORD|PASS|SECRET)$")
+# Variables whose values are secrets (HF_TOKEN, OPENAI_API_KEY, MLFLOW_TRACKING_PASSWORD, ...): redacted everywhere.
+_SECRET_NAME = re.compile(r"(^|_)(TOKEN|KEY|PASSWORD|PASS|SECRET)$|_USERNAME$")  # USERNAME: basic auth's half
 _AUTH_HEADER = re.compile(r"\b(Basic|Bearer|Token)\s+[A-Za-z0-9._~+/=-]{6,}")  # an API echoing the header
 _SHORTEST_SECRET = 6  # shorter values ("1", "true") are settings, and redacting them would garble text
 
@@ -45,36 +43,34 @@ def treat_as_secret(variable: str) -> None:
     _KEY_VARIABLES.add(variable)
 
 
-def secret_values(env=os.environ) -> list[str]:
-    """The values of the secret-named environment variables, longest first (a key inside a longer one)."""
-    found = {v for k, v in env.items()
-             if (_SECRET_NAME.search(k.upper()) or k in _KEY_VARIABLES) and len(v) >= _SHORTEST_SECRET}
-    return sorted(found, key=len, reverse=True)
+def is_secret_name(name: str) -> bool:
+    """A variable holding a credential: its value is redacted and never written into a Slurm job file."""
+    return bool(_SECRET_NAME.search(name.upper())) or name in _KEY_VARIABLES
+
+
+def has_userinfo(value: str) -> bool:
+    """A URL with credentials in it (``https://user:pass@host``)."""
+    return _USERINFO.search(value) is not None
 
 
 def redact(value: str) -> str:
-    """The one redaction, for params, tags, errors and log lines: ``https://user:pass@host/v1`` ->
-    ``https://***@host/v1``, the value of any secret environment variable and an ``Authorization``
-    header's credentials (``Basic`` is the URL's user:pass in base64) -> ``***``."""
-    for secret in secret_values():
+    """The one redaction (params, tags, errors, logs): URL userinfo, secret variables' values, auth headers."""
+    found = {v for k, v in os.environ.items() if is_secret_name(k) and len(v) >= _SHORTEST_SECRET}
+    for secret in sorted(found, key=len, reverse=True):  # a key inside a longer one
         value = value.replace(secret, "***")
     return _AUTH_HEADER.sub(r"\1 ***", _USERINFO.sub(r"\g<scheme>***@", value))
 
 
 def redact_logging() -> None:
     """Every log record (MLflow's, urllib3's: they name URLs) goes through :func:`redact`. Idempotent."""
-    import logging
-
     make = logging.getLogRecordFactory()
     if getattr(make, "redacts", False):
         return
 
     def factory(*args, **kwargs) -> logging.LogRecord:
         record = make(*args, **kwargs)
-        try:
+        with suppress(Exception):  # a malformed record: logging reports it when it is emitted
             record.msg, record.args = redact(record.getMessage()), ()
-        except Exception:  # noqa: BLE001 - a malformed record: logging reports it when it is emitted
-            pass
         return record
 
     factory.redacts = True  # type: ignore[attr-defined]

@@ -1,11 +1,7 @@
 """``sciqa doctor``: what this machine has for sciqa, in one short table, and which steps it blocks.
 
-    sciqa doctor                  # every check; exit 2 when something a step needs is missing
-    sciqa doctor --step evaluate  # only what evaluate needs decides the exit code
-    sciqa doctor --slurm          # also the Slurm profile and whether sbatch/sinfo answer
-
-Slurm submission runs :func:`require` for its step before queueing, so a job never waits hours in
-the queue to fail on a missing prerequisite. Every check is cheap: nothing is loaded or created.
+Slurm submission runs :func:`require` for its step before queueing, so a job never waits hours in the queue to
+fail on a missing prerequisite. Every check is cheap: nothing is loaded or created (the cli imports this module).
 """
 from __future__ import annotations
 
@@ -16,7 +12,9 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sciqa.config import redact
 from sciqa.errors import SciqaError
+from sciqa.files import cache_root
 
 MODEL_STEPS = ("main", "benchmark", "train_prefix", "train_lora", "score")
 STEPS = (*MODEL_STEPS, "evaluate")
@@ -52,10 +50,10 @@ def _cuda() -> Finding:
 
 
 def _wordnet() -> Finding:
-    from sciqa.eval.metrics import _NO_WORDNET, wordnet_source
+    from sciqa.eval.wordnet import NO_WORDNET, wordnet_source
 
     found = wordnet_source()
-    return Finding("WordNet", f"{found[0]}: {found[1]}") if found else Finding("WordNet", _NO_WORDNET, False)
+    return Finding("WordNet", f"{found[0]}: {found[1]}") if found else Finding("WordNet", NO_WORDNET, False)
 
 
 def _minilm() -> Finding:
@@ -68,24 +66,16 @@ def _minilm() -> Finding:
 
 
 def _tracking() -> Finding:
-    from sciqa.config import redact
-    from sciqa.tracking import runs as tracking
+    from sciqa.tracking import store
 
-    uri = tracking.tracking_uri()
+    uri = store.tracking_uri()
     backend = uri.split("://", 1)[0] if "://" in uri else "file"
     try:
-        tracking.check_uri(uri)
+        store.check_uri(uri)  # a server must answer
     except SciqaError as exc:
         return Finding("tracking", str(exc), False)
-    if backend in ("http", "https"):
-        import requests
-
-        try:
-            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
-        except requests.RequestException as exc:
-            return Finding("tracking", f"{redact(uri)} ({backend}): not reachable ({type(exc).__name__})", False)
-        return Finding("tracking", f"{redact(uri)} ({backend}): reachable")
-    state = "exists" if tracking.store_exists() else "created on first run"
+    state = "reachable" if backend in ("http", "https") else \
+        "exists" if store.store_exists() else "created on first run"
     return Finding("tracking", f"{redact(uri)} ({backend}, {state})")
 
 
@@ -118,8 +108,6 @@ def _offline() -> Finding:
 
 
 def _cache() -> Finding:
-    from sciqa.files import cache_root
-
     root = cache_root()
     existing = next(p for p in (root, *root.parents) if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):

@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 
@@ -15,20 +15,19 @@ def cache_root() -> Path:
     return Path(os.environ.get("SCIQA_CACHE") or Path.home() / ".cache" / "sciqa")
 
 
-def build_folder(target: Path, build: Callable[[Path], None], marker: str) -> Path:
-    """``target``, built once: ``build(staging)`` fills a temp folder beside it, which is renamed into
-    place, so a crash never leaves a partial folder where ``target/marker`` says a complete one is.
-    Concurrent builders race to the rename; the winner's copy is kept, and any other failure raises."""
-    if (target / marker).is_file():
+def build_folder(target: Path, build: Callable[[Path], Path | None], marker: str = "") -> Path:
+    """``target``, built once: ``build(staging)`` fills a temp folder beside it (or returns the file or folder in
+    it to use), renamed into place; a crash leaves nothing half-made, and a concurrent builder's copy wins."""
+    if (target / marker).exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     try:
-        build(staging)
+        made = build(staging) or staging
         try:
-            staging.rename(target)
+            made.rename(target)
         except OSError:
-            if not (target / marker).is_file():
+            if not (target / marker).exists():
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -36,7 +35,7 @@ def build_folder(target: Path, build: Callable[[Path], None], marker: str) -> Pa
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write a temp file beside ``path``, fsync it and rename it over ``path``: readers see old or new, never half."""
+    """Write a temp file beside ``path``, fsync it, rename it over ``path``: readers see old or new, never half."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -61,9 +60,20 @@ def tree_digest(root: Path) -> str:
 
 @lru_cache(maxsize=1)
 def source_digest() -> str:
-    """Digest of sciqa's own source: an edit (committed or not, in a checkout or an installed
-    wheel) changes every step's key."""
+    """Digest of sciqa's own source: any edit, committed or not, changes every step's key."""
     return tree_digest(Path(__file__).parent)
+
+
+@cache
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's content, hashed once per process while its size and mtime stay."""
+    stat = Path(path).stat()
+    return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 def digest(*parts) -> str:

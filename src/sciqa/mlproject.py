@@ -1,13 +1,13 @@
-"""MLproject, generated from the step configs so its parameters, types and defaults never drift
-from ``sciqa <step> --help`` (a test checks the committed file is current).
+"""MLproject, generated from the commands' options (the step configs) so it never drifts from ``sciqa <step>
+--help`` (a test checks the committed file is current).
 
     python -m sciqa.mlproject > MLproject
 """
 from __future__ import annotations
 
-import dataclasses
-import importlib
-import typing
+import yaml
+
+from sciqa.cli import main
 
 HEADER = """\
 name: sciqa
@@ -19,57 +19,35 @@ conda_env: conda.yaml
 
 entry_points:
 """
-# entry point -> (command, "module:Config", fields the command does not take, Slurm options?)
-ENTRY_POINTS = {
-    "main": ("main", "sciqa.steps.pipeline:MainConfig", (), True),
-    "benchmark": ("benchmark", "sciqa.steps.benchmark:BenchmarkConfig", (), True),
-    "train_prefix": ("train-prefix", "sciqa.steps.train:TrainConfig", (), True),
-    "train_lora": ("train-lora", "sciqa.steps.train:TrainConfig", (), True),
-    "score": ("score", "sciqa.steps.score:ScoreConfig", (), True),
-    "evaluate": ("evaluate", "sciqa.steps.evaluate:EvaluateConfig", (), False),
-}
-SLURM = ("slurm_gpu", "slurm_profile", "slurm_time")
+COMMANDS = ("main", "benchmark", "train-prefix", "train-lora", "score", "evaluate")  # one entry point each
+SLURM = ("slurm_gpu", "slurm_profile", "slurm_time")  # of the command's --slurm-* options, those MLproject passes
+SLURM_COMMENT = '      # Slurm: a GPU type of the profile submits the step as a job in this very run ("" = here)'
 # How every entry point starts: the environment MLflow builds holds the dependencies, not sciqa
 # (a src/ layout is importable only when installed or on the path); MLflow runs commands in the project.
 PYTHON = "PYTHONPATH=$PWD/src:$PYTHONPATH python -m sciqa"
-TYPES = {int: "int", float: "float", str: "string", bool: "string"}
-
-
-def _config(ref: str):
-    module, attr = ref.split(":")
-    return getattr(importlib.import_module(module), attr)
+TYPES = {"integer": "int", "float": "float", "text": "string", "boolean": "string"}  # click type -> MLproject
 
 
 def _yaml(value) -> str:
     if isinstance(value, bool):
         return f'"{str(value).lower()}"'
     if isinstance(value, str):
-        import yaml
-
         plain = value != "" and not any(c in value for c in ",:#{}[]") and yaml.safe_load(value) == value
         return value if plain else f'"{value}"'
     return repr(value)
 
 
-def entry(name: str) -> str:
-    from sciqa.steps.train import STEP_FIELDS
-
-    command, ref, skip, slurm = ENTRY_POINTS[name]
-    cls = _config(ref)
-    if name in ("train_prefix", "train_lora"):
-        skip = (*skip, *(f for step, fields in STEP_FIELDS.items() if step != name for f in fields))
-    hints = typing.get_type_hints(cls)
-    fields = [f for f in dataclasses.fields(cls) if f.name not in skip]
-    lines = [f"  {name}:", "    parameters:"]
-    lines += [f"      {f.name}: {{type: {TYPES[hints[f.name]]}, default: {_yaml(f.default)}}}" for f in fields]
-    names = [f.name for f in fields]
-    if slurm:
-        lines.append('      # Slurm: a GPU type of the profile submits the step as a job in this very run ("" = here)')
-        lines += [f'      {s}: {{type: string, default: ""}}' for s in SLURM]
-        names += list(SLURM)
-    args = [f"--{n.replace('_', '-')} {{{n}}}" for n in names]
+def entry(command: str) -> str:
+    """The entry point of a config command: its options (the config fields it takes, then Slurm's)."""
+    params = [p for p in main.commands[command].params if not p.name.startswith(("slurm", "wait")) or p.name in SLURM]
+    lines = [f"  {command.replace('-', '_')}:", "    parameters:"]
+    for p in params:
+        if p.name == SLURM[0]:
+            lines.append(SLURM_COMMENT)
+        default = _yaml("" if p.default is None else p.default)
+        lines.append(f"      {p.name}: {{type: {TYPES[p.type.name]}, default: {default}}}")
     wrapped, line = [], f"{PYTHON} {command}"
-    for arg in args:
+    for arg in (f"--{p.name.replace('_', '-')} {{{p.name}}}" for p in params):
         if len(line) + len(arg) > 110:
             wrapped.append(line)
             line = ""
@@ -108,7 +86,7 @@ GRID = """\
 
 
 def render() -> str:
-    return HEADER + "\n\n".join([*(entry(name) for name in ENTRY_POINTS), COMPARE, GRID]) + "\n"
+    return HEADER + "\n\n".join([*map(entry, COMMANDS), COMPARE, GRID]) + "\n"
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from sciqa.cli import main
-from sciqa.slurm.cli import _resolve
-from sciqa.slurm.launch import job_args, shared_tracking_uri
+from sciqa.slurm.cli import _resolve, job_args
+from sciqa.slurm.launch import shared_tracking_uri
 
 SLURM_OPTIONS = {"--slurm-gpu", "--slurm-profile", "--slurm-time", "--slurm-gpus", "--wait"}
 
@@ -47,7 +47,7 @@ def test_job_command_line_parses_back_to_the_same_config(name):
         elif f.type in (str, "str"):
             odd[f.name] = "" if f.default else "a b'c"
     cfg = dataclasses.replace(config_cls(), **odd)
-    args = job_args(name, cfg)
+    args = job_args(cmd, cfg)
     assert args[0] == name and not SLURM_OPTIONS & set(args)
     ctx = cmd.make_context(name, args[1:])
     assert {k: v for k, v in ctx.params.items() if k in odd} == odd

@@ -172,7 +172,7 @@ def test_parse_time():
 
 def test_submit_without_sbatch(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(SciqaError, match=r"^sbatch not found: "):
+    with pytest.raises(SciqaError, match=r"^sbatch not found on PATH: "):
         slurm.submit("#!/bin/bash\ntrue\n", tmp_path / "job.sbatch")
 
 

@@ -1,88 +1,93 @@
-"""Adapter registry: variant name -> "module:Class", imported lazily (``sciqa --help`` never loads torch).
-
-Every variant builds an :class:`AdaptedLM` around a frozen base model: ``forward(**inputs)``
-returns the base's output (``.logits``), ``generate(...)`` takes the arguments of
-``transformers``' ``generate`` (greedy), ``trainable_state()`` is what a checkpoint keeps. An
-adapter folder holds ``adapter_config.json`` (variant, base model, options) and
-``adapter.safetensors`` (trainable weights only, never the base).
-
-    from sciqa import models
-    from sciqa.adapters import attach, save_adapter, load_adapter
-    lm = models.load("tiny-qwen2-vl")
-    adapted = attach(lm, "pkv", {"prefix_len": 50})
-    save_adapter(adapted, lm, "adapter/")
-    lm2 = load_adapter(models.load("tiny-qwen2-vl"), "adapter/")   # lm2.model.generate(...) applies it
-"""
+"""Adapter variants: the registry (torch-free: ``sciqa --help`` reads it) and the adapter folder's save/load:
+``adapter_config.json`` (variant, base model, options) and ``adapter.safetensors`` (trainable weights only)."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sciqa.config import option
 from sciqa.errors import SciqaError
 
 if TYPE_CHECKING:
-    from sciqa.models.base import Family, LoadedModel
+    from sciqa.models.base import LoadedModel
 
+
+@dataclass
+class PkvOptions:
+    prefix_len: int = option(50, "virtual tokens of a prefix adapter", min=1)
+
+
+@dataclass
+class PeftOptions(PkvOptions):
+    prefix_projection: bool = option(True, "MLP reparameterisation of a PEFT prefix (pkv always has one)")
+
+
+@dataclass
+class LoraOptions:
+    lora_r: int = option(8, "LoRA rank", min=1)
+    lora_alpha: int = option(16, "LoRA alpha", min=1)
+    lora_targets: str = option("q_proj,v_proj", "LoRA target modules (language model)")
 
 
 @dataclass(frozen=True)
 class Variant:
-    """What the rest of sciqa needs to know of an adapter variant, without importing it (torch)."""
+    """What the rest of sciqa knows of a variant without importing it (torch)."""
 
     impl: str  # "module:Class" of its AdaptedLM
-    step: str  # the training entry point that trains it
-    options: tuple[str, ...]  # the TrainConfig fields that configure it (only its command takes them)
-    prefix: bool  # a prefix in the cache: families without prefix support refuse it
-    vllm: bool  # vLLM can serve it (LoRA: yes; prefixes: vllm#660)
+    options: type  # its options dataclass: the training command's options, run params, MLproject parameters
+    step: str = "train_prefix"  # the command that trains it (train_prefix: a prefix in the cache)
+    vllm: bool = False  # vLLM can serve it (LoRA: yes; prefixes: vllm#660)
 
 
-PREFIX_OPTIONS = ("prefix_len", "prefix_projection")
 VARIANTS: dict[str, Variant] = {
-    "pkv": Variant("sciqa.adapters.pkv:PKV", "train_prefix", PREFIX_OPTIONS, prefix=True, vllm=False),
-    "peft": Variant("sciqa.adapters.peft_prefix:PeftPrefix", "train_prefix", PREFIX_OPTIONS, prefix=True, vllm=False),
-    "lora": Variant("sciqa.adapters.lora:Lora", "train_lora", ("lora_r", "lora_alpha", "lora_targets"),
-                    prefix=False, vllm=True),
+    "pkv": Variant("sciqa.adapters.pkv:PKV", PkvOptions),
+    "peft": Variant("sciqa.adapters.peft_prefix:PeftPrefix", PeftOptions),
+    "lora": Variant("sciqa.adapters.lora:Lora", LoraOptions, step="train_lora", vllm=True),
 }
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter.safetensors"
+SERVING_FOLDER = "peft"  # the adapter as serving engines load it (LoRA for vLLM), where the variant has one
 
 
 def variants_of_step(step: str) -> tuple[str, ...]:
     return tuple(name for name, v in VARIANTS.items() if v.step == step)
 
 
-def step_options(step: str) -> tuple[str, ...]:
-    """The option fields of a training command's variants."""
-    return tuple(dict.fromkeys(f for v in VARIANTS.values() if v.step == step for f in v.options))
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter.safetensors"
-SERVING_FOLDER = "peft"  # the adapter as serving engines load it (LoRA for vLLM), where the variant has one
+def option_fields(step: str | None = None) -> dict[str, dataclasses.Field]:
+    """The option fields of the variants (of one training command), each name once."""
+    return {f.name: f for v in VARIANTS.values() if step in (None, v.step) for f in dataclasses.fields(v.options)}
 
 
-def check_variant(name: str, family: Family | None = None) -> str:
-    """Validate a variant name (and that the model family can take it) before any run starts."""
+# every variant's options as one dataclass: the training config's base, so each is a CLI option and a param
+AdapterOptions = dataclasses.make_dataclass("AdapterOptions", [
+    (f.name, f.type, dataclasses.field(default=f.default, metadata=f.metadata)) for f in option_fields().values()])
+
+
+def options_of(variant: str, values: Any) -> dict[str, Any]:
+    """The options of ``variant`` from ``values`` (a dict, or a config with them as fields): unknown ones
+    dropped, missing ones at their defaults."""
+    get = values.get if isinstance(values, dict) else lambda k, d: getattr(values, k, d)
+    return {f.name: get(f.name, f.default) for f in dataclasses.fields(VARIANTS[check_variant(variant)].options)}
+
+
+def check_variant(name: str) -> str:
     if name not in VARIANTS:
         raise SciqaError(f"unknown adapter variant '{name}'; accepted: {', '.join(VARIANTS)}")
-    if family is not None and VARIANTS[name].prefix and not family.supports_prefix:
-        raise SciqaError(f"model family '{family.name}' does not support prefix adapters ('{name}'); "
-                         "use train-lora instead")
     return name
-
-
-def variant_class(name: str):
-    module, attr = VARIANTS[check_variant(name)].impl.split(":")
-    return getattr(importlib.import_module(module), attr)
 
 
 def attach(lm: LoadedModel, variant: str, options: dict[str, Any]):
     """Freeze the base model and wrap it with a fresh adapter of ``variant`` (an ``AdaptedLM``)."""
-    check_variant(variant, lm.family)
+    opts = VARIANTS[check_variant(variant)].options(**options_of(variant, options))
     for p in lm.model.parameters():
         p.requires_grad_(False)
-    adapted = variant_class(variant).build(lm, dict(options))
-    adapted.variant = variant
-    adapted.options = dict(options)
+    module, attr = VARIANTS[variant].impl.split(":")
+    adapted = getattr(importlib.import_module(module), attr).build(lm, opts)
+    adapted.variant, adapted.options = variant, dataclasses.asdict(opts)
     return adapted
 
 

@@ -6,14 +6,10 @@ from torch import nn
 
 
 class AdaptedLM(nn.Module):
-    """A frozen base model plus trainable adapter parameters.
-
-    ``base``: the original ``...ForConditionalGeneration``; ``family``: its quirks (rope state).
-    Subclasses implement ``forward`` (returns the base's output with ``.logits``) and ``generate``.
-    """
+    """A frozen base model (``base``, with its ``family``'s quirks) plus trainable adapter parameters.
+    Subclasses implement ``build``, ``forward`` (the base's output, with ``.logits``) and ``generate``."""
 
     variant = ""
-    prefix = False  # prefix variants refuse gradient checkpointing (recompute sees the prefix twice, peft#869)
 
     def __init__(self, base: nn.Module, family):
         super().__init__()
@@ -25,25 +21,25 @@ class AdaptedLM(nn.Module):
     def config(self):
         return self.base.config
 
+    def _trainable_module(self) -> nn.Module:
+        return self
+
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+        return {n: p for n, p in self._trainable_module().named_parameters() if p.requires_grad}
 
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
-        params = dict(self.named_parameters())
+        params = dict(self._trainable_module().named_parameters())
         with torch.no_grad():
             for name, value in state.items():
                 params[name].copy_(value.to(params[name].device, params[name].dtype))
 
     def export_for_serving(self, folder) -> bool:
-        """Write the adapter in a form serving engines load (``peft/`` of an adapter folder); False
-        when there is none (prefixes: vLLM cannot serve them)."""
+        """Write the adapter as serving engines load it; False when there is none (prefixes: vllm#660)."""
         return False
 
     def n_trainable(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def enable_gradient_checkpointing(self) -> None:
-        if self.prefix:
-            raise ValueError("prefix adapters do not work with gradient checkpointing")
         self.base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.base.config.use_cache = False

@@ -1,17 +1,9 @@
-"""A trained adapter as an MLflow model: a ``pyfunc`` wrapper around sciqa's own loader.
+"""A trained adapter as an MLflow ``pyfunc`` model: the adapter folder as its artifact, sciqa as its code.
 
-MLflow's transformers flavour saves PEFT adapters, but not our own ``pkv`` prefix nor the prefix
-cache handling both prefix variants need, so every variant is logged the same way: the adapter
-folder (weights + ``adapter_config.json``, which names the base model) as the model's artifact,
-and :class:`AdapterModel` loads the base model, applies the adapter and answers problems. The
-signature says what it takes (problem fields, the setting) and gives (the raw answer).
+MLflow's transformers flavour cannot hold our ``pkv`` prefix, so every variant is logged this way; sciqa is on
+no package index, so the model carries the package (``code_paths``) and requires only sciqa's dependencies.
 
-sciqa is on no package index, so the model carries its code (``code_paths``: the ``sciqa`` package,
-put on ``sys.path`` when the model loads) and names only sciqa's own dependencies as requirements:
-a fresh environment (``mlflow models serve``, another machine) installs those and loads it.
-
-    model = mlflow.pyfunc.load_model("models:/sciqa-tiny-qwen2-vl-pkv-kd/1")
-    model.predict(pd.DataFrame([{"question": ..., "choices": '["a", "b"]', ...}]))
+    mlflow.pyfunc.load_model("models:/sciqa-tiny-qwen2-vl-pkv-kd/1").predict(pd.DataFrame([{"question": ...}]))
 """
 from __future__ import annotations
 
@@ -22,26 +14,32 @@ from importlib.metadata import PackageNotFoundError, requires
 from pathlib import Path
 
 import mlflow.pyfunc
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.models import infer_signature
 
-INPUT_COLUMNS = ("id", "question", "choices", "hint", "task", "lecture", "solution", "setting")
+from sciqa import models
+from sciqa.adapters import load_adapter, read_adapter_config
+from sciqa.backends.hf import HFBackend
+from sciqa.data.problems import Problem
+from sciqa.data.prompts import build_prompt
+from sciqa.errors import SciqaError
+from sciqa.tracking.runs import store_exists, tracking_uri
+
+PACKAGE = Path(__file__).resolve().parents[1]
+EXAMPLE = {"id": "1", "question": "Which is a mammal?", "choices": json.dumps(["cat", "trout"]), "hint": "",
+           "task": "closed choice", "lecture": "", "solution": "", "setting": "QTCH"}
 
 
 class AdapterModel(mlflow.pyfunc.PythonModel):
     """Base model + adapter; ``predict`` answers each row (``choices`` is a JSON list)."""
 
     def load_context(self, context) -> None:
-        from sciqa import models
-        from sciqa.adapters import load_adapter, read_adapter_config
-        from sciqa.backends.hf import HFBackend
-
         folder = context.artifacts["adapter"]
         base = read_adapter_config(folder)["base_model"]
         self.backend = HFBackend(load_adapter(models.load(base), folder), max_new_tokens=256)
 
     def predict(self, context, model_input, params=None) -> list[str]:
-        from sciqa.data.problems import Problem
-        from sciqa.data.prompts import build_prompt
-
         rows = model_input.to_dict("records")
         problems = [Problem(id=str(r.get("id") or i), split="", question=r["question"],
                             choices=tuple(json.loads(r["choices"])), answer=0, hint=r.get("hint") or "",
@@ -53,73 +51,50 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
         return [g.raw_output for g in self.backend.generate(problems, prompts)]
 
 
-def _example():
-    import pandas as pd
-
-    return pd.DataFrame([{"id": "1", "question": "Which is a mammal?", "choices": json.dumps(["cat", "trout"]),
-                          "hint": "", "task": "closed choice", "lecture": "", "solution": "", "setting": "QTCH"}])
-
-
 def requirements() -> list[str]:
-    """sciqa's own dependencies, never sciqa itself: a checkout's pyproject.toml (current even when an
-    editable install's metadata is not), else the installed package's metadata."""
-    package = Path(__file__).resolve().parents[1]
-    pyproject = package.parents[1] / "pyproject.toml"
+    """sciqa's dependencies: a checkout's pyproject.toml (current even when an editable install's metadata is
+    not), else the installed package's metadata."""
+    pyproject = PACKAGE.parents[1] / "pyproject.toml"
     if pyproject.is_file():
         return list(tomllib.loads(pyproject.read_text())["project"]["dependencies"])
     try:
         return [r for r in requires("sciqa") or [] if "extra ==" not in r]
     except PackageNotFoundError:
-        from sciqa.errors import SciqaError
-
-        raise SciqaError(f"cannot tell sciqa's dependencies: no pyproject.toml beside {package} "
+        raise SciqaError(f"cannot tell sciqa's dependencies: no pyproject.toml beside {PACKAGE} "
                          "and no installed sciqa; pip install -e . in the checkout") from None
 
 
 def log_adapter_model(folder: Path, base_model: str, variant: str, registered_name: str = "") -> str:
-    """Log ``folder`` as the active run's model ``adapter_model`` (registered when a name is given);
-    returns its model URI."""
-    from mlflow.models import infer_signature
-
+    """Log ``folder`` as the active run's model ``adapter_model`` (registered when named); returns its URI."""
     with warnings.catch_warnings():  # hints about input examples and type hints: the signature is explicit
         warnings.simplefilter("ignore")
-        signature = infer_signature(_example(), ["{\"answer\": \"cat\", \"solution\": \"...\"}"],
+        signature = infer_signature(pd.DataFrame([EXAMPLE]), ['{"answer": "cat", "solution": "..."}'],
                                     params={"max_new_tokens": 256})
         info = mlflow.pyfunc.log_model(name="adapter_model", python_model=AdapterModel(),
                                        artifacts={"adapter": str(folder)}, signature=signature,
-                                       code_paths=[str(Path(__file__).resolve().parents[1])],
-                                       pip_requirements=requirements(), registered_model_name=registered_name or None,
+                                       code_paths=[str(PACKAGE)], pip_requirements=requirements(),
+                                       registered_model_name=registered_name or None,
                                        metadata={"base_model": base_model, "variant": variant})
     return info.model_uri
 
 
 def registered_name(model: str, variant: str, teacher: bool) -> str:
     """Model Registry name of an adapter: ``sciqa-<model>-<variant>-<kd|golden>``."""
-    short = Path(model).name.replace("_", "-").lower()
-    return f"sciqa-{short}-{variant}-{'kd' if teacher else 'golden'}"
+    return f"sciqa-{Path(model).name.replace('_', '-').lower()}-{variant}-{'kd' if teacher else 'golden'}"
 
 
 def run_of_model(uri: str) -> str:
     """The training run behind ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``."""
-    from mlflow import MlflowClient
-
-    from sciqa.errors import SciqaError
-
     if not uri.startswith("models:/") or uri.count("/") < 2 and "@" not in uri:
         raise SciqaError(f"--adapter takes models:/NAME/VERSION or models:/NAME@ALIAS, got '{uri}'")
-    from sciqa.tracking.runs import store_exists, tracking_uri
-
     if not store_exists():  # reading a sqlite store that is not there would create it
         raise SciqaError(f"registered adapter '{uri}' not found: the store {tracking_uri()} has no models yet")
     rest = uri[len("models:/"):]
-    client = MlflowClient()
     try:
         if "@" in rest:
-            name, alias = rest.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias)
+            version = MlflowClient().get_model_version_by_alias(*rest.split("@", 1))
         else:
-            name, number = rest.rsplit("/", 1)
-            version = client.get_model_version(name, number)
+            version = MlflowClient().get_model_version(*rest.rsplit("/", 1))
     except Exception as exc:  # noqa: BLE001 - unknown names/versions come as several exception types
         raise SciqaError(f"registered adapter '{uri}' not found ({str(exc).splitlines()[0][:200]})") from None
     if not version.run_id:

@@ -1,11 +1,11 @@
-"""``pkv``: our own prefix. A learned embedding of ``prefix_len`` virtual tokens, an MLP
-reparameterisation (Li & Liang 2021), projected to per-layer keys and values for the model's
-KV heads and head_dim (grouped-query models get ``num_key_value_heads``, not attention heads)."""
+"""``pkv``: our own prefix: a learned embedding of ``prefix_len`` virtual tokens through an MLP (Li & Liang 2021)
+to per-layer keys and values of the model's KV heads (grouped-query models: ``num_key_value_heads``)."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from sciqa.adapters import PkvOptions
 from sciqa.adapters.prefix import PrefixLM
 
 
@@ -21,12 +21,12 @@ def text_shape(config) -> tuple[int, int, int, int]:
 class PrefixEncoder(nn.Module):
     """(batch) -> per layer (keys, values), each (batch, kv_heads, prefix_len, head_dim)."""
 
-    def __init__(self, prefix_len: int, layers: int, kv_heads: int, head_dim: int, hidden: int, proj_hidden: int):
+    def __init__(self, prefix_len: int, layers: int, kv_heads: int, head_dim: int, hidden: int):
         super().__init__()
         self.shape = (prefix_len, layers, 2, kv_heads, head_dim)
         self.embedding = nn.Embedding(prefix_len, hidden)
-        self.mlp = nn.Sequential(nn.Linear(hidden, proj_hidden), nn.Tanh(),
-                                 nn.Linear(proj_hidden, layers * 2 * kv_heads * head_dim))
+        out = layers * 2 * kv_heads * head_dim
+        self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, out))
 
     def forward(self, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         p, layers, _, kv, hd = self.shape
@@ -40,12 +40,9 @@ class PKV(PrefixLM):
     variant = "pkv"
 
     @classmethod
-    def build(cls, lm, options: dict) -> PKV:
-        layers, kv, hd, hidden = text_shape(lm.model.config)
-        prefix_len = int(options.get("prefix_len", 50))
-        self = cls(lm.model, lm.family, prefix_len)
-        self.encoder = PrefixEncoder(prefix_len, layers, kv, hd, hidden,
-                                     int(options.get("prefix_hidden", 0)) or hidden)
+    def build(cls, lm, options: PkvOptions) -> PKV:
+        self = cls(lm.model, lm.family, options.prefix_len)
+        self.encoder = PrefixEncoder(options.prefix_len, *text_shape(lm.model.config))
         self.encoder.to(device=lm.device)  # float32 master weights, cast to the base dtype per call
         return self
 

@@ -1,16 +1,8 @@
-"""The prefix mechanism shared by ``pkv`` and ``peft``: per-layer K/V fed as the model's cache.
+"""The prefix mechanism of ``pkv`` and ``peft``: per-layer K/V for ``prefix_len`` virtual tokens fed as the cache.
 
-A source (our own MLP-reparameterised encoder, or PEFT's ``PrefixEncoder``) emits keys and values
-for ``prefix_len`` virtual tokens; this module puts them in a ``DynamicCache`` (built through
-``update``, the API that survived transformers 5), prepends ones to the attention mask, and passes
-explicit position ids so the real tokens keep the positions they have without a prefix. Qwen2-VL's
-multimodal rotary positions come from the model's own ``get_rope_index`` on the real tokens only:
-PEFT's forward hands it the prefix-extended mask and fails (IndexError) or, in generate, silently
-misplaces positions (PITFALLS 1). Per-token inputs a model reads over the whole key sequence get
-the prefix's share from the family (``Family.prefix_inputs``: PaliGemma's ``token_type_ids``).
-``generate`` is our own greedy loop with cache reuse, so the prefix reaches every decoding step; new
-tokens carry the family's completion inputs (PaliGemma: type 1, causal); a test checks it against a
-full recompute per step.
+Explicit position ids keep the real tokens where they are without a prefix (Qwen2-VL's rotary positions come
+from its own ``get_rope_index`` on the real tokens: PEFT's prefix-extended mask breaks it, PITFALLS 1);
+``generate`` is our own greedy loop so the prefix reaches every step (a test checks it against recompute).
 """
 from __future__ import annotations
 
@@ -22,12 +14,8 @@ from sciqa.adapters.base import AdaptedLM
 
 
 def real_positions(base, input_ids, attention_mask, inputs: dict, first: int = 0):
-    """Position ids of the real tokens, as the base model computes them without a prefix.
-
-    Returns (positions, next_position): (3, B, L) for multimodal rotary models (those with
-    ``get_rope_index`` and ``mm_token_type_ids``), else (B, L) counted from ``first`` (the family's
-    ``first_position``); ``next_position`` (B,) is where the next generated token goes (text
-    continues all rotary axes together)."""
+    """(positions, next_position) of the real tokens as the base computes them without a prefix: (3, B, L) for
+    multimodal rotary models, else (B, L) from ``first``; ``next_position`` (B,): the next generated token's."""
     inner = getattr(base, "model", None)
     if hasattr(inner, "get_rope_index") and inputs.get("mm_token_type_ids") is not None:
         pos, _ = inner.get_rope_index(input_ids, inputs["mm_token_type_ids"], inputs.get("image_grid_thw"),
@@ -38,31 +26,20 @@ def real_positions(base, input_ids, attention_mask, inputs: dict, first: int = 0
     return pos, pos.masked_fill(attention_mask == 0, -1).amax(-1) + 1
 
 
-def step_positions(next_position: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Positions (same layout as ``like``) of one new token per row."""
-    if like.ndim == 3:
-        return next_position.view(1, -1, 1).expand(3, -1, 1)
-    return next_position.view(-1, 1)
-
-
 class PrefixLM(AdaptedLM):
     """A frozen base model whose every forward starts from a learned prefix cache."""
-
-    prefix = True
 
     def __init__(self, base, family, prefix_len: int):
         super().__init__(base, family)
         self.prefix_len = prefix_len
 
+    def enable_gradient_checkpointing(self) -> None:
+        raise ValueError("prefix adapters do not work with gradient checkpointing (the recompute sees the prefix "
+                         "twice, peft#869)")
+
     def prefix_kv(self, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer (keys, values), each (batch, kv_heads, prefix_len, head_dim)."""
         raise NotImplementedError
-
-    def prefix_cache(self, batch_size: int) -> DynamicCache:
-        cache = DynamicCache()
-        for layer, (k, v) in enumerate(self.prefix_kv(batch_size)):
-            cache.update(k, v, layer)
-        return cache
 
     def _run(self, input_ids, attention_mask, positions, cache, **inputs):
         mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], self.prefix_len), attention_mask], 1)
@@ -70,14 +47,14 @@ class PrefixLM(AdaptedLM):
                          use_cache=True, **inputs)
 
     def _prefill(self, input_ids, attention_mask, inputs: dict, positions=None):
-        """The first forward over the real tokens, from a fresh prefix cache; returns (output, cache,
-        positions, next_position). ``positions``: the real tokens' position ids where the caller has
-        them already (a training batch from ``collate.encode_examples(positions=True)``); then
-        ``next_position`` is None."""
+        """The first forward, from a fresh prefix cache: (output, cache, positions, next_position); ``positions``
+        given (a training batch has them): ``next_position`` is None."""
         nxt = None
         if positions is None:
             positions, nxt = real_positions(self.base, input_ids, attention_mask, inputs, self.family.first_position)
-        cache = self.prefix_cache(input_ids.shape[0])
+        cache = DynamicCache()
+        for layer, (k, v) in enumerate(self.prefix_kv(input_ids.shape[0])):
+            cache.update(k, v, layer)
         inputs = self.family.prefix_inputs(inputs, self.prefix_len)
         out = self._run(input_ids, attention_mask, positions, cache, **inputs)
         return out, cache, positions, nxt
@@ -114,8 +91,8 @@ class PrefixLM(AdaptedLM):
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
-            out = self._run(token[:, None], mask, step_positions(nxt, positions), cache,  # cache grows in place
-                            **step_inputs)
+            pos = nxt.view(1, -1, 1).expand(3, -1, 1) if positions.ndim == 3 else nxt.view(-1, 1)
+            out = self._run(token[:, None], mask, pos, cache, **step_inputs)  # the cache grows in place
             nxt = nxt + 1
         return torch.cat([input_ids, torch.stack(new, 1)], 1) if new else input_ids
 

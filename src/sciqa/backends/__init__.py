@@ -1,14 +1,11 @@
-"""Backend registry: name -> what the backend is, imported lazily (vLLM and API clients are optional).
-
-Each entry declares the ``GenerationConfig`` fields the backend reads (only those are part of a
-run's identity), whether it can score choices with the model's own log-probabilities (choice
-mode), and which trained adapters it can apply.
-"""
+"""Backend registry: name -> class (imported lazily: vLLM and API clients are optional), the ``GenerationConfig``
+fields it reads (only those are part of a run's identity) and which trained adapters it applies."""
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
 
+from sciqa.adapters import VARIANTS
 from sciqa.errors import SciqaError
 
 
@@ -16,17 +13,15 @@ from sciqa.errors import SciqaError
 class BackendSpec:
     impl: str  # "module:Class"
     options: tuple[str, ...]  # the GenerationConfig fields it reads beyond the common ones
-    choice_mode: bool  # answer_mode=choice needs the model's log-probabilities
-    adapters: str  # which adapters it applies: "all", "vllm" (variants vLLM serves) or "none"
+    adapters: str  # "all", "vllm" (the variants vLLM serves) or "none"
 
 
 BACKENDS: dict[str, BackendSpec] = {
-    "hf": BackendSpec("sciqa.backends.hf:HFBackend", ("gpu_memory_gb",), choice_mode=True, adapters="all"),
+    "hf": BackendSpec("sciqa.backends.hf:HFBackend", ("gpu_memory_gb",), adapters="all"),
     "vllm": BackendSpec("sciqa.backends.vllm:VLLMBackend", ("tensor_parallel", "max_model_len",
-                        "gpu_memory_utilization", "max_images", "cpu_offload_gb"), choice_mode=False, adapters="vllm"),
+                        "gpu_memory_utilization", "max_images", "cpu_offload_gb"), adapters="vllm"),
     "openai": BackendSpec("sciqa.backends.openai:OpenAIBackend", ("api_base", "api_key_env", "concurrency", "timeout",
-                          "max_retries", "prompt_cost_per_1k", "completion_cost_per_1k"), choice_mode=False,
-                          adapters="none"),
+                          "max_retries", "prompt_cost_per_1k", "completion_cost_per_1k"), adapters="none"),
 }
 BACKEND_OPTIONS = {name: spec.options for name, spec in BACKENDS.items()}
 
@@ -40,8 +35,6 @@ def backend_class(name: str):
 
 def check_adapter(backend: str, variant: str) -> None:
     """The backend can apply an adapter of this variant, or one line naming the backend that can."""
-    from sciqa.adapters import VARIANTS
-
     spec = BACKENDS[backend]
     if spec.adapters == "all" or (spec.adapters == "vllm" and VARIANTS[variant].vllm):
         return

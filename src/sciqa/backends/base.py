@@ -4,22 +4,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from sciqa.backends import BACKENDS, backend_class
 from sciqa.data.problems import Problem
+from sciqa.errors import SciqaError
 
-# free: the study's free generation; choice: the likeliest choice, then the explanation (hf backend)
+# free: the study's free generation; choice: the likeliest choice, then the explanation (loglikelihood backends)
 ANSWER_MODES = ("free", "choice")
 CHOICE_SCORES = ("sum", "mean")  # choice mode: summed or per-token mean log-probability of a choice's tokens
-
-
-def check_answer_mode(mode: str, backend: str = "hf") -> None:
-    """``choice`` scores the choices with the model's own log-probabilities: backends that can."""
-    from sciqa.backends import BACKENDS
-    from sciqa.errors import SciqaError
-
-    if mode not in ANSWER_MODES or (mode == "choice" and not BACKENDS[backend].choice_mode):
-        able = ", ".join(name for name, spec in BACKENDS.items() if spec.choice_mode)
-        raise SciqaError(f"unknown answer mode '{mode}' for backend '{backend}'; accepted: free, "
-                         f"choice ({able} backend only)")
 
 
 @dataclass(frozen=True)
@@ -35,10 +26,15 @@ class Backend(ABC):
     """Generates answers for a batch of problems given their prompt texts (one per problem)."""
 
     name: str = ""
+    loglikelihood: bool = False  # scores texts with the model's own log-probabilities: answer mode "choice"
 
     @classmethod
     def check(cls, cfg) -> None:
         """Validate the config before any run starts (raise SciqaError); loads nothing heavy."""
+        if cfg.answer_mode == "choice" and not cls.loglikelihood:
+            able = ", ".join(name for name in BACKENDS if backend_class(name).loglikelihood)
+            raise SciqaError(f"unknown answer mode 'choice' for backend '{cls.name}'; accepted: free, "
+                             f"choice ({able} backend only)")
 
     @classmethod
     @abstractmethod

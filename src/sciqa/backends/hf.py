@@ -1,13 +1,9 @@
 """Batched Hugging Face generation: left padding, greedy, stop at the end-of-turn token.
 
-``answer_mode="choice"`` first picks the choice the model finds likeliest and then generates the
-explanation after that forced prefix: every answer maps to a choice, which a tiny or weak teacher
-needs for KD targets. ``"free"`` (default) is the study's free generation. A choice is scored by
-the log-probabilities of the tokens that spell it (``"<choice>"`` after ``{"answer": ``), with
-the prompt and answer start tokenised as one text, as the forced generation then sees them:
-``choice_score="sum"`` (default, as harnesses score multiple choice) or ``"mean"`` per token
-(length-normalised). Only those few positions get vocabulary logits: a full [rows, sequence,
-vocabulary] float32 tensor is tens of GB for Qwen2-VL's 151,936 tokens at batch 16.
+``answer_mode="choice"`` picks the choice whose tokens (``"<choice>"`` after ``{"answer": ``) the model finds
+likeliest (``choice_score`` sum or per-token mean), then generates the explanation after that forced prefix:
+every answer maps to a choice, which a weak teacher needs for KD targets. Only the scored positions get
+vocabulary logits: [rows, sequence, vocabulary] is tens of GB for Qwen2-VL's 151,936 tokens at batch 16.
 """
 from __future__ import annotations
 
@@ -16,6 +12,7 @@ import json
 import torch
 
 from sciqa import models
+from sciqa.adapters import load_adapter
 from sciqa.backends.base import CHOICE_SCORES, Backend, Generation
 from sciqa.data.problems import Problem
 from sciqa.errors import SciqaError
@@ -34,15 +31,9 @@ def answer_prefix(choice: str) -> str:
     return answer_start(choice) + ', "solution": "'
 
 
-def encode_prompts(lm: LoadedModel, problems: list[Problem], prompts: list[str]):
-    """Chat-templated, left-padded model inputs."""
-    return encode_texts(lm, problems, [lm.family.render_prompt(lm.processor, p) for p in prompts])
-
-
 def encode_texts(lm: LoadedModel, problems: list[Problem], texts: list[str], continuations: list[str] | None = None):
-    """Left-padded model inputs of rendered texts, each followed by its continuation where given
-    (the padding side is passed per call: Llava processors ignore a padding_side set on the
-    tokenizer, transformers#33847)."""
+    """Left-padded inputs of rendered texts, each followed by its continuation where given (padding side per call:
+    Llava processors ignore the tokenizer's, transformers#33847)."""
     inputs = lm.family.encode(lm.processor, texts, [p.image() for p in problems], continuations, padding_side="left")
     if len(texts) > 1 and not bool(inputs["attention_mask"][:, -1].all()):
         raise RuntimeError("prompts are not left-padded: batched generation would be wrong")
@@ -50,11 +41,8 @@ def encode_texts(lm: LoadedModel, problems: list[Problem], texts: list[str], con
 
 
 def last_token_logprobs(lm: LoadedModel, inputs, n: int) -> torch.Tensor:
-    """(rows, n) log-probabilities of each row's last ``n`` tokens (rows end together: left padding).
-
-    ``logits_to_keep`` has the model project only the last ``n + 1`` hidden states onto the
-    vocabulary, so nothing larger than [rows, n + 1, vocabulary] is made, and the log-softmax is
-    taken as logit - logsumexp, without a second full-vocabulary copy."""
+    """(rows, n) log-probabilities of each row's last ``n`` tokens; ``logits_to_keep`` projects only the last
+    ``n + 1`` hidden states onto the vocabulary, and log-softmax is logit - logsumexp (no second copy)."""
     lm.family.reset_state(lm.model)
     logits = lm.model(**inputs, logits_to_keep=n + 1).logits[:, :-1].float()
     lm.family.reset_state(lm.model)
@@ -64,28 +52,24 @@ def last_token_logprobs(lm: LoadedModel, inputs, n: int) -> torch.Tensor:
 
 class HFBackend(Backend):
     name = "hf"
+    loglikelihood = True
 
     @classmethod
     def check(cls, cfg) -> None:
+        super().check(cfg)
         models.resolve(cfg.model, cfg.revision or None)
 
     @classmethod
     def from_config(cls, cfg, adapter: str | None = None) -> HFBackend:
         lm = models.load(cfg.model, cfg.revision or None, cfg.dtype, cfg.device, cfg.gpu_memory_gb)
-        if adapter:
-            from sciqa.adapters import load_adapter
-
-            lm = load_adapter(lm, adapter)
-        return cls(lm, cfg.max_new_tokens, cfg.answer_mode, cfg.choice_score)
+        return cls(load_adapter(lm, adapter) if adapter else lm, cfg.max_new_tokens, cfg.answer_mode, cfg.choice_score)
 
     def __init__(self, lm: LoadedModel, max_new_tokens: int = 256, answer_mode: str = "free",
                  choice_score: str = "sum"):
         if choice_score not in CHOICE_SCORES:
             raise SciqaError(f"unknown choice score '{choice_score}'; accepted: {', '.join(CHOICE_SCORES)}")
-        self.lm = lm
+        self.lm, self.answer_mode, self.choice_score = lm, answer_mode, choice_score
         self.max_new_tokens = max_new_tokens
-        self.answer_mode = answer_mode
-        self.choice_score = choice_score
         self.eot = lm.family.end_of_turn_id(lm.tokenizer)
 
     @torch.inference_mode()
@@ -110,8 +94,8 @@ class HFBackend(Backend):
 
     @torch.inference_mode()
     def choice_scores(self, problems: list[Problem], texts: list[str]) -> list[list[float]]:
-        """Per problem and choice, the summed (or mean, ``choice_score``) log-probability of the tokens
-        that spell ``"<choice>"`` after ``{"answer": `` in one forward over every (problem, choice) row."""
+        """Per problem and choice, the score of the tokens that spell ``"<choice>"``, in one forward over every
+        (problem, choice) row."""
         lm = self.lm
         pairs = [(i, j) for i, p in enumerate(problems) for j in range(len(p.choices))]
         starts = [answer_start(problems[i].choices[j]) for i, j in pairs]
@@ -130,5 +114,4 @@ class HFBackend(Backend):
         stopped = self.eot in tokens or bool(turn) and len(kept) >= turn < self.max_new_tokens
         text = forced + self.lm.tokenizer.decode(kept, skip_special_tokens=False)
         return Generation(raw_output=self.lm.family.clean_output(text),
-                          finish_reason="stop" if stopped else "length",
-                          n_output_tokens=len(kept) + int(stopped))
+                          finish_reason="stop" if stopped else "length", n_output_tokens=len(kept) + int(stopped))

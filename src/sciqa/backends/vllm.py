@@ -1,15 +1,10 @@
 """Offline batched inference with vLLM (``pip install -e '.[vllm]'``, CUDA machines).
 
-    sciqa benchmark --backend vllm --model Qwen/Qwen2-VL-2B-Instruct --batch-size 64
     sciqa benchmark --backend vllm --model mistralai/Pixtral-12B-2409 --tensor-parallel 4 --max-model-len 8192
 
-Sampling is the HF backend's: greedy, ``max_tokens`` = ``--max-new-tokens``, stop at the family's
-end-of-turn token, then ``family.clean_output`` cuts leaked turn markers. Models in Hugging Face
-format get the very prompt text the HF backend renders (the processor's chat template, image
-first) with the image as multi-modal data, so both backends see the same inputs; models in
-Mistral's own format (``params.json``, e.g. mistralai/Pixtral-12B-2409) go through ``LLM.chat``
-with Mistral's tokenizer. vLLM serves LoRA adapters only (language side, through ``LoRARequest``);
-prefix adapters (pkv, peft prefix) were never supported by vLLM: score them with ``--backend hf``.
+Sampling is the HF backend's (greedy, stop at the family's end of turn, ``clean_output``). Hugging Face format
+models get the very prompt text the HF backend renders, with the image as multi-modal data; Mistral's own format
+(``params.json``) goes through ``LLM.chat``. vLLM serves LoRA adapters only (``LoRARequest``).
 """
 from __future__ import annotations
 
@@ -17,7 +12,12 @@ import importlib.util
 import json
 from pathlib import Path
 
+from huggingface_hub import hf_hub_download
+
+from sciqa import models
+from sciqa.adapters import SERVING_FOLDER
 from sciqa.backends.base import Backend, Generation
+from sciqa.backends.openai import chat_messages
 from sciqa.data.problems import Problem
 from sciqa.errors import SciqaError
 
@@ -25,17 +25,13 @@ INSTALL_HINT = "backend 'vllm' needs vLLM, which is not installed: pip install -
 
 
 def lora_folder(adapter: str) -> tuple[Path, int]:
-    """The PEFT LoRA folder vLLM loads and its rank: a PEFT LoRA folder itself, or a sciqa adapter
-    folder's ``peft/`` export; any other adapter kind is refused with the fix."""
-    from sciqa.adapters import SERVING_FOLDER
-
+    """The PEFT LoRA folder vLLM loads (the folder itself or a sciqa adapter's ``peft/`` export) and its rank."""
     folder = Path(adapter).expanduser()
-    if (folder / SERVING_FOLDER / "adapter_config.json").exists():  # a sciqa LoRA adapter folder
+    if (folder / SERVING_FOLDER / "adapter_config.json").exists():
         folder = folder / SERVING_FOLDER
-    cfg_file = folder / "adapter_config.json"
     kind = ""
-    if cfg_file.exists():
-        conf = json.loads(cfg_file.read_text())
+    if (folder / "adapter_config.json").exists():
+        conf = json.loads((folder / "adapter_config.json").read_text())
         kind = str(conf.get("peft_type") or conf.get("variant") or "").upper()
         if kind == "LORA" and "peft_type" in conf:
             return folder.resolve(), int(conf.get("r", 8))
@@ -50,12 +46,23 @@ def is_mistral_format(model: str, revision: str | None = None) -> bool:
     if path.is_dir():
         return (path / "params.json").exists() and not (path / "config.json").exists()
     try:
-        from huggingface_hub import hf_hub_download
-
         hf_hub_download(model, "params.json", revision=revision)
         return True
     except Exception:  # noqa: BLE001 - missing file, offline, unknown repo: not Mistral format
         return False
+
+
+def _llm_options(cfg, family, mistral: bool, rank: int) -> dict:
+    kwargs = dict(tensor_parallel_size=cfg.tensor_parallel, gpu_memory_utilization=cfg.gpu_memory_utilization,
+                  limit_mm_per_prompt={"image": cfg.max_images}, dtype=cfg.dtype, seed=0)
+    kwargs |= {k: v for k, v in (("max_model_len", cfg.max_model_len), ("cpu_offload_gb", cfg.cpu_offload_gb)) if v}
+    if family.processor_kwargs:  # the same pixel budget as the HF backend
+        kwargs["mm_processor_kwargs"] = dict(family.processor_kwargs)
+    if mistral:
+        kwargs.update(tokenizer_mode="mistral", config_format="mistral", load_format="mistral")
+    if rank:
+        kwargs.update(enable_lora=True, max_lora_rank=max(8, 1 << (rank - 1).bit_length()), max_loras=1)
+    return kwargs
 
 
 class VLLMBackend(Backend):
@@ -63,6 +70,7 @@ class VLLMBackend(Backend):
 
     @classmethod
     def check(cls, cfg) -> None:
+        super().check(cfg)
         if importlib.util.find_spec("vllm") is None:
             raise SciqaError(INSTALL_HINT)
 
@@ -72,10 +80,9 @@ class VLLMBackend(Backend):
         lora_path, rank = lora_folder(adapter) if adapter else (None, 0)
         try:
             import vllm
+            from vllm.lora.request import LoRARequest
         except ImportError as exc:
             raise SciqaError(f"{INSTALL_HINT} ({exc})") from None
-        from sciqa import models
-
         revision = cfg.revision or None
         mistral = is_mistral_format(cfg.model, revision)
         if mistral:
@@ -83,25 +90,8 @@ class VLLMBackend(Backend):
         else:
             path, family = models.resolve(cfg.model, revision)
             processor = family.load_processor(path, revision)
-        kwargs = dict(model=path, revision=revision, tensor_parallel_size=cfg.tensor_parallel,
-                      gpu_memory_utilization=cfg.gpu_memory_utilization,
-                      limit_mm_per_prompt={"image": cfg.max_images}, dtype=cfg.dtype, seed=0)
-        if cfg.max_model_len:
-            kwargs["max_model_len"] = cfg.max_model_len
-        if cfg.cpu_offload_gb:
-            kwargs["cpu_offload_gb"] = cfg.cpu_offload_gb
-        if family.processor_kwargs:  # the same pixel budget as the HF backend
-            kwargs["mm_processor_kwargs"] = dict(family.processor_kwargs)
-        if mistral:
-            kwargs.update(tokenizer_mode="mistral", config_format="mistral", load_format="mistral")
-        if rank:
-            kwargs.update(enable_lora=True, max_lora_rank=max(8, 1 << (rank - 1).bit_length()), max_loras=1)
-        llm = vllm.LLM(**kwargs)
-        lora = None
-        if adapter:
-            from vllm.lora.request import LoRARequest
-
-            lora = LoRARequest("adapter", 1, str(lora_path))
+        llm = vllm.LLM(model=path, revision=revision, **_llm_options(cfg, family, mistral, rank))
+        lora = LoRARequest("adapter", 1, str(lora_path)) if adapter else None
         return cls(llm, family, processor, cfg.max_new_tokens, lora)
 
     def __init__(self, llm, family, processor=None, max_new_tokens: int = 256, lora=None):
@@ -114,30 +104,14 @@ class VLLMBackend(Backend):
         self.params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=stop_ids,
                                      skip_special_tokens=False)
 
-    def requests(self, problems: list[Problem], prompts: list[str]) -> list:
-        """HF format: prompt dicts with the image as multi-modal data; Mistral format: chat messages."""
-        if self.processor is None:
-            from sciqa.backends.openai import image_data_url
-
-            return [[{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": image_data_url(p.image())}},
-                {"type": "text", "text": text}]}] for p, text in zip(problems, prompts)]
-        return [{"prompt": self.family.render_prompt(self.processor, text), "multi_modal_data": {"image": p.image()}}
-                for p, text in zip(problems, prompts)]
-
     def generate(self, problems: list[Problem], prompts: list[str]) -> list[Generation]:
-        reqs = self.requests(problems, prompts)
         kw = {"lora_request": self.lora} if self.lora is not None else {}
         if self.processor is None:
-            outs = self.llm.chat(reqs, self.params, use_tqdm=False, **kw)
+            chats = [chat_messages(p.image(), text) for p, text in zip(problems, prompts)]
+            outs = self.llm.chat(chats, self.params, use_tqdm=False, **kw)
         else:
+            reqs = [{"prompt": self.family.render_prompt(self.processor, text),
+                     "multi_modal_data": {"image": p.image()}} for p, text in zip(problems, prompts)]
             outs = self.llm.generate(reqs, self.params, use_tqdm=False, **kw)
-        return [self.to_generation(o) for o in outs]
-
-    def to_generation(self, request_output) -> Generation:
-        """vLLM's RequestOutput -> Generation: first completion, markers cut, 'stop' or 'length'."""
-        out = request_output.outputs[0]
-        reason = "length" if out.finish_reason == "length" else "stop" if out.finish_reason == "stop" \
-            else str(out.finish_reason)
-        return Generation(raw_output=self.family.clean_output(out.text), finish_reason=reason,
-                          n_output_tokens=len(out.token_ids))
+        return [Generation(raw_output=self.family.clean_output(o.outputs[0].text), n_output_tokens=len(
+            o.outputs[0].token_ids), finish_reason=str(o.outputs[0].finish_reason)) for o in outs]

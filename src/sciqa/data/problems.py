@@ -1,26 +1,20 @@
-"""The problem record and the split/filter rules shared by every source."""
+"""The problem record, its content digest and the image checks."""
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
+from PIL import Image, UnidentifiedImageError
+
 from sciqa.errors import SciqaError
+from sciqa.files import digest, file_digest
 
 SPLITS = {"train": "train", "validation": "validation", "val": "validation", "test": "test"}
 PLACEHOLDER_SIZE = (224, 224)
-
-
-def canonical_split(split: str) -> str:
-    """``val`` is an alias of ``validation``; anything else is an error naming the accepted values."""
-    if split not in SPLITS:
-        raise SciqaError(f"unknown split '{split}'; accepted: train, validation (val), test")
-    return SPLITS[split]
+TEXT_FIELDS = ("hint", "task", "grade", "subject", "topic", "category", "skill", "lecture", "solution")
 
 
 @dataclass(frozen=True)
@@ -47,12 +41,8 @@ class Problem:
 
     def image(self):
         """The problem's image, or a blank white placeholder (as the research did) when it has none."""
-        from PIL import Image
-
         img = self.load_image() if self.load_image else None
-        if img is None:
-            return Image.new("RGB", PLACEHOLDER_SIZE, "white")
-        return img.convert("RGB")
+        return Image.new("RGB", PLACEHOLDER_SIZE, "white") if img is None else img.convert("RGB")
 
     @property
     def answer_text(self) -> str:
@@ -61,38 +51,10 @@ class Problem:
 
 def from_record(pid: str, split: str, rec: dict, load_image: Callable[[], Any] | None,
                 image_path: str = "") -> Problem:
-    """Build a Problem from a ScienceQA-shaped dict (original JSON or a hub row)."""
-    return Problem(
-        id=str(pid), split=split, question=rec["question"] or "", choices=tuple(rec["choices"]),
-        answer=int(rec["answer"]), hint=rec.get("hint") or "", task=rec.get("task") or "",
-        grade=rec.get("grade") or "", subject=rec.get("subject") or "", topic=rec.get("topic") or "",
-        category=rec.get("category") or "", skill=rec.get("skill") or "", lecture=rec.get("lecture") or "",
-        solution=rec.get("solution") or "", has_image=bool(rec.get("image")), image_path=image_path,
-        load_image=load_image,
-    )
-
-
-def select(problems: list[Problem], keep_all: bool, limit: int | None) -> list[Problem]:
-    """By default keep problems with both lecture and solution (as the research did), then the first ``limit``."""
-    kept = problems if keep_all else [p for p in problems if p.lecture.strip() and p.solution.strip()]
-    return kept[:limit] if limit is not None else kept
-
-
-def load_problems(dataset: str = "sample", split: str = "validation", keep_all: bool = False,
-                  limit: int | None = None) -> list[Problem]:
-    """Problems of one split from a source, filtered; ids are stable whatever the filter."""
-    from sciqa.data.sources import read_split
-
-    return select(read_split(dataset, canonical_split(split)), keep_all, limit)
-
-
-_FIELDS = ("id", "split", "question", "choices", "answer", "hint", "task", "grade", "subject", "topic", "category",
-           "skill", "lecture", "solution", "has_image")
-
-
-@cache
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """A Problem from a ScienceQA-shaped dict (original JSON or a hub row)."""
+    return Problem(id=str(pid), split=split, question=rec["question"] or "", choices=tuple(rec["choices"]),
+                   answer=int(rec["answer"]), has_image=bool(rec.get("image")), image_path=image_path,
+                   load_image=load_image, **{f: rec.get(f) or "" for f in TEXT_FIELDS})
 
 
 def image_digest(problem: Problem) -> str:
@@ -102,25 +64,17 @@ def image_digest(problem: Problem) -> str:
     path = Path(problem.image_path)
     if not path.is_file():
         return "missing"
-    st = path.stat()
-    return _file_digest(str(path), st.st_size, st.st_mtime_ns)
+    return file_digest(path)
 
 
 def problems_digest(problems: list[Problem]) -> str:
-    """Content digest of the problems actually used: ids, every text field, answers, image files.
-    It is part of every step's cache key, so an edited dataset folder is never answered by a
-    stale cached run."""
-    h = hashlib.sha256()
-    for p in problems:
-        h.update(json.dumps([getattr(p, f) for f in _FIELDS] + [image_digest(p)], default=list).encode() + b"\n")
-    return h.hexdigest()[:16]
+    """Content digest of the problems used (every field, image files): part of every step's cache key."""
+    fields = ("id", "split", "question", "choices", "answer", *TEXT_FIELDS, "has_image")
+    return digest(*([getattr(p, f) for f in fields] + [image_digest(p)] for p in problems))
 
 
 def check_images(problems: list[Problem], strict: bool) -> int:
-    """Missing image files: a count (the step warns and logs ``images_missing``) or, with
-    ``strict``, one line; an image file that cannot be read is always one line, before any run."""
-    from PIL import Image, UnidentifiedImageError
-
+    """Missing image files: a count (warned) or, with ``strict``, one line; an unreadable file is always one line."""
     missing = [p for p in problems if image_digest(p) == "missing"]
     if missing and strict:
         raise SciqaError(f"{len(missing)} image file(s) missing, e.g. '{missing[0].image_path}' of problem "

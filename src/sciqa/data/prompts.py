@@ -1,8 +1,7 @@
 """The four prompt settings and the study's prompt protocol, kept so numbers stay comparable.
 
-QTCH = question, task, choices, hint; L adds the lecture, S the solution. Choices are written
-``(0) first (1) second`` on one line, an empty hint becomes ``N/A``, each field is on its own line,
-and the instruction asks for JSON with ``answer`` (a choice, verbatim) and ``solution``.
+QTCH = question, task, choices, hint; L adds the lecture, S the solution. Choices ``(0) first (1) second``, an
+empty hint ``N/A``, one field per line, then an instruction asking for JSON with ``answer`` and ``solution``.
 """
 from __future__ import annotations
 
@@ -12,39 +11,23 @@ from sciqa.data.problems import Problem
 from sciqa.errors import SciqaError
 
 # setting -> the optional fields it adds after the hint, in order
-SETTINGS: dict[str, tuple[str, ...]] = {
-    "QTCH": (),
-    "QTCHL": ("lecture",),
-    "QTCHLS": ("lecture", "solution"),
-    "QTCHS": ("solution",),
-}
+SETTINGS: dict[str, tuple[str, ...]] = {"QTCH": (), "QTCHL": ("lecture",), "QTCHLS": ("lecture", "solution"),
+                                        "QTCHS": ("solution",)}
 INSTRUCTION = (
     'Instruction: Answer in JSON style with two fields: "answer", one of the choices written exactly as '
     'given, and "solution", a short explanation. For example: {"answer": "<choice>", "solution": "<explanation>"}'
 )
 
 
-def check_setting(setting: str) -> str:
-    if setting not in SETTINGS:
-        raise SciqaError(f"unknown setting '{setting}'; accepted: {', '.join(SETTINGS)}")
-    return setting
-
-
-def format_choices(choices: tuple[str, ...] | list[str]) -> str:
-    return " ".join(f"({i}) {c}" for i, c in enumerate(choices))
-
-
 def build_prompt(problem: Problem, setting: str) -> str:
     """The user-turn text of one problem in one setting (the image goes before it in the chat)."""
-    lines = [
-        f"Question: {problem.question}",
-        f"Task: {problem.task}",
-        f"Choices: {format_choices(problem.choices)}",
-        f"Hint: {problem.hint.strip() or 'N/A'}",
-    ]
-    lines += [f"{name.capitalize()}: {getattr(problem, name)}" for name in SETTINGS[check_setting(setting)]]
-    lines.append(INSTRUCTION)
-    return "\n".join(lines)
+    if setting not in SETTINGS:
+        raise SciqaError(f"unknown setting '{setting}'; accepted: {', '.join(SETTINGS)}")
+    choices = " ".join(f"({i}) {c}" for i, c in enumerate(problem.choices))
+    lines = [f"Question: {problem.question}", f"Task: {problem.task}", f"Choices: {choices}",
+             f"Hint: {problem.hint.strip() or 'N/A'}"]
+    lines += [f"{name.capitalize()}: {getattr(problem, name)}" for name in SETTINGS[setting]]
+    return "\n".join([*lines, INSTRUCTION])
 
 
 def target_json(answer: str, solution: str) -> str:

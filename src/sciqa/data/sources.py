@@ -1,36 +1,46 @@
-"""Where problems come from: the bundled sample, a hub dataset, a save_to_disk/parquet folder or
-a folder in the original ScienceQA layout. One ``--dataset`` value picks the source."""
+"""Where problems come from: the bundled sample, a hub dataset, a save_to_disk/parquet folder or a folder in the
+original ScienceQA layout; one ``--dataset`` value picks the source, then the study's filter applies."""
 from __future__ import annotations
 
 import json
 from functools import partial
 from pathlib import Path
 
-from sciqa.data.problems import Problem, from_record
+from PIL import Image
+
+from sciqa.data.problems import SPLITS, Problem, from_record
 from sciqa.errors import SciqaError
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
 ORIGINAL_SPLIT = {"train": "train", "validation": "val", "test": "test"}
 
 
-def _open_image(path: Path):
-    from PIL import Image
+def load_problems(dataset: str = "sample", split: str = "validation", keep_all: bool = False,
+                  limit: int | None = None) -> list[Problem]:
+    """One split, by default only problems with both lecture and solution (as the study), then the first ``limit``;
+    ids are stable whatever the filter."""
+    if split not in SPLITS:
+        raise SciqaError(f"unknown split '{split}'; accepted: train, validation (val), test")
+    problems = read_split(dataset, SPLITS[split])
+    kept = problems if keep_all else [p for p in problems if p.lecture.strip() and p.solution.strip()]
+    return kept[:limit] if limit is not None else kept
 
+
+def _open_image(path: Path):
     return Image.open(path) if path.exists() else None
 
 
 def read_original(folder: Path, split: str, images: bool = True) -> list[Problem]:
-    """Original layout: problems.json, pid_splits.json, images/<split>/<pid>/image.png.
-    ``images=False`` (the bundled sample, which ships none): every image is the placeholder."""
+    """problems.json, pid_splits.json, images/<split>/<pid>/image.png; ``images=False``: placeholders (the sample)."""
     problems = json.loads((folder / "problems.json").read_text())
-    pids = json.loads((folder / "pid_splits.json").read_text())[ORIGINAL_SPLIT[split]]
     out = []
-    for pid in pids:
+    for pid in json.loads((folder / "pid_splits.json").read_text())[ORIGINAL_SPLIT[split]]:
         rec = problems[pid]
         img = folder / "images" / ORIGINAL_SPLIT[split] / pid / (rec.get("image") or "image.png")
-        local = bool(rec.get("image")) and images
-        out.append(from_record(pid, split, rec, partial(_open_image, img) if local else None,
-                               str(img) if local else ""))
+        if bool(rec.get("image")) and images:
+            out.append(from_record(pid, split, rec, partial(_open_image, img), str(img)))
+        else:
+            out.append(from_record(pid, split, rec, None))
     return out
 
 
@@ -41,26 +51,10 @@ def _row_image(ds, i: int):
 def read_hf(ds, split: str) -> list[Problem]:
     """Rows of a ``datasets.Dataset``; ids are a ``pid`` column when present, else ``split-row``."""
     text = ds.remove_columns([c for c in ("image",) if c in ds.column_names])
-    has_image_col = "image" in ds.column_names
     flags = ds.map(lambda r: {"_has": r["image"] is not None}, remove_columns=ds.column_names)["_has"] \
-        if has_image_col else [False] * len(ds)
-    out = []
-    for i, rec in enumerate(text):
-        pid = rec.get("pid") or f"{split}-{i}"
-        rec = dict(rec, image=flags[i])
-        out.append(from_record(pid, split, rec, partial(_row_image, ds, i) if flags[i] else None))
-    return out
-
-
-def _hf_split(name: str, split: str):
-    import datasets
-
-    try:
-        return datasets.load_dataset(name, split=split)
-    except ValueError as exc:  # split missing
-        raise SciqaError(f"dataset '{name}' has no split '{split}' ({str(exc).splitlines()[0]})") from None
-    except Exception as exc:  # noqa: BLE001 - datasets raises many types for "not found/offline"
-        raise SciqaError(f"cannot load dataset '{name}': {str(exc).splitlines()[0]}") from None
+        if "image" in ds.column_names else [False] * len(ds)
+    return [from_record(rec.get("pid") or f"{split}-{i}", split, dict(rec, image=flags[i]),
+                        partial(_row_image, ds, i) if flags[i] else None) for i, rec in enumerate(text)]
 
 
 def read_folder(folder: Path, split: str) -> list[Problem]:
@@ -90,4 +84,12 @@ def read_split(dataset: str, split: str) -> list[Problem]:
         return read_folder(path, split)
     if dataset.startswith((".", "/", "~")) or path.suffix:
         raise SciqaError(f"dataset folder '{dataset}' does not exist; accepted: sample, a folder, or a hub id")
-    return read_hf(_hf_split(dataset, split), split)
+    import datasets  # 2 s: only for hub and folder datasets
+
+    try:
+        ds = datasets.load_dataset(dataset, split=split)
+    except ValueError as exc:  # split missing
+        raise SciqaError(f"dataset '{dataset}' has no split '{split}' ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # noqa: BLE001 - datasets raises many types for "not found/offline"
+        raise SciqaError(f"cannot load dataset '{dataset}': {str(exc).splitlines()[0]}") from None
+    return read_hf(ds, split)

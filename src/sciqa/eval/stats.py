@@ -1,48 +1,24 @@
-"""Paired comparisons of arms of evaluated runs: is arm B really better than arm A on the same problems?
+"""Paired comparisons of arms (one run, or the seed runs of one procedure) on the problems they share.
 
-An *arm* is one run, or several runs of one procedure that differ only in the training seed. Seeds are
-replicates, never majority-voted: an arm's value of a metric is the mean over its seeds of each seed
-run's value (for accuracy: per problem, the fraction of seeds right), the number the runs table shows.
-
-The model: problems x seeds, crossed random effects, fitted by the method of moments. For arm X with
-S seeds and the n problems every run shares, ``y[s, i]`` is seed s's score on problem i: accuracy in
-points (0 or 100, an unmapped answer is wrong); for a metric that skips rows (ROUGE-L and METEOR skip
-empty explanations) and for the overall score, a linearised per-row value whose mean over problems
-is exactly the seed run's value (:func:`linearised`). The estimate is ``mean(y_B) - mean(y_A)``; its
-variance adds
-  * seeds, per arm with S > 1 (S - 1 df): ``var_s(mean_i y[s, i]) / S``, the seed-to-seed variance of
-    the arm's value (with seed variance alone this is Welch's t-test on the per-seed values);
-  * problems (paired, n - 1 df): ``max(0, var_i(D_i) - sum_X MSE_X / S_X) / n`` with
-    ``D_i = mean_s y_B[s, i] - mean_s y_A[s, i]`` and MSE_X the arm's seed x problem residual mean
-    square: how differently the arms do problem by problem, without the per-row seed noise that the
-    seed terms already hold (an arm of one seed has no MSE: its noise stays in this term).
-The interval is ``diff ± t(df) · SE`` with Satterthwaite's df, and p is the t-test this interval
-inverts, so interval and test always agree. With one seed in an arm there is no seed term: the
-interval then covers the sampling of problems only, not training variance. Seeds are not assumed
-paired across arms (conservative where seed s of A and B share initialisation and data order); the
-per-seed paired differences are reported beside (``per_seed``).
-
-Significance, one rule, on unrounded values: each comparison's primary endpoint (accuracy on all
-problems) has a Holm-adjusted p over the primary rows of the table (``p_holm``) and is significant
-when ``p_holm < 0.05``; every other row is exploratory, significant when its unadjusted 95 % interval
-excludes zero (``p < 0.05``). No minimum effect is applied. The null simulation in
-``tests/test_kd_vs_golden.py`` checks the 5 % level with seed variance.
+Arms are seed means (never majority votes). The model is problems x seeds crossed random effects by the
+method of moments: per arm with S > 1 a seed term ``var_s(mean_i y) / S`` (S - 1 df), plus a paired problem
+term ``max(0, var_i(D_i) - sum MSE_X / S_X) / n`` (n - 1 df); a t interval with Satterthwaite df, and p is
+the test that interval inverts. Each comparison's accuracy on all problems is primary (Holm over the table,
+``p_holm < 0.05``); every other row is exploratory (``p < 0.05``); decisions use unrounded values.
 """
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from scipy.stats import t as student_t
 
-from sciqa.eval.metrics import BY_NAME, EXPLANATION, LABELS
-
-__all__ = ["ALPHA", "COLUMNS", "CONFIDENCE", "EXPLANATION", "METHOD", "Joined", "Paired", "arm_difference",
-           "compare_runs", "decide", "forest_plot", "holm", "join_arms", "join_rows", "linearised", "n_tests", "p_text",
-           "to_markdown", "to_text"]
+from sciqa.eval.metrics import BY_NAME, EXPLANATION, LABELS, accuracy_groups
 
 ALPHA = 0.05
 CONFIDENCE = 1 - ALPHA
@@ -51,18 +27,16 @@ METHOD = ("problems x seeds crossed random effects (method of moments), t interv
 COLUMNS = ["run", "baseline", "family", "metric", "group", "n", "seeds_a", "seeds_b", "a", "b", "diff", "ci_low",
            "ci_high", "df", "p_value", "p_holm", "significant", "per_seed"]
 PRIMARY, EXPLORATORY = "primary", "exploratory"
+GOLD = ("answer", "reference")  # what must agree between runs for a common id to be the same problem
+NONE = "No comparisons (no runs besides the baseline, or no common problems)."
 
 
-@dataclass(frozen=True)
-class Joined:
-    """Runs' rows restricted to the common problems, all in the same (sorted id) order."""
+class Joined(NamedTuple):
+    """Runs' rows restricted to the n common problems, all in the same (sorted id) order."""
 
     frames: dict[Hashable, pd.DataFrame]
     dropped: dict[Hashable, int]  # per run: its ids missing from some other run
-
-    @property
-    def n(self) -> int:
-        return len(next(iter(self.frames.values())))
+    n: int
 
 
 @dataclass(frozen=True)
@@ -79,15 +53,11 @@ class Paired:
     ci_high: float
     df: float
     p_value: float
-    per_seed: str = ""  # seed s of b minus seed s of a, in seed order, where both arms have several seeds
-
-
-GOLD = ("answer", "reference")  # what must agree between runs for a common id to be the same problem
+    per_seed: str = ""  # seed s of b minus seed s of a, where both arms have the same seeds (several)
 
 
 def join_rows(frames: Mapping[Hashable, pd.DataFrame]) -> Joined:
-    """Inner-join runs by problem id so every comparison is on exactly the same problems; a common
-    id whose gold answer or reference text differs between runs is refused (not the same problem)."""
+    """Inner-join runs by problem id; a common id whose gold answer or reference differs is refused."""
     ids = {label: frame["id"].astype(str) for label, frame in frames.items()}  # CSV may give numbers
     for label, s in ids.items():
         if s.duplicated().any():
@@ -97,31 +67,19 @@ def join_rows(frames: Mapping[Hashable, pd.DataFrame]) -> Joined:
         raise ValueError(f"no problem ids in common across runs {list(frames)}")
     joined = {label: frame.assign(id=ids[label]).set_index("id").loc[common].reset_index()
               for label, frame in frames.items()}
-    _check_gold(joined)
-    return Joined(joined, {label: len(ids[label]) - len(common) for label in frames})
-
-
-def _check_gold(joined: Mapping[Hashable, pd.DataFrame]) -> None:
-    labels = list(joined)
-    first = joined[labels[0]]
-    for column in GOLD:
-        if not all(column in f for f in joined.values()):
-            continue
-        for label in labels[1:]:
-            differ = first[column].astype(str).to_numpy() != joined[label][column].astype(str).to_numpy()
+    (first, head), *others = joined.items()
+    for column in (c for c in GOLD if all(c in f for f in joined.values())):
+        for label, frame in others:
+            differ = head[column].astype(str).to_numpy() != frame[column].astype(str).to_numpy()
             if differ.any():
-                raise ValueError(f"problem {first['id'].iloc[int(np.argmax(differ))]!r} has a different gold "
-                                 f"{column} in runs {labels[0]!r} and {label!r}: they were scored on different data")
-
-
-# --------------------------------------------------------------------------- the model
+                raise ValueError(f"problem {head['id'].iloc[int(np.argmax(differ))]!r} has a different gold "
+                                 f"{column} in runs {first!r} and {label!r}: they were scored on different data")
+    return Joined(joined, {label: len(ids[label]) - len(common) for label in frames}, len(common))
 
 
 def linearised(values: np.ndarray) -> np.ndarray:
-    """(seeds, n) per-row values, NaN where a row is skipped -> per-row values whose plain mean over
-    problems is each seed's NaN-skipping mean (a skipped row adds nothing to it, a kept one its
-    deviation scaled by n / kept): the ratio estimator's first-order (delta-method) linearisation.
-    A seed with no kept row stays NaN (the metric is undefined for that run)."""
+    """(seeds, n) values, NaN = skipped row -> per-row values whose mean is each seed's NaN-skipping mean
+    (delta-method linearisation of the ratio); a seed with no kept row stays NaN."""
     values = np.asarray(values, dtype=float)
     known = ~np.isnan(values)
     kept = known.sum(axis=1, keepdims=True)
@@ -140,7 +98,7 @@ def _seed_terms(y: np.ndarray) -> tuple[float, float]:
 
 
 def arm_difference(a, b, confidence: float = CONFIDENCE) -> Paired:
-    """B - A from (seeds, n) per-row values of the same problems (columns aligned): see the module."""
+    """B - A from (seeds, n) per-row values of the same problems (columns aligned)."""
     a, b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"paired arms need the same problems, got {a.shape[1]} and {b.shape[1]}")
@@ -163,13 +121,8 @@ def arm_difference(a, b, confidence: float = CONFIDENCE) -> Paired:
         se = var ** 0.5
         half = float(student_t.ppf(0.5 + confidence / 2, df)) * se
         low, high, p = diff - half, diff + half, float(2 * student_t.sf(abs(diff) / se, df))
-    paired = ""
-    if len(a) == len(b) > 1:
-        paired = " ".join(f"{d:+.4g}" for d in b.mean(axis=1) - a.mean(axis=1))
+    paired = " ".join(f"{d:+.4g}" for d in b.mean(axis=1) - a.mean(axis=1)) if len(a) == len(b) > 1 else ""
     return Paired(n, len(a), len(b), float(a.mean()), float(b.mean()), diff, low, high, df, p, paired)
-
-
-# --------------------------------------------------------------------------- arms
 
 
 def _arm_values(frames: Sequence[pd.DataFrame], metric: str, mask: np.ndarray | None = None) -> np.ndarray | None:
@@ -195,79 +148,48 @@ def _truth(column: pd.Series) -> np.ndarray:
 
 
 def _groups(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Accuracy groups, defined as in ``metrics.accuracy_breakdown``."""
-    text = (frame["hint"].fillna("").astype(str).str.strip() != "").to_numpy()
-    image = _truth(frame["has_image"])
-    grade = frame["grade"].astype(str).str.extract(r"(\d+)", expand=False).astype(float)
-    subjects = sorted(frame["subject"].dropna().unique())
-    return {**{f"subject={s}": (frame["subject"] == s).to_numpy() for s in subjects},
-            "context=text": text, "context=image": image > 0, "context=none": ~text & ~(image > 0),
-            "grade=1-6": grade.between(1, 6).to_numpy(), "grade=7-12": grade.between(7, 12).to_numpy()}
-
-
-def _as_arm(value) -> list[pd.DataFrame]:
-    return [value] if isinstance(value, pd.DataFrame) else list(value)
-
-
-def join_arms(arms: Mapping[str, pd.DataFrame | Sequence[pd.DataFrame]]) -> tuple[dict[str, list], Joined]:
-    """Every run of every arm joined on the problems all of them share: arm -> its aligned frames."""
-    runs = {(label, i): f for label, arm in arms.items() for i, f in enumerate(_as_arm(arm))}
-    joined = join_rows({_run_name(arms, key): f for key, f in runs.items()})
-    frames = list(joined.frames.values())
-    out, k = {}, 0
-    for label, arm in arms.items():
-        out[label] = frames[k:k + len(_as_arm(arm))]
-        k += len(_as_arm(arm))
-    return out, joined
-
-
-def _run_name(arms: Mapping, key: tuple[str, int]) -> str:
-    label, i = key
-    return label if len(_as_arm(arms[label])) == 1 else f"{label} (seed run {i + 1})"
+    """The accuracy groups ``metrics`` logs, under their table names."""
+    return {BY_NAME[key].where: mask.to_numpy() for key, mask in accuracy_groups(frame).items() if key != "acc"}
 
 
 def compare_runs(arms: Mapping[str, pd.DataFrame | Sequence[pd.DataFrame]], baseline: str, *,
                  by_group: bool = True, primary: bool = True, confidence: float = CONFIDENCE) -> pd.DataFrame:
-    """One tidy row per (arm vs baseline, metric, group) on the problems all runs share. An arm is a
-    frame (one run) or a list of frames (its seed runs). ``primary``: each arm's accuracy on all
-    problems is a primary endpoint (Holm-adjusted); every other row is exploratory.
-
-    A metric undefined for a run is left out (ROUGE-L and METEOR skip empty explanations, so a run
-    of empty explanations has neither, nor an overall score), never shown as NaN."""
+    """One row per (arm vs baseline, metric, group) on the problems all runs share; an arm is a frame or its
+    seed runs' frames. A metric undefined for a run (no kept row) is left out, never NaN."""
     if baseline not in arms:
         raise ValueError(f"baseline {baseline!r} is not one of the runs {list(arms)}")
-    frames, joined = join_arms(arms)
+    arms = {label: [arm] if isinstance(arm, pd.DataFrame) else list(arm) for label, arm in arms.items()}
+    names = {(label, i): label if len(arm) == 1 else f"{label} (seed run {i + 1})"
+             for label, arm in arms.items() for i in range(len(arm))}
+    joined = join_rows({names[label, i]: f for label, arm in arms.items() for i, f in enumerate(arm)}).frames
+    frames = {label: [joined[names[label, i]] for i in range(len(arm))] for label, arm in arms.items()}
     base = frames[baseline]
     groups = {"all": None, **(_groups(base[0]) if by_group else {})}
+    wanted = [("acc", g, m) for g, m in groups.items() if m is None or m.any()]
+    wanted += [(name, "all", None) for name in (*EXPLANATION, "overall")]
     rows = []
     for run, other in frames.items():
-        if run == baseline:
-            continue
-        wanted = [("acc", g, m) for g, m in groups.items() if m is None or m.any()]
-        wanted += [(name, "all", None) for name in (*EXPLANATION, "overall")]
-        for metric, group, mask in wanted:
+        for metric, group, mask in [] if run == baseline else wanted:
             a, b = _arm_values(base, metric, mask), _arm_values(other, metric, mask)
             if a is None or b is None or not a.shape[1]:
                 continue
-            r = arm_difference(a, b, confidence)
             family = PRIMARY if primary and (metric, group) == ("acc", "all") else EXPLORATORY
-            rows.append({**asdict(r), "run": run, "baseline": baseline, "metric": metric, "group": group,
-                         "family": family})
+            rows.append({**asdict(arm_difference(a, b, confidence)), "run": run, "baseline": baseline,
+                         "metric": metric, "group": group, "family": family})
     return decide(pd.DataFrame(rows, columns=COLUMNS))
 
 
 def holm(p: np.ndarray) -> np.ndarray:
-    """Holm's step-down adjusted p-values (Holm 1979): sorted p times (m - rank), kept monotone, at most 1."""
+    """Holm's step-down adjusted p-values: sorted p times (m - rank), kept monotone, at most 1."""
     p = np.asarray(p, dtype=float)
     order = np.argsort(p)
-    adjusted = np.minimum(1.0, np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]))
     out = np.empty_like(p)
-    out[order] = adjusted
+    out[order] = np.minimum(1.0, np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]))
     return out
 
 
 def decide(table: pd.DataFrame) -> pd.DataFrame:
-    """``p_holm`` over the primary rows with a p, and the one significance rule (module docstring)."""
+    """``p_holm`` over the primary rows with a p, and the one significance rule."""
     table = table.copy()
     primary = (table["family"] == PRIMARY).to_numpy() & table["p_value"].notna().to_numpy()
     table["p_holm"] = np.nan
@@ -283,18 +205,13 @@ def n_tests(table: pd.DataFrame) -> tuple[int, int]:
     return primary, len(table) - primary
 
 
-# --------------------------------------------------------------------------- reports
-
-
 def _points(metric: str) -> bool:
-    """On a 0-100 scale (accuracy, overall) rather than 0-1 (explanation metrics)."""
     return BY_NAME[metric].scale == "points"
 
 
 def _num(value: float, metric: str, signed: bool = False) -> str:
     """Points with one decimal, 0-1 metrics with three; a real minus sign for prose."""
-    text = f"{value:{'+' if signed else ''}.{1 if _points(metric) else 3}f}"
-    return text.replace("-", "\u2212")
+    return f"{value:{'+' if signed else ''}.{1 if _points(metric) else 3}f}".replace("-", "\u2212")
 
 
 def p_text(p: float) -> str:
@@ -310,59 +227,45 @@ def p_text(p: float) -> str:
     return f"{p:.6g}"
 
 
-def _ci(r, metric: str) -> str:
-    return f"[{_num(r.ci_low, metric, True)}, {_num(r.ci_high, metric, True)}]"
-
-
-def _pair(r, name: Mapping) -> str:
+def _pair(r, labels: Mapping[str, str] | None) -> str:
+    name = dict(labels or {})
     return f"{name.get(r.run, r.run)} vs {name.get(r.baseline, r.baseline)}"
 
 
 def _display(table: pd.DataFrame, labels: Mapping[str, str] | None) -> pd.DataFrame:
-    """Every row as strings: the markdown table of ``comparison.md``."""
-    name = dict(labels or {})
+    """Every row as strings: the markdown table, and what the terminal table picks from."""
     return pd.DataFrame([{
-        "comparison": _pair(r, name), "family": r.family, "metric": r.metric, "group": r.group, "n": str(r.n),
-        "seeds": f"{r.seeds_a}/{r.seeds_b}", "a": _num(r.a, r.metric), "b": _num(r.b, r.metric),
-        "diff": _num(r.diff, r.metric, True), "95% CI": _ci(r, r.metric), "p": p_text(r.p_value),
+        "comparison": _pair(r, labels), "family": r.family,
+        "metric": r.metric, "group": r.group, "n": str(r.n), "seeds": f"{r.seeds_a}/{r.seeds_b}",
+        "a": _num(r.a, r.metric), "b": _num(r.b, r.metric), "diff": _num(r.diff, r.metric, True),
+        "95% CI": f"[{_num(r.ci_low, r.metric, True)}, {_num(r.ci_high, r.metric, True)}]", "p": p_text(r.p_value),
         "p_holm": p_text(r.p_holm), "sig": "*" if r.significant else "", "per-seed diffs": r.per_seed or ""}
-        for r in table.itertuples()])
+        for r in table.itertuples()], columns=["comparison", "family", "metric", "group", "n", "seeds", "a", "b",
+                                               "diff", "95% CI", "p", "p_holm", "sig", "per-seed diffs"])
 
 
 def to_text(table: pd.DataFrame, labels: Mapping[str, str] | None = None) -> str:
-    """The terminal table: one line per comparison, accuracy (both arms, diff, interval, p, p_holm)
-    and the overall score's difference; ``*`` marks a significant primary endpoint only."""
-    name = dict(labels or {})
-    everything = table[table["group"] == "all"]
-    lines = []
-    for (run, baseline), rows in everything.groupby(["run", "baseline"], sort=False):
-        by_metric = {r.metric: r for r in rows.itertuples()}
-        acc, overall = by_metric.get("acc"), by_metric.get("overall")
-        if acc is None:
-            continue
-        lines.append({
-            "comparison": _pair(acc, name), "n": str(acc.n), "seeds": f"{acc.seeds_a}/{acc.seeds_b}",
-            "acc a": _num(acc.a, "acc"), "acc b": _num(acc.b, "acc"),
-            "acc diff [95% CI]": f"{_num(acc.diff, 'acc', True)} {_ci(acc, 'acc')}", "p": p_text(acc.p_value),
-            "p_holm": p_text(acc.p_holm) + (" *" if acc.family == PRIMARY and acc.significant else ""),
-            "overall diff [95% CI]": "" if overall is None else f"{_num(overall.diff, 'overall', True)} "
-                                                                f"{_ci(overall, 'overall')}"})
-    if not lines:
-        return "No comparisons (no runs besides the baseline, or no common problems)."
-    return pd.DataFrame(lines).to_markdown(index=False, tablefmt="simple", disable_numparse=True)
-
-
-def _verdict(r) -> str:
-    if not r.significant:
-        return "cannot tell apart at 5 %"
-    return "significant at 5 %" + (" (Holm-adjusted)" if r.family == PRIMARY else " (exploratory, unadjusted)")
+    """The terminal table: one line per comparison, accuracy and the overall score's difference; ``*`` marks
+    a significant primary endpoint only."""
+    shown = _display(table, labels)[(table["group"] == "all").to_numpy()]
+    acc = shown[shown["metric"] == "acc"]
+    if acc.empty:
+        return NONE
+    overall = shown[shown["metric"] == "overall"]
+    overall = dict(zip(overall["comparison"], overall["diff"] + " " + overall["95% CI"]))
+    return pd.DataFrame({
+        "comparison": acc["comparison"], "n": acc["n"], "seeds": acc["seeds"], "acc a": acc["a"], "acc b": acc["b"],
+        "acc diff [95% CI]": acc["diff"] + " " + acc["95% CI"], "p": acc["p"],
+        "p_holm": acc["p_holm"] + np.where((acc["family"] == PRIMARY) & (acc["sig"] == "*"), " *", ""),
+        "overall diff [95% CI]": [overall.get(c, "") for c in acc["comparison"]],
+    }).to_markdown(index=False, tablefmt="simple", disable_numparse=True)
 
 
 def to_markdown(table: pd.DataFrame, labels: Mapping[str, str] | None = None) -> str:
-    """Markdown table, a sentence per primary endpoint and per exploratory row whose interval excludes
-    zero, the rest summarised."""
+    """Markdown table, a sentence per primary endpoint and per exploratory row whose interval excludes zero,
+    the rest summarised."""
     if table.empty:
-        return "No comparisons (no runs besides the baseline, or no common problems).\n"
+        return NONE + "\n"
     shown = _display(table, labels)
     primary, exploratory = n_tests(table)
     lines = [shown.to_markdown(index=False, disable_numparse=True), "",
@@ -376,46 +279,36 @@ def to_markdown(table: pd.DataFrame, labels: Mapping[str, str] | None = None) ->
         if r.family != PRIMARY and not r.significant:
             quiet.setdefault(s["comparison"], []).append(what)
             continue
-        unit = " points" if _points(r.metric) else ""
-        p = f", p = {s['p']}" if s["p"] else ""
-        p += f", p_holm = {s['p_holm']}" if s["p_holm"] else ""
+        p = (f", p = {s['p']}" if s["p"] else "") + (f", p_holm = {s['p_holm']}" if s["p_holm"] else "")
         seeds = f", {r.seeds_a}/{r.seeds_b} seeds" if max(r.seeds_a, r.seeds_b) > 1 else ""
-        lines.append(f"- {s['comparison']}: {what} {s['diff']}{unit} {s['95% CI']}{p}, n = {r.n}{seeds} \u2014 "
-                     f"{_verdict(r)}.")
-    lines += [f"- {pair}: cannot tell apart at 5 % (exploratory) for {', '.join(whats)}."
-              for pair, whats in quiet.items()]
+        verdict = ("cannot tell apart at 5 %" if not r.significant else "significant at 5 %"
+                   + (" (Holm-adjusted)" if r.family == PRIMARY else " (exploratory, unadjusted)"))
+        unit = " points" if _points(r.metric) else ""
+        lines.append(f"- {s['comparison']}: {what} {s['diff']}{unit} {s['95% CI']}{p}, n = {r.n}{seeds} "
+                     f"\u2014 {verdict}.")
+    lines += [f"- {pair}: cannot tell apart at 5 % (exploratory) for {', '.join(w)}." for pair, w in quiet.items()]
     return "\n".join(lines) + "\n"
 
 
 def forest_plot(table: pd.DataFrame, path: str | Path, labels: Mapping[str, str] | None = None) -> Path:
-    """Differences with intervals per (run vs baseline, metric): points panel (acc, overall) and 0-1 panel."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, also on machines without a display
-    import matplotlib.pyplot as plt
-
+    """Differences with intervals per comparison and metric (red: significant): a points panel and a 0-1 panel."""
     rows = table[table["group"] == "all"]
     points = rows["metric"].map(_points).astype(bool)
-    panels = [("accuracy, overall (points)", rows[points]), ("explanation metrics (0\u20131 scale)", rows[~points])]
-    panels = [(title, part) for title, part in panels if len(part)]
+    panels = [(t, part) for t, part in (("accuracy, overall (points)", rows[points]),
+                                        ("explanation metrics (0\u20131 scale)", rows[~points])) if len(part)]
     if not panels:
         raise ValueError("nothing to plot: no group == 'all' rows")
-    height = 1.2 + 0.4 * max(len(part) for _, part in panels)
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), height), squeeze=False)
-    name = dict(labels or {})
+    fig = Figure(figsize=(6.5 * len(panels), 1.2 + 0.4 * max(len(p) for _, p in panels)), layout="tight")
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (title, part) in zip(axes[0], panels):
         y = np.arange(len(part))[::-1]
-        for significant, color in ((False, "tab:gray"), (True, "tab:red")):
-            sel = (part["significant"] == significant).to_numpy()
-            d, low, high = (part[c].to_numpy(dtype=float)[sel] for c in ("diff", "ci_low", "ci_high"))
-            ax.errorbar(d, y[sel], xerr=np.clip([d - low, high - d], 0, None), fmt="o", color=color, capsize=3)
+        d, low, high = (part[c].to_numpy(dtype=float) for c in ("diff", "ci_low", "ci_high"))
+        ax.errorbar(d, y, xerr=np.clip([d - low, high - d], 0, None), fmt="none", ecolor="tab:gray", capsize=3)
+        ax.scatter(d, y, c=np.where(part["significant"], "tab:red", "tab:gray"), zorder=3)
         ax.axvline(0, color="black", linestyle="--", linewidth=1)
-        ticks = [f"{_pair(r, name)}: {LABELS[r.metric]}" for r in part.itertuples()]
-        ax.set_yticks(y, [t if len(t) <= 70 else f"{t[:40]}\u2026{t[-29:]}" for t in ticks])  # fits the figure
-        ax.set_title(title)
-        ax.set_xlabel(f"run \u2212 baseline, {CONFIDENCE:.0%} interval (red: significant)")
+        ticks = [f"{_pair(r, labels)}: {LABELS[r.metric]}" for r in part.itertuples()]
+        ax.set_yticks(y, [t if len(t) <= 70 else f"{t[:40]}\u2026{t[-29:]}" for t in ticks])
+        ax.set(title=title, xlabel=f"run \u2212 baseline, {CONFIDENCE:.0%} interval (red: significant)")
         ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)

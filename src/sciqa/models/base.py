@@ -4,7 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
 import torch
+import transformers
+
+from sciqa.errors import SciqaError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # sciqa.config.DTYPE_CHOICES
 
@@ -19,18 +23,13 @@ def pick_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtyp
 
 
 def placement(device: torch.device, gpu_memory_gb: float) -> dict:
-    """``from_pretrained`` placement: none (the caller moves the whole model to ``device``) or, with
-    a GPU memory cap, accelerate's ``device_map="auto"``: the layers that fit in ``gpu_memory_gb``
-    on the GPU, the rest in CPU memory (slower; how the study benchmarked big models on small GPUs)."""
+    """``from_pretrained`` placement: none, or with a GPU memory cap accelerate's ``device_map="auto"`` (the rest
+    of the layers in CPU memory: how the study benchmarked big models on small GPUs)."""
     if gpu_memory_gb <= 0:
         return {}
     if device.type != "cuda":
-        from sciqa.errors import SciqaError
-
         raise SciqaError(f"--gpu-memory-gb {gpu_memory_gb:g} offloads to CPU what does not fit on a GPU; "
                          f"the device here is {device} (use --device cuda, or drop --gpu-memory-gb)")
-    import psutil
-
     cpu_gib = max(1, int(psutil.virtual_memory().available / 2 ** 30) - 2)  # leave the process some room
     return {"device_map": "auto", "max_memory": {device.index or 0: f"{gpu_memory_gb:g}GiB", "cpu": f"{cpu_gib}GiB"}}
 
@@ -46,7 +45,7 @@ class LoadedModel:
 
     @property
     def tokenizer(self):
-        """The processor's tokenizer; a text-only model's processor is its tokenizer."""
+        """A text-only model's processor is its tokenizer."""
         return getattr(self.processor, "tokenizer", self.processor)
 
     @property
@@ -58,12 +57,11 @@ class LoadedModel:
 class Family:
     """The per-family quirks, kept here instead of branches in shared code.
 
-    ``turn_markers``: text that starts a new turn; generation output is cut at the first one
-    (Pixtral leaked ``[INST]`` turns in the study). ``end_of_turn``: the token that closes the
-    assistant turn; generation stops there and training supervises it. ``completion_inputs``:
-    per-token inputs whose value on completion tokens (training targets, a forced answer start,
-    generated tokens) is not 0 (text), e.g. PaliGemma's ``token_type_ids`` = 1, its causal suffix.
-    ``first_position``: the position id of a row's first real token (PaliGemma counts from 1).
+    ``turn_markers``: text that starts a new turn, where output is cut (Pixtral leaked ``[INST]`` turns in the
+    study). ``turn_tokens``: a turn ends after this many tokens (0: the model ends it; only the tiny models).
+    ``completion_inputs``: per-token inputs whose value on completion tokens is not 0 (PaliGemma's
+    ``token_type_ids`` = 1, its causal suffix). ``first_position``: a row's first position id (PaliGemma: 1).
+    ``model_types``/``vision_types``: the config ``model_type`` (default: the name) and vision tower type it owns.
     """
 
     name: str
@@ -71,14 +69,9 @@ class Family:
     end_of_turn: str
     turn_markers: tuple[str, ...]
     processor_kwargs: dict[str, Any] = field(default_factory=dict)
-    supports_prefix: bool = True
-    # A turn that ends after this many tokens (0: the model ends it): set only by the registry
-    # entries of the offline tiny models, whose random weights never emit the end-of-turn token.
     turn_tokens: int = 0
     completion_inputs: dict[str, int] = field(default_factory=dict)
     first_position: int = 0
-    # Which configs are this family's: ``model_type`` in ``model_types`` (default: the family name) and,
-    # where given, the vision tower's ``model_type`` in ``vision_types`` (Pixtral ships as llava).
     model_types: tuple[str, ...] = ()
     vision_types: tuple[str, ...] = ()
 
@@ -89,19 +82,14 @@ class Family:
 
     def load(self, name: str, path: str, revision: str | None, dtype: str, device: str,
              gpu_memory_gb: float = 0.0) -> LoadedModel:
-        import transformers
-
         dev, dt = pick_device_dtype(device, dtype)
-        cls = getattr(transformers, self.model_class)
         kwargs = placement(dev, gpu_memory_gb)
-        model = cls.from_pretrained(path, revision=revision, dtype=dt, **kwargs)
+        model = getattr(transformers, self.model_class).from_pretrained(path, revision=revision, dtype=dt, **kwargs)
         model = (model if kwargs else model.to(dev)).eval()
         return LoadedModel(name=name, model=model, processor=self.load_processor(path, revision), family=self)
 
     def load_processor(self, path: str, revision: str | None):
-        from transformers import AutoProcessor
-
-        return AutoProcessor.from_pretrained(path, revision=revision, **self.processor_kwargs)
+        return transformers.AutoProcessor.from_pretrained(path, revision=revision, **self.processor_kwargs)
 
     def messages(self, prompt: str, target: str | None = None) -> list[dict]:
         """Chat messages: the image first in the user turn, then the text (the study's protocol)."""
@@ -116,15 +104,13 @@ class Family:
 
     def encode(self, processor, texts: list[str], images: list, continuations: list[str] | None = None,
                padding_side: str = "left"):
-        """Model inputs of rendered prompts, each followed by its continuation (a forced answer start)
-        tokenised with it as one text, so the model sees the tokens of a natural continuation."""
+        """Model inputs of rendered prompts, each followed by its continuation (a forced answer start) as one text."""
         if continuations is not None:
             texts = [t + c for t, c in zip(texts, continuations)]
         return processor(text=texts, images=images, padding=True, padding_side=padding_side, return_tensors="pt")
 
     def continuation_tokens(self, tokenizer, text: str, continuation: str, start: int = 0) -> int:
-        """How many tokens at the end of ``encode``'s row of ``text + continuation`` cover
-        ``continuation[start:]`` (a token across the boundary counts: it is part of the answer)."""
+        """Tokens at the end of ``text + continuation`` that cover ``continuation[start:]`` (a boundary one counts)."""
         offsets = tokenizer(text + continuation, add_special_tokens=False,
                             return_offsets_mapping=True)["offset_mapping"]
         return sum(1 for _, end in offsets if end > len(text) + start)

@@ -1,9 +1,7 @@
 """PaliGemma (google/paligemma-3b-*): a prefix-LM without turns or chat template.
 
-The processor lays a row out as ``<image>...<bos>prompt\\n`` and marks it ``token_type_ids = 0``:
-the bidirectional prefix block. Everything the model answers (a training target, a forced answer
-start, generated tokens) is the causal suffix, ``token_type_ids = 1``, as the processor marks a
-``suffix``; a completion marked 0 would let each answer token see the tokens after it.
+The processor marks the prompt ``token_type_ids = 0`` (the bidirectional prefix block); whatever the model answers
+(a target, a forced answer start, generated tokens) is the causal suffix, type 1, as the processor marks a suffix.
 """
 from __future__ import annotations
 
@@ -14,14 +12,11 @@ from sciqa.models.base import Family
 
 class PaliGemmaFamily(Family):
     def render_prompt(self, processor, prompt: str) -> str:
-        # The processor adds BOS after the image tokens and the "\n" that ends the prefix itself.
-        return processor.image_token + prompt
+        return processor.image_token + prompt  # the processor adds BOS after the image tokens and the closing "\n"
 
     def encode(self, processor, texts, images, continuations=None, padding_side="left"):
-        """The continuation goes in as the processor's ``suffix`` (tokenised on its own, as in training,
-        and causal); the processor ends a suffix with ``<eos>`` for training, which a forced answer
-        start must not have (left padding: it is the last column). The processor's own training
-        ``labels`` are dropped: not a model input."""
+        """A continuation goes in as the processor's causal ``suffix``, without the ``<eos>`` it ends a training
+        suffix with (left padding: the last column); the processor's ``labels`` are no model input."""
         if continuations is not None and padding_side != "left":
             raise ValueError("PaliGemma encodes a continuation left-padded only")
         enc = processor(text=texts, images=images, suffix=continuations, padding=True, padding_side=padding_side,
@@ -35,12 +30,10 @@ class PaliGemmaFamily(Family):
         return enc
 
     def continuation_tokens(self, tokenizer, text, continuation, start=0):
-        # the suffix is tokenised on its own, after the prefix's "\n"
-        return super().continuation_tokens(tokenizer, "", continuation, start)
+        return super().continuation_tokens(tokenizer, "", continuation, start)  # the suffix is tokenised on its own
 
     def prefix_inputs(self, inputs, prefix_len):
-        # The mask reads token_type_ids at key positions, cache included: unpadded, each token would
-        # take the type of the token prefix_len places later. The virtual tokens join the prefix block.
+        """The virtual tokens join the prefix block (the mask reads token_type_ids at key positions, cache included)."""
         types = inputs.get("token_type_ids")
         if types is None:
             return inputs

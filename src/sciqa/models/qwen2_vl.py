@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+from transformers import AutoTokenizer, Qwen2VLImageProcessorPil, Qwen2VLProcessor
+from transformers.utils import cached_file
 
 from sciqa.models.base import Family
 
 
 def image_only_processor_class():
-    """Qwen2-VL's processor without its video processor, which needs torchvision (not installed:
-    PyPI's build breaks transformers beside our torch). Only images are used here."""
-    from transformers import Qwen2VLProcessor
+    """Qwen2-VL's processor without its video processor, which needs torchvision (not installable beside our torch)."""
 
     class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
         def check_argument_for_proper_class(self, argument_name, argument):
@@ -20,30 +22,21 @@ def image_only_processor_class():
     return Qwen2VLImageOnlyProcessor
 
 
-def _chat_template(path: str, revision: str | None, tokenizer) -> str | None:
-    """Processor chat template file where the repo has one, else the tokenizer's."""
-    from transformers.utils import cached_file
-
-    for name in ("chat_template.jinja", "chat_template.json"):
-        found = cached_file(path, name, revision=revision, _raise_exceptions_for_missing_entries=False)
-        if found:
-            text = open(found, encoding="utf-8").read()
-            return json.loads(text)["chat_template"] if name.endswith(".json") else text
-    return tokenizer.chat_template
-
-
 class Qwen2VLFamily(Family):
     def load_processor(self, path: str, revision: str | None):
-        from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
-
         tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, revision=revision, **self.processor_kwargs)
+        template = tokenizer.chat_template  # the processor's own template file where the repo has one
+        for name in ("chat_template.jinja", "chat_template.json"):
+            if found := cached_file(path, name, revision=revision, _raise_exceptions_for_missing_entries=False):
+                text = Path(found).read_text(encoding="utf-8")
+                template = json.loads(text)["chat_template"] if name.endswith(".json") else text
+                break
         return image_only_processor_class()(image_processor=image_processor, tokenizer=tokenizer,
-                                            chat_template=_chat_template(path, revision, tokenizer))
+                                            chat_template=template)
 
     def reset_state(self, model) -> None:
-        # rope_deltas cached on the model goes stale across calls of different batch size
-        # (transformers#36009, #44873): drop it before each generate/forward.
+        # rope_deltas cached on the model goes stale across calls of different batch size (transformers#36009)
         for obj in (model, getattr(model, "model", None)):
             if obj is not None and hasattr(obj, "rope_deltas"):
                 obj.rope_deltas = None

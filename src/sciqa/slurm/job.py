@@ -1,13 +1,5 @@
-"""Job control for every long loop (generation, training, inside ``main`` too), in one place.
-
-The CLI installs :func:`watch` for the whole command: SIGUSR1 (Slurm: time limit near) and SIGTERM
-(preemption, ``scontrol requeue``, ``scancel``, a plain ``kill``) set one process-wide flag. Loops
-call :func:`check` at safe points (between generation batches, at optimizer-step boundaries); once
-the flag is set it saves what the loop has (the CSV as an artifact, a checkpoint), requeues the
-Slurm job on SIGUSR1 and raises :class:`Stopped` (exit code :data:`EXIT_STOPPED`), which
-:func:`sciqa.tracking.runs.step_run` records as SCHEDULED (requeued) or KILLED. The restarted job — or
-the same command run again — resumes from what was saved.
-"""
+"""Stop signals for every long loop: SIGUSR1 (Slurm: time limit near) and SIGTERM set one flag; loops
+call :func:`check` at safe points, which saves, requeues on SIGUSR1 and raises :class:`Stopped` (exit 75)."""
 from __future__ import annotations
 
 import os
@@ -18,6 +10,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from sciqa import slurm
+from sciqa.errors import SciqaError
+
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped by a signal at a safe point, state saved
 LOG_ENV = "SCIQA_SLURM_LOG"  # exported into a Slurm job: its log file, %j = job id
 _STOP = threading.Event()
@@ -25,10 +20,7 @@ _SIGNAL: dict[str, str] = {}
 
 
 class Stopped(SystemExit):
-    """A stop signal ended a step at a safe point, its state saved; the process exits 75.
-
-    ``requeued``: the job put itself back in the queue (SIGUSR1); on SIGTERM Slurm decides
-    (``scontrol requeue`` and preemption with --requeue bring it back, scancel does not)."""
+    """A stop signal ended a step at a safe point; ``requeued``: the job put itself back in the queue."""
 
     def __init__(self, signal_name: str, requeued: bool, what: str):
         super().__init__(EXIT_STOPPED)
@@ -45,11 +37,8 @@ def watch() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def handler(signum, _frame):
-        request_stop(signal.Signals(signum).name)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGUSR1, signal.SIGTERM)}
+    old = {s: signal.signal(s, lambda signum, _frame: request_stop(signal.Signals(signum).name))
+           for s in (signal.SIGUSR1, signal.SIGTERM)}
     try:
         yield
     except Stopped:
@@ -57,8 +46,7 @@ def watch() -> Iterator[None]:
     except BaseException:
         _restore(old)
         raise
-    else:
-        _restore(old)
+    _restore(old)
 
 
 def _restore(old: dict) -> None:
@@ -77,49 +65,44 @@ def request_stop(name: str = "SIGTERM") -> None:
 
 
 def reset() -> None:
-    """Forget a stop request (a notebook or test process that goes on after a Stopped)."""
+    """Forget a stop request (a process that goes on after a Stopped)."""
     _SIGNAL.pop("name", None)
     _STOP.clear()
 
 
 def signal_name() -> str:
-    """The signal that asked to stop (SIGTERM when none was recorded)."""
     return _SIGNAL.get("name", "SIGTERM")
+
+
+def _say(text: str) -> None:
+    print(f"sciqa: {text}", file=sys.stderr, flush=True)
 
 
 def check(what: Callable[[], str], save: Callable[[], None] | None = None) -> None:
     """At a safe point: nothing, or (a stop was requested) save, requeue on SIGUSR1, raise Stopped."""
     if not _STOP.is_set():
         return
-    from sciqa import slurm
-    from sciqa.errors import SciqaError
-
-    name = signal_name()
+    name, requeued, in_job = signal_name(), False, in_slurm_job()
     if save is not None:
         try:
             save()
         except Exception as exc:  # noqa: BLE001 - still stop: the local state may be enough
-            print(f"sciqa: warning: could not save before stopping: {type(exc).__name__}: {exc}",
-                  file=sys.stderr, flush=True)
-    requeued = False
-    if name == "SIGUSR1" and in_slurm_job():
+            _say(f"warning: could not save before stopping: {type(exc).__name__}: {exc}")
+    if name == "SIGUSR1" and in_job:
         try:
             slurm.requeue_self()
             requeued = True
         except SciqaError as exc:
-            print(f"sciqa: cannot requeue: {exc}", file=sys.stderr, flush=True)
-    where = f"job {slurm.current_job_id()}" if in_slurm_job() else "sciqa"
+            _say(f"cannot requeue: {exc}")
     then = "requeued itself; the restarted job resumes" if requeued else \
-        "the job resumes here if Slurm requeues it" if in_slurm_job() else "run the same command again to resume"
+        "the job resumes here if Slurm requeues it" if in_job else "run the same command again to resume"
     done = what()
-    print(f"sciqa: {where} stopped by {name} after {done}; {then}", file=sys.stderr, flush=True)
+    _say(f"{f'job {slurm.current_job_id()}' if in_job else 'sciqa'} stopped by {name} after {done}; {then}")
     raise Stopped(name, requeued, done)
 
 
 def job_log_path() -> Path | None:
     """This job's log file (``$SCIQA_SLURM_LOG`` with %j = the job id), when it exists."""
     pattern, job = os.environ.get(LOG_ENV), os.environ.get("SLURM_JOB_ID")
-    if not pattern or not job:
-        return None
-    path = Path(pattern.replace("%j", job))
-    return path if path.is_file() else None
+    path = Path(pattern.replace("%j", job)) if pattern and job else None
+    return path if path is not None and path.is_file() else None

@@ -1,34 +1,31 @@
-"""A step's peak GPU memory, estimated from the model's config before any weights are read.
-
-Why: ``--slurm-gpu auto`` must pick a GPU type whose memory holds the job (the study's prefix
-tuning ran out of memory on a V100-32GB and not on an H100). The estimate adds
-
-* weights: parameters (counted exactly, on PyTorch's meta device) x dtype bytes;
-* generation: the KV cache for the batch and the prompt plus budget, and one layer's prefill
-  activations (hidden states, MLP, the last tokens' logits in float32);
-* training: trainable parameters' float32 copy, gradient and two AdamW moments (16 bytes each),
-  the activations every layer saves for the backward pass (all layers: an adapter's gradient
-  flows through the frozen model) and the full float32 logits with their log-softmax and
-  gradient;
-* on CUDA, the context and allocator reserve (``CUDA_OVERHEAD_GB``).
-
-The sequence length of a problem is its prompt text (``PROMPT_TOKENS``, ScienceQA's long ones)
-plus the image tokens the family's processor makes. ``tests/test_memory.py`` checks the estimate
-against the measured peak of tiny models on CPU (within 25 %).
-"""
+"""``--slurm-gpu auto``: a step's peak GPU memory estimated from the model's config (weights, KV cache or
+saved activations, optimizer, logits, CUDA reserve; ``tests/test_memory.py`` checks it within 25 % of tiny
+models' measured peak), and the idlest GPU type of the profile that holds it."""
 from __future__ import annotations
 
+import dataclasses
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import torch
+import transformers
+
+from sciqa import models, slurm
+from sciqa.adapters import options_of
+from sciqa.errors import SciqaError
 
 PROMPT_TOKENS = 384  # a long ScienceQA prompt (question, choices, hint, lecture) in text tokens
 CUDA_OVERHEAD_GB = 0.6  # CUDA context + caching allocator slack
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 GB = 1024 ** 3
-# activation tensors kept per token and layer, in units of hidden size and intermediate size: from the
-# layer's forward (norms, q/k/v/o, residuals; gate, up, activation) as PyTorch saves them for backward
+# activation tensors kept per token and layer, in units of hidden and intermediate size (as PyTorch saves them)
 SAVED_PER_HIDDEN, SAVED_PER_INTERMEDIATE = 16, 3
 LIVE_PER_HIDDEN, LIVE_PER_INTERMEDIATE = 6, 3  # inference: one layer's tensors alive at once
 LOGIT_COPIES_TRAIN = 3  # float32 logits, their log-softmax, and its gradient
+MARGIN = 0.9  # use at most 90 % of a GPU's memory: fragmentation, estimate error
+_GRES = re.compile(r"gpu(?::(?P<type>[^:,(]+))?:(?P<count>\d+)")
+_DOWN = ("down", "drain", "fail", "maint", "inval", "unk", "futr", "power")
 
 
 @dataclass(frozen=True)
@@ -61,38 +58,31 @@ class Estimate:
         return f"{self.step} {self.model}: {self.total_gb:.1f} GB ({detail})"
 
 
-def _text_config(config):
-    return getattr(config, "text_config", None) or config
-
-
 def image_tokens(config, family) -> int:
     """Image tokens per prompt: Qwen2-VL's pixel budget / (patch x merge)^2, else the tower's grid."""
     vision = getattr(config, "vision_config", None)
     if vision is None:
         return 0
-    merge = getattr(vision, "spatial_merge_size", 1)
-    patch = getattr(vision, "patch_size", 14)
+    merge, patch = getattr(vision, "spatial_merge_size", 1), getattr(vision, "patch_size", 14)
     max_pixels = (family.processor_kwargs or {}).get("max_pixels") if family is not None else None
     if max_pixels:
         return int(max_pixels // (patch * merge) ** 2)
-    size = getattr(vision, "image_size", 224)
-    return int((size // patch) ** 2 // merge ** 2)
+    return int((getattr(vision, "image_size", 224) // patch) ** 2 // merge ** 2)
 
 
 def shape_of(config, family=None) -> Shape:
     """Count parameters on the meta device (no memory, any architecture) and read the LM's sizes."""
-    import torch
-    import transformers
-
-    cls = getattr(transformers, family.model_class) if family is not None else transformers.AutoModel
     with torch.device("meta"):
-        model = cls._from_config(config) if family is not None else cls.from_config(config)
-    text = _text_config(config)
+        if family is not None:
+            model = getattr(transformers, family.model_class)._from_config(config)
+        else:
+            model = transformers.AutoModel.from_config(config)
+    text = getattr(config, "text_config", None) or config
     heads = text.num_attention_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     return Shape(params=sum(p.numel() for p in model.parameters()), layers=text.num_hidden_layers,
                  hidden=text.hidden_size, intermediate=text.intermediate_size, heads=heads,
-                 kv_heads=getattr(text, "num_key_value_heads", None) or heads, head_dim=head_dim,
+                 kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+                 head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
                  vocab=text.vocab_size, image_tokens=image_tokens(config, family))
 
 
@@ -107,10 +97,10 @@ def generation_bytes(s: Shape, dtype_bytes: int, batch: int, new_tokens: int,
 
 def training_bytes(s: Shape, dtype_bytes: int, batch: int, length: int, trainable: int,
                    checkpointing: bool = False) -> dict[str, float]:
+    """Adapter gradients flow through the frozen model: every layer saves its activations (one with checkpointing)."""
     per_layer = batch * length * (SAVED_PER_HIDDEN * s.hidden + SAVED_PER_INTERMEDIATE * s.intermediate) * dtype_bytes
-    saved = per_layer * (1 if checkpointing else s.layers) + (batch * length * s.hidden * dtype_bytes * s.layers
-                                                              if checkpointing else 0)
-    return {"weights": s.params * dtype_bytes, "adapter_and_optimizer": 16 * trainable,
+    saved = per_layer + batch * length * s.hidden * dtype_bytes * s.layers if checkpointing else per_layer * s.layers
+    return {"weights": s.params * dtype_bytes, "adapter_and_optimizer": 16 * trainable,  # fp32 copy, grad, 2 moments
             "activations": saved, "logits": LOGIT_COPIES_TRAIN * batch * length * s.vocab * 4}
 
 
@@ -118,27 +108,21 @@ def trainable_params(s: Shape, variant: str, options: dict) -> int:
     """An adapter's parameters from its options: prefix K/V per layer (plus PEFT's projection), LoRA A/B."""
     kv = 2 * s.layers * s.kv_heads * s.head_dim
     if variant == "lora":
-        r = int(options.get("lora_r", 8))
-        return s.layers * 4 * r * 2 * s.hidden  # q, k, v, o: A (r x h) + B (h x r)
+        return s.layers * 4 * int(options.get("lora_r", 8)) * 2 * s.hidden  # q, k, v, o: A (r x h) + B (h x r)
     n = int(options.get("prefix_len", 50))
     return n * kv if variant == "pkv" else n * s.hidden + s.hidden * kv  # peft: embedding + projection
 
 
 def estimate(step: str, cfg, device: str = "cuda") -> Estimate:
     """The peak of ``step`` run with ``cfg`` (a benchmark/score/train config) on ``device``."""
-    from sciqa import models
-
     path, fam = models.resolve(cfg.model, getattr(cfg, "revision", "") or None)
     s = shape_of(_config(path), fam)
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
     b = DTYPE_BYTES[dtype]
     if step.startswith("train"):
-        from sciqa.adapters import VARIANTS
-
-        variant = cfg.variant
-        options = {k: getattr(cfg, k) for k in VARIANTS[variant].options}
-        parts = training_bytes(s, b, cfg.batch_size, min(cfg.max_length, PROMPT_TOKENS + s.image_tokens + 256),
-                               trainable_params(s, variant, options), bool(getattr(cfg, "gradient_checkpointing", 0)))
+        length = min(cfg.max_length, PROMPT_TOKENS + s.image_tokens + 256)
+        trainable = trainable_params(s, cfg.variant, options_of(cfg.variant, cfg))
+        parts = training_bytes(s, b, cfg.batch_size, length, trainable, bool(getattr(cfg, "gradient_checkpointing", 0)))
     else:
         parts = generation_bytes(s, b, cfg.batch_size, cfg.max_new_tokens)
     if device.startswith("cuda"):
@@ -147,6 +131,75 @@ def estimate(step: str, cfg, device: str = "cuda") -> Estimate:
 
 
 def _config(path: str):
-    from transformers import AutoConfig
+    return transformers.AutoConfig.from_pretrained(path, local_files_only=True)
 
-    return AutoConfig.from_pretrained(path, local_files_only=True)
+
+@dataclass(frozen=True)
+class Choice:
+    gpu: str
+    estimate_gb: float
+    candidates: dict[str, int]  # type that fits -> its idle GPUs now
+
+    def tags(self) -> dict[str, str]:
+        return {"sciqa.gpu_estimate_gb": f"{self.estimate_gb:.3f}",
+                "sciqa.gpu_candidates": ",".join(f"{t}:{n}" for t, n in self.candidates.items()),
+                "sciqa.slurm_gpu": self.gpu, "sciqa.slurm_gpu_choice": "auto"}
+
+
+def _count(gres: str, gpu_type: str | None) -> int:
+    """GPUs of ``gpu_type`` (any type for None) in a GRES string such as ``gpu:h100:4(S:0),gpu:a100:2``."""
+    return sum(int(m["count"]) for m in _GRES.finditer(gres) if gpu_type is None or m["type"] == gpu_type)
+
+
+def idle_gpus(profile: slurm.Profile) -> dict[str, int]:
+    """Idle GPUs per type of the profile, from one ``sinfo`` call (a node counted once per type)."""
+    res = slurm.run(["sinfo", "-h", "-N", "-O", "NodeList:300,Partition:300,Gres:500,GresUsed:500,StateCompact:60"],
+                    "reading idle GPUs")
+    if res.returncode != 0:
+        raise SciqaError(f"sinfo failed (exit {res.returncode}): {' '.join(res.stderr.split())}")
+    nodes: dict[str, dict] = {}
+    for node, partition, gres, used, state, *_ in (line.split() for line in res.stdout.splitlines()
+                                                   if len(line.split()) >= 5):
+        nodes.setdefault(node, {"partitions": set(), "gres": gres, "used": used, "state": state})
+        nodes[node]["partitions"].add(partition.rstrip("*"))
+    idle = {}
+    for gpu_type, g in profile.gpus.items():
+        typed = g.gres.split(":")[1] if ":" in g.gres else None
+        idle[gpu_type] = sum(max(0, _count(n["gres"], typed) - _count(n["used"], typed)) for n in nodes.values()
+                             if n["partitions"] & set(g.partitions) and not n["state"].lower().startswith(_DOWN))
+    return idle
+
+
+def choose(profile: slurm.Profile, estimate_gb: float, gpus: int = 1, idle: dict[str, int] | None = None) -> Choice:
+    """The type for a job of ``estimate_gb`` on ``gpus`` GPUs (most idle, then smallest), or one line why none."""
+    sized = profile.gpu_memory_gb
+    if not sized:
+        raise SciqaError(f"--slurm-gpu auto needs each GPU type's memory in profile {profile.name!r} "
+                         f"({profile.path}): add e.g. `memory_gb = 80` under [gpus.TYPE]")
+    fits = sorted((t for t, gb in sized.items() if gb * gpus * MARGIN >= estimate_gb), key=lambda t: (sized[t], t))
+    if not fits:
+        largest = max(sized, key=sized.get)
+        raise SciqaError(f"no GPU type fits: the step needs about {estimate_gb:.1f} GB, the largest GPU is "
+                         f"{largest} with {sized[largest]:g} GB x {gpus} (at most {MARGIN:.0%} used); lower "
+                         "--batch-size, use bf16, or list the model under [models] with more GPUs")
+    idle = idle_gpus(profile) if idle is None else idle
+    candidates = {t: idle.get(t, 0) for t in fits}
+    return Choice(max(fits, key=lambda t: (candidates[t], -sized[t])), estimate_gb, candidates)
+
+
+def place(step: str, cfg, profile: slurm.Profile, gpu: str, check_fn: Callable | None = None,
+          idle: dict[str, int] | None = None, label: str = "") -> tuple[str, int, dict[str, str]]:
+    """(GPU type, GPUs, tags) for a step's job: ``gpu`` as given, or ``auto``: estimated, printed, chosen."""
+    if gpu == "auto" and step == "main":
+        raise SciqaError("--slurm-gpu auto estimates one step's memory; for main give a GPU type")
+    # a score without --model: the adapter's base model, which its check reads
+    model = check_fn(cfg)[0].base_model if step == "score" and not cfg.model and check_fn else cfg.model
+    count = profile.gpus_for(model)
+    if gpu != "auto":
+        profile.gpu(gpu, count)  # unknown type / too many GPUs: the accepted values
+        return gpu, count, {"sciqa.slurm_gpu": gpu}
+    est = estimate(step, dataclasses.replace(cfg, model=model), "cuda")
+    choice = choose(profile, est.total_gb, count, idle)
+    print(f"sciqa: {label or step}: estimated peak {est.describe()}; fits "
+          f"{', '.join(f'{t} ({n} idle)' for t, n in choice.candidates.items())}; chose {choice.gpu}")
+    return choice.gpu, count, choice.tags()

@@ -1,4 +1,4 @@
-"""Benchmark a VLM on one split and prompt setting: the outputs CSV of every problem.
+"""Benchmark a VLM on one split and prompt setting: the outputs CSV of every problem, evaluated in the run.
 
     sciqa benchmark --model tiny-qwen2-vl --split validation --setting QTCHS
     sciqa benchmark --model Qwen/Qwen2-VL-2B-Instruct --dataset derek-thomas/ScienceQA --batch-size 16
@@ -7,30 +7,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sciqa import models
 from sciqa.backends import backend_class
-from sciqa.backends.base import check_answer_mode
-from sciqa.config import check_ranges, operational
+from sciqa.config import check_ranges
+from sciqa.eval.metrics import check_prerequisites
 from sciqa.steps.generation import (
     GenerationConfig,
     Inputs,
     check_inputs,
-    generate_outputs,
     generation_identity,
+    generation_run,
     problem_inputs,
 )
-from sciqa.tracking.runs import StepRun, step_run
+from sciqa.tracking import runs
+from sciqa.tracking.runs import StepRun
 
 
 @dataclass
 class BenchmarkConfig(GenerationConfig):
-    """A model on one split and setting: every option is generation's (``GenerationConfig``)."""
+    """A model on one split and setting: every option is generation's."""
 
 
 def check(cfg: BenchmarkConfig) -> Inputs:
     """Every input error, before any run starts or any file is written; returns what the run needs."""
     check_ranges(cfg)
+    check_prerequisites()
     backend_cls = backend_class(cfg.backend)
-    check_answer_mode(cfg.answer_mode, cfg.backend)
     check_inputs(cfg.dtype, cfg.workdir)
     inputs = problem_inputs(cfg.dataset, cfg.split, cfg.keep_all, cfg.limit, cfg.strict_images)
     backend_cls.check(cfg)
@@ -38,10 +40,7 @@ def check(cfg: BenchmarkConfig) -> Inputs:
 
 
 def benchmark(cfg: BenchmarkConfig, parent_run_id: str | None = None) -> StepRun:
-    """Validate everything, then generate (resuming by id) inside one MLflow run."""
-    from sciqa import models
-    from sciqa.tracking import runs
-
+    """Validate everything, then generate (resuming by id) and evaluate inside one MLflow run."""
     inputs = check(cfg)
     runs.setup()
     split = inputs.problems[0].split
@@ -50,12 +49,6 @@ def benchmark(cfg: BenchmarkConfig, parent_run_id: str | None = None) -> StepRun
     tags = {"sciqa.model": cfg.model, "sciqa.teacher": "false", "sciqa.split": split,
             "sciqa.setting": cfg.setting, "sciqa.backend": cfg.backend}
     name = f"benchmark-{cfg.model.split('/')[-1]}-{split}-{cfg.setting}"
-    with step_run("benchmark", params, tags, name, cfg.force, parent_run_id, operational(cfg)) as run:
-        if run.reused:
-            print(f"benchmark: reusing finished run {run.run_id}")
-            return run
-        runs.log_problems(inputs.problems, cfg.dataset, inputs.digest, "eval", cfg.setting)
-        backend_cls = backend_class(cfg.backend)
-        generate_outputs(run, cfg.workdir, inputs, cfg.setting, lambda: backend_cls.from_config(cfg), cfg.batch_size,
-                         {"model": cfg.model, "adapter": ""})
-    return run
+    return generation_run("benchmark", cfg, inputs, (params, tags, name, {}),
+                          lambda: backend_class(cfg.backend).from_config(cfg), {"model": cfg.model, "adapter": ""},
+                          parent_run_id)

@@ -2,9 +2,6 @@
 
     sciqa evaluate --run RUN_ID                 # a finished benchmark or score run: its outputs/*.csv
     sciqa evaluate --csv outputs.csv            # any CSV with id and raw_output columns
-
-Evaluating a run adds metrics and ``metrics/`` artifacts to it and never changes its status;
-an unfinished run is refused (its step resumes it first).
 """
 from __future__ import annotations
 
@@ -14,11 +11,26 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from sciqa import files
 from sciqa.config import check_ranges, option
+from sciqa.data import load_problems
 from sciqa.data.problems import Problem
 from sciqa.errors import SciqaError
-from sciqa.tracking.runs import step_run
+from sciqa.eval.metrics import (
+    METRIC_SETTINGS,
+    accuracy_breakdown,
+    check_prerequisites,
+    explanation_scores,
+    summarize_explanations,
+    topic_accuracy,
+)
+from sciqa.eval.outputs import parse_answer_index, read_frame
+from sciqa.eval.parsing import FUZZY_RULES, UNMAPPED, parse_output, rule_counts
+from sciqa.eval.wordnet import ensure_wordnet
+from sciqa.tracking import runs
+from sciqa.tracking.runs import phase, step_run
 
 
 @dataclass
@@ -31,35 +43,11 @@ class EvaluateConfig:
     force: bool = option(False, "re-evaluate a run that already has metrics", operational=True)
 
 
-def _read(path: Path):
-    """A CSV with ``id`` and ``raw_output``, as strings; anything else is one line. Read record by record
-    as a teacher CSV is (``outputs.read_user_csv``): damaged records skipped and named by line, the last
-    row of a repeated id kept (``attrs["duplicate_ids"]`` counts them)."""
-    import pandas as pd
-
-    from sciqa.eval.outputs import read_user_csv
-
-    table = read_user_csv(path, "CSV")
-    missing = [c for c in ("id", "raw_output") if c not in table.columns]
-    if missing:
-        raise SciqaError(f"CSV '{path.name}' lacks column(s) {', '.join(missing)}; it has: {', '.join(table.columns)}")
-    if not table.rows:
-        raise SciqaError(f"CSV '{path.name}' has no rows to evaluate")
-    table.warn(f"CSV '{path.name}'")
-    df = pd.DataFrame(table.rows, columns=table.columns)
-    df.attrs["duplicate_ids"] = table.duplicate_ids
-    return df
-
-
 def _problems_by_id(dataset: str) -> dict[str, Problem]:
-    from sciqa.data import load_problems
-
     return {p.id: p for split in ("train", "validation", "test") for p in load_problems(dataset, split, keep_all=True)}
 
 
 def _finished_run(run_id: str):
-    from sciqa.tracking import runs
-
     run = runs.get_run(run_id)
     if run.info.status != "FINISHED":
         raise SciqaError(f"run '{run_id}' is {run.info.status}, not finished: run its step again to resume and "
@@ -79,16 +67,6 @@ def _run_csvs(run, dest: Path) -> list[Path]:
             for n in names]
 
 
-def _index(value: str, n_choices: int, base: int) -> int | None:
-    """An ``answer_index`` cell as a 0-based choice, or None (empty, not a whole number, out of range)."""
-    try:
-        number = float(str(value).strip())
-    except ValueError:
-        return None
-    index = int(number) - base
-    return index if number.is_integer() and 0 <= index < n_choices else None
-
-
 def _dedupe(df, name: str):
     """Keep the last row per id (a rerun appended to the file), warning with the count."""
     dupes = int(df["id"].duplicated().sum())
@@ -100,12 +78,7 @@ def _dedupe(df, name: str):
 
 
 def score_frame(df, problems: dict[str, Problem], number_base: int):
-    """Join outputs with problems (one row per id); parse answers only where the CSV does not give them.
-    Returns the frame and counts of what was repaired (duplicates, invalid ``answer_index`` cells)."""
-    import pandas as pd
-
-    from sciqa.eval.parsing import UNMAPPED, parse_output
-
+    """Join outputs with problems (one row per id); returns the frame, counts of what was repaired, parse rules."""
     unknown = [i for i in df["id"] if i not in problems]
     if unknown:
         raise SciqaError(f"{len(unknown)} id(s) not in the dataset, e.g. {', '.join(unknown[:3])}; "
@@ -119,7 +92,7 @@ def score_frame(df, problems: dict[str, Problem], number_base: int):
         rules.append(getattr(parsed, "rule", ""))
         index = parsed.answer_index
         if has_index:
-            index = _index(rec["answer_index"], len(p.choices), number_base)
+            index = parse_answer_index(rec["answer_index"], len(p.choices), number_base)
             invalid += int(index is None and str(rec["answer_index"]).strip() != "")
         rows.append({"id": p.id, "answer_index": index, "answer": p.answer, "subject": p.subject,
                      "grade": p.grade, "topic": p.topic, "hint": p.hint, "has_image": p.has_image,
@@ -133,8 +106,6 @@ def score_frame(df, problems: dict[str, Problem], number_base: int):
 
 def evaluate_frame(frame) -> tuple[dict[str, float], object, object]:
     """(summary metrics, per-topic table, per-row scores)."""
-    from sciqa.eval.metrics import accuracy_breakdown, explanation_scores, summarize_explanations, topic_accuracy
-
     scores = explanation_scores(list(frame["prediction"]), list(frame["reference"]))
     per_row = frame.assign(correct=(frame["answer_index"] == frame["answer"]).fillna(False), **scores)
     summary = {**accuracy_breakdown(frame), **summarize_explanations(scores), "n": float(len(frame))}
@@ -142,10 +113,8 @@ def evaluate_frame(frame) -> tuple[dict[str, float], object, object]:
 
 
 def evaluate_paths(paths: list[Path], dataset: str, number_base: int) -> dict:
-    """stem -> (summary, topics, per-row scores, counts) for each outputs CSV."""
-    from sciqa.eval.metrics import ensure_wordnet
-
-    frames = {path: _read(path) for path in paths}  # a bad CSV: one line before anything else
+    """stem -> (summary, topics, per-row scores, counts, rules) for each outputs CSV."""
+    frames = {path: read_frame(path) for path in paths}  # a bad CSV: one line before anything else
     ensure_wordnet()
     problems = _problems_by_id(dataset)
     results = {}
@@ -164,8 +133,6 @@ def log_results(run_id: str, results: dict) -> None:
     """Metrics and ``metrics/`` artifacts into ``run_id`` (through the client: its status stays)."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
-
-    from sciqa.eval.metrics import METRIC_SETTINGS
 
     client = MlflowClient()
     metrics = []
@@ -186,12 +153,7 @@ def log_results(run_id: str, results: dict) -> None:
 
 
 def _rule_table(rules: list[str]):
-    """How many answers each parsing rule mapped, every rule named (zeros too): how much fuzzy
-    matching the accuracy relies on, and how many label/text conflicts were left unmapped."""
-    import pandas as pd
-
-    from sciqa.eval.parsing import FUZZY_RULES, rule_counts
-
+    """Answers per parsing rule, zeros too: how much the accuracy relies on fuzzy matching."""
     counts = rule_counts(rules)
     return pd.DataFrame({"rule": list(counts), "answers": list(counts.values()),
                          "share": [n / max(len(rules), 1) for n in counts.values()],
@@ -205,9 +167,7 @@ def _print(results: dict) -> None:
 
 
 def evaluate_run(run_id: str, force: bool = False, dataset: str = "", number_base: int = 0) -> str:
-    """Evaluate a benchmark or score run into itself. A finished run (``evaluate --run``, ``main``)
-    or the step's own active run (``score`` evaluates before it ends, so a failed evaluation
-    fails the step and a re-run does it again)."""
+    """Evaluate a finished run, or the step's own active run, into itself (its status unchanged)."""
     import mlflow
 
     active = mlflow.active_run()
@@ -215,8 +175,6 @@ def evaluate_run(run_id: str, force: bool = False, dataset: str = "", number_bas
     if "acc" in run.data.metrics and not force:
         print(f"evaluate: run {run_id} already has metrics (acc {run.data.metrics['acc']:.1f})")
         return run_id
-    from sciqa.tracking.runs import phase
-
     with tempfile.TemporaryDirectory() as tmp, phase("evaluate", run_id):
         paths = _run_csvs(run, Path(tmp))
         results = evaluate_paths(paths, dataset or run.data.params.get("dataset", "sample"), number_base)
@@ -226,8 +184,6 @@ def evaluate_run(run_id: str, force: bool = False, dataset: str = "", number_bas
 
 
 def check(cfg: EvaluateConfig) -> None:
-    from sciqa.eval.metrics import check_prerequisites
-
     check_ranges(cfg)
     check_prerequisites()
     if bool(cfg.run) == bool(cfg.csv):
@@ -238,7 +194,7 @@ def check(cfg: EvaluateConfig) -> None:
 
 def evaluate(cfg: EvaluateConfig, parent_run_id: str | None = None) -> str:
     """Evaluate a run's outputs (logged into that run) or a CSV (logged into its own evaluate run)."""
-    from sciqa.tracking import runs
+    import mlflow
 
     check(cfg)
     if cfg.run:
@@ -257,8 +213,6 @@ def evaluate(cfg: EvaluateConfig, parent_run_id: str | None = None) -> str:
             print(f"evaluate: reusing finished run {run.run_id}")
             return run.run_id
         log_results(run.run_id, results)
-        import mlflow
-
         mlflow.log_artifact(str(path), "outputs")
     _print(results)
     return run.run_id

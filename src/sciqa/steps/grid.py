@@ -1,39 +1,41 @@
-r"""The study's table in one command: a grid of any step's option lists under one parent run.
-
-    sciqa grid benchmark --model tiny-qwen2-vl,tiny-llava --setting QTCH,QTCHS --limit 8
-    sciqa grid train-prefix --lr 1e-3,5e-3 --prefix-len 10,50 --epochs 3
-    sciqa grid benchmark --model a,b --setting QTCH,QTCHS --slurm-gpu auto   # one Slurm job array
-    mlflow run . -e grid -P step=benchmark -P grid="model=a,b;setting=QTCH,QTCHS"
-
-An option given with commas is an axis; the cells are the cross product of the axes (in the order
-given), every other option is the same in every cell. A value that holds a comma escapes it:
-``--lora-targets 'q_proj\,v_proj'`` is one value. Each cell is exactly the run the single
-command would make, started as a child of the grid's parent run the way ``main`` starts its
-steps (:func:`sciqa.steps.pipeline._child`), so a finished identical cell is reused, an unfinished
-one resumed, and re-running the grid fills in only what is missing. At the end the parent gets
-the table (:mod:`sciqa.steps.grid_table`). With ``--slurm-gpu`` the cells are one job array per GPU
-type instead (:mod:`sciqa.slurm.array`) and ``sciqa grid --collect GRID_RUN`` (or the dependent
-job it submits) makes the table.
-"""
+r"""``sciqa grid``: the cross product of a step's comma-separated options, each cell exactly the run the single
+command would make, as children of one parent run (reused, resumed, filled in on a re-run), then the table
+(:mod:`sciqa.steps.grid_table`); with ``--slurm-gpu``, job arrays (:mod:`sciqa.slurm.array`). A value holding a
+comma escapes it: ``--lora-targets 'q_proj\,v_proj'``."""
 from __future__ import annotations
 
 import functools
 import itertools
 import json
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, fields
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pkgutil import resolve_name
 from typing import Any
 
-from sciqa.errors import SciqaError
+import click
+import mlflow
+from mlflow import MlflowClient
+from tqdm import tqdm
 
-# step -> (CLI command, the metric of its heatmap, lower is better, its function: fn(cfg, parent_run_id=...))
-STEPS: dict[str, tuple[str, str, bool, str]] = {
-    "benchmark": ("benchmark", "acc", False, "sciqa.steps.benchmark:benchmark"),
-    "score": ("score", "acc", False, "sciqa.steps.score:score"),
-    "train_prefix": ("train-prefix", "val_loss_golden", True, "sciqa.steps.train:train"),
-    "train_lora": ("train-lora", "val_loss_golden", True, "sciqa.steps.train:train"),
-}
+from sciqa import slurm
+from sciqa.adapters import variants_of_step
+from sciqa.config import as_param
+from sciqa.errors import SciqaError
+from sciqa.slurm import job
+from sciqa.slurm.array import submit_grid
+from sciqa.slurm.cli import job_args
+from sciqa.steps import grid_table
+from sciqa.steps.grid_table import effective_run
+from sciqa.steps.pipeline import _child
+from sciqa.tracking import runs as tracking
+from sciqa.tracking.runs import step_run
+
+# step -> (its CLI command, its function: fn(cfg, parent_run_id=...))
+STEPS = {"benchmark": ("benchmark", "sciqa.steps.benchmark:benchmark"), "score": ("score", "sciqa.steps.score:score"),
+         "train_prefix": ("train-prefix", "sciqa.steps.train:train"),
+         "train_lora": ("train-lora", "sciqa.steps.train:train")}
 _ESCAPED_COMMA = "\\,"  # inside one value
 _NOT_AXES = ("slurm_gpu", "slurm_profile", "slurm_time", "slurm_gpus", "wait")
 
@@ -59,10 +61,7 @@ class Grid:
     fixed: dict[str, str]  # options with one value that define the result
     settings: dict[str, str]  # ... and those that say how it is computed (workdir, batch size): not keyed
     cells: list[Cell]
-
-    @property
-    def command(self) -> str:
-        return STEPS[self.step][0]
+    cmd: click.Command = field(repr=False, compare=False)
 
     @property
     def spec(self) -> str:
@@ -70,22 +69,8 @@ class Grid:
         return ";".join(f"{k}={','.join(x.replace(',', _ESCAPED_COMMA) for x in v)}" for k, v in self.axes.items())
 
     def params(self) -> dict[str, str]:
-        """What defines the grid (the parent run's key; ``grid_axes``, not ``grid``: MLproject's own
-        ``grid`` parameter holds the user's string, fixed options included)."""
+        """The parent run's key (``grid_axes``: MLproject's own ``grid`` parameter holds the user's string)."""
         return {"grid_step": self.step, "grid_axes": self.spec, "grid_cells": str(len(self.cells)), **self.fixed}
-
-
-def step_name(step: str) -> str:
-    name = step.replace("-", "_")
-    if name not in STEPS:
-        raise SciqaError(f"unknown grid step '{step}'; accepted: {', '.join(c for c, *_ in STEPS.values())}")
-    return name
-
-
-def _command(step: str):
-    from sciqa.cli import main
-
-    return main.commands[STEPS[step][0]]
 
 
 def _pairs(spec: str, extra: list[str], bools: set[str]) -> list[tuple[str, str]]:
@@ -111,21 +96,16 @@ def _pairs(spec: str, extra: list[str], bools: set[str]) -> list[tuple[str, str]
     return pairs
 
 
-def parse(step: str, spec: str = "", extra: list[str] | tuple[str, ...] = ()) -> Grid:
-    """The grid's cells, each validated by the step command's own option parsing (types, choices)."""
-    from sciqa.config import as_param
-    from sciqa.slurm.launch import job_args
-
-    step = step_name(step)
-    cmd = _command(step)
+def _axes(cmd: click.Command, spec: str, extra: list[str]) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """(axes: options with several values, fixed: options with one), checked against the command's options."""
     options = {p.name: p for p in cmd.params if p.name not in _NOT_AXES}
     bools = {n for n, p in options.items() if getattr(p.type, "name", "") == "boolean"}
     axes: dict[str, list[str]] = {}
     fixed: dict[str, str] = {}
-    for raw, value in _pairs(spec, list(extra), bools):
+    for raw, value in _pairs(spec, extra, bools):
         name = raw.replace("-", "_")
         if name not in options:
-            raise SciqaError(f"grid {STEPS[step][0]}: unknown option '{raw}'; accepted: "
+            raise SciqaError(f"grid {cmd.name}: unknown option '{raw}'; accepted: "
                              f"{', '.join(sorted(o.replace('_', '-') for o in options))}")
         if name in axes or name in fixed:
             raise SciqaError(f"grid option '{raw}' is given twice; list its values once, comma-separated")
@@ -139,36 +119,40 @@ def parse(step: str, spec: str = "", extra: list[str] | tuple[str, ...] = ()) ->
     if not axes:
         raise SciqaError("a grid needs at least one option with several comma-separated values, "
                          "e.g. --setting QTCH,QTCHS")
-    config_cls, make = _config_maker(step)
+    return axes, fixed
+
+
+def parse(commands: Mapping[str, click.Command], step: str, spec: str = "", extra: list[str] | tuple = ()) -> Grid:
+    """The grid's cells, each validated by the step command's own option parsing (types, choices)."""
+    if step.replace("-", "_") not in STEPS:
+        raise SciqaError(f"unknown grid step '{step}'; accepted: {', '.join(c for c, _ in STEPS.values())}")
+    step = step.replace("-", "_")
+    cmd = commands[STEPS[step][0]]
+    config_cls = cmd.callback.__sciqa_slurm__[1]  # (step, config class, check) of slurm_options
+    variant = {"variant": variants_of_step("train_lora")[0]} if step == "train_lora" else {}
+    axes, fixed = _axes(cmd, spec, list(extra))
     cells = []
     for index, combo in enumerate(itertools.product(*axes.values())):
         values = dict(zip(axes, combo))
         argv = [a for k, v in {**fixed, **values}.items() for a in ("--" + k.replace("_", "-"), v)]
         ctx = cmd.make_context(cmd.name, argv)  # bad values: click's own one-line usage error
-        cfg = make({f.name: ctx.params[f.name] for f in fields(config_cls) if f.name in ctx.params})
-        cells.append(Cell(index, values, cfg, tuple(job_args(cmd.name, cfg))))
+        cfg = config_cls(**{**{f.name: ctx.params[f.name] for f in fields(config_cls) if f.name in ctx.params},
+                            **variant})
+        cells.append(Cell(index, values, cfg, tuple(job_args(cmd, cfg))))
     operational = {f.name for f in fields(config_cls) if f.metadata.get("operational")}
     given = {k: as_param(getattr(cells[0].config, k)) for k in fixed}
     return Grid(step, axes, {k: v for k, v in given.items() if k not in operational},
-                {k: v for k, v in given.items() if k in operational}, cells)
+                {k: v for k, v in given.items() if k in operational}, cells, cmd)
 
 
-def _config_maker(step: str) -> tuple[type, Callable[[dict], Any]]:
-    """The step's config class, and how its command turns options into a config."""
-    step_info = _command(step).callback.__sciqa_slurm__  # (step, config class, check) of slurm_options
-    config_cls = step_info[1]
-    if step == "train_lora":
-        from sciqa.adapters import variants_of_step
-
-        return config_cls, lambda kw: config_cls(**{**kw, "variant": variants_of_step("train_lora")[0]})
-    return config_cls, lambda kw: config_cls(**kw)
+def _check_fn(grid: Grid) -> Callable:
+    fn = grid.cmd.callback.__sciqa_slurm__[2]
+    return resolve_name(fn) if isinstance(fn, str) else fn
 
 
 def check(grid: Grid) -> None:
     """Every cell's inputs, before any run starts or any job is submitted."""
-    from sciqa.slurm.cli import _resolve
-
-    check_fn = _resolve(_command(grid.step).callback.__sciqa_slurm__[2])
+    check_fn = _check_fn(grid)
     for cell in grid.cells:
         try:
             check_fn(cell.config)
@@ -176,63 +160,42 @@ def check(grid: Grid) -> None:
             raise SciqaError(f"grid cell {cell.label}: {exc}") from None
 
 
-def runner(step: str) -> Callable:
-    """``fn(cfg, parent_run_id=...) -> StepRun``: the step function the single command calls."""
-    from sciqa.slurm.cli import _resolve
-
-    fn = _resolve(STEPS[step][3])
-    return functools.partial(fn, step=step) if step.startswith("train") else fn
-
-
 def run_local(grid: Grid) -> str:
     """Every cell, one after another, as a child of one parent run; then the table. Returns the parent id."""
-    from tqdm import tqdm
-
-    from sciqa.slurm import job
-    from sciqa.steps.grid_table import collect
-    from sciqa.steps.pipeline import _child
-    from sciqa.tracking import runs as tracking
-    from sciqa.tracking.runs import step_run
-
     check(grid)
     tracking.setup()
+    fn = resolve_name(STEPS[grid.step][1])
+    fn = functools.partial(fn, step=grid.step) if grid.step.startswith("train") else fn
     tags = {"sciqa.grid_step": grid.step}
     with step_run("grid", grid.params(), tags, f"grid-{grid.step}", settings=grid.settings, reuse=False) as parent:
-        pid = parent.run_id
         runs: dict[int, str] = {}
         failed: list[str] = []
-        for cell in tqdm(grid.cells, desc=f"grid {grid.command}", unit="cell"):
+        for cell in tqdm(grid.cells, desc=f"grid {grid.cmd.name}", unit="cell"):
             print(f"grid: cell {cell.index + 1}/{len(grid.cells)}: {cell.label}", flush=True)
             try:
-                runs[cell.index] = _child(pid, f"cell {cell.label}", runner(grid.step), cell.config).run_id
+                runs[cell.index] = _child(parent.run_id, f"cell {cell.label}", fn, cell.config).run_id
             except job.Stopped:
                 raise  # state saved: the same command resumes the parent and this cell
             except Exception as exc:  # noqa: BLE001 - the other cells still run; the re-run retries this one
                 failed.append(f"{cell.label} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
-        log_cells(pid, grid, runs)
+        log_cells(parent.run_id, grid, runs)
         if failed:
             raise SciqaError(f"{len(failed)} of {len(grid.cells)} grid cells failed: {'; '.join(failed)}; "
                              "run the same command again to retry them (finished cells are reused)")
-        text = collect(pid, grid.step, cells_of(pid))
+        text = grid_table.collect(parent.run_id, grid.step, cells_of(parent.run_id))
     print(text)
-    return pid
+    return parent.run_id
 
 
 def log_cells(parent_id: str, grid: Grid, runs: dict[int, str], jobs: dict[int, str] | None = None) -> None:
     """``grid/cells.json`` on the parent: per cell its values, run, command and (Slurm) array task."""
-    import mlflow
-
     cells = [{"index": c.index, "values": c.values, "run_id": runs.get(c.index, ""), "args": list(c.args),
               **({"job": jobs[c.index]} if jobs and c.index in jobs else {})} for c in grid.cells]
-    mlflow.MlflowClient().log_text(parent_id, json.dumps(cells, indent=2), "grid/cells.json")
+    MlflowClient().log_text(parent_id, json.dumps(cells, indent=2), "grid/cells.json")
 
 
 def cells_of(parent_id: str) -> list[dict]:
     """The parent's ``grid/cells.json``, or one line saying the run is not a grid."""
-    import tempfile
-
-    import mlflow
-
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = mlflow.artifacts.download_artifacts(run_id=parent_id, artifact_path="grid/cells.json",
@@ -243,28 +206,45 @@ def cells_of(parent_id: str) -> list[dict]:
             return json.load(f)
 
 
+def _label(cell: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in cell["values"].items())
+
+
+def status_lines(parent_id: str, parent) -> list[str]:
+    """``sciqa slurm status GRID_RUN``: one line per cell (values, run, MLflow status, Slurm state)."""
+    lines = [f"grid run {parent_id}: {parent.info.status} ({parent.data.params.get('grid_step', '?')} "
+             f"{parent.data.params.get('grid', '')}); collect job "
+             f"{parent.data.tags.get('sciqa.slurm_collect_job_id', '-')}"]
+    for cell in cells_of(parent_id):
+        run = effective_run(cell["run_id"]) if cell.get("run_id") else None
+        job_id = cell.get("job", "")
+        try:
+            state = slurm.job_state(job_id) if job_id else "-"
+        except SciqaError as exc:
+            state = f"unknown ({exc})"
+        restarts = run.data.metrics.get("slurm_restart_count") if run else None
+        lines.append(f"  cell {cell['index']} {_label(cell)}: run {run.info.run_id if run else '-'} "
+                     f"{run.info.status if run else 'MISSING'}, slurm {job_id or '-'} {state}"
+                     + (f", restarts {int(restarts)}" if restarts else ""))
+    return lines
+
+
 def collect_run(parent_id: str) -> str:
-    """``sciqa grid --collect``: the table of a (submitted) grid from its cells; the parent ends
-    FINISHED when every cell did, else FAILED naming the missing ones (re-submit the grid to fill them)."""
-    from mlflow import MlflowClient
-
-    from sciqa.steps.grid_table import collect, effective_run
-    from sciqa.tracking import runs as tracking
-
+    """``sciqa grid --collect``: the table of a submitted grid; the parent ends FINISHED when every cell did,
+    stays open while cells run, else ends FAILED naming the missing ones (re-submit the grid to fill them)."""
     tracking.connect()
     run = tracking.get_run(parent_id, "grid run")
     if run.data.tags.get("sciqa.step") != "grid":
         raise SciqaError(f"run '{parent_id}' is not a grid run (tag sciqa.step is "
                          f"'{run.data.tags.get('sciqa.step', '')}')")
     cells = cells_of(parent_id)
-    text = collect(parent_id, run.data.params["grid_step"], cells)
-    states = {" ".join(f"{k}={v}" for k, v in c["values"].items()):
-              effective_run(c["run_id"]).info.status if c.get("run_id") else "MISSING" for c in cells}
+    text = grid_table.collect(parent_id, run.data.params["grid_step"], cells)
+    states = {_label(c): effective_run(c["run_id"]).info.status if c.get("run_id") else "MISSING" for c in cells}
     missing = [f"{label} ({state})" for label, state in states.items() if state != "FINISHED"]
     if not missing:
         MlflowClient().set_terminated(parent_id, "FINISHED")
         return text + f"\ngrid run: {parent_id}"
-    if any(state in ("RUNNING", "SCHEDULED") for state in states.values()):  # collected early: leave it open
+    if any(state in ("RUNNING", "SCHEDULED") for state in states.values()):
         return text + f"\ngrid run {parent_id}: the table so far; still to come: {'; '.join(missing)}"
     MlflowClient().set_tag(parent_id, "sciqa.grid_missing", "; ".join(missing)[:5000])
     MlflowClient().set_terminated(parent_id, "FAILED")
@@ -272,21 +252,20 @@ def collect_run(parent_id: str) -> str:
                    "submit the same grid again to fill them in (finished cells are reused)")
 
 
-def command(step: str, spec: str, extra: list[str], *, collect: str = "", gpu: str = "", profile: str = "",
-            time_limit: str = "", max_running: int = 0) -> str:
-    """``sciqa grid``: run here, submit as job arrays, or collect a submitted grid's table."""
+def command(commands: Mapping[str, click.Command], step: str, spec: str, extra: list[str], *, collect: str = "",
+            gpu: str = "", profile: str = "", time_limit: str = "", max_running: int = 0) -> str:
+    """``sciqa grid`` (``commands``: the CLI's): run here, submit as job arrays, or collect a submitted grid's table."""
     if collect:
         if step or spec or extra or gpu:
             raise SciqaError("--collect GRID_RUN takes no step and no options")
         return collect_run(collect)
     if not step:
         raise SciqaError("grid needs a STEP (benchmark, score, train-prefix, train-lora) or --collect GRID_RUN")
-    grid = parse(step, spec, extra)
+    grid = parse(commands, step, spec, extra)
     if gpu:
-        from sciqa.slurm.array import submit_grid
-
-        return submit_grid(grid, gpu, profile=profile or None, time_limit=time_limit or None,
-                           max_running=max_running)
+        check(grid)
+        return submit_grid(grid, gpu, _check_fn(grid), log_cells, profile=profile or None,
+                           time_limit=time_limit or None, max_running=max_running)
     if time_limit or max_running:
         raise SciqaError("--slurm-time and --slurm-max-running: only for a Slurm grid; add --slurm-gpu TYPE|auto")
     return f"grid run: {run_local(grid)}"

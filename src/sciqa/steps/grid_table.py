@@ -1,18 +1,28 @@
 """A grid's table on its parent run: ``grid/table.csv|md``, ``plots/grid.png``, ``grid/comparisons.csv``.
 
-Benchmark and score grids: per cell the accuracy with a 95 % Wilson interval and the study's
-group accuracies (subject, context, grade); between settings, per model (every combination of
-the other axes), the paired differences of :func:`sciqa.eval.stats.compare_runs`, as ``sciqa compare``
-computes them. Training grids: per cell the final
-``val_loss_golden`` (and accuracy/overall where the run was scored), the best cell marked.
+Benchmark and score grids: per cell the accuracy with a 95 % Wilson interval and the group accuracies, and per
+combination of the other axes the paired comparisons across the column axis (as ``sciqa compare``); training
+grids: per cell the final ``val_loss_golden``. The best cell is marked.
 """
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
 
-from sciqa.errors import SciqaError
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from mlflow import MlflowClient
+from scipy.stats import binomtest
 
+from sciqa.errors import SciqaError
+from sciqa.eval.stats import compare_runs
+from sciqa.steps.compare import run_rows
+from sciqa.steps.evaluate import evaluate_run
+
+# step -> (the metric of its table and heatmap, lower is better)
+METRIC = {"benchmark": ("acc", False), "score": ("acc", False), "train_prefix": ("val_loss_golden", True),
+          "train_lora": ("val_loss_golden", True)}
 GROUPS = ("acc_natural", "acc_social", "acc_language", "acc_txt", "acc_img", "acc_no", "acc_g1_6", "acc_g7_12")
 TRAINED = ("val_loss_golden", "train_loss", "acc", "overall")
 CONFIDENCE = 0.95
@@ -21,62 +31,38 @@ _WIDE = ("family", "seeds_a", "seeds_b", "df", "per_seed")  # comparison columns
 
 def effective_run(run_id: str):
     """The run that holds a cell's result: a cell run that only records a reuse points at it."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    run = client.get_run(run_id)
+    run = MlflowClient().get_run(run_id)
     reused = run.data.tags.get("sciqa.reused_run", "")
-    return client.get_run(reused) if len(reused) == 32 and reused.isalnum() and reused != run_id else run
+    return MlflowClient().get_run(reused) if len(reused) == 32 and reused.isalnum() and reused != run_id else run
 
 
-def _wilson(acc: float, n: int) -> tuple[float, float]:
-    from scipy.stats import binomtest
-
-    ci = binomtest(round(acc * n / 100), n).proportion_ci(CONFIDENCE, method="wilson")
-    return 100 * ci.low, 100 * ci.high
-
-
-def _row(step: str, cell: dict, run) -> dict:
+def _row(step: str, cell: dict) -> dict:
+    """A cell's row; a finished benchmark cell is evaluated first (once: a run with ``acc`` is left as it is)."""
+    run = effective_run(cell["run_id"])
+    if step == "benchmark" and run.info.status == "FINISHED" and "acc" not in run.data.metrics:
+        evaluate_run(run.info.run_id, dataset=run.data.params.get("dataset", ""))
+        run = effective_run(cell["run_id"])
     m = run.data.metrics
     row = {**cell["values"], "run_id": run.info.run_id, "status": run.info.status}
-    if step in ("benchmark", "score"):
-        n = int(m.get("n", 0))
-        low, high = _wilson(m["acc"], n) if n and "acc" in m else (float("nan"), float("nan"))
-        row.update(n=n, acc=m.get("acc"), ci_low=low, ci_high=high, unmapped_rate=m.get("unmapped_rate"),
-                   **{g: m.get(g) for g in GROUPS})
-    else:
-        row.update({k: m[k] for k in TRAINED if k in m})
-    return row
+    if step not in ("benchmark", "score"):
+        return {**row, **{k: m[k] for k in TRAINED if k in m}}
+    n, low, high = int(m.get("n", 0)), np.nan, np.nan
+    if n and "acc" in m:
+        ci = binomtest(round(m["acc"] * n / 100), n).proportion_ci(CONFIDENCE, method="wilson")
+        low, high = 100 * ci.low, 100 * ci.high
+    return {**row, "n": n, "acc": m.get("acc"), "ci_low": low, "ci_high": high, "unmapped_rate": m.get("unmapped_rate"),
+            **{g: m.get(g) for g in GROUPS}}
 
 
-def _evaluate(step: str, run) -> None:
-    """Benchmark cells are evaluated here (once: a run with ``acc`` is left as it is)."""
-    if step == "benchmark" and run.info.status == "FINISHED" and "acc" not in run.data.metrics:
-        from sciqa.steps.evaluate import evaluate_run
-
-        evaluate_run(run.info.run_id, dataset=run.data.params.get("dataset", ""))
-
-
-def table(step: str, cells: list[dict]):
+def table(step: str, cells: list[dict]) -> pd.DataFrame:
     """One row per cell (missing cells: status only); the best finished cell marked."""
-    import pandas as pd
-
-    rows = []
-    for cell in cells:
-        if not cell.get("run_id"):
-            rows.append({**cell["values"], "run_id": "", "status": "MISSING"})
-            continue
-        run = effective_run(cell["run_id"])
-        _evaluate(step, run)
-        rows.append(_row(step, cell, effective_run(cell["run_id"])))
-    return mark_best(step, pd.DataFrame(rows))
+    return mark_best(step, pd.DataFrame([_row(step, c) if c.get("run_id") else
+                                         {**c["values"], "run_id": "", "status": "MISSING"} for c in cells]))
 
 
-def mark_best(step: str, frame):
+def mark_best(step: str, frame: pd.DataFrame) -> pd.DataFrame:
     """Column ``best``: ``*`` on the best cell(s) by the step's metric (highest accuracy, lowest loss)."""
-    from sciqa.steps.grid import STEPS
-
-    metric, lower = STEPS[step][1:3]
+    metric, lower = METRIC[step]
     frame["best"] = ""
     if metric in frame and frame[metric].notna().any():
         best = frame[metric].min() if lower else frame[metric].max()
@@ -89,14 +75,8 @@ def column_axis(axes: list[str]) -> str:
     return "setting" if "setting" in axes else axes[-1]
 
 
-def comparisons(frame, axes: list[str]):
-    """Per combination of the other axes: each value of the column axis vs its first, on the problems
-    all share (:func:`sciqa.eval.stats.compare_runs`: accuracy, the primary endpoint, and explanation metrics)."""
-    import pandas as pd
-
-    from sciqa.eval.stats import compare_runs
-    from sciqa.steps.compare import run_rows
-
+def comparisons(frame: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    """Per combination of the other axes: each value of the column axis vs its first, on the problems all share."""
     across = column_axis(axes)
     others = [a for a in axes if a != across]
     done = frame[frame["status"] == "FINISHED"]
@@ -113,57 +93,41 @@ def comparisons(frame, axes: list[str]):
 
 
 def _fmt(value, digits: int = 1) -> str:
-    import pandas as pd
-
     return "" if pd.isna(value) else f"{value:.{digits}f}"
 
 
-def markdown(step: str, frame, axes: list[str], compared) -> str:
+def markdown(step: str, frame: pd.DataFrame, axes: list[str], compared: pd.DataFrame | None) -> str:
     """The table as the study printed it (models down, settings across), then every column."""
-    from sciqa.steps.grid import STEPS
-
-    metric = STEPS[step][1]
-    across = column_axis(axes)
-    down = [a for a in axes if a != across]
-    shown = frame.copy()
-    if metric == "acc" and "acc" in shown:
-        shown["cell"] = [f"{_fmt(a)} [{_fmt(lo)}, {_fmt(hi)}]{b}" if _fmt(a) else s
-                         for a, lo, hi, b, s in zip(shown["acc"], shown["ci_low"], shown["ci_high"],
-                                                    shown["best"], shown["status"])]
+    metric = METRIC[step][0]
+    if metric == "acc" and "acc" in frame:
+        cell = [f"{_fmt(a)} [{_fmt(lo)}, {_fmt(hi)}]{b}" if _fmt(a) else s for a, lo, hi, b, s in
+                zip(frame["acc"], frame["ci_low"], frame["ci_high"], frame["best"], frame["status"])]
         title = f"Accuracy (%) with {CONFIDENCE:.0%} Wilson CI; * best"
     else:
-        shown["cell"] = [f"{_fmt(v, 4)}{b}" if _fmt(v) else s
-                         for v, b, s in zip(shown.get(metric, [None] * len(shown)), shown["best"], shown["status"])]
+        cell = [f"{_fmt(v, 4)}{b}" if _fmt(v) else s
+                for v, b, s in zip(frame.get(metric, [None] * len(frame)), frame["best"], frame["status"])]
         title = f"{metric} (final); * best"
-    if down:
-        pivot = shown.pivot_table(index=down, columns=across, values="cell", aggfunc="first", sort=False)
-    else:
-        pivot = shown.set_index(across)[["cell"]].T.rename(index={"cell": metric})
     every = frame.copy()  # axis values as given (0.001 stays 0.001), metrics rounded
     for column in every.columns.difference(axes):
         if every[column].dtype.kind == "f":
             every[column] = [_fmt(v, 4 if "loss" in column else 2) for v in every[column]]
+    across = column_axis(axes)
+    down = [a for a in axes if a != across]
+    shown = frame.assign(cell=cell)
+    pivot = (shown.pivot_table(index=down, columns=across, values="cell", aggfunc="first", sort=False) if down
+             else shown.set_index(across)[["cell"]].T.rename(index={"cell": metric}))
     lines = [f"## Grid: {step}", "", title, "", pivot.to_markdown(disable_numparse=True), "", "## Every cell", "",
              every.to_markdown(index=False, disable_numparse=True), ""]
     if compared is not None and len(compared):
         lines += [f"## Paired comparisons ({across})", "",
                   "run \u2212 baseline on the problems both answered, as `sciqa compare` reports it.", "",
-                  compared[[c for c in compared.columns if c not in _WIDE]].to_markdown(index=False, floatfmt=".3g"),
-                  ""]
+                  compared.drop(columns=list(_WIDE), errors="ignore").to_markdown(index=False, floatfmt=".3g"), ""]
     return "\n".join(lines)
 
 
-def heatmap(step: str, frame, axes: list[str], path: Path) -> Path:
-    """``plots/grid.png``: the heatmap metric, axes as in the markdown table."""
-    import matplotlib
-    import numpy as np
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from sciqa.steps.grid import STEPS
-
-    metric, lower = STEPS[step][1:3]
+def heatmap(step: str, frame: pd.DataFrame, axes: list[str], path: Path) -> Path:
+    """``plots/grid.png``: the step's metric, axes as in the markdown table."""
+    metric, lower = METRIC[step]
     across = column_axis(axes)
     down = [a for a in axes if a != across]
     data = frame.assign(_row=frame[down].astype(str).agg(" ".join, axis=1) if down else metric)
@@ -171,28 +135,24 @@ def heatmap(step: str, frame, axes: list[str], path: Path) -> Path:
         if metric in data else None
     if values is None or values.empty:
         raise SciqaError(f"no finished cell has {metric}: nothing to plot")
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * values.shape[1], 1.2 + 0.6 * values.shape[0]))
+    fig = Figure(figsize=(1.6 + 1.3 * values.shape[1], 1.2 + 0.6 * values.shape[0]), layout="tight")
+    ax = fig.subplots()
     image = ax.imshow(values.to_numpy(dtype=float), cmap="viridis_r" if lower else "viridis", aspect="auto")
     ax.set_xticks(range(values.shape[1]), list(values.columns))
     ax.set_yticks(range(values.shape[0]), list(values.index))
-    ax.set_xlabel(across)
     for (i, j), v in np.ndenumerate(values.to_numpy(dtype=float)):
         ax.text(j, i, _fmt(v, 1 if metric == "acc" else 3), ha="center", va="center", color="white")
     fig.colorbar(image, ax=ax, label=metric)
-    ax.set_title(f"grid {step}: {metric}")
-    fig.tight_layout()
+    ax.set(xlabel=across, title=f"grid {step}: {metric}")
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def collect(parent_id: str, step: str, cells: list[dict]) -> str:
     """Evaluate what needs it, log the table, heatmap and comparisons to the parent; the markdown."""
-    from mlflow import MlflowClient
-
     axes = list(cells[0]["values"]) if cells else []
     frame = table(step, cells)
-    compared = comparisons(frame, axes) if step in ("benchmark", "score") and len(axes) else None
+    compared = comparisons(frame, axes) if step in ("benchmark", "score") and axes else None
     text = markdown(step, frame, axes, compared)
     client = MlflowClient()
     with tempfile.TemporaryDirectory() as tmp:
@@ -204,8 +164,6 @@ def collect(parent_id: str, step: str, cells: list[dict]) -> str:
             compared.to_csv(d / "grid" / "comparisons.csv", index=False)
         client.log_artifacts(parent_id, str(d / "grid"), "grid")
         if (frame["status"] == "FINISHED").any():
-            (d / "plots").mkdir()
-            client.log_artifact(parent_id, str(heatmap(step, frame, axes, d / "plots" / "grid.png")), "plots")
-    finished = int((frame["status"] == "FINISHED").sum())
-    client.log_metric(parent_id, "grid_cells_finished", finished)
+            client.log_artifact(parent_id, str(heatmap(step, frame, axes, d / "grid.png")), "plots")
+    client.log_metric(parent_id, "grid_cells_finished", int((frame["status"] == "FINISHED").sum()))
     return text

@@ -1,30 +1,27 @@
-"""The whole KD experiment as one parent run with nested child runs: does KD beat golden training?
+"""The whole KD experiment as one parent run with nested children: does KD beat golden training?
 
-    mlflow run . --env-manager local                 # embedded default: tiny models, bundled sample
     sciqa main --variants pkv,peft,lora --epochs 3 --seeds 0,1,2
-    sciqa main --teacher-run RUN_ID --model Qwen/Qwen2-VL-2B-Instruct --dataset derek-thomas/ScienceQA
 
-1. teacher outputs: benchmark the teacher on train (or reuse --teacher-run / --teacher-csv) and
-   evaluate them (a weak teacher is told apart from a KD failure);
-2. per seed and variant, train a golden and a KD adapter on exactly the same problems (KD's, after
-   every KD filter; ``golden_on=all`` trains golden on every problem instead);
-3. benchmark the base model and score every adapter on the evaluation split (each evaluated);
-4. compare (``sciqa.steps.compare``, the same code as ``sciqa compare``): seeds as replicates, KD − golden
-   accuracy the primary endpoint per variant (Holm), adapter − base exploratory; one table on the
-   terminal, the rest in ``compare/comparison.md`` and ``plots/deltas.png`` on the parent.
-Each child is cached by its parameters and content digests (``sciqa.tracking.runs``): a re-run redoes
-only what changed, and a re-run after a crash resumes the parent and every unfinished child.
+Teacher benchmark on train (or --teacher-run/--teacher-csv), a golden and a KD adapter per seed and
+variant, the base benchmark and every adapter scored on the evaluation split, then ``compare``.
+Each child is cached by its parameters: a re-run redoes only what changed and resumes what crashed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sciqa.adapters import VARIANTS
 from sciqa.backends.base import ANSWER_MODES, CHOICE_SCORES
 from sciqa.config import check_ranges, identity, operational, option
 from sciqa.data.prompts import SETTINGS
 from sciqa.errors import SciqaError
-from sciqa.steps.train import GOLDEN_ON
+from sciqa.eval.metrics import check_prerequisites
+from sciqa.slurm import job
+from sciqa.steps import benchmark as bench
+from sciqa.steps import train as training
+from sciqa.steps.evaluate import EvaluateConfig, evaluate, evaluate_run
+from sciqa.steps.score import ScoreConfig, score
+from sciqa.tracking import runs
 from sciqa.tracking.runs import step_run
 from sciqa.train.teacher import KD_FILTERS
 
@@ -35,14 +32,11 @@ class MainConfig:
     teacher_model: str = option("tiny-llava", "teacher benchmarked on train for KD")
     teacher_run: str = option("", "use this finished benchmark run on train as the teacher")
     teacher_csv: str = option("", "or a teacher CSV (ours, or index,input,answer,explanation)")
-    teacher_answer_mode: str = option("choice", "teacher benchmark: choice (likeliest choice, then explain) or free",
-                                      choices=ANSWER_MODES)
-    teacher_max_new_tokens: int = option(512, "teacher benchmark budget: whole explanations (rows cut at it are "
-                                              "dropped)", min=1)
+    teacher_answer_mode: str = option("choice", "the teacher benchmark's answer mode", choices=ANSWER_MODES)
+    teacher_max_new_tokens: int = option(512, "the teacher benchmark's budget (rows cut at it are dropped)", min=1)
     kd_filter: str = option("all", "KD on all usable teacher rows or only the correct ones", choices=KD_FILTERS)
-    golden_on: str = option("same", "golden adapters train on exactly KD's problems (after every KD filter, "
-                                    "kd_filter included; checked in the comparison) or on all train problems",
-                            choices=tuple(reversed(GOLDEN_ON)))
+    golden_on: str = option("same", "golden adapters train on exactly KD's problems, or on all train problems",
+                            choices=tuple(reversed(training.GOLDEN_ON)))
     dataset: str = option("sample", "sample, a hub dataset id, or a local folder")
     setting: str = option("QTCH", "prompt setting for teacher, training and scoring", choices=tuple(SETTINGS))
     eval_split: str = option("validation", "split the adapters are scored on")
@@ -53,10 +47,10 @@ class MainConfig:
     prefix_len: int = option(50, "virtual tokens of prefix adapters", min=1)
     batch_size: int = option(16, "prompts per generate() call", min=1, operational=True)
     max_new_tokens: int = option(512, "generation budget per answer on eval_split", min=1)
-    answer_mode: str = option("choice", "base and adapters on eval_split: choice (likeliest choice, then explain) "
-                                        "or free (the study's)", choices=ANSWER_MODES)
-    choice_score: str = option("sum", "choice mode: a choice's summed log-probability, or its per-token mean "
-                                      "(length-normalised)", choices=CHOICE_SCORES)
+    answer_mode: str = option("choice", "base and adapters on eval_split: choice or free (the study's)",
+                              choices=ANSWER_MODES)
+    choice_score: str = option("sum", "choice mode: a choice's summed or per-token mean log-probability",
+                               choices=CHOICE_SCORES)
     limit: int = option(0, "first N train problems (0 = all)", min=0)
     eval_limit: int = option(0, "first N evaluation problems (0 = all)", min=0)
     seeds: str = option("0", "comma-separated training seeds: every adapter is trained and scored once per seed")
@@ -86,8 +80,6 @@ def _child(parent_id: str, name: str, fn, *args, **kwargs):
     """Run one step; a failure tags the parent with the step's name before it propagates."""
     import mlflow
 
-    from sciqa.slurm import job
-
     try:
         return fn(*args, parent_run_id=parent_id, **kwargs)
     except job.Stopped:
@@ -97,30 +89,23 @@ def _child(parent_id: str, name: str, fn, *args, **kwargs):
         raise
 
 
-def teacher_config(cfg: MainConfig):
-    from sciqa.steps.benchmark import BenchmarkConfig
-
-    return BenchmarkConfig(model=cfg.teacher_model, dataset=cfg.dataset, split="train", setting=cfg.setting,
-                           limit=cfg.limit, answer_mode=cfg.teacher_answer_mode, choice_score=cfg.choice_score,
-                           max_new_tokens=cfg.teacher_max_new_tokens, batch_size=cfg.batch_size,
-                           workdir=cfg.workdir, force=cfg.force)
+def teacher_config(cfg: MainConfig) -> bench.BenchmarkConfig:
+    """The standalone KD training's teacher benchmark (the same run), with main's batch size and --force."""
+    kd = next(t for (_, is_kd, _), t in train_configs(cfg, "").items() if is_kd)
+    return replace(training.teacher_benchmark_config(kd), batch_size=cfg.batch_size, force=cfg.force)
 
 
-def base_config(cfg: MainConfig):
-    from sciqa.steps.benchmark import BenchmarkConfig
-
-    return BenchmarkConfig(model=cfg.model, dataset=cfg.dataset, split=cfg.eval_split, setting=cfg.setting,
-                           limit=cfg.eval_limit, answer_mode=cfg.answer_mode, choice_score=cfg.choice_score,
-                           max_new_tokens=cfg.max_new_tokens,
-                           batch_size=cfg.batch_size, workdir=cfg.workdir, force=cfg.force)
+def base_config(cfg: MainConfig) -> bench.BenchmarkConfig:
+    return bench.BenchmarkConfig(model=cfg.model, dataset=cfg.dataset, split=cfg.eval_split, setting=cfg.setting,
+                                 limit=cfg.eval_limit, answer_mode=cfg.answer_mode, choice_score=cfg.choice_score,
+                                 max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, workdir=cfg.workdir,
+                                 force=cfg.force)
 
 
 def train_configs(cfg: MainConfig, teacher_run: str) -> dict:
     """(variant, kd, seed) -> the training config of that adapter; both learn from ``teacher_run``/the CSV."""
-    from sciqa.steps.train import TrainConfig
-
     same = cfg.golden_on == "same"
-    return {(variant, kd, seed): TrainConfig(
+    return {(variant, kd, seed): training.TrainConfig(
         model=cfg.model, dataset=cfg.dataset, setting=cfg.setting, variant=variant, teacher=kd,
         teacher_run=teacher_run if kd or same else "", teacher_csv=cfg.teacher_csv if kd or same else "",
         teacher_model=cfg.teacher_model,
@@ -131,70 +116,53 @@ def train_configs(cfg: MainConfig, teacher_run: str) -> dict:
         for seed in seeds_of(cfg) for variant in variants_of(cfg) for kd in (False, True)}
 
 
-def score_config(cfg: MainConfig, train_run: str):
-    from sciqa.steps.score import ScoreConfig
-
+def score_config(cfg: MainConfig, train_run: str) -> ScoreConfig:
     return ScoreConfig(adapter_run=train_run, dataset=cfg.dataset, split=cfg.eval_split, setting=cfg.setting,
                        batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, answer_mode=cfg.answer_mode,
-                       choice_score=cfg.choice_score,
-                       limit=cfg.eval_limit, workdir=cfg.workdir, force=cfg.force)
+                       choice_score=cfg.choice_score, limit=cfg.eval_limit, workdir=cfg.workdir, force=cfg.force)
 
 
 def check(cfg: MainConfig) -> None:
     """Every child's input, before the parent run starts (a bad teacher CSV fails here, not mid-way)."""
-    from sciqa.eval.metrics import check_prerequisites
-    from sciqa.steps.benchmark import check as check_benchmark
-    from sciqa.steps.train import check as check_train
-
     check_ranges(cfg)
     check_prerequisites()
-    check_benchmark(base_config(cfg))
+    bench.check(base_config(cfg))
     if not (cfg.teacher_run or cfg.teacher_csv):
-        check_benchmark(teacher_config(cfg))
+        bench.check(teacher_config(cfg))
     first = seeds_of(cfg)[0]  # seeds change nothing a check looks at
     for (_, _, seed), tcfg in train_configs(cfg, cfg.teacher_run).items():
         if seed == first:
-            check_train(tcfg)
+            training.check(tcfg)
 
 
 def _teacher(cfg: MainConfig, pid: str) -> tuple[str, str]:
     """(the teacher run KD learns from, '' for a CSV teacher; the run holding its evaluation on train)."""
-    from sciqa.steps.benchmark import benchmark
-    from sciqa.steps.evaluate import EvaluateConfig, evaluate, evaluate_run
-
     if cfg.teacher_csv:
-        return "", _child(pid, "evaluate teacher csv", lambda parent_run_id: evaluate(
-            EvaluateConfig(csv=cfg.teacher_csv, dataset=cfg.dataset), parent_run_id=parent_run_id))
-    run_id = cfg.teacher_run or _child(pid, "teacher benchmark", benchmark, teacher_config(cfg)).run_id
-    _child(pid, "evaluate teacher", lambda parent_run_id: evaluate_run(run_id, dataset=cfg.dataset))
+        return "", _child(pid, "evaluate teacher csv", evaluate, EvaluateConfig(csv=cfg.teacher_csv,
+                                                                                dataset=cfg.dataset))
+    if cfg.teacher_run:  # a run made elsewhere may not be evaluated yet (ours evaluate themselves)
+        evaluate_run(cfg.teacher_run, dataset=cfg.dataset)
+        return cfg.teacher_run, cfg.teacher_run
+    run_id = _child(pid, "teacher benchmark", bench.benchmark, teacher_config(cfg)).run_id
     return run_id, run_id
 
 
 def main(cfg: MainConfig) -> str:
     """Run (or reuse) every step as a child of one parent run; returns the parent run id."""
-    from sciqa.steps.benchmark import benchmark
-    from sciqa.steps.compare import compare
-    from sciqa.steps.evaluate import evaluate_run
-    from sciqa.steps.score import score
-    from sciqa.steps.train import train
-    from sciqa.tracking import runs as tracking
+    from sciqa.steps.report import compare  # imports mlflow: not at ``sciqa --help``, which reads MainConfig
 
     check(cfg)
-    tracking.setup()
+    runs.setup()
     params = {**identity(cfg), "variants": ",".join(variants_of(cfg)), "seeds": ",".join(map(str, seeds_of(cfg)))}
     with step_run("main", params, {"sciqa.model": cfg.model}, "main", cfg.force, settings=operational(cfg),
                   reuse=False) as parent:
         pid = parent.run_id
         teacher_run, teacher_scores = _teacher(cfg, pid)
-        trained, scored = {}, {}
-        for (variant, kd, seed), tcfg in train_configs(cfg, teacher_run).items():
-            label = f"{variant} {'kd' if kd else 'golden'} seed {seed}"
-            trained[(variant, kd, seed)] = _child(pid, f"train {label}", train, tcfg).run_id
-        base = _child(pid, "base benchmark", benchmark, base_config(cfg)).run_id
-        _child(pid, "evaluate base", lambda parent_run_id: evaluate_run(base, dataset=cfg.dataset))
-        for key, train_id in trained.items():
-            scored[key] = _child(pid, f"score {key[0]} {'kd' if key[1] else 'golden'} seed {key[2]}", score,
-                                 score_config(cfg, train_id)).run_id
+        trained = {key: _child(pid, f"train {key[0]} {'kd' if key[1] else 'golden'} seed {key[2]}", training.train,
+                               tcfg).run_id for key, tcfg in train_configs(cfg, teacher_run).items()}
+        base = _child(pid, "base benchmark", bench.benchmark, base_config(cfg)).run_id
+        scored = {key: _child(pid, f"score {key[0]} {'kd' if key[1] else 'golden'} seed {key[2]}", score,
+                              score_config(cfg, train_id)).run_id for key, train_id in trained.items()}
         table = compare(base, trained, scored, teacher_scores, cfg)
     print(table)  # one table; the sentences and every metric are in compare/comparison.md
     return parent.run_id

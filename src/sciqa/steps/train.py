@@ -1,67 +1,56 @@
-"""Train an adapter (prefix: ``pkv`` or ``peft``; or ``lora``) on golden or teacher (KD) targets.
+"""Train an adapter on golden or teacher (KD) targets: config -> data -> model -> loop -> log.
 
     sciqa train-prefix --variant pkv --teacher true          # KD from tiny-llava's train benchmark
-    sciqa train-prefix --variant peft --teacher false --epochs 3
     sciqa train-lora --teacher true --teacher-run RUN_ID
-    mlflow run . -e train_prefix --env-manager local -P teacher=true
-
-The teacher's benchmark (when it must be run) is its own cached run, nested under the run
-``mlflow run`` made; KD is keyed on the teacher rows it trains on. ``val_loss_golden`` is the
-loss on golden targets of the validation split: it favours golden training by construction, so
-the scored metrics on the evaluation split (``score``, ``main``) are the common yardstick.
-Re-running the same parameters (or ``MLFLOW_RUN_ID``) resumes from the newest checkpoint;
-SIGUSR1/SIGTERM save one and exit with code 75 (requeue).
 """
 from __future__ import annotations
 
-import contextlib
-import io
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sciqa.adapters import VARIANTS, step_options
+from sciqa import models
+from sciqa.adapters import VARIANTS, AdapterOptions, attach, option_fields, save_adapter, variants_of_step
 from sciqa.backends.base import ANSWER_MODES
 from sciqa.config import DTYPE_CHOICES, as_param, check_ranges, identity, operational, option
-from sciqa.data.prompts import SETTINGS
+from sciqa.data import load_problems
+from sciqa.data.problems import problems_digest
+from sciqa.data.prompts import SETTINGS, build_prompt, target_json
 from sciqa.errors import SciqaError
-from sciqa.tracking.runs import StepRun, step_run
+from sciqa.files import digest
+from sciqa.steps.benchmark import BenchmarkConfig, benchmark
+from sciqa.steps.generation import check_inputs, problem_inputs
+from sciqa.tracking import runs
+from sciqa.tracking.artifacts import fetch_artifact, log_problems
+from sciqa.tracking.runs import StepRun, phase, step_run
+from sciqa.train import teacher as teach
 from sciqa.train.teacher import KD_FILTERS, Targets
 
 GOLDEN_ON = ("all", "same")  # golden on every train problem, or on exactly the problems KD trains on
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(AdapterOptions):  # + every adapter variant's options (adapters.VARIANTS)
     model: str = option("tiny-qwen2-vl", "student: tiny model name, hub id or local folder")
     dataset: str = option("sample", "sample, a hub dataset id, or a local folder")
     setting: str = option("QTCH", "prompt setting", choices=tuple(SETTINGS))
-    variant: str = option("pkv", "adapter: pkv, peft (prefix) or lora", choices=tuple(VARIANTS))
+    variant: str = option("pkv", "the adapter variant (lora: train-lora)", choices=tuple(VARIANTS))
     teacher: bool = option(False, "train on teacher outputs (KD) instead of golden")
     teacher_run: str = option("", "a finished benchmark run on the train split to learn from")
     teacher_csv: str = option("", "teacher CSV: ours, or index,input,answer,explanation")
-    teacher_model: str = option("tiny-llava", "teacher when no run/CSV is given: its train-split benchmark with "
-                                              "these teacher options (reused when it exists, run first if not)")
-    teacher_answer_mode: str = option("choice", "when the teacher must be benchmarked first: free or choice "
-                                                "(likeliest choice, then explain)", choices=ANSWER_MODES)
-    teacher_max_new_tokens: int = option(512, "the teacher benchmark's generation budget: whole explanations "
-                                              "(rows cut at the budget are dropped, never repaired)", min=1)
+    teacher_model: str = option("tiny-llava", "teacher without a run/CSV: its train-split benchmark (reused or run)")
+    teacher_answer_mode: str = option("choice", "the teacher benchmark's answer mode", choices=ANSWER_MODES)
+    teacher_max_new_tokens: int = option(512, "the teacher benchmark's budget (rows cut at it are dropped)", min=1)
     kd_filter: str = option("all", "KD on all usable teacher rows, or only those whose answer is correct",
                             choices=KD_FILTERS)
-    golden_on: str = option("all", "golden training on all train problems, or on exactly the problems KD trains on "
-                                   "(same: after every KD filter, kd_filter included; needs a teacher source)",
+    golden_on: str = option("all", "golden training on all train problems, or on exactly those KD trains on (same)",
                             choices=GOLDEN_ON)
     epochs: int = option(3, "training epochs", min=1)
     lr: float = option(5e-3, "peak learning rate (AdamW, linear decay)", above=0)
     warmup_ratio: float = option(0.1, "fraction of steps of linear warm-up", min=0, max=0.99)
     batch_size: int = option(4, "examples per micro-batch", min=1)
     grad_accum: int = option(1, "micro-batches per optimizer step", min=1)
-    prefix_len: int = option(50, "virtual tokens of a prefix adapter", min=1)
-    prefix_projection: bool = option(True, "MLP reparameterisation of a PEFT prefix (pkv always has one)")
-    lora_r: int = option(8, "LoRA rank", min=1)
-    lora_alpha: int = option(16, "LoRA alpha", min=1)
-    lora_targets: str = option("q_proj,v_proj", "LoRA target modules (language model)")
-    max_length: int = option(2048, "max tokens per example: longer targets are cut, prompts at least this long "
-                                    "dropped (both counted; 0 = no limit)", min=0)
+    max_length: int = option(2048, "max tokens per example: targets cut, longer prompts dropped (0 = no limit)", min=0)
     seed: int = option(0, "random seed (init, batch order)")
     limit: int = option(0, "first N train problems only (0 = all)", min=0)
     val_limit: int = option(0, "first N validation problems only (0 = all)", min=0)
@@ -70,17 +59,15 @@ class TrainConfig:
     dtype: str = option("auto", "auto (bf16 on GPU), float32 or bfloat16", choices=DTYPE_CHOICES)
     device: str = option("auto", "auto, cpu or cuda[:N]")
     strict_images: bool = option(False, "refuse problems whose image file is missing", operational=True)
-    register: bool = option(False, "register the adapter in the MLflow Model Registry as "
-                                   "sciqa-<model>-<variant>-<kd|golden> (score it with --adapter models:/NAME/N)",
-                            operational=True)
+    register: bool = option(False, "register the adapter as sciqa-<model>-<variant>-<kd|golden>", operational=True)
     workdir: str = option("", "local folder for checkpoints and adapters; '' = $SCIQA_CACHE/work", operational=True)
     force: bool = option(False, "retrain even if a finished run matches", operational=True)
 
 
 # The options only one training command takes (the other command's --help does not list them):
 # its variants' options (the variant registry), plus what is inherent to the command.
-STEP_FIELDS = {"train_prefix": ("variant", *step_options("train_prefix")),
-               "train_lora": (*step_options("train_lora"), "gradient_checkpointing")}
+STEP_FIELDS = {"train_prefix": ("variant", *option_fields("train_prefix")),
+               "train_lora": (*option_fields("train_lora"), "gradient_checkpointing")}
 TEACHER_FIELDS = ("teacher_run", "teacher_csv", "teacher_model", "teacher_answer_mode", "teacher_max_new_tokens",
                   "kd_filter")
 
@@ -97,13 +84,8 @@ def params_of_config(cfg: TrainConfig) -> dict:
     return identity(cfg, ignore=(*other, *unused))
 
 
-def adapter_options(cfg: TrainConfig) -> dict:
-    return {k: getattr(cfg, k) for k in VARIANTS[cfg.variant].options}
-
-
 @dataclass
 class TrainInputs:
-    """What a training run reads, resolved before it starts."""
 
     workdir: Path
     train: list
@@ -116,18 +98,13 @@ class TrainInputs:
 
 def check(cfg: TrainConfig, step: str | None = None) -> TrainInputs:
     """Every input error before any run starts (reads, never writes): also the Slurm submit check."""
-    from sciqa import models
-    from sciqa.adapters import check_variant
-    from sciqa.data import load_problems
-    from sciqa.steps.generation import check_inputs, problem_inputs
-    from sciqa.train import teacher as teach
-
-    check_ranges(cfg)
     step = step or step_of(cfg)
-    if step != step_of(cfg):
-        raise SciqaError(f"variant '{cfg.variant}' belongs to {step_of(cfg).replace('_', '-')}, "
-                         f"not {step.replace('_', '-')}")
-    if cfg.gradient_checkpointing and VARIANTS[cfg.variant].prefix:
+    if cfg.variant not in variants_of_step(step):  # the registry says which command trains which variant
+        where = f" ({cfg.variant}: {VARIANTS[cfg.variant].step.replace('_', '-')})" if cfg.variant in VARIANTS else ""
+        raise SciqaError(f"unknown {step.removeprefix('train_')} variant '{cfg.variant}'; accepted: "
+                         f"{', '.join(variants_of_step(step))}{where}")
+    check_ranges(cfg)
+    if cfg.gradient_checkpointing and step == "train_prefix":
         raise SciqaError("prefix adapters do not work with gradient checkpointing (the recompute sees the prefix "
                          "twice, peft#869); drop --gradient-checkpointing or use train-lora")
     if cfg.teacher_run and cfg.teacher_csv:
@@ -135,7 +112,7 @@ def check(cfg: TrainConfig, step: str | None = None) -> TrainInputs:
     if (cfg.teacher_run or cfg.teacher_csv) and not (cfg.teacher or cfg.golden_on == "same"):
         raise SciqaError("--teacher-run/--teacher-csv need --teacher true (or --golden-on same)")
     workdir = check_inputs(cfg.dtype, cfg.workdir)
-    check_variant(cfg.variant, models.resolve(cfg.model)[1])
+    models.resolve(cfg.model)
     train = problem_inputs(cfg.dataset, "train", False, cfg.limit, cfg.strict_images)
     val = problem_inputs(cfg.dataset, "validation", False, cfg.val_limit, cfg.strict_images)
     all_train = load_problems(cfg.dataset, "train", keep_all=True)
@@ -143,18 +120,12 @@ def check(cfg: TrainConfig, step: str | None = None) -> TrainInputs:
     if cfg.teacher or cfg.golden_on == "same":
         if cfg.teacher_csv:
             rows = teach.from_csv(cfg.teacher_csv, all_train)
-            with contextlib.redirect_stderr(io.StringIO()):  # whether any row is usable, before any store is
-                teach.kd_targets(rows, train.problems, cfg.kd_filter,  # touched (golden_on=same: the same); its
-                                 f"csv {cfg.teacher_csv}")  # warning is printed once, when the run uses them
+            teach.kd_targets(rows, train.problems, cfg.kd_filter, f"csv {cfg.teacher_csv}")  # any usable row?
         elif cfg.teacher_run:
-            from sciqa.tracking import runs
-
             runs.connect()
             teach.run_train_csv(cfg.teacher_run, cfg.setting)  # finished, with train outputs: else one line
         else:
             models.resolve(cfg.teacher_model)
-    from sciqa.files import digest
-
     return TrainInputs(workdir, train.problems, val.problems, all_train, rows, digest(train.digest, val.digest),
                        train.images_missing + val.images_missing)
 
@@ -164,15 +135,11 @@ def check_prefix(cfg: TrainConfig) -> None:
 
 
 def check_lora(cfg: TrainConfig) -> None:
-    from sciqa.adapters import variants_of_step
-
     check(replace(cfg, variant=variants_of_step("train_lora")[0]), "train_lora")
 
 
-def teacher_benchmark_config(cfg: TrainConfig):
-    """The train-split benchmark of ``teacher_model`` that KD learns from when no run/CSV is given."""
-    from sciqa.steps.benchmark import BenchmarkConfig
-
+def teacher_benchmark_config(cfg: TrainConfig) -> BenchmarkConfig:
+    """The train-split benchmark KD learns from without a run/CSV: one config for ``main`` and a standalone KD."""
     return BenchmarkConfig(model=cfg.teacher_model, dataset=cfg.dataset, split="train", setting=cfg.setting,
                            limit=cfg.limit, dtype=cfg.dtype, device=cfg.device, answer_mode=cfg.teacher_answer_mode,
                            max_new_tokens=cfg.teacher_max_new_tokens, workdir=cfg.workdir,
@@ -181,30 +148,23 @@ def teacher_benchmark_config(cfg: TrainConfig):
 
 def _teacher_rows(cfg: TrainConfig, inputs: TrainInputs) -> tuple[list, str, str]:
     """(rows, source, run id): a CSV's rows, a finished run's, or the teacher benchmark's (run or reused)."""
-    from sciqa.tracking import runs
-    from sciqa.train import teacher as teach
-
     if cfg.teacher_csv:
         return inputs.teacher_rows, f"csv {cfg.teacher_csv}", ""
     run_id = cfg.teacher_run
     if not run_id:
-        from sciqa.steps.benchmark import benchmark
-
         print(f"train: the teacher is the train-split benchmark of '{cfg.teacher_model}' (reused when it exists)")
         run_id = benchmark(teacher_benchmark_config(cfg), parent_run_id=runs.outer_run_id()).run_id
     return teach.from_run(run_id, cfg.setting, inputs.all_train, inputs.workdir), f"run {run_id}", run_id
 
 
 def targets_of(cfg: TrainConfig, inputs: TrainInputs) -> Targets:
-    """Golden or KD targets. KD trains on the usable teacher rows (``kd_filter=correct``: the correct ones);
-    golden with ``golden_on=same`` on exactly KD's problems, the same filters applied, so the two
-    differ in their targets only (equal ``train_ids_digest``)."""
-    from sciqa.train import teacher as teach
-
+    """Golden or KD targets; ``golden_on=same``: golden on exactly KD's problems (equal ``train_ids_digest``)."""
     if not cfg.teacher and cfg.golden_on == "all":
         return teach.golden(inputs.train)
     rows, source, run_id = _teacher_rows(cfg, inputs)
     kd = teach.kd_targets(rows, inputs.train, cfg.kd_filter, source, run_id)
+    if kd.warning:
+        print(kd.warning, file=sys.stderr, flush=True)
     kd.counts["duplicate_ids"] = rows.duplicate_ids  # rows of an id given twice: the last was used
     if cfg.teacher:
         return kd
@@ -213,37 +173,8 @@ def targets_of(cfg: TrainConfig, inputs: TrainInputs) -> Targets:
                    teacher_run=run_id, counts=kd.counts)
 
 
-def _resume_point(run: StepRun, run_dir: Path) -> Path | None:
-    """This run's newest checkpoint (or that of the unfinished run it continues): local, else
-    downloaded from the artifacts (another node). A ``--force`` rerun starts afresh: the local
-    folder of the key is wiped when it belongs to another run (:meth:`StepRun.state_dir`)."""
-    import mlflow
-
-    from sciqa.tracking.runs import fetch_artifact
-    from sciqa.train.loop import checkpoint_key, newest_checkpoint
-
-    local = newest_checkpoint(run_dir / "checkpoints")
-    if local is not None:
-        return local
-    for run_id in run.seeds:
-        try:
-            names = [Path(a.path).name for a in mlflow.artifacts.list_artifacts(run_id=run_id,
-                                                                                artifact_path="checkpoints")]
-        except Exception:  # noqa: BLE001 - a run without artifacts yet
-            names = []
-        keyed = sorted((checkpoint_key(n), n) for n in names if checkpoint_key(n))
-        if keyed and fetch_artifact([run_id], f"checkpoints/{keyed[-1][1]}", run_dir / "checkpoints" / keyed[-1][1]):
-            print(f"train: downloaded checkpoint {keyed[-1][1]} from run {run_id}")
-            return run_dir / "checkpoints" / keyed[-1][1]
-    return None
-
-
 def train(cfg: TrainConfig, step: str | None = None, parent_run_id: str | None = None) -> StepRun:
-    """Validate, resolve the targets (benchmarking the teacher first if needed), then train inside
-    one MLflow run (reused when finished, resumed when not)."""
-    from sciqa import models
-    from sciqa.tracking import runs
-
+    """Config, data, model, loop, log: inside one MLflow run (reused when finished, resumed when not)."""
     step = step or step_of(cfg)
     inputs = check(cfg, step)
     runs.setup()
@@ -254,15 +185,24 @@ def train(cfg: TrainConfig, step: str | None = None, parent_run_id: str | None =
             "sciqa.setting": cfg.setting, "sciqa.split": "train"}
     if targets.teacher_run:
         tags["sciqa.teacher_run"] = targets.teacher_run
-    kind = "kd" if cfg.teacher else "golden"
-    name = f"{step}-{cfg.variant}-{kind}-{cfg.model.split('/')[-1]}"
+    name = f"{step}-{cfg.variant}-{'kd' if cfg.teacher else 'golden'}-{cfg.model.split('/')[-1]}"
     with step_run(step, params, tags, name, cfg.force, parent_run_id, operational(cfg)) as run:
         if run.reused:
             print(f"{step}: reusing finished run {run.run_id}")
             if cfg.register:
                 _register_reused(run.run_id, cfg)
             return run
-        _train_in_run(cfg, run, inputs, targets)
+        run_dir = run.state_dir(inputs.workdir)
+        with phase("load"):
+            _log_inputs(cfg, inputs, targets)
+            examples, val = _examples(cfg, inputs, targets)
+            lm, adapted, examples, val = _model(cfg, run, inputs, targets, examples, val)
+        with phase("train"):
+            history = _loop(cfg, run, run_dir, lm, adapted, examples, val)
+        with phase("log"):
+            _log_adapter(cfg, run, adapted, history, run_dir)
+        print(f"{step}: final train_loss {history[-1]['train_loss']:.4f} "
+              f"val_loss_golden {history[-1]['val_loss_golden']:.4f}")
     return run
 
 
@@ -281,44 +221,8 @@ def _register_reused(run_id: str, cfg: TrainConfig) -> None:
         print(f"train: registered {name} version {version.version} (run {run_id})")
 
 
-def _train_in_run(cfg: TrainConfig, run: StepRun, inputs: TrainInputs, targets: Targets) -> None:
-    """Load and prepare, train (resuming from the newest checkpoint), log the adapter: each phase timed."""
-    import mlflow
-    import torch
-
-    from sciqa.tracking.runs import phase
-    from sciqa.train.loop import LoopConfig
-    from sciqa.train.loop import train as run_loop
-
-    with phase("load"):
-        lm, adapted, examples, val = _prepare(cfg, run, inputs, targets)
-    run_dir = run.state_dir(inputs.workdir)
-    loop = LoopConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                      warmup_ratio=cfg.warmup_ratio, max_length=cfg.max_length, seed=cfg.seed,
-                      log_every=cfg.log_every, bf16=lm.model.dtype == torch.bfloat16)
-    with phase("train"):
-        history = run_loop(adapted, lm, cfg.model, examples, val, loop, run_dir,
-                           log_metrics=lambda m, s: mlflow.log_metrics(m, step=s),
-                           log_checkpoint=lambda p: mlflow.log_artifacts(str(p), f"checkpoints/{p.name}"),
-                           resume_from=_resume_point(run, run_dir))
-    with phase("log"):
-        _log_adapter(cfg, run, adapted, history, run_dir)
-    print(f"{step_of(cfg)}: final train_loss {history[-1]['train_loss']:.4f} "
-          f"val_loss_golden {history[-1]['val_loss_golden']:.4f}")
-
-
-def _prepare(cfg: TrainConfig, run: StepRun, inputs: TrainInputs, targets: Targets):
-    """The datasets as run inputs, the model with a fresh adapter, and the examples that fit."""
-    import mlflow
-    import torch
-
-    from sciqa import models
-    from sciqa.adapters import attach
-    from sciqa.data.problems import problems_digest
-    from sciqa.data.prompts import build_prompt, target_json
-    from sciqa.tracking.runs import log_problems
-    from sciqa.train.collate import Example, fit_to_length
-
+def _log_inputs(cfg: TrainConfig, inputs: TrainInputs, targets: Targets) -> None:
+    """The problems trained on, validated on and (KD) the teacher rows, as the run's dataset inputs."""
     used = [p for p in inputs.train if p.id in targets.by_id]
     log_problems(used, cfg.dataset, problems_digest(used), "train", cfg.setting)
     log_problems(inputs.val, cfg.dataset, problems_digest(inputs.val), "validation", cfg.setting)
@@ -326,13 +230,30 @@ def _prepare(cfg: TrainConfig, run: StepRun, inputs: TrainInputs, targets: Targe
         where = str((inputs.workdir / "teacher" / targets.teacher_run) if targets.teacher_run  # its downloaded CSV
                     else Path(cfg.teacher_csv).expanduser().resolve())
         log_problems(used, "teacher", targets.digest, "teacher", cfg.setting, source=where)
-    examples = [Example(p, build_prompt(p, cfg.setting), targets.by_id[p.id]) for p in used]
+
+
+def _examples(cfg: TrainConfig, inputs: TrainInputs, targets: Targets) -> tuple[list, list]:
+    """Prompt and target of every train problem with a target, and of every validation problem (golden)."""
+    from sciqa.train.collate import Example
+
+    examples = [Example(p, build_prompt(p, cfg.setting), targets.by_id[p.id])
+                for p in inputs.train if p.id in targets.by_id]
     val = [Example(p, build_prompt(p, cfg.setting), target_json(p.answer_text, p.solution)) for p in inputs.val]
+    return examples, val
+
+
+def _model(cfg: TrainConfig, run: StepRun, inputs: TrainInputs, targets: Targets, examples: list, val: list):
+    """The model with a fresh adapter (its weights depend on the seed only), and the examples that fit."""
+    import mlflow
+    import torch
+
+    from sciqa.train.collate import fit_to_length
+
     lm = models.load(cfg.model, None, cfg.dtype, cfg.device)
     examples, fit = fit_to_length(lm, examples, cfg.max_length, "train")
     val, val_fit = fit_to_length(lm, val, cfg.max_length, "validation")
-    torch.manual_seed(cfg.seed)  # the adapter's initial weights depend on the seed only
-    adapted = attach(lm, cfg.variant, adapter_options(cfg))
+    torch.manual_seed(cfg.seed)
+    adapted = attach(lm, cfg.variant, cfg)
     if cfg.gradient_checkpointing:
         adapted.enable_gradient_checkpointing()
     if "trainable_params" not in mlflow.get_run(run.run_id).data.params:  # not again on resume
@@ -344,28 +265,61 @@ def _prepare(cfg: TrainConfig, run: StepRun, inputs: TrainInputs, targets: Targe
     return lm, adapted, examples, val
 
 
-def _log_adapter(cfg: TrainConfig, run: StepRun, adapted, history: list[dict], run_dir: Path) -> None:
-    """The final adapter (files and MLflow model, registered on request) and the loss plot."""
+def _loop(cfg: TrainConfig, run: StepRun, run_dir: Path, lm, adapted, examples: list, val: list) -> list[dict]:
+    """The training loop, resumed from the newest checkpoint; metrics and checkpoints logged as it goes."""
+    import mlflow
+    import torch
+
+    from sciqa.train.loop import LoopConfig
+    from sciqa.train.loop import train as run_loop
+
+    loop = LoopConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                      warmup_ratio=cfg.warmup_ratio, max_length=cfg.max_length, seed=cfg.seed,
+                      log_every=cfg.log_every, bf16=lm.model.dtype == torch.bfloat16)
+    return run_loop(adapted, lm, cfg.model, examples, val, loop, run_dir,
+                    log_metrics=lambda m, s: mlflow.log_metrics(m, step=s),
+                    log_checkpoint=lambda p: mlflow.log_artifacts(str(p), f"checkpoints/{p.name}"),
+                    resume_from=_resume_point(run, run_dir))
+
+
+def _resume_point(run: StepRun, run_dir: Path) -> Path | None:
+    """This run's newest checkpoint (or that of the unfinished run it continues): local, else downloaded."""
     import mlflow
 
-    from sciqa.adapters import save_adapter
-    from sciqa.adapters.mlflow_model import log_adapter_model, registered_name
-    from sciqa.train.loop import plot_losses
+    from sciqa.train.loop import checkpoint_key, newest_checkpoint
 
-    _log_missing_epochs(run.run_id, history)
+    local = newest_checkpoint(run_dir / "checkpoints")
+    if local is not None:
+        return local
+    for run_id in run.seeds:
+        try:
+            names = [Path(a.path).name for a in mlflow.artifacts.list_artifacts(run_id=run_id,
+                                                                                artifact_path="checkpoints")]
+        except Exception:  # noqa: BLE001 - a run without artifacts yet
+            names = []
+        keyed = sorted((checkpoint_key(n), n) for n in names if checkpoint_key(n))
+        if keyed and fetch_artifact([run_id], f"checkpoints/{keyed[-1][1]}", run_dir / "checkpoints" / keyed[-1][1]):
+            print(f"train: downloaded checkpoint {keyed[-1][1]} from run {run_id}")
+            return run_dir / "checkpoints" / keyed[-1][1]
+    return None
+
+
+def _log_adapter(cfg: TrainConfig, run: StepRun, adapted, history: list[dict], run_dir: Path) -> None:
+    """The final adapter (files and MLflow model, registered on request), the loss plot, and epochs run
+    before a resume into this run (from the checkpoint's history, so the curve is whole)."""
+    import mlflow
+
+    from sciqa.adapters.mlflow_model import log_adapter_model, registered_name
+    from sciqa.steps.report import plot_losses
+
+    have = {m.step for m in mlflow.MlflowClient().get_metric_history(run.run_id, "train_loss")}
+    for h in history:
+        if h["epoch"] not in have:
+            mlflow.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"])
     folder = save_adapter(adapted, cfg.model, run_dir / "adapter")
     mlflow.log_artifacts(str(folder), "adapter")
     log_adapter_model(folder, cfg.model, cfg.variant, registered_name(cfg.model, cfg.variant, cfg.teacher)
                       if cfg.register else "")
-    mlflow.log_artifact(str(plot_losses(history, run_dir / "plots" / "loss.png")), "plots")
-
-
-def _log_missing_epochs(run_id: str, history: list[dict]) -> None:
-    """Epochs run before a resume into this run (it continues an unfinished ``mlflow run`` run):
-    their metrics come from the checkpoint's history, so the curve is whole in this run too."""
-    import mlflow
-
-    have = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "train_loss")}
-    for h in history:
-        if h["epoch"] not in have:
-            mlflow.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"])
+    curves = {"train": "train_loss", "validation (golden targets)": "val_loss_golden"}
+    panels = {"": {label: [(h["epoch"], h[key]) for h in history] for label, key in curves.items()}}
+    mlflow.log_artifact(str(plot_losses(panels, run_dir / "plots" / "loss.png")), "plots")

@@ -1,14 +1,5 @@
-"""One writer per run: two identical invocations never write into the same run at once.
-
-Two layers, because MLflow has no compare-and-set:
-- a file lock per (tracking store, experiment, step key) in sciqa's cache folder serialises the
-  "look up, then resume or create" decision and the work itself on one machine (two terminals,
-  ``main`` beside a benchmark): the second invocation waits, says for which run, then finds the
-  first one's run FINISHED and reuses it;
-- owner and heartbeat tags on the run (``sciqa.owner`` = host|pid|Slurm job, refreshed every
-  minute) tell an invocation on another node that a live process still writes the run.
-  A dead owner (kill -9, a lost node, the previous incarnation of a requeued job) does not block.
-"""
+"""One writer per run (MLflow has no compare-and-set): a file lock per step key serialises invocations on one
+machine; owner and heartbeat tags on the run tell other nodes that a live process still writes it."""
 from __future__ import annotations
 
 import hashlib
@@ -17,39 +8,24 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 
-OWNER_TAG = "sciqa.owner"
+import psutil
+from filelock import FileLock, Timeout
+
+from sciqa.files import cache_root
+from sciqa.slurm import current_job_id
+
+OWNER_TAG = "sciqa.owner"  # host|pid|Slurm job
 HEARTBEAT_TAG = "sciqa.heartbeat"
 HEARTBEAT_SECONDS = 60.0
 STALE_SECONDS = 3 * HEARTBEAT_SECONDS
 POLL_SECONDS = float(os.environ.get("SCIQA_LOCK_POLL_SECONDS", "5"))
 
 
-def _job_id() -> str:
-    from sciqa.slurm import current_job_id
-
-    return current_job_id() or ""
-
-
-def me() -> str:
-    return f"{socket.gethostname()}|{os.getpid()}|{_job_id()}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def live_owner(tags: dict[str, str], status: str) -> str | None:
-    """A description of the live process other than this one that writes the run, else None."""
+    """The live process other than this one that writes the run, else None (dead, silent, or an earlier us)."""
     owner = tags.get(OWNER_TAG, "")
     if status != "RUNNING" or owner.count("|") != 2:
         return None
@@ -58,9 +34,9 @@ def live_owner(tags: dict[str, str], status: str) -> str | None:
         age = time.time() - float(tags.get(HEARTBEAT_TAG, "0"))
     except ValueError:
         age = float("inf")
-    if age > STALE_SECONDS or (job and job == _job_id()):
+    if age > STALE_SECONDS or (job and job == (current_job_id() or "")):
         return None  # silent too long, or an earlier incarnation of this very Slurm job
-    if host == socket.gethostname() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+    if host == socket.gethostname() and (int(pid) == os.getpid() or not psutil.pid_exists(int(pid))):
         return None
     return f"pid {pid} on {host}" + (f" (Slurm job {job})" if job else "")
 
@@ -68,49 +44,30 @@ def live_owner(tags: dict[str, str], status: str) -> str | None:
 def wait_for_owner(client, run_id: str) -> None:
     """Block while another live process writes ``run_id`` (it resumes once that one ends)."""
     said = False
-    while True:
-        run = client.get_run(run_id)
-        owner = live_owner(run.data.tags, run.info.status)
-        if owner is None:
-            return
+    while (owner := live_owner((run := client.get_run(run_id)).data.tags, run.info.status)) is not None:
         if not said:
-            print(f"sciqa: run {run_id} is in progress ({owner}); waiting for it to end", file=sys.stderr,
-                  flush=True)
+            print(f"sciqa: run {run_id} is in progress ({owner}); waiting for it to end", file=sys.stderr, flush=True)
             said = True
         time.sleep(POLL_SECONDS)
 
 
-class _Holder:
-    """What the lock holder tells a waiting invocation: which run it works on."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def note(self, run_id: str) -> None:
-        self.path.write_text(f"run {run_id} (pid {os.getpid()})")
-
-
 @contextmanager
-def key_lock(scope: str, key: str) -> Iterator[_Holder]:
-    """Hold the machine-wide lock of one step key for the duration of the block."""
-    from filelock import FileLock, Timeout
-
-    from sciqa.files import cache_root
-
+def key_lock(scope: str, key: str) -> Iterator[Callable[[str], None]]:
+    """Hold the machine-wide lock of one step key; yields ``note(run_id)``, which tells waiters what it works on."""
     folder = cache_root() / "locks"
     folder.mkdir(parents=True, exist_ok=True)
     name = hashlib.sha256(f"{scope}|{key}".encode()).hexdigest()[:24]
-    lock, holder = FileLock(str(folder / f"{name}.lock")), _Holder(folder / f"{name}.holder")
+    lock, holder = FileLock(str(folder / f"{name}.lock")), folder / f"{name}.holder"
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        what = holder.path.read_text().strip() if holder.path.exists() else "the same step"
+        what = holder.read_text().strip() if holder.exists() else "the same step"
         print(f"sciqa: {what} with the same parameters is in progress here; waiting for it to end",
               file=sys.stderr, flush=True)
         lock.acquire()
     try:
-        holder.note("(starting)")
-        yield holder
+        holder.write_text(f"run (starting) (pid {os.getpid()})")
+        yield lambda run_id: holder.write_text(f"run {run_id} (pid {os.getpid()})")
     finally:
         lock.release()
 
@@ -126,15 +83,13 @@ class Heartbeat:
         self._thread.start()
 
     def _beat(self) -> None:
-        self.client.set_tag(self.run_id, OWNER_TAG, me())
+        self.client.set_tag(self.run_id, OWNER_TAG, f"{socket.gethostname()}|{os.getpid()}|{current_job_id() or ''}")
         self.client.set_tag(self.run_id, HEARTBEAT_TAG, str(int(time.time())))
 
     def _loop(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
-            try:
+            with suppress(Exception):  # a missed beat only makes the run look idle sooner
                 self._beat()
-            except Exception:  # noqa: BLE001 - a missed beat only makes the run look idle sooner
-                pass
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,24 +1,18 @@
-"""Training targets: golden (correct choice + the dataset's solution) or a teacher's (KD).
-
-A teacher source is a finished benchmark run on the train split (its ``outputs/train_*.csv``) or
-a CSV (ours, or the study's: tab- or comma-separated ``index,input,answer,explanation``); without
-either, the teacher model is benchmarked on the train split first (or that benchmark is reused).
-A teacher row becomes a KD target only when it is whole and names a choice: a row that hit the
-generation budget (``finish_reason=length``: its explanation is cut mid-sentence) or names no
-choice is dropped and counted, never repaired or guessed; ``kd_filter=correct`` also drops rows
-whose answer is wrong (the common KD ablation).
-"""
+"""Training targets: golden, or a teacher's rows (KD); a cut or choice-less teacher row is dropped, never repaired."""
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sciqa.data.problems import Problem
 from sciqa.data.prompts import target_json
 from sciqa.errors import SciqaError
-from sciqa.eval.outputs import UserCSV, read_user_csv
+from sciqa.eval.outputs import UserCSV, parse_answer_index, read_user_csv
+from sciqa.eval.parsing import parse_output
+from sciqa.files import digest
+from sciqa.tracking.artifacts import fetch_artifact
+from sciqa.tracking.runs import get_run
 
 STUDY_COLUMNS = ("index", "answer", "explanation")
 KD_FILTERS = ("all", "correct")
@@ -37,24 +31,20 @@ class TeacherRow:
 
 @dataclass
 class Targets:
-    """id -> target JSON text, plus counts of what was dropped (logged as metrics)."""
+    """id -> target JSON text, counts of what was dropped (metrics), and a warning to print."""
 
     by_id: dict[str, str]
     source: str
     teacher_run: str = ""
     counts: dict[str, int] = field(default_factory=dict)
+    warning: str = ""
 
     @property
     def digest(self) -> str:
-        """Content of what is trained on: part of the training run's cache key."""
-        from sciqa.files import digest
-
         return digest(sorted(self.by_id.items()))
 
     @property
     def ids_digest(self) -> str:
-        from sciqa.files import digest
-
         return digest(sorted(self.by_id))
 
 
@@ -63,8 +53,7 @@ def golden(problems: list[Problem]) -> Targets:
 
 
 class TeacherRows(list):
-    """Teacher rows as read (of an id given twice, the last: the same rule as ``evaluate --csv``) and
-    how many rows repeated an id (the training run's ``duplicate_ids`` metric)."""
+    """Teacher rows as read (a repeated id: its last row) and how many rows repeated an id."""
 
     def __init__(self, rows=(), duplicate_ids: int = 0):
         super().__init__(rows)
@@ -89,38 +78,31 @@ def _read_rows(path: Path, where: str) -> tuple[UserCSV, str]:
     return table, fmt
 
 
-def _index(cell: str | None, n_choices: int) -> int | None:
-    """Our CSV's ``answer_index`` cell: a whole number in range, else None (then the text is parsed)."""
-    try:
-        number = float(str(cell).strip())
-    except ValueError:
-        return None
-    return int(number) if number.is_integer() and 0 <= number < n_choices else None
+def _answer(r: dict, fmt: str, choices: tuple[str, ...]) -> tuple[int | None, str]:
+    """(choice, explanation): our CSV's parsed columns, the raw text parsed only where they are missing."""
+    if fmt == "study":
+        parsed = parse_output(json.dumps({"answer": r.get("answer") or "", "solution": r.get("explanation") or ""}),
+                              choices)
+        return parsed.answer_index, (parsed.solution or "").strip()
+    index, solution = parse_answer_index(r.get("answer_index"), len(choices)), r.get("solution")
+    if index is None or solution is None:
+        parsed = parse_output(r.get("raw_output") or "", choices)
+        index = parsed.answer_index if index is None else index
+        solution = parsed.solution if solution is None else solution
+    return index, (solution or "").strip()
 
 
 def teacher_rows(rows: list[dict], fmt: str, choices: dict[str, tuple[str, ...]], where: str,
                  strict_ids: bool) -> list[TeacherRow]:
     """Map rows to what the teacher said; unknown ids raise when ``strict_ids`` (a user's CSV)."""
-    from sciqa.eval.parsing import parse_output
-
     key = "id" if fmt == "ours" else "index"
     ids = [str(r.get(key) or "").strip() for r in rows]
     unknown = [i for i in ids if i not in choices]
     if unknown and strict_ids:
         raise SciqaError(f"teacher CSV '{where}' has {len(unknown)} ids not in the train split of the dataset "
                          f"(e.g. '{unknown[0]}'); it must come from the same dataset")
-    out = []
-    for pid, r in zip(ids, rows):
-        if pid not in choices:
-            continue
-        raw = r.get("raw_output") if fmt == "ours" else json.dumps(
-            {"answer": r.get("answer") or "", "solution": r.get("explanation") or ""})
-        parsed = parse_output(raw or "", choices[pid])
-        index = _index(r.get("answer_index"), len(choices[pid])) if fmt == "ours" else None
-        solution = (r.get("solution") if fmt == "ours" and r.get("solution") is not None else parsed.solution) or ""
-        out.append(TeacherRow(pid, parsed.answer_index if index is None else index, solution.strip(),
-                              (r.get("finish_reason") or "").strip() == "length"))
-    return out
+    return [TeacherRow(pid, *_answer(r, fmt, choices[pid]), (r.get("finish_reason") or "").strip() == "length")
+            for pid, r in zip(ids, rows) if pid in choices]
 
 
 def from_csv(path: str, all_train: list[Problem], strict_ids: bool = True, where: str = "") -> TeacherRows:
@@ -136,9 +118,7 @@ def run_train_csv(run_id: str, setting: str) -> str:
     """Artifact path of a finished run's train-split outputs CSV (the setting's if there are several)."""
     import mlflow
 
-    from sciqa.tracking import runs
-
-    run = runs.get_run(run_id, "teacher run")
+    run = get_run(run_id, "teacher run")
     if run.info.status != "FINISHED":
         raise SciqaError(f"teacher run '{run_id}' is {run.info.status}, not finished: its outputs are partial; "
                          "run its benchmark again to finish it, or pass another --teacher-run")
@@ -152,8 +132,6 @@ def run_train_csv(run_id: str, setting: str) -> str:
 
 
 def from_run(run_id: str, setting: str, all_train: list[Problem], workdir: Path) -> TeacherRows:
-    from sciqa.tracking.runs import fetch_artifact
-
     art = run_train_csv(run_id, setting)
     local = Path(workdir) / "teacher" / run_id / Path(art).name
     if not local.exists() and not fetch_artifact([run_id], art, local):
@@ -163,9 +141,8 @@ def from_run(run_id: str, setting: str, all_train: list[Problem], workdir: Path)
 
 def kd_targets(rows: list[TeacherRow], problems: list[Problem], kd_filter: str, source: str,
                run_id: str = "") -> Targets:
-    """The usable teacher rows of ``problems`` as targets; every dropped row counted by reason. A kept
-    row with an empty explanation is kept (its answer still teaches) and counted
-    (``teacher_rows_empty_explanation``): the comparison's header shows it."""
+    """The usable teacher rows of ``problems`` as targets, every dropped row counted by reason (an empty
+    explanation is kept: its answer still teaches)."""
     by_problem = {p.id: p for p in problems}
     counts = dict.fromkeys(("teacher_rows", "teacher_rows_truncated", "teacher_rows_unmapped",
                             "teacher_rows_wrong", "teacher_missing", "teacher_rows_empty_explanation"), 0)
@@ -190,11 +167,11 @@ def kd_targets(rows: list[TeacherRow], problems: list[Problem], kd_filter: str, 
     if not kept:
         raise SciqaError(f"the teacher ({source}) has no usable answer for any training problem ({dropped} dropped: "
                          f"{counts['teacher_rows_truncated']} cut at the budget, {counts['teacher_rows_unmapped']} "
-                         f"naming no choice, {counts['teacher_rows_wrong']} wrong; {counts['teacher_missing']} missing)")
-    if dropped > WARN_DROPPED * max(counts["teacher_rows"], 1):
-        print(f"sciqa: warning: {dropped} of {counts['teacher_rows']} teacher rows dropped "
-              f"({counts['teacher_rows_truncated']} cut at the generation budget: raise teacher_max_new_tokens; "
-              f"{counts['teacher_rows_unmapped']} naming no choice; {counts['teacher_rows_wrong']} wrong)",
-              file=sys.stderr, flush=True)
+                         f"naming no choice, {counts['teacher_rows_wrong']} wrong; "
+                         f"{counts['teacher_missing']} missing)")
+    warning = "" if dropped <= WARN_DROPPED * max(counts["teacher_rows"], 1) else (
+        f"sciqa: warning: {dropped} of {counts['teacher_rows']} teacher rows dropped "
+        f"({counts['teacher_rows_truncated']} cut at the generation budget: raise teacher_max_new_tokens; "
+        f"{counts['teacher_rows_unmapped']} naming no choice; {counts['teacher_rows_wrong']} wrong)")
     ordered = {p.id: kept[p.id] for p in problems if p.id in kept}
-    return Targets(ordered, source=source, teacher_run=run_id, counts=counts)
+    return Targets(ordered, source=source, teacher_run=run_id, counts=counts, warning=warning)

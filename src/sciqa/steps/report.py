@@ -1,0 +1,264 @@
+"""``main``'s report: KD vs golden per variant (and every adapter vs the base), seeds as replicates, on the
+active parent run: ``compare/`` (runs, comparison, time tables and comparison.md), ``plots/``, ``d_*`` metrics."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from mlflow import MlflowClient
+
+from sciqa.errors import SciqaError
+from sciqa.eval.metrics import BY_NAME, LABELS, names
+from sciqa.eval.parsing import FUZZY_RULES
+from sciqa.eval.stats import METHOD, compare_runs, decide, forest_plot, n_tests, to_markdown, to_text
+from sciqa.steps.compare import READING, YARDSTICKS, delta_metrics, log_report, row_rates, run_rows, slug
+
+SHOWN = names(headline=True)  # the runs table's metric columns
+BARS = tuple(name for name in SHOWN if BY_NAME[name].group != "rate")  # the bar plot's groups
+TEACHER_COUNTS = [f"teacher_rows_{k}" for k in ("truncated", "unmapped", "wrong", "empty_explanation")]
+COST = {"wall_seconds": "wall_seconds", "gpu_hours": "gpu_hours", "cost_usd": "api_cost"}  # column: step metric
+PHASES = ("load", "generate", "train", "evaluate", "log")
+TEACHER = "teacher (train split)"
+
+
+def _label(variant: str, kd: bool) -> str:
+    return f"{variant} {'kd' if kd else 'golden'}"
+
+
+def _metrics(run_id: str) -> dict:
+    return MlflowClient().get_run(run_id).data.metrics if run_id else {}
+
+
+def runs_cost(run_ids) -> dict[str, float]:
+    """What runs cost together, each counted once: wall time, GPU hours, API cost."""
+    ms = [_metrics(r) for r in dict.fromkeys(r for r in run_ids if r)]
+    return {out: sum(m.get(key, 0.0) for m in ms) for out, key in COST.items()}
+
+
+def _row(model: str, split: str, answer_mode: str, scores: list[str], rows: dict, cost: list[str]) -> dict:
+    """A runs-table row of the seed runs ``scores``: metric means, rate means, cost (of ``cost``)."""
+    per_seed = [_metrics(r) for r in scores]
+    rates = [row_rates(rows[r]) for r in scores if r in rows]
+    return {"model": model, "split": split, "answer_mode": answer_mode, "runs": " ".join(scores),
+            **{k: float(np.mean([m.get(k, np.nan) for m in per_seed])) for k in SHOWN},
+            **({k: float(np.mean([r[k] for r in rates])) for k in rates[0]} if rates else {}), **runs_cost(cost)}
+
+
+def runs_table(base: str, trained: dict, scored: dict, teacher_run: str, answer_mode: str,
+               teacher_answer_mode: str = "", rows: dict | None = None) -> pd.DataFrame:
+    """One row per (variant, target), seeds averaged, plus the base model and the teacher (on train)."""
+    rows = rows or {}
+    out = [_row(TEACHER, "train", teacher_answer_mode, [teacher_run], rows, [teacher_run])] if teacher_run else []
+    out.append(_row("base", "eval", answer_mode, [base], rows, [base]))
+    for variant, kd in dict.fromkeys((v, k) for v, k, _ in scored):
+        seeds = sorted(s for v, k, s in scored if (v, k) == (variant, kd))
+        scores, trains = [scored[variant, kd, s] for s in seeds], [trained[variant, kd, s] for s in seeds]
+        cost = [*trains, *scores, teacher_run if kd else ""]  # for KD, the teacher it learned from
+        row = _row(_label(variant, kd), "eval", answer_mode, scores, rows, cost)
+        params, train = MlflowClient().get_run(trains[0]).data.params, _metrics(trains[0])
+        row.update(seeds=len(seeds), train_examples=params.get("train_examples"), train_ids=params.get(
+            "train_ids_digest"), **({k: train.get(k) for k in TEACHER_COUNTS} if kd else {}))
+        if len(seeds) > 1:
+            row["acc_sd"] = float(np.std([_metrics(r).get("acc", np.nan) for r in scores], ddof=1))
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def deltas_table(base: str, scored: dict, rows: dict) -> pd.DataFrame:
+    """Per variant: KD − golden (primary), golden − base and KD − base (exploratory); Holm over variants."""
+    arms: dict[str, list] = {"base": [rows[base]]}
+    for (variant, kd, _), run_id in sorted(scored.items()):
+        arms.setdefault(_label(variant, kd), []).append(rows[run_id])
+    parts = []
+    try:
+        for variant in dict.fromkeys(v for v, _, _ in scored):
+            golden, kd = _label(variant, False), _label(variant, True)
+            parts.append(compare_runs({golden: arms[golden], kd: arms[kd]}, golden, by_group=False))
+            parts.append(compare_runs({"base": arms["base"], golden: arms[golden], kd: arms[kd]}, "base",
+                                      by_group=False, primary=False))
+    except ValueError as exc:
+        raise SciqaError(f"cannot compare the runs of this experiment: {exc}") from None
+    return decide(pd.concat(parts, ignore_index=True))
+
+
+def time_table(run_ids) -> pd.DataFrame:
+    """Where an experiment's wall time went: one row per step run, its phases (``time_<phase>_seconds``)."""
+    out = []
+    for run_id in dict.fromkeys(r for r in run_ids if r):
+        run = MlflowClient().get_run(run_id)
+        m = run.data.metrics
+        out.append({"run": run.info.run_name, "step": run.data.tags.get("sciqa.step", ""),
+                    "wall_seconds": m.get("wall_seconds"), **{p: m.get(f"time_{p}_seconds") for p in PHASES},
+                    "run_id": run_id})
+    return pd.DataFrame(out)
+
+
+def runs_markdown(runs: pd.DataFrame) -> str:
+    """The runs table for people: counts as integers, metrics with 3 decimals, blanks where nothing applies."""
+    counts = {"seeds", "train_examples", "wall_seconds", *TEACHER_COUNTS}
+
+    def cell(col: str, value) -> str:
+        if isinstance(value, str):
+            return value
+        if value is None or value != value:
+            return ""
+        return str(int(value)) if col in counts else f"{value:.3f}"
+
+    shown = runs.drop(columns=["runs", "train_ids"], errors="ignore")
+    return shown.apply(lambda col: [cell(col.name, v) for v in col]).to_markdown(index=False, disable_numparse=True)
+
+
+def plot_losses(panels: dict[str, dict[str, list[tuple[int, float]]]], path: Path) -> Path:
+    """Loss per epoch, one panel per title (label -> (epoch, loss) points): a training run's and ``main``'s."""
+    fig = Figure(figsize=(5 * len(panels), 3.8), layout="tight")
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, (title, curves) in zip(axes, panels.items()):
+        for label, points in curves.items():
+            ax.plot(*zip(*sorted(points)), "--" if "val" in label else "-", marker="o", label=label)
+        ax.set(title=title, xlabel="epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("token-mean cross-entropy (supervised tokens)")
+    axes[-1].legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _loss_panels(trained: dict) -> dict:
+    """Train loss (own targets) and golden validation loss, KD vs golden, per variant (first seed)."""
+    first = min(s for _, _, s in trained)
+    return {variant: {f"{'KD' if kd else 'golden'} {metric.replace('_', ' ')}": [
+        (m.step, m.value) for m in MlflowClient().get_metric_history(trained[variant, kd, first], metric)]
+        for kd in (False, True) for metric in ("train_loss", "val_loss_golden")}
+        for variant in dict.fromkeys(v for v, _, _ in trained)}
+
+
+def plot_metrics(table: pd.DataFrame, path: Path) -> Path:
+    """Grouped bars of the headline metrics per evaluation-split row (not the teacher's, scored on train)."""
+    table = table[table["split"] != "train"] if "split" in table else table
+    scale = {k: 1 if BY_NAME[k].scale == "points" else 100 for k in BARS}
+    bars = table.set_index("model")[list(BARS)].astype(float).fillna(0.0).mul(scale)
+    bars.columns = [LABELS[k] + ("" if scale[k] == 1 else " x100") for k in BARS]
+    fig = Figure(figsize=(max(6, 1.3 * len(table) * len(BARS) / 3), 4), layout="tight")
+    bars.T.plot.bar(ax=fig.subplots(), rot=0, width=0.8).legend(fontsize=8)
+    fig.axes[0].grid(axis="y", alpha=0.3)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def check_same_problems(trained: dict, golden_on: str) -> dict[str, tuple[str, str]]:
+    """(variant seed) -> (golden's, KD's) ``train_ids_digest``; unless golden_on=all, a pair that differs is refused."""
+    digests = {}
+    for variant, kd, seed in sorted(trained):
+        if kd:
+            continue
+        pair = tuple(MlflowClient().get_run(trained[variant, k, seed]).data.params.get("train_ids_digest", "")
+                     for k in (False, True))
+        digests[f"{variant} seed {seed}"] = pair
+        if pair[0] != pair[1] and golden_on != "all":
+            raise SciqaError(f"{variant} seed {seed}: golden and KD trained on different problems (train_ids_digest "
+                             f"{pair[0]} vs {pair[1]}) although golden_on={golden_on}; rerun with --force true, or "
+                             "ask for golden_on=all to compare them anyway")
+    return digests
+
+
+def _teacher_words(cfg, teacher_run: str) -> str:
+    if cfg.teacher_csv:
+        return f"CSV {cfg.teacher_csv} (its rows for train problems, evaluated on train)"
+    params = MlflowClient().get_run(teacher_run).data.params if teacher_run else {}
+    return (f"{params.get('model', cfg.teacher_model)} (run {teacher_run[:8]}), setting {params.get('setting', '?')}"
+            f" on split {params.get('split', 'train')}, answer mode {params.get('answer_mode', '?')}")
+
+
+def _rates_words(runs: pd.DataFrame, column: str) -> str:
+    shown = [f"{m} {v:.1f}" for m, v in zip(runs["model"], runs.get(column, [np.nan] * len(runs))) if v == v]
+    return ", ".join(shown) if shown else "not recorded"
+
+
+def headers(cfg, runs: pd.DataFrame, deltas: pd.DataFrame, teacher: str, dropped: dict, digests: dict,
+            kd_empty: dict) -> tuple[str, str]:
+    """(the markdown header of comparison.md, the few terminal lines above the table)."""
+    n = int(deltas["n"].max()) if len(deltas) else 0
+    primary, exploratory = n_tests(deltas)
+    seeds = [s.strip() for s in str(cfg.seeds).split(",") if s.strip()]
+    one_seed = ("one seed: the intervals cover the sampling of problems only, not training variance"
+                if len(seeds) == 1 else f"{len(seeds)} seeds per arm as replicates (mean over seeds; the "
+                "intervals add the seed-to-seed variance)")
+    acc = runs.loc[runs["model"] == TEACHER, "acc"]
+    teacher += f", accuracy {acc.iloc[0]:.1f} % on train" if len(acc) and pd.notna(acc.iloc[0]) else ""
+    golden = ("golden_on=same: golden trained on exactly KD's problems (after every KD filter), checked: "
+              "equal train_ids_digest per seed" if cfg.golden_on != "all" else
+              "golden_on=all: golden trained on all train problems, KD on the teacher's usable ones, so the arms "
+              "differ in their problems as well as their targets" + (
+                  "" if all(a == b for a, b in digests.values()) else " (train_ids_digest differ)"))
+    kd_filter = ("kd_filter=correct: KD rows were filtered with the gold labels (only the teacher's correct "
+                 "answers kept)" if cfg.kd_filter == "correct" else "kd_filter=all: every usable teacher row kept")
+    empty_kd = ", ".join(f"{k} {v:.0f}" for k, v in kd_empty.items() if v == v)
+    setting = (f"KD vs golden on {cfg.eval_split} ({cfg.dataset}, setting {cfg.setting}), n = {n} problems; "
+               f"answer mode {cfg.answer_mode}, choice score {cfg.choice_score}, max_new_tokens {cfg.max_new_tokens}; "
+               f"{kd_filter.split(':')[0]}, golden_on={cfg.golden_on}; seeds {','.join(seeds)}.")
+    markdown = "\n".join([
+        setting, "",
+        f"- Teacher: {teacher}. Its row is scored on the train split (its own answers there), not on "
+        f"{cfg.eval_split}: not comparable with the other rows, and not drawn among the bars of plots/metrics.png.",
+        f"- {golden}.", f"- {kd_filter}. KD targets with an empty explanation: {empty_kd or 'not counted'} (kept: "
+        "the answer still teaches).",
+        f"- Primary endpoint: KD \u2212 golden accuracy on {cfg.eval_split}, one per variant: {primary} test(s), "
+        f"Holm-adjusted (p_holm; significant when p_holm < 0.05). Every other row is exploratory: {exploratory} "
+        "test(s), unadjusted, for orientation only. Decisions use unrounded values; no minimum effect is applied.",
+        f"- Method: {METHOD}; {one_seed}.", f"- {YARDSTICKS}",
+        f"- Empty explanations (% of rows): {_rates_words(runs, 'empty_explanation_rate')}.",
+        f"- Answers mapped by a fuzzy parse rule ({', '.join(sorted(FUZZY_RULES))}; % of rows): "
+        f"{_rates_words(runs, 'fuzzy_mapped_rate')}.",
+        f"- Ids dropped: by the join (missing from another run) {dropped or 'none'}; by KD's filters, per KD run: "
+        "the teacher_rows_* columns of the runs table.",
+        "- For a final claim use eval_split=test: validation is where learning rates were chosen."])
+    terminal = "\n".join([
+        setting, f"teacher {teacher}: scored on train, not comparable with the rows below.",
+        f"empty explanations %: {_rates_words(runs[runs['split'] == 'eval'], 'empty_explanation_rate')}.",
+        f"primary: KD \u2212 golden accuracy per variant ({primary} tests, Holm; * = p_holm < 0.05); the rest "
+        f"({exploratory} tests) exploratory. {one_seed.capitalize()}."])
+    return markdown, terminal
+
+
+def _rows_of(runs: list[str], labels: dict[str, str]) -> tuple[dict, dict[str, int]]:
+    """Per-row scores of the runs (a run without them: left out), and per run its ids missing elsewhere."""
+    rows = {}
+    for r in dict.fromkeys(runs):
+        try:
+            rows[r] = run_rows(r)
+        except SciqaError:
+            if r in labels:
+                raise
+    ids = {r: set(rows[r]["id"].astype(str)) for r in labels}
+    common = set.intersection(*ids.values())
+    return rows, {labels[r]: len(i) - len(common) for r, i in ids.items() if len(i) > len(common)}
+
+
+def compare(base: str, trained: dict, scored: dict, teacher_run: str, cfg) -> str:
+    """``main``'s KD vs golden comparison, logged to the active parent run; returns the terminal text."""
+    digests = check_same_problems(trained, cfg.golden_on)
+    labels = {base: "base", **{r: f"{_label(v, k)} seed {s}" for (v, k, s), r in scored.items()}}
+    rows, dropped = _rows_of([base, *scored.values(), teacher_run], labels)  # a teacher without rows: no rates
+    runs = runs_table(base, trained, scored, teacher_run, cfg.answer_mode, cfg.teacher_answer_mode, rows)
+    deltas = deltas_table(base, scored, rows)
+    kd_empty = {f"{_label(v, True)} seed {s}": _metrics(r).get("teacher_rows_empty_explanation", np.nan)
+                for (v, kd, s), r in sorted(trained.items()) if kd}
+    head, terminal = headers(cfg, runs, deltas, _teacher_words(cfg, teacher_run), dropped, digests, kd_empty)
+    times = time_table([teacher_run, base, *trained.values(), *scored.values()])
+    markdown = "\n\n".join([head, runs_markdown(runs), to_markdown(deltas), READING, "Where the time went "
+                            "(seconds; a reused step shows the time it took when it ran):",
+                            times.drop(columns=["run_id"]).to_markdown(index=False, floatfmt=".1f", missingval="")])
+    plots = {"loss_curves.png": lambda p: plot_losses(_loss_panels(trained), p),
+             "metrics.png": lambda p: plot_metrics(runs, p)}
+    log_report({"runs.csv": runs, "comparison.csv": deltas, "time.csv": times, "comparison.md": markdown + "\n"},
+                {**plots, **({"deltas.png": lambda p: forest_plot(deltas, p)} if len(deltas) else {})})
+    children = {r for cell in runs["runs"] for r in str(cell).split()} | set(trained.values())
+    mlflow.log_metrics({**delta_metrics(deltas), **{f"{k}_total": v for k, v in runs_cost(children).items()},
+                        **{f"acc_{slug(r.model)}": r.acc for r in runs.itertuples() if r.acc == r.acc}})
+    run_id = mlflow.active_run().info.run_id if mlflow.active_run() else ""
+    return (f"{terminal}\n\n{to_text(deltas)}\n\nthe full report (every metric, per-seed differences, how to read "
+            f"it): compare/comparison.md on run {run_id}")
