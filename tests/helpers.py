@@ -49,7 +49,6 @@ def fresh_process(cwd: Path, env: dict | None = None) -> Iterator[None]:
         job.reset()
         embeddings._VECTORS.clear()  # a new process has encoded nothing yet
         store._PREPARED.clear()
-        store._WARNED.clear()
         # stores are cached by URI: a relative sqlite:///mlflow.db must not reach another test's folder
         tracking_utils._tracking_store_registry._get_store_with_resolved_uri.cache_clear()
 

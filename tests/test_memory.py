@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+from transformers import AutoConfig
 
 from sciqa.errors import SciqaError
 from sciqa.slurm import memory
@@ -59,7 +60,8 @@ def _batch(name: str):
     prompts = [build_prompt(p, "QTCH") for p in problems]
     lm = models.load(name, dtype="float32", device="cpu")
     path, fam = models.resolve(name)
-    return lm, problems, prompts, encode_prompts(lm, problems, prompts), memory.shape_of(memory._config(path), fam)
+    shape = memory.shape_of(AutoConfig.from_pretrained(path), fam)
+    return lm, problems, prompts, encode_prompts(lm, problems, prompts), shape
 
 
 @pytest.mark.parametrize("name", ["tiny-qwen2-vl", "tiny-llava"])

@@ -57,9 +57,9 @@ def test_secrets_in_urls_are_redacted_and_key_names_never_filter():
 def test_source_digest_changes_with_any_source_file(tmp_path):
     pkg = tmp_path / "pkg"
     shutil.copytree(SAMPLE_DIR.parents[1], pkg, ignore=shutil.ignore_patterns("__pycache__", "sample"))
-    before = files.tree_digest(pkg)
+    before = files.folder_digest(pkg, "*.py")
     (pkg / "data" / "prompts.py").write_text((pkg / "data" / "prompts.py").read_text() + "\n# an uncommitted edit\n")
-    assert files.tree_digest(pkg) != before
+    assert files.folder_digest(pkg, "*.py") != before
     assert files.source_digest() in tracking.code_version()
 
 

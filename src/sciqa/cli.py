@@ -1,18 +1,15 @@
-"""The ``sciqa`` command: one thin command per step, its options derived from the step's dataclass config.
-
-Commands import their step when they run (torch, transformers, mlflow), so ``sciqa --help`` stays fast.
-"""
+"""The ``sciqa`` command: one thin command per step, its options the step's config; steps are imported when run."""
 from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import re
 import sys
 import traceback
 import typing
 from dataclasses import replace
 from pathlib import Path
+from pkgutil import resolve_name
 
 import click
 
@@ -35,11 +32,6 @@ def _help(f: dataclasses.Field) -> str:
         if meta.get(key) is not None:
             extra.append(f"{sign} {meta[key]}")
     return meta.get("help", "") + (f" [{'; '.join(extra)}]" if extra else "")
-
-
-def _load(ref: str):
-    module, attr = ref.split(":")
-    return getattr(importlib.import_module(module), attr)
 
 
 def _fail(message: str) -> None:
@@ -67,9 +59,7 @@ def _interrupted(exc: KeyboardInterrupt) -> None:
 
 
 class Group(click.Group):
-    """Turns bad input (a SciqaError, a click usage error) into one line on stderr and exit 2, Ctrl-C
-    into a line saying where the run stands and exit 130, and redacts credentials from a crash's
-    traceback."""
+    """Bad input: one line on stderr, exit 2; Ctrl-C: where the run stands, exit 130; a crash: redacted traceback."""
 
     def invoke(self, ctx):
         from sciqa.slurm import job
@@ -105,10 +95,9 @@ STATUS_BY_STEP["grid"] = "sciqa.steps.grid:status_lines"  # a grid run's status:
 
 
 def config_command(name: str, config: str, check: str = "", exclude: tuple[str, ...] = ()):
-    """A command whose options are the fields of ``config`` ("module:Class", torch-free) but ``exclude``, and
-    whose function gets the config; ``check`` ("module:function"): also --slurm-* options, checked before
-    submitting. Booleans take a value, so both ``--force`` and MLproject's ``--force false`` work."""
-    cls = _load(config)
+    """A command taking ``config``'s fields but ``exclude`` as options (booleans take a value: MLproject's
+    ``--force false``); ``check`` ("module:function"): also --slurm-* options, checked before submitting."""
+    cls = resolve_name(config)
     hints = typing.get_type_hints(cls)
 
     def decorate(fn):
@@ -152,7 +141,8 @@ TRAIN = "sciqa.steps.train:TrainConfig"
 
 def _other_options(step: str) -> tuple[str, ...]:
     """The other training command's options: train-lora has no --prefix-len, train-prefix no --lora-r."""
-    return tuple(f for name, names in _load("sciqa.steps.train:STEP_FIELDS").items() if name != step for f in names)
+    fields = resolve_name("sciqa.steps.train:STEP_FIELDS")
+    return tuple(f for name, names in fields.items() if name != step for f in names)
 
 
 @config_command("train-prefix", TRAIN, "sciqa.steps.train:check_prefix", _other_options("train_prefix"))
@@ -234,8 +224,7 @@ def compare_cmd(run_ids: tuple[str, ...], runs: str, baseline: str, by_group: bo
 
     ids = [*run_ids, *(r for r in re.split(r"[;\s]+", runs) if r)]
     run_id, text = compare_command(ids, baseline, by_group)
-    click.echo(text)
-    click.echo(f"compare run: {run_id}")
+    click.echo(f"{text}\ncompare run: {run_id}")
 
 
 @main.command()

@@ -1,13 +1,10 @@
-"""Step configs as dataclasses (one declaration per option: default, help, range, role) and secret redaction.
-
-A field is *identity* (keys the result) or *operational* (batch size, workdir: logged, but a change resumes).
-No field is a secret: keys come from the environment; URLs with ``user:pass@`` are redacted before logging.
-"""
+"""Step config fields (default, help, range; *identity* keys the result, *operational* is logged) and redaction."""
 from __future__ import annotations
 
 import dataclasses
 import logging
 import math
+import operator
 import os
 import re
 from contextlib import suppress
@@ -18,9 +15,10 @@ from sciqa.errors import SciqaError
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # models.base.DTYPES plus auto (no torch import here)
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
-# Variables whose values are secrets (HF_TOKEN, OPENAI_API_KEY, MLFLOW_TRACKING_PASSWORD, ...): redacted everywhere.
 _SECRET_NAME = re.compile(r"(^|_)(TOKEN|KEY|PASSWORD|PASS|SECRET)$|_USERNAME$")  # USERNAME: basic auth's half
 _AUTH_HEADER = re.compile(r"\b(Basic|Bearer|Token)\s+[A-Za-z0-9._~+/=-]{6,}")  # an API echoing the header
+_BOUNDS = (("min", "at least", operator.lt), ("max", "at most", operator.gt), ("above", "greater than", operator.le))
+_KEY_VARIABLES: set[str] = set()  # variables a user named as holding a key (--api-key-env), whatever their name
 _SHORTEST_SECRET = 6  # shorter values ("1", "true") are settings, and redacting them would garble text
 
 
@@ -33,9 +31,6 @@ def option(default: Any, help: str, *, min: float | None = None, max: float | No
 
 def cli_name(name: str) -> str:
     return "--" + name.replace("_", "-")
-
-
-_KEY_VARIABLES: set[str] = set()  # variables a user named as holding a key (--api-key-env), whatever their name
 
 
 def treat_as_secret(variable: str) -> None:
@@ -100,12 +95,9 @@ def check_ranges(cfg) -> None:
             continue
         if not math.isfinite(value):  # `--lr inf` passes every bound check below and trains to NaN
             raise SciqaError(f"{cli_name(f.name)} must be a finite number (got {value})")
-        if meta.get("min") is not None and value < meta["min"]:
-            raise SciqaError(f"{cli_name(f.name)} must be at least {meta['min']} (got {value})")
-        if meta.get("max") is not None and value > meta["max"]:
-            raise SciqaError(f"{cli_name(f.name)} must be at most {meta['max']} (got {value})")
-        if meta.get("above") is not None and not value > meta["above"]:
-            raise SciqaError(f"{cli_name(f.name)} must be greater than {meta['above']} (got {value})")
+        for key, words, bad in _BOUNDS:
+            if meta.get(key) is not None and bad(value, meta[key]):
+                raise SciqaError(f"{cli_name(f.name)} must be {words} {meta[key]} (got {value})")
 
 
 def as_param(value: Any) -> str:

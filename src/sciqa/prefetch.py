@@ -1,9 +1,5 @@
-"""Fetch a model (weights, processor) and a dataset once, on a machine with internet, so compute nodes without it
-can run with ``HF_HUB_OFFLINE=1``: into the shared HF caches, or with ``--dest`` into folders to pass as --model
-and --dataset (a local folder is copied there). Afterwards it is all loaded once more in a fresh offline process.
-
-    sciqa prefetch --model Qwen/Qwen2-VL-2B-Instruct --dataset derek-thomas/ScienceQA --dest /work/sciqa-prefetch
-"""
+"""Fetch a model and a dataset on a machine with internet (into the HF caches, or ``--dest`` folders) so offline
+compute nodes can run them; then check they load in a fresh offline process."""
 from __future__ import annotations
 
 import json
@@ -33,8 +29,7 @@ class Fetched:
     use_as: str  # the value to pass as --model / --dataset on the compute node
 
 
-def _local_copy(what: str, name: str, dest: Path | None) -> Fetched | None:
-    """A local folder copied to ``dest``; None for a hub id."""
+def _local_copy(what: str, name: str, dest: Path | None) -> Fetched | None:  # None for a hub id
     if not (Path(name).expanduser().is_dir() or name.startswith((".", "/", "~"))):
         return None
     if dest is None:
@@ -58,7 +53,6 @@ def _download(what: str, name: str, fetch):
 
 
 def prefetch_model(model: str, dest: Path | None = None, revision: str | None = None) -> Fetched:
-    """A hub model into the cache (or ``dest``), or a local model folder copied to ``dest``."""
     if model in models.TINY_MODELS:
         raise SciqaError(f"'{model}' is a tiny model built offline: there is nothing to prefetch")
     if copied := _local_copy("model", model, dest):
@@ -71,8 +65,6 @@ def prefetch_model(model: str, dest: Path | None = None, revision: str | None = 
 
 
 def prefetch_dataset(dataset: str, dest: Path | None = None, revision: str | None = None) -> Fetched:
-    """A hub dataset prepared in the ``datasets`` cache (where ``load_dataset`` finds it offline) or saved to
-    ``dest`` with ``save_to_disk``; a local dataset folder is copied to ``dest``."""
     if dataset == "sample":
         raise SciqaError("dataset 'sample' ships inside the package: there is nothing to prefetch")
     if copied := _local_copy("dataset", dataset, dest):
@@ -88,7 +80,7 @@ def prefetch_dataset(dataset: str, dest: Path | None = None, revision: str | Non
 
 
 def verify_offline(fetched: list[Fetched]) -> None:
-    """Load what was fetched as a compute node will: in a fresh process with HF_HUB_OFFLINE=1 (read at import)."""
+    """In a fresh process: HF_HUB_OFFLINE is read at import."""
     items = [[f.what, f.use_as] for f in fetched]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     code = f"from sciqa.prefetch import check_loads; check_loads({json.dumps(items)!r})"
@@ -99,7 +91,6 @@ def verify_offline(fetched: list[Fetched]) -> None:
 
 
 def check_loads(items_json: str) -> None:
-    """The model's config and processor, a dataset split."""
     for what, name in json.loads(items_json):
         if what == "model":
             path, family = models.resolve(name)

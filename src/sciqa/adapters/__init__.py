@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from pkgutil import resolve_name
 from typing import TYPE_CHECKING, Any
 
 from sciqa.config import option
@@ -85,8 +85,7 @@ def attach(lm: LoadedModel, variant: str, options: dict[str, Any]):
     opts = VARIANTS[check_variant(variant)].options(**options_of(variant, options))
     for p in lm.model.parameters():
         p.requires_grad_(False)
-    module, attr = VARIANTS[variant].impl.split(":")
-    adapted = getattr(importlib.import_module(module), attr).build(lm, opts)
+    adapted = resolve_name(VARIANTS[variant].impl).build(lm, opts)
     adapted.variant, adapted.options = variant, dataclasses.asdict(opts)
     return adapted
 

@@ -1,10 +1,5 @@
-"""A trained adapter as an MLflow ``pyfunc`` model: the adapter folder as its artifact, sciqa as its code.
-
-MLflow's transformers flavour cannot hold our ``pkv`` prefix, so every variant is logged this way; sciqa is on
-no package index, so the model carries the package (``code_paths``) and requires only sciqa's dependencies.
-
-    mlflow.pyfunc.load_model("models:/sciqa-tiny-qwen2-vl-pkv-kd/1").predict(pd.DataFrame([{"question": ...}]))
-"""
+"""A trained adapter as an MLflow ``pyfunc`` model (the transformers flavour cannot hold ``pkv``): the adapter folder
+as its artifact, the sciqa package (on no index) as its ``code_paths``, sciqa's dependencies as its requirements."""
 from __future__ import annotations
 
 import json
@@ -52,8 +47,7 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
 
 
 def requirements() -> list[str]:
-    """sciqa's dependencies: a checkout's pyproject.toml (current even when an editable install's metadata is
-    not), else the installed package's metadata."""
+    """sciqa's dependencies: a checkout's pyproject.toml (current where editable metadata is not), else metadata."""
     pyproject = PACKAGE.parents[1] / "pyproject.toml"
     if pyproject.is_file():
         return list(tomllib.loads(pyproject.read_text())["project"]["dependencies"])

@@ -23,6 +23,4 @@ class PeftPrefix(PrefixLM):
         return self
 
     def prefix_kv(self, batch_size: int):
-        cache = self._peft.get_prompt(batch_size)
-        dtype = self.base.dtype
-        return [(layer.keys.to(dtype), layer.values.to(dtype)) for layer in cache.layers]
+        return [(layer.keys, layer.values) for layer in self._peft.get_prompt(batch_size).layers]

@@ -47,5 +47,4 @@ class PKV(PrefixLM):
         return self
 
     def prefix_kv(self, batch_size: int):
-        dtype = self.base.dtype
-        return [(k.to(dtype), v.to(dtype)) for k, v in self.encoder(batch_size)]
+        return self.encoder(batch_size)

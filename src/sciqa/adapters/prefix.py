@@ -1,9 +1,5 @@
-"""The prefix mechanism of ``pkv`` and ``peft``: per-layer K/V for ``prefix_len`` virtual tokens fed as the cache.
-
-Explicit position ids keep the real tokens where they are without a prefix (Qwen2-VL's rotary positions come
-from its own ``get_rope_index`` on the real tokens: PEFT's prefix-extended mask breaks it, PITFALLS 1);
-``generate`` is our own greedy loop so the prefix reaches every step (a test checks it against recompute).
-"""
+"""The prefix of ``pkv`` and ``peft``: per-layer K/V of ``prefix_len`` virtual tokens as the cache, explicit position
+ids (Qwen2-VL's rotary ones from ``get_rope_index``, which a prefix-extended mask breaks), our own greedy loop."""
 from __future__ import annotations
 
 import torch
@@ -53,8 +49,8 @@ class PrefixLM(AdaptedLM):
         if positions is None:
             positions, nxt = real_positions(self.base, input_ids, attention_mask, inputs, self.family.first_position)
         cache = DynamicCache()
-        for layer, (k, v) in enumerate(self.prefix_kv(input_ids.shape[0])):
-            cache.update(k, v, layer)
+        for layer, (k, v) in enumerate(self.prefix_kv(input_ids.shape[0])):  # float32 weights, the base's dtype here
+            cache.update(k.to(self.base.dtype), v.to(self.base.dtype), layer)
         inputs = self.family.prefix_inputs(inputs, self.prefix_len)
         out = self._run(input_ids, attention_mask, positions, cache, **inputs)
         return out, cache, positions, nxt

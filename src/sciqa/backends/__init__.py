@@ -1,11 +1,13 @@
-"""Backend registry: name -> class (imported lazily: vLLM and API clients are optional), the ``GenerationConfig``
-fields it reads (only those are part of a run's identity) and which trained adapters it applies."""
+"""The backend interface and registry: name -> class (imported lazily), the config fields it reads and the adapters
+it applies."""
 from __future__ import annotations
 
-import importlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pkgutil import resolve_name
 
 from sciqa.adapters import VARIANTS
+from sciqa.data.problems import Problem
 from sciqa.errors import SciqaError
 
 
@@ -29,15 +31,48 @@ BACKEND_OPTIONS = {name: spec.options for name, spec in BACKENDS.items()}
 def backend_class(name: str):
     if name not in BACKENDS:
         raise SciqaError(f"unknown backend '{name}'; accepted: {', '.join(BACKENDS)}")
-    module, attr = BACKENDS[name].impl.split(":")
-    return getattr(importlib.import_module(module), attr)
+    return resolve_name(BACKENDS[name].impl)
 
 
 def check_adapter(backend: str, variant: str) -> None:
-    """The backend can apply an adapter of this variant, or one line naming the backend that can."""
     spec = BACKENDS[backend]
     if spec.adapters == "all" or (spec.adapters == "vllm" and VARIANTS[variant].vllm):
         return
     raise SciqaError(f"backend '{backend}' cannot apply a '{variant}' adapter "
                      f"({'vLLM serves LoRA adapters only' if spec.adapters == 'vllm' else 'an API has no adapters'}); "
                      "score it with --backend hf")
+
+
+# free: the study's free generation; choice: the likeliest choice, then the explanation (loglikelihood backends)
+ANSWER_MODES = ("free", "choice")
+CHOICE_SCORES = ("sum", "mean")  # choice mode: summed or per-token mean log-probability of a choice's tokens
+
+
+@dataclass(frozen=True)
+class Generation:
+    raw_output: str  # cut at the end of the turn
+    finish_reason: str  # "stop" (end of turn) or "length" (max_new_tokens reached)
+    n_output_tokens: int
+
+
+class Backend(ABC):
+    name: str = ""
+    loglikelihood: bool = False  # scores texts with the model's own log-probabilities: answer mode "choice"
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        """Validate the config before any run starts (raise SciqaError); loads nothing heavy."""
+        if cfg.answer_mode == "choice" and not cls.loglikelihood:
+            able = ", ".join(name for name in BACKENDS if backend_class(name).loglikelihood)
+            raise SciqaError(f"unknown answer mode 'choice' for backend '{cls.name}'; accepted: free, "
+                             f"choice ({able} backend only)")
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, cfg, adapter: str | None = None) -> Backend: ...  # adapter: a trained adapter folder
+
+    @abstractmethod
+    def generate(self, problems: list[Problem], prompts: list[str]) -> list[Generation]: ...
+
+    def metrics(self) -> dict[str, float]:  # counters to log after generation (API tokens, cost)
+        return {}

@@ -1,9 +1,7 @@
 """Batched Hugging Face generation: left padding, greedy, stop at the end-of-turn token.
 
-``answer_mode="choice"`` picks the choice whose tokens (``"<choice>"`` after ``{"answer": ``) the model finds
-likeliest (``choice_score`` sum or per-token mean), then generates the explanation after that forced prefix:
-every answer maps to a choice, which a weak teacher needs for KD targets. Only the scored positions get
-vocabulary logits: [rows, sequence, vocabulary] is tens of GB for Qwen2-VL's 151,936 tokens at batch 16.
+Choice mode forces the likeliest choice, then generates the explanation: a weak teacher's KD targets all map to a
+choice. Only scored positions get vocabulary logits (all of them: tens of GB for Qwen2-VL at batch 16).
 """
 from __future__ import annotations
 
@@ -13,7 +11,7 @@ import torch
 
 from sciqa import models
 from sciqa.adapters import load_adapter
-from sciqa.backends.base import CHOICE_SCORES, Backend, Generation
+from sciqa.backends import CHOICE_SCORES, Backend, Generation
 from sciqa.data.problems import Problem
 from sciqa.errors import SciqaError
 from sciqa.models.base import LoadedModel
@@ -22,18 +20,16 @@ ANSWER_HEAD = '{"answer": '
 
 
 def answer_start(choice: str) -> str:
-    """The start of the JSON answer up to the end of the choice: what choice mode scores."""
+    """What choice mode scores: the JSON answer up to the end of the choice."""
     return ANSWER_HEAD + json.dumps(choice, ensure_ascii=False)
 
 
 def answer_prefix(choice: str) -> str:
-    """The start of the JSON answer, with the choice filled in, up to where the solution begins."""
     return answer_start(choice) + ', "solution": "'
 
 
 def encode_texts(lm: LoadedModel, problems: list[Problem], texts: list[str], continuations: list[str] | None = None):
-    """Left-padded inputs of rendered texts, each followed by its continuation where given (padding side per call:
-    Llava processors ignore the tokenizer's, transformers#33847)."""
+    """Left-padded per call: Llava processors ignore the tokenizer's padding side (transformers#33847)."""
     inputs = lm.family.encode(lm.processor, texts, [p.image() for p in problems], continuations, padding_side="left")
     if len(texts) > 1 and not bool(inputs["attention_mask"][:, -1].all()):
         raise RuntimeError("prompts are not left-padded: batched generation would be wrong")
@@ -41,8 +37,7 @@ def encode_texts(lm: LoadedModel, problems: list[Problem], texts: list[str], con
 
 
 def last_token_logprobs(lm: LoadedModel, inputs, n: int) -> torch.Tensor:
-    """(rows, n) log-probabilities of each row's last ``n`` tokens; ``logits_to_keep`` projects only the last
-    ``n + 1`` hidden states onto the vocabulary, and log-softmax is logit - logsumexp (no second copy)."""
+    """(rows, n) log-probabilities of each row's last ``n`` tokens; log-softmax as logit - logsumexp (no copy)."""
     lm.family.reset_state(lm.model)
     logits = lm.model(**inputs, logits_to_keep=n + 1).logits[:, :-1].float()
     lm.family.reset_state(lm.model)
@@ -88,14 +83,12 @@ class HFBackend(Backend):
         new = out[:, inputs["input_ids"].shape[1]:].tolist()
         return [self._one(tokens, f) for tokens, f in zip(new, forced or [""] * len(new))]
 
-    def likeliest_choices(self, problems: list[Problem], texts: list[str]) -> list[int]:
-        """Per problem, the index of its highest-scoring choice (the first on a tie)."""
+    def likeliest_choices(self, problems: list[Problem], texts: list[str]) -> list[int]:  # the first on a tie
         return [max(range(len(row)), key=row.__getitem__) for row in self.choice_scores(problems, texts)]
 
     @torch.inference_mode()
     def choice_scores(self, problems: list[Problem], texts: list[str]) -> list[list[float]]:
-        """Per problem and choice, the score of the tokens that spell ``"<choice>"``, in one forward over every
-        (problem, choice) row."""
+        """Per problem and choice, the score of the tokens that spell ``"<choice>"``, in one forward."""
         lm = self.lm
         pairs = [(i, j) for i, p in enumerate(problems) for j in range(len(p.choices))]
         starts = [answer_start(problems[i].choices[j]) for i, j in pairs]

@@ -1,8 +1,4 @@
-"""Any OpenAI-compatible chat-completions API (OpenAI, Gemini's compatible endpoint, vLLM or ``transformers serve``):
-the image as a base64 PNG data URL first, then the prompt; greedy. Retries are urllib3's ``Retry`` (backoff with
-jitter, or the server's Retry-After). The key is read from the environment only, never logged; token counters and
-the cost are MLflow metrics, cumulative over resumed runs.
-"""
+"""Any OpenAI-compatible chat-completions API, greedy; the key is read from the environment only, never logged."""
 from __future__ import annotations
 
 import base64
@@ -19,8 +15,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from sciqa import models
-from sciqa.backends import BACKEND_OPTIONS
-from sciqa.backends.base import Backend, Generation
+from sciqa.backends import Backend, Generation
 from sciqa.config import treat_as_secret
 from sciqa.data.problems import Problem
 from sciqa.errors import SciqaError
@@ -29,16 +24,13 @@ RETRY_STATUS = (408, 409, 429, 500, 502, 503, 504, 520, 521, 522, 524, 529)
 COUNTERS = ("api_requests", "api_retries", "api_prompt_tokens", "api_completion_tokens")
 
 
-def image_data_url(image) -> str:
+def chat_messages(image, prompt: str) -> list[dict]:
+    """One user turn, the image as a PNG data URL first, then the text (the study's protocol)."""
     buf = io.BytesIO()
     image.convert("RGB").save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def chat_messages(image, prompt: str) -> list[dict]:
-    """One user turn, image first then the text (the study's protocol)."""
-    content = [{"type": "image_url", "image_url": {"url": image_data_url(image)}}, {"type": "text", "text": prompt}]
-    return [{"role": "user", "content": content}]
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                         {"type": "text", "text": prompt}]}]
 
 
 def chat_request(model: str, image, prompt: str, max_new_tokens: int) -> dict:
@@ -47,8 +39,7 @@ def chat_request(model: str, image, prompt: str, max_new_tokens: int) -> dict:
 
 
 def output_cleaner(model: str, revision: str | None = None):
-    """The family's ``clean_output`` for a tiny model or a local folder; for a remote API model, every family's
-    turn markers."""
+    """The family's ``clean_output`` for a tiny model or a local folder, else one cutting every family's markers."""
     if model in models.TINY_MODELS or Path(model).expanduser().is_dir():
         return models.resolve(model, revision)[1].clean_output
     markers = [m for name in models.FAMILIES for f in [models.family(name)] for m in (f.end_of_turn, *f.turn_markers)]
@@ -75,31 +66,25 @@ class OpenAIBackend(Backend):
         if adapter:
             raise SciqaError("backend 'openai' cannot apply a local adapter; score adapters with --backend hf")
         cls.check(cfg)
-        options = {name: getattr(cfg, name) for name in BACKEND_OPTIONS["openai"] if name != "api_key_env"}
+        return cls(cfg)
+
+    def __init__(self, cfg):
         if cfg.api_key_env:
             treat_as_secret(cfg.api_key_env)
         key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
-        backend = cls(cfg.model, api_key=key, max_new_tokens=cfg.max_new_tokens,
-                      clean=output_cleaner(cfg.model, cfg.revision or None), **options)
+        self.model, self.url = cfg.model, cfg.api_base.rstrip("/") + "/chat/completions"
+        self._headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+        self.max_new_tokens, self.timeout = cfg.max_new_tokens, cfg.timeout
+        self.retry = Retry(total=cfg.max_retries, backoff_factor=1.0, backoff_max=60.0, backoff_jitter=1.0,
+                           status_forcelist=RETRY_STATUS, allowed_methods=None, raise_on_status=False)
+        self.prices = (cfg.prompt_cost_per_1k, cfg.completion_cost_per_1k)
+        self.clean = output_cleaner(cfg.model, cfg.revision or None)
+        self.counters = dict.fromkeys(COUNTERS, 0.0)
         if run := mlflow.active_run():  # a resumed run's totals add up
             logged = mlflow.get_run(run.info.run_id).data.metrics
-            backend.counters.update({name: float(logged.get(name, 0.0)) for name in COUNTERS})
-        return backend
-
-    def __init__(self, model: str, api_base: str, api_key: str = "", max_new_tokens: int = 256,
-                 concurrency: int = 4, timeout: float = 120.0, max_retries: int = 5,
-                 prompt_cost_per_1k: float = 0.0, completion_cost_per_1k: float = 0.0, clean=None):
-        self.model, self.url = model, api_base.rstrip("/") + "/chat/completions"
-        auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._headers = {"Content-Type": "application/json", **auth}
-        self.max_new_tokens, self.timeout = max_new_tokens, timeout
-        self.retry = Retry(total=max_retries, backoff_factor=1.0, backoff_max=60.0, backoff_jitter=1.0,
-                           status_forcelist=RETRY_STATUS, allowed_methods=None, raise_on_status=False)
-        self.prices = (prompt_cost_per_1k, completion_cost_per_1k)
-        self.clean = clean or str.strip
-        self.counters = dict.fromkeys(COUNTERS, 0.0)
+            self.counters.update({name: float(logged.get(name, 0.0)) for name in COUNTERS})
         self._lock, self._local = threading.Lock(), threading.local()
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="sciqa-api")
+        self._pool = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="sciqa-api")
 
     def __repr__(self) -> str:  # never show the headers (the key)
         return f"OpenAIBackend(model={self.model!r}, url={self.url!r})"
@@ -123,8 +108,8 @@ class OpenAIBackend(Backend):
     def _complete(self, body: dict) -> Generation:
         if not hasattr(self._local, "session"):  # one session per thread, retrying through urllib3
             self._local.session = requests.Session()
-            self._local.session.mount("http://", HTTPAdapter(max_retries=self.retry))
-            self._local.session.mount("https://", HTTPAdapter(max_retries=self.retry))
+            for scheme in ("http://", "https://"):
+                self._local.session.mount(scheme, HTTPAdapter(max_retries=self.retry))
         try:
             resp = self._local.session.post(self.url, json=body, headers=self._headers, timeout=self.timeout)
         except requests.RequestException as exc:

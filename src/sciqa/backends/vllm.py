@@ -1,11 +1,5 @@
-"""Offline batched inference with vLLM (``pip install -e '.[vllm]'``, CUDA machines).
-
-    sciqa benchmark --backend vllm --model mistralai/Pixtral-12B-2409 --tensor-parallel 4 --max-model-len 8192
-
-Sampling is the HF backend's (greedy, stop at the family's end of turn, ``clean_output``). Hugging Face format
-models get the very prompt text the HF backend renders, with the image as multi-modal data; Mistral's own format
-(``params.json``) goes through ``LLM.chat``. vLLM serves LoRA adapters only (``LoRARequest``).
-"""
+"""Offline batched inference with vLLM, sampling as the HF backend: HF-format models get the prompt text the HF backend
+renders, Mistral's own format (``params.json``) goes through ``LLM.chat``; LoRA adapters only."""
 from __future__ import annotations
 
 import importlib.util
@@ -16,7 +10,7 @@ from huggingface_hub import hf_hub_download
 
 from sciqa import models
 from sciqa.adapters import SERVING_FOLDER
-from sciqa.backends.base import Backend, Generation
+from sciqa.backends import Backend, Generation
 from sciqa.backends.openai import chat_messages
 from sciqa.data.problems import Problem
 from sciqa.errors import SciqaError
@@ -41,7 +35,7 @@ def lora_folder(adapter: str) -> tuple[Path, int]:
 
 
 def is_mistral_format(model: str, revision: str | None = None) -> bool:
-    """Mistral's own checkpoint format (params.json, no HF config.json): vLLM needs mistral modes."""
+    """Mistral's own checkpoint format (params.json, no HF config.json)."""
     path = Path(model).expanduser()
     if path.is_dir():
         return (path / "params.json").exists() and not (path / "config.json").exists()
@@ -77,6 +71,9 @@ class VLLMBackend(Backend):
     @classmethod
     def from_config(cls, cfg, adapter: str | None = None) -> VLLMBackend:
         cls.check(cfg)
+        return cls(cfg, adapter)
+
+    def __init__(self, cfg, adapter: str | None = None):
         lora_path, rank = lora_folder(adapter) if adapter else (None, 0)
         try:
             import vllm
@@ -85,24 +82,17 @@ class VLLMBackend(Backend):
             raise SciqaError(f"{INSTALL_HINT} ({exc})") from None
         revision = cfg.revision or None
         mistral = is_mistral_format(cfg.model, revision)
-        if mistral:
-            path, family, processor = cfg.model, models.family("pixtral"), None
+        if mistral:  # no HF processor: LLM.chat renders the prompts
+            path, self.family, self.processor = cfg.model, models.family("pixtral"), None
         else:
-            path, family = models.resolve(cfg.model, revision)
-            processor = family.load_processor(path, revision)
-        llm = vllm.LLM(model=path, revision=revision, **_llm_options(cfg, family, mistral, rank))
-        lora = LoRARequest("adapter", 1, str(lora_path)) if adapter else None
-        return cls(llm, family, processor, cfg.max_new_tokens, lora)
-
-    def __init__(self, llm, family, processor=None, max_new_tokens: int = 256, lora=None):
-        """``processor``: the HF processor that renders prompts; None = Mistral format (``LLM.chat``)."""
-        from vllm import SamplingParams
-
-        self.llm, self.family, self.processor, self.lora = llm, family, processor, lora
-        stop_ids = [family.end_of_turn_id(processor.tokenizer)] if processor is not None else None
+            path, self.family = models.resolve(cfg.model, revision)
+            self.processor = self.family.load_processor(path, revision)
+        self.llm = vllm.LLM(model=path, revision=revision, **_llm_options(cfg, self.family, mistral, rank))
+        self.lora = LoRARequest("adapter", 1, str(lora_path)) if adapter else None
+        stop_ids = None if mistral else [self.family.end_of_turn_id(self.processor.tokenizer)]
         # skip_special_tokens=False: keep markers in the text so clean_output can cut them, as in HF
-        self.params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=stop_ids,
-                                     skip_special_tokens=False)
+        self.params = vllm.SamplingParams(temperature=0.0, max_tokens=cfg.max_new_tokens, stop_token_ids=stop_ids,
+                                          skip_special_tokens=False)
 
     def generate(self, problems: list[Problem], prompts: list[str]) -> list[Generation]:
         kw = {"lora_request": self.lora} if self.lora is not None else {}

@@ -51,7 +51,6 @@ class Problem:
 
 def from_record(pid: str, split: str, rec: dict, load_image: Callable[[], Any] | None,
                 image_path: str = "") -> Problem:
-    """A Problem from a ScienceQA-shaped dict (original JSON or a hub row)."""
     return Problem(id=str(pid), split=split, question=rec["question"] or "", choices=tuple(rec["choices"]),
                    answer=int(rec["answer"]), has_image=bool(rec.get("image")), image_path=image_path,
                    load_image=load_image, **{f: rec.get(f) or "" for f in TEXT_FIELDS})
@@ -61,10 +60,7 @@ def image_digest(problem: Problem) -> str:
     """The image file's content digest, ``missing`` when the file is not there, ``""`` without one."""
     if not problem.image_path:
         return ""
-    path = Path(problem.image_path)
-    if not path.is_file():
-        return "missing"
-    return file_digest(path)
+    return file_digest(Path(problem.image_path)) if Path(problem.image_path).is_file() else "missing"
 
 
 def problems_digest(problems: list[Problem]) -> str:
@@ -75,12 +71,12 @@ def problems_digest(problems: list[Problem]) -> str:
 
 def check_images(problems: list[Problem], strict: bool) -> int:
     """Missing image files: a count (warned) or, with ``strict``, one line; an unreadable file is always one line."""
-    missing = [p for p in problems if image_digest(p) == "missing"]
+    missing = [p for p in problems if p.image_path and not Path(p.image_path).is_file()]
     if missing and strict:
         raise SciqaError(f"{len(missing)} image file(s) missing, e.g. '{missing[0].image_path}' of problem "
                          f"{missing[0].id}; restore them or drop --strict-images (blank placeholders)")
     for p in problems:
-        if image_digest(p) not in ("", "missing"):
+        if p.image_path and Path(p.image_path).is_file():
             try:
                 with Image.open(p.image_path) as img:
                     img.verify()

@@ -1,8 +1,4 @@
-"""The four prompt settings and the study's prompt protocol, kept so numbers stay comparable.
-
-QTCH = question, task, choices, hint; L adds the lecture, S the solution. Choices ``(0) first (1) second``, an
-empty hint ``N/A``, one field per line, then an instruction asking for JSON with ``answer`` and ``solution``.
-"""
+"""The four prompt settings and the study's prompt protocol, kept so numbers stay comparable."""
 from __future__ import annotations
 
 import json
@@ -10,7 +6,7 @@ import json
 from sciqa.data.problems import Problem
 from sciqa.errors import SciqaError
 
-# setting -> the optional fields it adds after the hint, in order
+# QTCH = question, task, choices, hint; L adds the lecture, S the solution
 SETTINGS: dict[str, tuple[str, ...]] = {"QTCH": (), "QTCHL": ("lecture",), "QTCHLS": ("lecture", "solution"),
                                         "QTCHS": ("solution",)}
 INSTRUCTION = (
@@ -20,7 +16,6 @@ INSTRUCTION = (
 
 
 def build_prompt(problem: Problem, setting: str) -> str:
-    """The user-turn text of one problem in one setting (the image goes before it in the chat)."""
     if setting not in SETTINGS:
         raise SciqaError(f"unknown setting '{setting}'; accepted: {', '.join(SETTINGS)}")
     choices = " ".join(f"({i}) {c}" for i, c in enumerate(problem.choices))

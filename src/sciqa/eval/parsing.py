@@ -283,11 +283,8 @@ def _mentioned(span: str, choices: Sequence[str]) -> set[int]:
 def _mentions(span: str, choices: list[str]) -> set[int]:
     """Choices as whole words in the span, less those only inside a longer one ("New York" in "New York City") or
     after a negation ("Yes, not no")."""
-    hits = []
-    for index, choice in enumerate(choices):
-        if choice:
-            pattern = rf"(?<!\w){re.escape(choice)}(?!\w)"
-            hits += [(m.start(), m.end(), index) for m in re.finditer(pattern, span)]
+    hits = [(m.start(), m.end(), index) for index, choice in enumerate(choices) if choice
+            for m in re.finditer(rf"(?<!\w){re.escape(choice)}(?!\w)", span)]
     return {index for start, end, index in hits
             if not any(s <= start and end <= e and (e - s) > (end - start) for s, e, _ in hits)
             and not _NEGATION.search(span[max(start - 30, 0) : start])}

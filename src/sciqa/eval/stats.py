@@ -1,11 +1,5 @@
-"""Paired comparisons of arms (one run, or the seed runs of one procedure) on the problems they share.
-
-Arms are seed means (never majority votes). The model is problems x seeds crossed random effects by the
-method of moments: per arm with S > 1 a seed term ``var_s(mean_i y) / S`` (S - 1 df), plus a paired problem
-term ``max(0, var_i(D_i) - sum MSE_X / S_X) / n`` (n - 1 df); a t interval with Satterthwaite df, and p is
-the test that interval inverts. Each comparison's accuracy on all problems is primary (Holm over the table,
-``p_holm < 0.05``); every other row is exploratory (``p < 0.05``); decisions use unrounded values.
-"""
+"""Paired comparisons of arms (one run, or the seed means of one procedure's seed runs) on the problems they share;
+accuracy on all problems is primary (Holm over the table), every other row exploratory."""
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
@@ -32,8 +26,6 @@ NONE = "No comparisons (no runs besides the baseline, or no common problems)."
 
 
 class Joined(NamedTuple):
-    """Runs' rows restricted to the n common problems, all in the same (sorted id) order."""
-
     frames: dict[Hashable, pd.DataFrame]
     dropped: dict[Hashable, int]  # per run: its ids missing from some other run
     n: int
@@ -42,7 +34,6 @@ class Joined(NamedTuple):
 @dataclass(frozen=True)
 class Paired:
     """Arm B vs arm A on n problems: both values, diff = b - a, its interval, df and p."""
-
     n: int
     seeds_a: int
     seeds_b: int
@@ -78,8 +69,7 @@ def join_rows(frames: Mapping[Hashable, pd.DataFrame]) -> Joined:
 
 
 def linearised(values: np.ndarray) -> np.ndarray:
-    """(seeds, n) values, NaN = skipped row -> per-row values whose mean is each seed's NaN-skipping mean
-    (delta-method linearisation of the ratio); a seed with no kept row stays NaN."""
+    """(seeds, n) values, NaN = skipped -> per-row values averaging to each seed's NaN-skipping mean (delta method)."""
     values = np.asarray(values, dtype=float)
     known = ~np.isnan(values)
     kept = known.sum(axis=1, keepdims=True)
@@ -98,7 +88,8 @@ def _seed_terms(y: np.ndarray) -> tuple[float, float]:
 
 
 def arm_difference(a, b, confidence: float = CONFIDENCE) -> Paired:
-    """B - A from (seeds, n) per-row values of the same problems (columns aligned)."""
+    """B - A from (seeds, n) per-row values of the same problems: problems x seeds crossed random effects by the
+    method of moments (a seed term per arm with S > 1, a problem term net of seed x problem noise), Satterthwaite df."""
     a, b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"paired arms need the same problems, got {a.shape[1]} and {b.shape[1]}")
@@ -147,15 +138,9 @@ def _truth(column: pd.Series) -> np.ndarray:
     return column.astype(str).str.strip().str.lower().isin(["true", "1", "1.0"]).to_numpy(dtype=float)
 
 
-def _groups(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The accuracy groups ``metrics`` logs, under their table names."""
-    return {BY_NAME[key].where: mask.to_numpy() for key, mask in accuracy_groups(frame).items() if key != "acc"}
-
-
 def compare_runs(arms: Mapping[str, pd.DataFrame | Sequence[pd.DataFrame]], baseline: str, *,
                  by_group: bool = True, primary: bool = True, confidence: float = CONFIDENCE) -> pd.DataFrame:
-    """One row per (arm vs baseline, metric, group) on the problems all runs share; an arm is a frame or its
-    seed runs' frames. A metric undefined for a run (no kept row) is left out, never NaN."""
+    """One row per (arm vs baseline, metric, group) on the common problems; a metric undefined for a run: no row."""
     if baseline not in arms:
         raise ValueError(f"baseline {baseline!r} is not one of the runs {list(arms)}")
     arms = {label: [arm] if isinstance(arm, pd.DataFrame) else list(arm) for label, arm in arms.items()}
@@ -164,7 +149,8 @@ def compare_runs(arms: Mapping[str, pd.DataFrame | Sequence[pd.DataFrame]], base
     joined = join_rows({names[label, i]: f for label, arm in arms.items() for i, f in enumerate(arm)}).frames
     frames = {label: [joined[names[label, i]] for i in range(len(arm))] for label, arm in arms.items()}
     base = frames[baseline]
-    groups = {"all": None, **(_groups(base[0]) if by_group else {})}
+    groups = {"all": None, **({BY_NAME[key].where: mask.to_numpy() for key, mask in accuracy_groups(base[0]).items()
+                               if key != "acc"} if by_group else {})}  # the groups ``metrics`` logs
     wanted = [("acc", g, m) for g, m in groups.items() if m is None or m.any()]
     wanted += [(name, "all", None) for name in (*EXPLANATION, "overall")]
     rows = []
@@ -245,8 +231,7 @@ def _display(table: pd.DataFrame, labels: Mapping[str, str] | None) -> pd.DataFr
 
 
 def to_text(table: pd.DataFrame, labels: Mapping[str, str] | None = None) -> str:
-    """The terminal table: one line per comparison, accuracy and the overall score's difference; ``*`` marks
-    a significant primary endpoint only."""
+    """The terminal table: per comparison, accuracy and the overall difference; ``*``: a significant primary."""
     shown = _display(table, labels)[(table["group"] == "all").to_numpy()]
     acc = shown[shown["metric"] == "acc"]
     if acc.empty:
@@ -262,8 +247,7 @@ def to_text(table: pd.DataFrame, labels: Mapping[str, str] | None = None) -> str
 
 
 def to_markdown(table: pd.DataFrame, labels: Mapping[str, str] | None = None) -> str:
-    """Markdown table, a sentence per primary endpoint and per exploratory row whose interval excludes zero,
-    the rest summarised."""
+    """Markdown table, a sentence per primary and per significant exploratory row, the rest summarised."""
     if table.empty:
         return NONE + "\n"
     shown = _display(table, labels)

@@ -1,5 +1,4 @@
 """WordNet for METEOR, never downloaded: nltk's own data, else Debian's files laid out as nltk reads them."""
-
 from __future__ import annotations
 
 import shutil
@@ -13,9 +12,9 @@ from sciqa.errors import SciqaError
 from sciqa.files import build_folder, cache_root
 
 _DEBIAN_WORDNET = Path("/usr/share/wordnet")
-_WORDNET_FILES = tuple(
-    f"{kind}.{pos}" for kind in ("index", "data") for pos in ("noun", "verb", "adj", "adv")
-) + tuple(f"{pos}.exc" for pos in ("noun", "verb", "adj", "adv")) + ("cntlist.rev", "index.sense")
+_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
+_WORDNET_FILES = (*(f"{kind}.{pos}" for kind in ("index", "data") for pos in _CATEGORY),
+                  *(f"{pos}.exc" for pos in _CATEGORY), "cntlist.rev", "index.sense")
 # WordNet 3.0's 45 lexicographer files in file-number order (lexnames(5WN)): Debian ships only the man page.
 _LEXNAMES = [
     "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact", "noun.attribute",
@@ -24,14 +23,10 @@ _LEXNAMES = [
     "noun.process", "noun.quantity", "noun.relation", "noun.shape", "noun.state", "noun.substance", "noun.time",
     "verb.body", "verb.change", "verb.cognition", "verb.communication", "verb.competition", "verb.consumption",
     "verb.contact", "verb.creation", "verb.emotion", "verb.motion", "verb.perception", "verb.possession",
-    "verb.social", "verb.stative", "verb.weather", "adj.ppl"
-]
-_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
-NO_WORDNET = (
-    "WordNet not found (METEOR needs it): put nltk's in ~/nltk_data or $NLTK_DATA "
-    "(`python -m nltk.downloader -d ~/nltk_data wordnet` where there is internet), "
-    f"or install Debian's into {_DEBIAN_WORDNET} (`apt-get install wordnet-base wordnet-sense-index`, or .ci/setup.sh)"
-)
+    "verb.social", "verb.stative", "verb.weather", "adj.ppl"]
+NO_WORDNET = ("WordNet not found (METEOR needs it): put nltk's in ~/nltk_data or $NLTK_DATA "
+              "(`python -m nltk.downloader -d ~/nltk_data wordnet` where there is internet), or install Debian's "
+              f"into {_DEBIAN_WORDNET} (`apt-get install wordnet-base wordnet-sense-index`, or .ci/setup.sh)")
 _OWN_NLTK_ROOTS: set[str] = set()  # sciqa's copies put on nltk.data.path: not "nltk's own data"
 
 
@@ -75,9 +70,7 @@ def wordnet_source() -> tuple[str, Path] | None:
 
 
 def ensure_wordnet() -> Path:
-    """Where nltk reads WordNet from: its own data, else a private copy of Debian's put on ``nltk.data.path``.
-
-    Copied, not linked: NLTK 3.10's pathsec reads only files inside ``nltk.data.path`` private to their owner."""
+    """nltk's own WordNet, else a private copy of Debian's (NLTK 3.10's pathsec refuses links) on ``nltk.data.path``."""
     found = _nltk_wordnet()
     if found is not None:
         return found

@@ -1,8 +1,4 @@
-"""Model registry: a name (tiny model, packaged GGUF model, hub id or local folder) -> a model of a known family.
-
-Families are imported lazily by name (``sciqa --help`` imports no torch); the first family in ``FAMILIES``
-whose ``matches`` accepts a config wins, so more specific families come first.
-"""
+"""Model registry: a name (tiny model, packaged GGUF model, hub id or local folder) -> a family, imported lazily."""
 from __future__ import annotations
 
 import importlib
@@ -18,7 +14,7 @@ from sciqa.models import gguf, tiny
 if TYPE_CHECKING:
     from sciqa.models.base import Family, LoadedModel
 
-FAMILIES: dict[str, str] = {
+FAMILIES: dict[str, str] = {  # the first whose ``matches`` accepts a config wins
     "pixtral": "sciqa.models.pixtral",  # before llava: its configs are llava configs too
     "qwen2_vl": "sciqa.models.qwen2_vl",
     "llava": "sciqa.models.llava",
@@ -37,10 +33,8 @@ def family(name: str) -> Family:
 
 
 def family_of(config) -> Family:
-    """The first family (in ``FAMILIES`` order) that recognises a model config."""
-    for name in FAMILIES:
-        if family(name).matches(config):
-            return family(name)
+    if found := next((family(name) for name in FAMILIES if family(name).matches(config)), None):
+        return found
     raise SciqaError(f"unsupported model type '{config.model_type}'; supported families: {', '.join(FAMILIES)}")
 
 
@@ -89,14 +83,12 @@ def _config(name: str, revision: str | None):
 
 def load(name: str, revision: str | None = None, dtype: str = "auto", device: str = "auto",
          gpu_memory_gb: float = 0.0) -> LoadedModel:
-    """Model and processor; ``device='auto'``: CUDA with bf16 when present, else CPU float32."""
     path, fam = resolve(name, revision)
     return fam.load(name, path, revision=revision, dtype=dtype, device=device, gpu_memory_gb=gpu_memory_gb)
 
 
 def fingerprint(name: str, revision: str | None = None) -> str:
-    """What the weights are, for cache keys: a tiny model's recipe, a GGUF file's digest, a local folder's
-    content (large files by size and head), or a hub id's resolved commit when cached."""
+    """What the weights are, for cache keys; a local folder's large files count by size and head."""
     if name in TINY_MODELS:
         return "tiny:" + tiny.tiny_recipe(name)
     if name in gguf.MODELS:

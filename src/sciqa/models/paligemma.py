@@ -1,8 +1,4 @@
-"""PaliGemma (google/paligemma-3b-*): a prefix-LM without turns or chat template.
-
-The processor marks the prompt ``token_type_ids = 0`` (the bidirectional prefix block); whatever the model answers
-(a target, a forced answer start, generated tokens) is the causal suffix, type 1, as the processor marks a suffix.
-"""
+"""PaliGemma (google/paligemma-3b-*): a prefix-LM without turns; whatever it answers is the causal suffix (type 1)."""
 from __future__ import annotations
 
 import torch
@@ -15,8 +11,7 @@ class PaliGemmaFamily(Family):
         return processor.image_token + prompt  # the processor adds BOS after the image tokens and the closing "\n"
 
     def encode(self, processor, texts, images, continuations=None, padding_side="left"):
-        """A continuation goes in as the processor's causal ``suffix``, without the ``<eos>`` it ends a training
-        suffix with (left padding: the last column); the processor's ``labels`` are no model input."""
+        """A continuation is the processor's ``suffix`` less the ``<eos>`` it ends with (the last column)."""
         if continuations is not None and padding_side != "left":
             raise ValueError("PaliGemma encodes a continuation left-padded only")
         enc = processor(text=texts, images=images, suffix=continuations, padding=True, padding_side=padding_side,

@@ -10,16 +10,13 @@ from transformers.utils import cached_file
 from sciqa.models.base import Family
 
 
-def image_only_processor_class():
-    """Qwen2-VL's processor without its video processor, which needs torchvision (not installable beside our torch)."""
+class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
+    """Without the video processor, which needs torchvision (not installable beside our torch)."""
 
-    class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
-        def check_argument_for_proper_class(self, argument_name, argument):
-            if argument_name == "video_processor" and argument is None:
-                return None
-            return super().check_argument_for_proper_class(argument_name, argument)
-
-    return Qwen2VLImageOnlyProcessor
+    def check_argument_for_proper_class(self, argument_name, argument):
+        if argument_name == "video_processor" and argument is None:
+            return None
+        return super().check_argument_for_proper_class(argument_name, argument)
 
 
 class Qwen2VLFamily(Family):
@@ -32,8 +29,7 @@ class Qwen2VLFamily(Family):
                 text = Path(found).read_text(encoding="utf-8")
                 template = json.loads(text)["chat_template"] if name.endswith(".json") else text
                 break
-        return image_only_processor_class()(image_processor=image_processor, tokenizer=tokenizer,
-                                            chat_template=template)
+        return Qwen2VLImageOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
 
     def reset_state(self, model) -> None:
         # rope_deltas cached on the model goes stale across calls of different batch size (transformers#36009)

@@ -1,9 +1,5 @@
-"""Tiny models of the real architectures, built offline and deterministically (no hub in tests or CI).
-
-A 2-layer, 64-wide model of each family from a fixed seed, with a BPE trained on the bundled sample, the family's
-own tokenizer class, special tokens, chat template and PIL image processor; built once into a folder keyed by
-the recipe. Outputs are noise: they prove the machinery, not the science.
-"""
+"""Tiny models of the real architectures (2 layers, a BPE on the bundled sample, a fixed seed), built offline into a
+folder keyed by the recipe: no hub in tests or CI. Outputs are noise: they prove the machinery, not the science."""
 from __future__ import annotations
 
 import hashlib
@@ -74,8 +70,7 @@ def _train_bpe(specials: list[str], metaspace: bool = False):
 
 
 def _save(folder: Path, model_class, config, processor, ids: dict) -> None:
-    """The model from the fixed seed, generating until its end of turn; the processor part by part where it cannot
-    save itself whole (no video processor)."""
+    """The processor is saved part by part where it cannot save itself whole (no video processor)."""
     import torch
 
     torch.manual_seed(SEED)
@@ -101,7 +96,7 @@ def _ids(tok, bos: str, eos: str, pad: str) -> dict[str, int]:
 def build_qwen2_vl(folder: Path) -> None:
     import transformers as tf
 
-    from sciqa.models.qwen2_vl import image_only_processor_class
+    from sciqa.models.qwen2_vl import Qwen2VLImageOnlyProcessor
 
     vocab, merges = _train_bpe(QWEN_SPECIALS)
     tok = tf.Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|im_end|>",
@@ -109,8 +104,7 @@ def build_qwen2_vl(folder: Path) -> None:
     tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS[1:]})
     tok.chat_template = QWEN_TEMPLATE
     image_processor = tf.Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=56 * 56)
-    processor = image_only_processor_class()(image_processor=image_processor, tokenizer=tok,
-                                             chat_template=QWEN_TEMPLATE)
+    processor = Qwen2VLImageOnlyProcessor(image_processor=image_processor, tokenizer=tok, chat_template=QWEN_TEMPLATE)
     ids, token = _ids(tok, "<|endoftext|>", "<|im_end|>", "<|endoftext|>"), tok.convert_tokens_to_ids
     config = tf.Qwen2VLConfig(
         text_config=dict(TEXT, vocab_size=len(tok), num_key_value_heads=2,
@@ -143,8 +137,7 @@ def build_llava(folder: Path) -> None:
 
 
 def build_paligemma(folder: Path) -> None:
-    """GemmaTokenizer over a metaspace BPE, SigLIP at 28 px, 4 image tokens; the processor adds PaliGemma's
-    location and segmentation tokens, so the config is sized after it."""
+    """The processor adds PaliGemma's location and segmentation tokens: the config is sized after it."""
     import transformers as tf
 
     vocab, merges = _train_bpe(PALIGEMMA_SPECIALS, metaspace=True)

@@ -59,9 +59,7 @@ class GpuSpec:  # what a job of ``count`` GPUs of one type asks Slurm for
 
 
 @dataclass(frozen=True)
-class Profile:
-    """A cluster: GPU types -> partitions, set-up lines, GPUs per model (field names = the TOML keys)."""
-
+class Profile:  # a cluster: GPU types -> partitions, set-up lines, GPUs per model (field names = the TOML keys)
     name: str
     path: Path
     partitions: dict[str, Partition]
@@ -299,16 +297,19 @@ def build_job(profile: Profile, gpu: str, command: list[str], job_name: str, tim
     return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"  # no padding after `--requeue`
 
 
-def run(cmd: list[str], what: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    """A Slurm client command, or one line saying it is missing or hangs."""
+def run(cmd: list[str], what: str, stdin: str | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    """A Slurm client command, or one line saying it is missing, hangs or (``check``) fails."""
     exe = shutil.which(cmd[0])
     if exe is None:
         raise SciqaError(f"{cmd[0]} not found on PATH: {what} needs the Slurm client tools "
                          "(run on the cluster's login node, or drop --slurm-gpu to run here)")
     try:
-        return subprocess.run([exe, *cmd[1:]], input=stdin, capture_output=True, text=True, timeout=60)
+        res = subprocess.run([exe, *cmd[1:]], input=stdin, capture_output=True, text=True, timeout=60)
     except subprocess.TimeoutExpired:
         raise SciqaError(f"{' '.join(cmd)} did not answer within 60 s: is slurmctld up?") from None
+    if check and res.returncode != 0:
+        raise SciqaError(f"{' '.join(cmd)} failed (exit {res.returncode}): {one_line(res)}")
+    return res
 
 
 def one_line(res: subprocess.CompletedProcess) -> str:
@@ -323,13 +324,10 @@ def submit(script_text: str, job_file: Path) -> int:
         if m := re.search(rf"^#SBATCH --{key}\s+(.+)$", script_text, re.M):
             target = Path(m.group(1).strip())
             (target.parent if key == "output" else target).mkdir(parents=True, exist_ok=True)
-    res = run(["sbatch", "--parsable", str(job_file)], "submitting")
-    out = res.stdout.strip()
-    if res.returncode != 0 or not out:
-        raise SciqaError(f"sbatch {job_file} failed (exit {res.returncode}): {one_line(res)}")
+    out = run(["sbatch", "--parsable", str(job_file)], "submitting", check=True).stdout.strip()
     try:
         return int(out.splitlines()[-1].split(";")[0])  # "ID" or "ID;cluster"
-    except ValueError:
+    except (IndexError, ValueError):
         raise SciqaError(f"sbatch {job_file}: unexpected output {' '.join(out.split())!r}") from None
 
 
@@ -379,20 +377,16 @@ def allocated_gpus() -> int:
     return int(on_node) if on_node.isdigit() else len([g for g in ids if g.strip()])
 
 
-def restart_count() -> int:
-    """How often Slurm has restarted this job (0 on the first run or outside Slurm)."""
+def restart_count() -> int:  # how often Slurm has restarted this job (0 on the first run or outside Slurm)
     value = os.environ.get("SLURM_RESTART_COUNT", "")
     return int(value) if value.isdigit() else 0
 
 
-def requeue_self() -> None:
-    """Put this job back in the queue (after a checkpoint); Slurm then sends TERM to the job."""
+def requeue_self() -> None:  # after a checkpoint; Slurm then sends TERM to the job
     job_id = current_job_id()
     if not job_id:
         raise SciqaError("requeue_self() works only inside a Slurm job (SLURM_JOB_ID is not set)")
     if shutil.which("scontrol") is None:
         raise SciqaError(f"scontrol not found on PATH inside job {job_id}: cannot requeue it; add the "
                          "Slurm client tools to the job (profile setup lines or container binds)")
-    res = run(["scontrol", "requeue", job_id], "requeueing")
-    if res.returncode != 0:
-        raise SciqaError(f"scontrol requeue {job_id} failed (exit {res.returncode}): {one_line(res)}")
+    run(["scontrol", "requeue", job_id], "requeueing", check=True)

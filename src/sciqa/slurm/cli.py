@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import sys
 from collections.abc import Callable
+from pkgutil import resolve_name
 
 import click
 
@@ -28,8 +28,7 @@ def _resolve(check_fn: Callable | str | None) -> Callable | None:
     """A callable, or a lazy ``"module:function"`` (the check may import torch)."""
     if check_fn is None or callable(check_fn):
         return check_fn
-    module, _, attr = check_fn.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return resolve_name(check_fn)
 
 
 def job_args(cmd: click.Command, cfg) -> list[str]:

@@ -15,8 +15,7 @@ from sciqa.errors import SciqaError
 
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped by a signal at a safe point, state saved
 LOG_ENV = "SCIQA_SLURM_LOG"  # exported into a Slurm job: its log file, %j = job id
-_STOP = threading.Event()
-_SIGNAL: dict[str, str] = {}
+_SIGNAL: dict[str, str] = {}  # "name": the stop signal received, when one was
 
 
 class Stopped(SystemExit):
@@ -39,35 +38,30 @@ def watch() -> Iterator[None]:
         return
     old = {s: signal.signal(s, lambda signum, _frame: request_stop(signal.Signals(signum).name))
            for s in (signal.SIGUSR1, signal.SIGTERM)}
+    stopped = False
     try:
         yield
     except Stopped:
-        raise  # handlers stay: the TERM that follows a requeue must not cut the run's clean-up short
-    except BaseException:
-        _restore(old)
+        stopped = True  # handlers stay: the TERM that follows a requeue must not cut the run's clean-up short
         raise
-    _restore(old)
-
-
-def _restore(old: dict) -> None:
-    for sig, previous in old.items():
-        signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+    finally:
+        if not stopped:
+            for sig, previous in old.items():
+                signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
 
 
 def requested() -> bool:
-    return _STOP.is_set()
+    return "name" in _SIGNAL
 
 
 def request_stop(name: str = "SIGTERM") -> None:
     """Ask every long loop to stop at its next safe point, as a signal would (tests, notebooks)."""
     _SIGNAL["name"] = name
-    _STOP.set()
 
 
 def reset() -> None:
     """Forget a stop request (a process that goes on after a Stopped)."""
     _SIGNAL.pop("name", None)
-    _STOP.clear()
 
 
 def signal_name() -> str:
@@ -80,7 +74,7 @@ def _say(text: str) -> None:
 
 def check(what: Callable[[], str], save: Callable[[], None] | None = None) -> None:
     """At a safe point: nothing, or (a stop was requested) save, requeue on SIGUSR1, raise Stopped."""
-    if not _STOP.is_set():
+    if not requested():
         return
     name, requeued, in_job = signal_name(), False, in_slurm_job()
     if save is not None:

@@ -1,10 +1,7 @@
-"""Any step as a Slurm job in the same MLflow run: validate everything first (a mistake costs one line and
-leaves no run), create the run (or take ``mlflow run``'s), log and submit the job file, end the run
-SCHEDULED; the job re-opens it through ``MLFLOW_RUN_ID``. Secrets never enter the job file: sbatch's
-default ``--export=ALL`` or the profile's set-up lines bring them."""
+"""Any step as a Slurm job in the same MLflow run: validate first (a mistake leaves no run), submit in a run
+ended SCHEDULED, which the job re-opens through ``MLFLOW_RUN_ID``."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from collections.abc import Callable
@@ -58,27 +55,9 @@ def reraise(what: str, exc: BaseException) -> NoReturn:
     raise SciqaError(f"{what} failed: {type(exc).__name__}: {exc}".replace("\n", " ")) from exc
 
 
-@dataclasses.dataclass
-class Submitted:
-    run_id: str
-    job_id: int
-    log_file: Path
-
-
-def submit_step(step: str, args: list[str], cfg, check_fn: Callable | None, *, gpu: str, wait: bool = False,
-                **kw) -> int:
-    """Submit and print run and job id; 0 once submitted (with ``wait``: once the run FINISHED), else 1."""
-    sub = submit(step, args, cfg, check_fn, gpu=gpu, **kw)
-    print(f"{step} run: {sub.run_id}\nslurm job: {sub.job_id} (log {sub.log_file.parent / f'{sub.job_id}.out'})")
-    if not wait:
-        print(f"follow it: sciqa slurm status {sub.run_id}")
-        return 0
-    return wait_for(sub)
-
-
-def submit(step: str, args: list[str], cfg, check_fn: Callable | None, *, gpu: str, profile: str | None = None,
-           time_limit: str | None = None, gpus: int | None = None) -> Submitted:
-    """Validate (profile, GPU, time, the cluster's ``--test-only``, the step's check), then submit in a run."""
+def submit_step(step: str, args: list[str], cfg, check_fn: Callable | None, *, gpu: str, profile: str | None = None,
+                time_limit: str | None = None, gpus: int | None = None, wait: bool = False) -> int:
+    """Validate (profile, GPU, time, ``sbatch --test-only``, the step's check), submit in a run; the exit code."""
     prof = slurm.load_profile(profile or None)
     model = str(getattr(cfg, "model", "") or "")
     gpu, count, chosen = place(step, cfg, prof, gpu, check_fn) if gpu == "auto" else (gpu, prof.gpus_for(model), {})
@@ -113,39 +92,39 @@ def submit(step: str, args: list[str], cfg, check_fn: Callable | None, *, gpu: s
             mlflow.MlflowClient().delete_run(run.info.run_id)
         reraise("submitting", exc)
     mlflow.end_run(status="SCHEDULED")  # the job re-opens it (RUNNING) through MLFLOW_RUN_ID
-    return Submitted(run.info.run_id, job_id, log_dir / "%j.out")
+    run_id, log = run.info.run_id, log_dir / f"{job_id}.out"
+    print(f"{step} run: {run_id}\nslurm job: {job_id} (log {log})")
+    if wait:
+        return wait_for(run_id, job_id, log)
+    print(f"follow it: sciqa slurm status {run_id}")
+    return 0
 
 
-def poll_seconds() -> float:
-    try:
-        return max(0.2, float(os.environ.get(POLL_ENV, DEFAULT_POLL)))
-    except ValueError:
-        return DEFAULT_POLL
-
-
-def wait_for(sub: Submitted) -> int:
+def wait_for(run_id: str, job_id: int, log: Path) -> int:
     """Poll until the job ends; print Slurm state and MLflow status; 0 only if both succeeded."""
     try:
-        state = slurm.wait_for_job(sub.job_id, timeout=float("inf"), poll=poll_seconds())
+        poll = max(0.2, float(os.environ.get(POLL_ENV, DEFAULT_POLL)))
+    except ValueError:
+        poll = DEFAULT_POLL
+    try:
+        state = slurm.wait_for_job(job_id, timeout=float("inf"), poll=poll)
     except KeyboardInterrupt:
-        print(f"\nstopped waiting; job {sub.job_id} goes on: sciqa slurm status {sub.run_id}", file=sys.stderr)
+        print(f"\nstopped waiting; job {job_id} goes on: sciqa slurm status {run_id}", file=sys.stderr)
         return 130
     client = mlflow.MlflowClient()
-    status = client.get_run(sub.run_id).info.status
+    status = client.get_run(run_id).info.status
     if status in ("SCHEDULED", "RUNNING") and state != "COMPLETED":  # the job died without closing the run
-        log = Path(str(sub.log_file).replace("%j", str(sub.job_id)))
         if log.is_file():
-            client.log_text(sub.run_id, log.read_text(errors="replace"), "slurm/job.log")
+            client.log_text(run_id, log.read_text(errors="replace"), "slurm/job.log")
         status = "KILLED" if state in ("CANCELLED", "PREEMPTED", "DEADLINE") else "FAILED"
-        client.set_tag(sub.run_id, "sciqa.slurm_status", state)
-        client.set_terminated(sub.run_id, status)
-    print(f"slurm job {sub.job_id}: {state}\nmlflow run {sub.run_id}: {status}")
+        client.set_tag(run_id, "sciqa.slurm_status", state)
+        client.set_terminated(run_id, status)
+    print(f"slurm job {job_id}: {state}\nmlflow run {run_id}: {status}")
     return 0 if state == "COMPLETED" and status == "FINISHED" else 1
 
 
 def status_lines(run_id: str, by_step: dict[str, Callable] | None = None) -> list[str]:
-    """``sciqa slurm status``: the run's MLflow status and tags, the job's Slurm state; ``by_step``: a
-    step's own lines (a grid's cells), called with the run id and the run."""
+    """The run's MLflow status and tags, the job's Slurm state; ``by_step``: a step's own lines (a grid's cells)."""
     tracking.connect()  # creates nothing, fails in seconds when a server is down
     try:
         run = mlflow.MlflowClient().get_run(run_id)

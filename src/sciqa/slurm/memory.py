@@ -29,9 +29,7 @@ _DOWN = ("down", "drain", "fail", "maint", "inval", "unk", "futr", "power")
 
 
 @dataclass(frozen=True)
-class Shape:
-    """What the estimate needs from a config (language model part; the vision tower in ``params``)."""
-
+class Shape:  # what the estimate needs from a config (the language model's sizes; the vision tower in params)
     params: int
     layers: int
     hidden: int
@@ -73,10 +71,8 @@ def image_tokens(config, family) -> int:
 def shape_of(config, family=None) -> Shape:
     """Count parameters on the meta device (no memory, any architecture) and read the LM's sizes."""
     with torch.device("meta"):
-        if family is not None:
-            model = getattr(transformers, family.model_class)._from_config(config)
-        else:
-            model = transformers.AutoModel.from_config(config)
+        model = (getattr(transformers, family.model_class)._from_config(config) if family is not None
+                 else transformers.AutoModel.from_config(config))
     text = getattr(config, "text_config", None) or config
     heads = text.num_attention_heads
     return Shape(params=sum(p.numel() for p in model.parameters()), layers=text.num_hidden_layers,
@@ -116,7 +112,7 @@ def trainable_params(s: Shape, variant: str, options: dict) -> int:
 def estimate(step: str, cfg, device: str = "cuda") -> Estimate:
     """The peak of ``step`` run with ``cfg`` (a benchmark/score/train config) on ``device``."""
     path, fam = models.resolve(cfg.model, getattr(cfg, "revision", "") or None)
-    s = shape_of(_config(path), fam)
+    s = shape_of(transformers.AutoConfig.from_pretrained(path, local_files_only=True), fam)
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
     b = DTYPE_BYTES[dtype]
     if step.startswith("train"):
@@ -130,20 +126,11 @@ def estimate(step: str, cfg, device: str = "cuda") -> Estimate:
     return Estimate(step, cfg.model, parts)
 
 
-def _config(path: str):
-    return transformers.AutoConfig.from_pretrained(path, local_files_only=True)
-
-
 @dataclass(frozen=True)
 class Choice:
     gpu: str
     estimate_gb: float
     candidates: dict[str, int]  # type that fits -> its idle GPUs now
-
-    def tags(self) -> dict[str, str]:
-        return {"sciqa.gpu_estimate_gb": f"{self.estimate_gb:.3f}",
-                "sciqa.gpu_candidates": ",".join(f"{t}:{n}" for t, n in self.candidates.items()),
-                "sciqa.slurm_gpu": self.gpu, "sciqa.slurm_gpu_choice": "auto"}
 
 
 def _count(gres: str, gpu_type: str | None) -> int:
@@ -154,9 +141,7 @@ def _count(gres: str, gpu_type: str | None) -> int:
 def idle_gpus(profile: slurm.Profile) -> dict[str, int]:
     """Idle GPUs per type of the profile, from one ``sinfo`` call (a node counted once per type)."""
     res = slurm.run(["sinfo", "-h", "-N", "-O", "NodeList:300,Partition:300,Gres:500,GresUsed:500,StateCompact:60"],
-                    "reading idle GPUs")
-    if res.returncode != 0:
-        raise SciqaError(f"sinfo failed (exit {res.returncode}): {' '.join(res.stderr.split())}")
+                    "reading idle GPUs", check=True)
     nodes: dict[str, dict] = {}
     for node, partition, gres, used, state, *_ in (line.split() for line in res.stdout.splitlines()
                                                    if len(line.split()) >= 5):
@@ -202,4 +187,6 @@ def place(step: str, cfg, profile: slurm.Profile, gpu: str, check_fn: Callable |
     choice = choose(profile, est.total_gb, count, idle)
     print(f"sciqa: {label or step}: estimated peak {est.describe()}; fits "
           f"{', '.join(f'{t} ({n} idle)' for t, n in choice.candidates.items())}; chose {choice.gpu}")
-    return choice.gpu, count, choice.tags()
+    return choice.gpu, count, {"sciqa.gpu_estimate_gb": f"{choice.estimate_gb:.3f}", "sciqa.slurm_gpu_choice": "auto",
+                               "sciqa.gpu_candidates": ",".join(f"{t}:{n}" for t, n in choice.candidates.items()),
+                               "sciqa.slurm_gpu": choice.gpu}

@@ -1,8 +1,5 @@
-"""``sciqa compare``: arms of evaluated runs (one run, or its seed runs) against a baseline arm, from MLflow.
-
-Runs are joined on the per-row scores they logged (``metrics/*_rows.csv``); the statistics are
-:mod:`sciqa.eval.stats`. ``main``'s KD vs golden report (:mod:`sciqa.steps.report`) shares these pieces.
-"""
+"""``sciqa compare``: arms of evaluated runs (one run, or its seed runs) against a baseline arm, joined on the
+per-row scores they logged (``metrics/*_rows.csv``); ``main``'s report and grid tables share these pieces."""
 from __future__ import annotations
 
 import re
@@ -75,22 +72,24 @@ def delta_metrics(deltas: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def log_report(files: dict[str, pd.DataFrame | str], plots: dict[str, Callable[[Path], Path]]) -> None:
-    """``compare/<name>`` (a frame as CSV, else text) and ``plots/<name>`` on the active run."""
+def log_report(files: dict[str, pd.DataFrame | str], plots: dict[str, Callable[[Path], Path]], folder: str = "compare",
+               run_id: str = "") -> None:
+    """``<folder>/<name>`` (a frame as CSV, else text) and ``plots/<name>`` on run ``run_id`` (default: the active)."""
     with tempfile.TemporaryDirectory() as tmp:
-        for folder in ("compare", "plots"):
-            (Path(tmp) / folder).mkdir()
+        for sub in (folder, "plots"):
+            (Path(tmp) / sub).mkdir()
         for name, content in files.items():
-            path = Path(tmp) / "compare" / name
-            content.to_csv(path, index=False) if isinstance(content, pd.DataFrame) else path.write_text(content)
+            path = Path(tmp) / folder / name
+            frame = isinstance(content, pd.DataFrame)
+            content.to_csv(path, index=False) if frame else path.write_text(content, encoding="utf-8")
         for name, draw in plots.items():
             draw(Path(tmp) / "plots" / name)
-        mlflow.log_artifacts(tmp)
+        MlflowClient().log_artifacts(run_id or mlflow.active_run().info.run_id, tmp)
 
 
 def run_fields(run_id: str) -> dict[str, str]:
     """What a compared run was scored with (its params; a score run's adapter is its adapter run)."""
-    run = MlflowClient().get_run(run_id)
+    run = tracking.get_run(run_id)  # or one line: no such run
     p, tags = run.data.params, run.data.tags
     return {"run": run.info.run_name or "run", "step": tags.get("sciqa.step", ""),
             **{k: p.get(k, tags.get(f"sciqa.{k}", "")) for k in ("split", "setting", "model")},
@@ -135,8 +134,7 @@ def _summary(arms: list[list[str]], labels: dict, baseline: str, table: pd.DataF
 
 def compare_command(run_ids: list[str], baseline: str = "", by_group: bool = True,
                     parent_run_id: str | None = None) -> tuple[str, str]:
-    """``sciqa compare``: arms of evaluated runs against a baseline arm, logged as a ``compare`` run;
-    returns (its id, the terminal text)."""
+    """``sciqa compare``, logged as a ``compare`` run: (its id, the terminal text)."""
     arms = parse_arms(run_ids)
     keys = [",".join(arm) for arm in arms]
     baseline = ",".join(parse_arms([baseline])[0]) if baseline else (keys[0] if keys else "")
@@ -145,8 +143,6 @@ def compare_command(run_ids: list[str], baseline: str = "", by_group: bool = Tru
                          "them as given (default: the first)")
     tracking.connect()
     runs = [r for arm in arms for r in arm]
-    for r in runs:
-        tracking.get_run(r)
     fields = {r: run_fields(r) for r in runs}
     labels, differ = arm_labels(arms, fields)
     rows = {r: run_rows(r) for r in runs}

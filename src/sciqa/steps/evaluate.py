@@ -1,8 +1,4 @@
-"""Score outputs the way the study did: accuracy breakdowns and explanation metrics, offline.
-
-    sciqa evaluate --run RUN_ID                 # a finished benchmark or score run: its outputs/*.csv
-    sciqa evaluate --csv outputs.csv            # any CSV with id and raw_output columns
-"""
+"""Score outputs the way the study did: accuracy breakdowns and explanation metrics, offline."""
 from __future__ import annotations
 
 import json
@@ -43,10 +39,6 @@ class EvaluateConfig:
     force: bool = option(False, "re-evaluate a run that already has metrics", operational=True)
 
 
-def _problems_by_id(dataset: str) -> dict[str, Problem]:
-    return {p.id: p for split in ("train", "validation", "test") for p in load_problems(dataset, split, keep_all=True)}
-
-
 def _finished_run(run_id: str):
     run = runs.get_run(run_id)
     if run.info.status != "FINISHED":
@@ -55,35 +47,17 @@ def _finished_run(run_id: str):
     return run
 
 
-def _run_csvs(run, dest: Path) -> list[Path]:
-    import mlflow
-
-    run_id = run.info.run_id
-    names = [a.path for a in mlflow.artifacts.list_artifacts(run_id=run_id, artifact_path="outputs")
-             if a.path.endswith(".csv")]
-    if not names:
-        raise SciqaError(f"run '{run_id}' has no outputs/*.csv to evaluate (is it a benchmark or score run?)")
-    return [Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=n, dst_path=str(dest)))
-            for n in names]
-
-
-def _dedupe(df, name: str):
-    """Keep the last row per id (a rerun appended to the file), warning with the count."""
-    dupes = int(df["id"].duplicated().sum())
-    merged = df.attrs.get("duplicate_ids", 0)  # already merged by the reader, which warned
-    if dupes:
-        print(f"sciqa: warning: {name}: {dupes} duplicated id(s); the last row of each is evaluated",
-              file=sys.stderr)
-    return df.drop_duplicates("id", keep="last"), dupes + merged
-
-
 def score_frame(df, problems: dict[str, Problem], number_base: int):
     """Join outputs with problems (one row per id); returns the frame, counts of what was repaired, parse rules."""
     unknown = [i for i in df["id"] if i not in problems]
     if unknown:
         raise SciqaError(f"{len(unknown)} id(s) not in the dataset, e.g. {', '.join(unknown[:3])}; "
                          "pass the --dataset the outputs were made from")
-    df, dupes = _dedupe(df, "outputs")
+    dupes = int(df["id"].duplicated().sum())  # a rerun appended to the file: its last row counts
+    if dupes:
+        print(f"sciqa: warning: outputs: {dupes} duplicated id(s); the last row of each is evaluated", file=sys.stderr)
+    dupes += df.attrs.get("duplicate_ids", 0)  # already merged by the reader, which warned
+    df = df.drop_duplicates("id", keep="last")
     has_index, has_solution = "answer_index" in df.columns, "solution" in df.columns
     rows, invalid, rules = [], 0, []
     for rec in df.to_dict("records"):
@@ -104,33 +78,28 @@ def score_frame(df, problems: dict[str, Problem], number_base: int):
     return frame, {"duplicate_ids": dupes, "answer_index_invalid": invalid}, rules
 
 
-def evaluate_frame(frame) -> tuple[dict[str, float], object, object]:
-    """(summary metrics, per-topic table, per-row scores)."""
-    scores = explanation_scores(list(frame["prediction"]), list(frame["reference"]))
-    per_row = frame.assign(correct=(frame["answer_index"] == frame["answer"]).fillna(False), **scores)
-    summary = {**accuracy_breakdown(frame), **summarize_explanations(scores), "n": float(len(frame))}
-    return summary, topic_accuracy(frame), per_row
-
-
 def evaluate_paths(paths: list[Path], dataset: str, number_base: int) -> dict:
     """stem -> (summary, topics, per-row scores, counts, rules) for each outputs CSV."""
     frames = {path: read_frame(path) for path in paths}  # a bad CSV: one line before anything else
     ensure_wordnet()
-    problems = _problems_by_id(dataset)
+    problems = {p.id: p for split in ("train", "validation", "test")
+                for p in load_problems(dataset, split, keep_all=True)}
     results = {}
     for path, df in frames.items():
         frame, counts, rules = score_frame(df, problems, number_base)
-        summary, topics, per_row = evaluate_frame(frame)
+        scores = explanation_scores(list(frame["prediction"]), list(frame["reference"]))
+        per_row = frame.assign(correct=(frame["answer_index"] == frame["answer"]).fillna(False), **scores)
+        summary = {**accuracy_breakdown(frame), **summarize_explanations(scores), "n": float(len(frame))}
         counts["empty_explanations"] = int(per_row["rougeL"].isna().sum())  # the rows ROUGE-L/METEOR skip
         if "overall" not in summary and len(per_row):
             print(f"sciqa: warning: {path.stem}: every explanation is empty ({len(per_row)} rows), so ROUGE-L, "
                   "METEOR and the overall score are undefined and not logged", file=sys.stderr)
-        results[path.stem] = (summary, topics, per_row, counts, rules)
+        results[path.stem] = (summary, topic_accuracy(frame), per_row, counts, rules)
     return results
 
 
 def log_results(run_id: str, results: dict) -> None:
-    """Metrics and ``metrics/`` artifacts into ``run_id`` (through the client: its status stays)."""
+    """Metrics and ``metrics/`` artifacts into ``run_id`` (through the client: its status stays); prints a line each."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
@@ -150,6 +119,9 @@ def log_results(run_id: str, results: dict) -> None:
     have = client.get_run(run_id).data.params
     params = [Param(f"eval_{k}", str(v)) for k, v in METRIC_SETTINGS.items() if f"eval_{k}" not in have]
     client.log_batch(run_id, metrics=metrics, params=params)
+    for stem, (summary, *_rest) in results.items():
+        print(f"{stem}: " + "  ".join(f"{k} {summary[k]:.2f}" for k in ("acc", "unmapped_rate", "overall")
+                                       if k in summary))
 
 
 def _rule_table(rules: list[str]):
@@ -158,12 +130,6 @@ def _rule_table(rules: list[str]):
     return pd.DataFrame({"rule": list(counts), "answers": list(counts.values()),
                          "share": [n / max(len(rules), 1) for n in counts.values()],
                          "fuzzy": [rule in FUZZY_RULES for rule in counts]})
-
-
-def _print(results: dict) -> None:
-    for stem, (summary, *_rest) in results.items():
-        print(f"{stem}: " + "  ".join(f"{k} {summary[k]:.2f}" for k in ("acc", "unmapped_rate", "overall")
-                                       if k in summary))
 
 
 def evaluate_run(run_id: str, force: bool = False, dataset: str = "", number_base: int = 0) -> str:
@@ -175,28 +141,28 @@ def evaluate_run(run_id: str, force: bool = False, dataset: str = "", number_bas
     if "acc" in run.data.metrics and not force:
         print(f"evaluate: run {run_id} already has metrics (acc {run.data.metrics['acc']:.1f})")
         return run_id
+    names = [a.path for a in mlflow.artifacts.list_artifacts(run_id=run_id, artifact_path="outputs")
+             if a.path.endswith(".csv")]
+    if not names:
+        raise SciqaError(f"run '{run_id}' has no outputs/*.csv to evaluate (is it a benchmark or score run?)")
     with tempfile.TemporaryDirectory() as tmp, phase("evaluate", run_id):
-        paths = _run_csvs(run, Path(tmp))
+        paths = [Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=n, dst_path=tmp))
+                 for n in names]
         results = evaluate_paths(paths, dataset or run.data.params.get("dataset", "sample"), number_base)
         log_results(run_id, results)
-    _print(results)
     return run_id
-
-
-def check(cfg: EvaluateConfig) -> None:
-    check_ranges(cfg)
-    check_prerequisites()
-    if bool(cfg.run) == bool(cfg.csv):
-        raise SciqaError("give exactly one of --run RUN_ID or --csv PATH")
-    if cfg.csv and not Path(cfg.csv).is_file():
-        raise SciqaError(f"CSV '{cfg.csv}' does not exist")
 
 
 def evaluate(cfg: EvaluateConfig, parent_run_id: str | None = None) -> str:
     """Evaluate a run's outputs (logged into that run) or a CSV (logged into its own evaluate run)."""
     import mlflow
 
-    check(cfg)
+    check_ranges(cfg)
+    check_prerequisites()
+    if bool(cfg.run) == bool(cfg.csv):
+        raise SciqaError("give exactly one of --run RUN_ID or --csv PATH")
+    if cfg.csv and not Path(cfg.csv).is_file():
+        raise SciqaError(f"CSV '{cfg.csv}' does not exist")
     if cfg.run:
         runs.connect()
         _finished_run(cfg.run)
@@ -214,5 +180,4 @@ def evaluate(cfg: EvaluateConfig, parent_run_id: str | None = None) -> str:
             return run.run_id
         log_results(run.run_id, results)
         mlflow.log_artifact(str(path), "outputs")
-    _print(results)
     return run.run_id

@@ -9,8 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from sciqa.backends import BACKEND_OPTIONS, BACKENDS
-from sciqa.backends.base import ANSWER_MODES, CHOICE_SCORES, Backend
+from sciqa.backends import ANSWER_MODES, BACKEND_OPTIONS, BACKENDS, CHOICE_SCORES, Backend
 from sciqa.config import DTYPE_CHOICES, identity, operational, option
 from sciqa.data import load_problems
 from sciqa.data.problems import Problem, check_images, problems_digest
@@ -31,7 +30,6 @@ CSV_LOG_SECONDS = 300  # log the partial CSV this often (a signal-free crash los
 @dataclass
 class GenerationConfig:
     """What ``benchmark`` and ``score`` share; each backend reads the fields it declares in ``Backend.options``."""
-
     model: str = option("tiny-qwen2-vl", "tiny model name, hub id or local folder")
     dataset: str = option("sample", "sample, a hub dataset id, or a local folder")
     split: str = option("validation", "train, validation (val) or test")
@@ -52,7 +50,6 @@ class GenerationConfig:
     device: str = option("auto", "auto (CUDA when present), cpu or cuda[:N]")
     workdir: str = option("", "local folder for outputs (resume state); '' = $SCIQA_CACHE/work", operational=True)
     force: bool = option(False, "recompute even if a finished run matches", operational=True)
-    # openai backend (any OpenAI-compatible chat-completions API)
     api_base: str = option("", "openai backend: API base URL, e.g. http://127.0.0.1:8000/v1")
     api_key_env: str = option("OPENAI_API_KEY", "openai backend: variable holding the API key ('' = none)",
                               operational=True)
@@ -62,10 +59,8 @@ class GenerationConfig:
     prompt_cost_per_1k: float = option(0.0, "openai backend: price per 1k prompt tokens", min=0, operational=True)
     completion_cost_per_1k: float = option(0.0, "openai backend: price per 1k completion tokens (logs api_cost)",
                                            min=0, operational=True)
-    # hf backend
     gpu_memory_gb: float = option(0.0, "hf backend: GiB of GPU for the model, the rest offloaded to CPU (0 = all)",
                                   min=0, operational=True)
-    # vllm backend (pip install -e '.[vllm]'); serves LoRA adapters only, prefix adapters need --backend hf
     tensor_parallel: int = option(1, "vllm backend: GPUs for tensor parallelism (LoRA adapters only)", min=1)
     max_model_len: int = option(0, "vllm backend: context length cap (0 = model's)", min=0)
     gpu_memory_utilization: float = option(0.9, "vllm backend: GPU memory fraction", above=0, max=1, operational=True)
@@ -74,8 +69,7 @@ class GenerationConfig:
 
 
 def generation_identity(cfg: GenerationConfig, ignore: tuple[str, ...] = ()) -> dict:
-    """The config minus what cannot change an answer: operational fields, other backends' options, choice
-    scoring in free mode."""
+    """The config minus what cannot change an answer: operational, other backends' and (free mode) choice options."""
     foreign = {name for other in BACKEND_OPTIONS.values() for name in other} - set(BACKEND_OPTIONS[cfg.backend])
     free = ("choice_score",) if cfg.answer_mode == "free" else ()
     return identity(cfg, ignore=(*ignore, *foreign, *free))
@@ -84,15 +78,13 @@ def generation_identity(cfg: GenerationConfig, ignore: tuple[str, ...] = ()) -> 
 @dataclass(frozen=True)
 class Inputs:
     """The problems a step reads, their content digest (cache key) and missing image files."""
-
     problems: list[Problem]
     digest: str
     images_missing: int
 
 
 def workdir_path(workdir: str) -> Path:
-    """``--workdir``, else ``$SCIQA_CACHE/work/<store>``: never the checkout ``mlflow run`` runs in, and one
-    folder per tracking store (equal steps logged to two stores must not share state)."""
+    """``--workdir``, else one folder per tracking store (equal steps logged to two stores share no state)."""
     if workdir:
         return Path(workdir).expanduser()
     return cache_root() / "work" / digest(store_identity())[:12]
@@ -105,19 +97,11 @@ def check_workdir(workdir: str) -> Path:
     except OSError:  # a relative path in a working folder that was deleted
         raise SciqaError(f"output folder '{workdir}': the current folder no longer exists; cd to a folder that "
                          "does, or pass --workdir") from None
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
+    probe = next(p for p in (path, *path.parents) if p.exists())
     why = "not a folder" if not probe.is_dir() else unwritable_reason(probe)
     if why:
         raise SciqaError(f"output folder '{workdir or path}' is not writable ('{probe}': {why}); pass --workdir")
     return path
-
-
-def check_inputs(dtype: str, workdir: str) -> Path:
-    if dtype not in DTYPE_CHOICES:
-        raise SciqaError(f"unknown dtype '{dtype}'; accepted: {', '.join(DTYPE_CHOICES)}")
-    return check_workdir(workdir)
 
 
 def problem_inputs(dataset: str, split: str, keep_all: bool, limit: int, strict_images: bool) -> Inputs:
@@ -130,28 +114,21 @@ def problem_inputs(dataset: str, split: str, keep_all: bool, limit: int, strict_
 
 def generation_run(step: str, cfg: GenerationConfig, inputs: Inputs, run_info: tuple[dict, dict, str, dict],
                    make_backend: Callable[[], Backend], meta: dict[str, str], parent_run_id: str | None) -> StepRun:
-    """One cached run: generate what the CSV lacks, then evaluate inside the run (a failed evaluation fails it)."""
-    params, tags, name, settings = run_info
+    """One cached run (``run_info``: the step's own params, tags, name prefix, settings): generate, evaluate."""
+    params, tags, prefix, settings = run_info
+    split = inputs.problems[0].split
+    params = {**params, "split": split, "data_digest": inputs.digest}
+    tags = {"sciqa.model": cfg.model, "sciqa.split": split, "sciqa.setting": cfg.setting, "sciqa.backend": cfg.backend,
+            **tags}
+    name = f"{prefix}{cfg.model.split('/')[-1]}-{split}-{cfg.setting}"
     with step_run(step, params, tags, name, cfg.force, parent_run_id, {**operational(cfg), **settings}) as run:
         if run.reused:
             print(f"{step}: reusing finished run {run.run_id}")
             return run
         log_problems(inputs.problems, cfg.dataset, inputs.digest, "eval", cfg.setting)
-        generate_outputs(run, cfg.workdir, inputs, cfg.setting, make_backend, cfg.batch_size, meta)
+        generate_outputs(run, cfg, inputs, make_backend, meta)
         evaluate_run(run.run_id, dataset=cfg.dataset)
     return run
-
-
-def _open_csv(run: StepRun, workdir: str, name: str) -> OutputsCSV:
-    """This run's CSV: local, else downloaded from the run (or the run it continues); repaired."""
-    path = run.state_dir(workdir_path(workdir)) / name
-    if not path.exists():
-        fetch_artifact(run.seeds, f"outputs/{name}", path)
-    out = OutputsCSV(path)
-    if out.dropped:
-        print(f"sciqa: warning: {out.dropped} damaged or duplicated record(s) dropped from {path}; "
-              "those problems are generated again", file=sys.stderr, flush=True)
-    return out
 
 
 def _rows(backend: Backend, batch: list[Problem], setting: str, meta: dict[str, str]) -> list[dict]:
@@ -160,14 +137,11 @@ def _rows(backend: Backend, batch: list[Problem], setting: str, meta: dict[str, 
     t0 = time.perf_counter()
     gens = backend.generate(batch, prompts)
     per_row = round((time.perf_counter() - t0) / len(batch), 4)
-    rows = []
-    for p, prompt, g in zip(batch, prompts, gens):
-        parsed = parse_output(g.raw_output, p.choices)
-        rows.append({**meta, "id": p.id, "split": p.split, "setting": setting, "prompt": prompt,
-                     "raw_output": g.raw_output, "answer_index": parsed.answer_index, "answer_text": parsed.answer_text,
-                     "solution": parsed.solution, "finish_reason": g.finish_reason,
-                     "n_output_tokens": g.n_output_tokens, "seconds": per_row})
-    return rows
+    parsed = [parse_output(g.raw_output, p.choices) for p, g in zip(batch, gens)]
+    return [{**meta, "id": p.id, "split": p.split, "setting": setting, "prompt": prompt, "raw_output": g.raw_output,
+             "answer_index": a.answer_index, "answer_text": a.answer_text, "solution": a.solution,
+             "finish_reason": g.finish_reason, "n_output_tokens": g.n_output_tokens, "seconds": per_row}
+            for p, prompt, g, a in zip(batch, prompts, gens, parsed)]
 
 
 def _generate(out: OutputsCSV, problems: list[Problem], todo: list[Problem], setting: str,
@@ -198,18 +172,24 @@ def _generate(out: OutputsCSV, problems: list[Problem], todo: list[Problem], set
     return generated
 
 
-def generate_outputs(run: StepRun, workdir: str, inputs: Inputs, setting: str,
-                     make_backend: Callable[[], Backend], batch_size: int, meta: dict[str, str]) -> Path:
-    """Generate for every problem not yet in the run's CSV (seeded from its artifacts on another node); log
-    the CSV and throughput metrics."""
+def generate_outputs(run: StepRun, cfg: GenerationConfig, inputs: Inputs, make_backend: Callable[[], Backend],
+                     meta: dict[str, str]) -> Path:
+    """Generate each problem not in the run's CSV (local, else the run's; repaired); log it and throughput metrics."""
     import mlflow
 
-    problems = inputs.problems
-    out = _open_csv(run, workdir, f"{problems[0].split}_{setting}.csv")
+    problems, setting = inputs.problems, cfg.setting
+    name = f"{problems[0].split}_{setting}.csv"
+    path = run.state_dir(workdir_path(cfg.workdir)) / name
+    if not path.exists():
+        fetch_artifact(run.seeds, f"outputs/{name}", path)
+    out = OutputsCSV(path)
+    if out.dropped:
+        print(f"sciqa: warning: {out.dropped} damaged or duplicated record(s) dropped from {path}; "
+              "those problems are generated again", file=sys.stderr, flush=True)
     mlflow.log_metrics({"images_missing": inputs.images_missing, "csv_records_dropped": out.dropped})
     todo = [p for p in problems if p.id not in out.done]
     started = time.perf_counter()
-    generated = _generate(out, problems, todo, setting, make_backend, batch_size, meta) if todo else 0
+    generated = _generate(out, problems, todo, setting, make_backend, cfg.batch_size, meta) if todo else 0
     seconds = time.perf_counter() - started
     df = read_outputs(out.path)
     df = df[df["id"].isin({p.id for p in problems})]

@@ -1,7 +1,5 @@
-r"""``sciqa grid``: the cross product of a step's comma-separated options, each cell exactly the run the single
-command would make, as children of one parent run (reused, resumed, filled in on a re-run), then the table
-(:mod:`sciqa.steps.grid_table`); with ``--slurm-gpu``, job arrays (:mod:`sciqa.slurm.array`). A value holding a
-comma escapes it: ``--lora-targets 'q_proj\,v_proj'``."""
+r"""``sciqa grid``: the cross product of a step's comma-separated options (``'q_proj\,v_proj'``: one value), each
+cell the run the single command would make, as children of one parent run, here or as Slurm job arrays."""
 from __future__ import annotations
 
 import functools
@@ -11,6 +9,7 @@ import re
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from pkgutil import resolve_name
 from typing import Any
 
@@ -43,7 +42,6 @@ _NOT_AXES = ("slurm_gpu", "slurm_profile", "slurm_time", "slurm_gpus", "wait")
 @dataclass(frozen=True)
 class Cell:
     """One point of the grid: its axis values, the step's config and the command line it is."""
-
     index: int
     values: dict[str, str]
     config: Any
@@ -202,8 +200,7 @@ def cells_of(parent_id: str) -> list[dict]:
                                                        dst_path=tmp)
         except Exception:  # noqa: BLE001 - "not found" comes as several exception types
             raise SciqaError(f"run '{parent_id}' is not a grid run (no grid/cells.json)") from None
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def _label(cell: dict) -> str:

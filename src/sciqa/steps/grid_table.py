@@ -1,12 +1,7 @@
-"""A grid's table on its parent run: ``grid/table.csv|md``, ``plots/grid.png``, ``grid/comparisons.csv``.
-
-Benchmark and score grids: per cell the accuracy with a 95 % Wilson interval and the group accuracies, and per
-combination of the other axes the paired comparisons across the column axis (as ``sciqa compare``); training
-grids: per cell the final ``val_loss_golden``. The best cell is marked.
-"""
+"""A grid's table on its parent run: ``grid/table.csv|md``, ``grid/comparisons.csv`` (as ``sciqa compare``) and
+``plots/grid.png``; per cell the accuracy with its Wilson interval, or the final ``val_loss_golden``."""
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +11,17 @@ from mlflow import MlflowClient
 from scipy.stats import binomtest
 
 from sciqa.errors import SciqaError
+from sciqa.eval.metrics import names
 from sciqa.eval.stats import compare_runs
-from sciqa.steps.compare import run_rows
+from sciqa.steps.compare import log_report, run_rows
 from sciqa.steps.evaluate import evaluate_run
 
 # step -> (the metric of its table and heatmap, lower is better)
 METRIC = {"benchmark": ("acc", False), "score": ("acc", False), "train_prefix": ("val_loss_golden", True),
           "train_lora": ("val_loss_golden", True)}
-GROUPS = ("acc_natural", "acc_social", "acc_language", "acc_txt", "acc_img", "acc_no", "acc_g1_6", "acc_g7_12")
+GROUPS = names("accuracy")[1:]  # acc_natural ... acc_g7_12
 TRAINED = ("val_loss_golden", "train_loss", "acc", "overall")
 CONFIDENCE = 0.95
-_WIDE = ("family", "seeds_a", "seeds_b", "df", "per_seed")  # comparison columns left to the CSV
 
 
 def effective_run(run_id: str):
@@ -70,15 +65,15 @@ def mark_best(step: str, frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def column_axis(axes: list[str]) -> str:
-    """The axis shown across (settings, as in the study's table; else the last one)."""
-    return "setting" if "setting" in axes else axes[-1]
+def layout(axes: list[str]) -> tuple[str, list[str]]:
+    """(the axis shown across: settings, as in the study's table, else the last one; the axes shown down)."""
+    across = "setting" if "setting" in axes else axes[-1]
+    return across, [a for a in axes if a != across]
 
 
 def comparisons(frame: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     """Per combination of the other axes: each value of the column axis vs its first, on the problems all share."""
-    across = column_axis(axes)
-    others = [a for a in axes if a != across]
+    across, others = layout(axes)
     done = frame[frame["status"] == "FINISHED"]
     out = []
     for key, group in (done.groupby(others, sort=False) if others else [((), done)]):
@@ -107,29 +102,26 @@ def markdown(step: str, frame: pd.DataFrame, axes: list[str], compared: pd.DataF
         cell = [f"{_fmt(v, 4)}{b}" if _fmt(v) else s
                 for v, b, s in zip(frame.get(metric, [None] * len(frame)), frame["best"], frame["status"])]
         title = f"{metric} (final); * best"
-    every = frame.copy()  # axis values as given (0.001 stays 0.001), metrics rounded
-    for column in every.columns.difference(axes):
-        if every[column].dtype.kind == "f":
-            every[column] = [_fmt(v, 4 if "loss" in column else 2) for v in every[column]]
-    across = column_axis(axes)
-    down = [a for a in axes if a != across]
+    every = frame.assign(**{c: [_fmt(v, 4 if "loss" in c else 2) for v in frame[c]]  # axis values as given
+                            for c in frame.columns.difference(axes) if frame[c].dtype.kind == "f"})
+    across, down = layout(axes)
     shown = frame.assign(cell=cell)
     pivot = (shown.pivot_table(index=down, columns=across, values="cell", aggfunc="first", sort=False) if down
              else shown.set_index(across)[["cell"]].T.rename(index={"cell": metric}))
     lines = [f"## Grid: {step}", "", title, "", pivot.to_markdown(disable_numparse=True), "", "## Every cell", "",
              every.to_markdown(index=False, disable_numparse=True), ""]
     if compared is not None and len(compared):
+        narrow = compared.drop(columns=["family", "seeds_a", "seeds_b", "df", "per_seed"], errors="ignore")
         lines += [f"## Paired comparisons ({across})", "",
                   "run \u2212 baseline on the problems both answered, as `sciqa compare` reports it.", "",
-                  compared.drop(columns=list(_WIDE), errors="ignore").to_markdown(index=False, floatfmt=".3g"), ""]
+                  narrow.to_markdown(index=False, floatfmt=".3g"), ""]
     return "\n".join(lines)
 
 
 def heatmap(step: str, frame: pd.DataFrame, axes: list[str], path: Path) -> Path:
     """``plots/grid.png``: the step's metric, axes as in the markdown table."""
     metric, lower = METRIC[step]
-    across = column_axis(axes)
-    down = [a for a in axes if a != across]
+    across, down = layout(axes)
     data = frame.assign(_row=frame[down].astype(str).agg(" ".join, axis=1) if down else metric)
     values = data.pivot_table(index="_row", columns=across, values=metric, aggfunc="first", sort=False) \
         if metric in data else None
@@ -154,16 +146,9 @@ def collect(parent_id: str, step: str, cells: list[dict]) -> str:
     frame = table(step, cells)
     compared = comparisons(frame, axes) if step in ("benchmark", "score") and axes else None
     text = markdown(step, frame, axes, compared)
-    client = MlflowClient()
-    with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp)
-        (d / "grid").mkdir()
-        frame.to_csv(d / "grid" / "table.csv", index=False)
-        (d / "grid" / "table.md").write_text(text, encoding="utf-8")
-        if compared is not None and len(compared):
-            compared.to_csv(d / "grid" / "comparisons.csv", index=False)
-        client.log_artifacts(parent_id, str(d / "grid"), "grid")
-        if (frame["status"] == "FINISHED").any():
-            client.log_artifact(parent_id, str(heatmap(step, frame, axes, d / "grid.png")), "plots")
-    client.log_metric(parent_id, "grid_cells_finished", int((frame["status"] == "FINISHED").sum()))
+    finished = int((frame["status"] == "FINISHED").sum())
+    files = {"table.csv": frame, "table.md": text, **({"comparisons.csv": compared} if compared is not None and
+                                                      len(compared) else {})}
+    log_report(files, {"grid.png": lambda p: heatmap(step, frame, axes, p)} if finished else {}, "grid", parent_id)
+    MlflowClient().log_metric(parent_id, "grid_cells_finished", finished)
     return text

@@ -1,17 +1,10 @@
-"""The whole KD experiment as one parent run with nested children: does KD beat golden training?
-
-    sciqa main --variants pkv,peft,lora --epochs 3 --seeds 0,1,2
-
-Teacher benchmark on train (or --teacher-run/--teacher-csv), a golden and a KD adapter per seed and
-variant, the base benchmark and every adapter scored on the evaluation split, then ``compare``.
-Each child is cached by its parameters: a re-run redoes only what changed and resumes what crashed.
-"""
+"""The whole KD experiment (does KD beat golden training?) as one parent run with nested, cached children."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 from sciqa.adapters import VARIANTS
-from sciqa.backends.base import ANSWER_MODES, CHOICE_SCORES
+from sciqa.backends import ANSWER_MODES, CHOICE_SCORES
 from sciqa.config import check_ranges, identity, operational, option
 from sciqa.data.prompts import SETTINGS
 from sciqa.errors import SciqaError
@@ -96,10 +89,9 @@ def teacher_config(cfg: MainConfig) -> bench.BenchmarkConfig:
 
 
 def base_config(cfg: MainConfig) -> bench.BenchmarkConfig:
-    return bench.BenchmarkConfig(model=cfg.model, dataset=cfg.dataset, split=cfg.eval_split, setting=cfg.setting,
-                                 limit=cfg.eval_limit, answer_mode=cfg.answer_mode, choice_score=cfg.choice_score,
-                                 max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, workdir=cfg.workdir,
-                                 force=cfg.force)
+    same = ("model", "dataset", "setting", "answer_mode", "choice_score", "max_new_tokens", "batch_size", "workdir",
+            "force")
+    return bench.BenchmarkConfig(split=cfg.eval_split, limit=cfg.eval_limit, **{k: getattr(cfg, k) for k in same})
 
 
 def train_configs(cfg: MainConfig, teacher_run: str) -> dict:
@@ -117,9 +109,8 @@ def train_configs(cfg: MainConfig, teacher_run: str) -> dict:
 
 
 def score_config(cfg: MainConfig, train_run: str) -> ScoreConfig:
-    return ScoreConfig(adapter_run=train_run, dataset=cfg.dataset, split=cfg.eval_split, setting=cfg.setting,
-                       batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, answer_mode=cfg.answer_mode,
-                       choice_score=cfg.choice_score, limit=cfg.eval_limit, workdir=cfg.workdir, force=cfg.force)
+    """The base benchmark's evaluation, with ``train_run``'s adapter on its own base model."""
+    return ScoreConfig(**{**asdict(base_config(cfg)), "model": "", "adapter_run": train_run})
 
 
 def check(cfg: MainConfig) -> None:
@@ -130,16 +121,15 @@ def check(cfg: MainConfig) -> None:
     if not (cfg.teacher_run or cfg.teacher_csv):
         bench.check(teacher_config(cfg))
     first = seeds_of(cfg)[0]  # seeds change nothing a check looks at
-    for (_, _, seed), tcfg in train_configs(cfg, cfg.teacher_run).items():
-        if seed == first:
-            training.check(tcfg)
+    for tcfg in (t for (_, _, seed), t in train_configs(cfg, cfg.teacher_run).items() if seed == first):
+        training.check(tcfg)
 
 
 def _teacher(cfg: MainConfig, pid: str) -> tuple[str, str]:
     """(the teacher run KD learns from, '' for a CSV teacher; the run holding its evaluation on train)."""
     if cfg.teacher_csv:
-        return "", _child(pid, "evaluate teacher csv", evaluate, EvaluateConfig(csv=cfg.teacher_csv,
-                                                                                dataset=cfg.dataset))
+        teacher_eval = EvaluateConfig(csv=cfg.teacher_csv, dataset=cfg.dataset)
+        return "", _child(pid, "evaluate teacher csv", evaluate, teacher_eval)
     if cfg.teacher_run:  # a run made elsewhere may not be evaluated yet (ours evaluate themselves)
         evaluate_run(cfg.teacher_run, dataset=cfg.dataset)
         return cfg.teacher_run, cfg.teacher_run

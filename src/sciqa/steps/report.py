@@ -86,14 +86,11 @@ def deltas_table(base: str, scored: dict, rows: dict) -> pd.DataFrame:
 
 def time_table(run_ids) -> pd.DataFrame:
     """Where an experiment's wall time went: one row per step run, its phases (``time_<phase>_seconds``)."""
-    out = []
-    for run_id in dict.fromkeys(r for r in run_ids if r):
-        run = MlflowClient().get_run(run_id)
-        m = run.data.metrics
-        out.append({"run": run.info.run_name, "step": run.data.tags.get("sciqa.step", ""),
-                    "wall_seconds": m.get("wall_seconds"), **{p: m.get(f"time_{p}_seconds") for p in PHASES},
-                    "run_id": run_id})
-    return pd.DataFrame(out)
+    runs = [MlflowClient().get_run(r) for r in dict.fromkeys(r for r in run_ids if r)]
+    return pd.DataFrame([{"run": r.info.run_name, "step": r.data.tags.get("sciqa.step", ""),
+                          "wall_seconds": r.data.metrics.get("wall_seconds"),
+                          **{p: r.data.metrics.get(f"time_{p}_seconds") for p in PHASES}, "run_id": r.info.run_id}
+                         for r in runs])
 
 
 def runs_markdown(runs: pd.DataFrame) -> str:
@@ -151,17 +148,13 @@ def plot_metrics(table: pd.DataFrame, path: Path) -> Path:
 
 def check_same_problems(trained: dict, golden_on: str) -> dict[str, tuple[str, str]]:
     """(variant seed) -> (golden's, KD's) ``train_ids_digest``; unless golden_on=all, a pair that differs is refused."""
-    digests = {}
-    for variant, kd, seed in sorted(trained):
-        if kd:
-            continue
-        pair = tuple(MlflowClient().get_run(trained[variant, k, seed]).data.params.get("train_ids_digest", "")
-                     for k in (False, True))
-        digests[f"{variant} seed {seed}"] = pair
-        if pair[0] != pair[1] and golden_on != "all":
-            raise SciqaError(f"{variant} seed {seed}: golden and KD trained on different problems (train_ids_digest "
-                             f"{pair[0]} vs {pair[1]}) although golden_on={golden_on}; rerun with --force true, or "
-                             "ask for golden_on=all to compare them anyway")
+    digests = {f"{v} seed {s}": tuple(MlflowClient().get_run(trained[v, k, s]).data.params.get("train_ids_digest", "")
+                                      for k in (False, True)) for v, kd, s in sorted(trained) if not kd}
+    for arm, (golden, kd) in digests.items():
+        if golden != kd and golden_on != "all":
+            raise SciqaError(f"{arm}: golden and KD trained on different problems (train_ids_digest {golden} vs {kd}) "
+                             f"although golden_on={golden_on}; rerun with --force true, or ask for golden_on=all to "
+                             "compare them anyway")
     return digests
 
 
@@ -255,7 +248,7 @@ def compare(base: str, trained: dict, scored: dict, teacher_run: str, cfg) -> st
     plots = {"loss_curves.png": lambda p: plot_losses(_loss_panels(trained), p),
              "metrics.png": lambda p: plot_metrics(runs, p)}
     log_report({"runs.csv": runs, "comparison.csv": deltas, "time.csv": times, "comparison.md": markdown + "\n"},
-                {**plots, **({"deltas.png": lambda p: forest_plot(deltas, p)} if len(deltas) else {})})
+               {**plots, **({"deltas.png": lambda p: forest_plot(deltas, p)} if len(deltas) else {})})
     children = {r for cell in runs["runs"] for r in str(cell).split()} | set(trained.values())
     mlflow.log_metrics({**delta_metrics(deltas), **{f"{k}_total": v for k, v in runs_cost(children).items()},
                         **{f"acc_{slug(r.model)}": r.acc for r in runs.itertuples() if r.acc == r.acc}})

@@ -1,8 +1,4 @@
-"""Score a split with a base model plus a trained adapter: ``benchmark``'s outputs CSV and evaluation.
-
-    sciqa score --adapter-run RUN_ID --split validation
-    sciqa score --adapter-dir path/to/adapter --split test --setting QTCH
-"""
+"""Score a split with a base model plus a trained adapter: ``benchmark``'s outputs CSV and evaluation."""
 from __future__ import annotations
 
 import warnings
@@ -16,21 +12,14 @@ from sciqa.config import check_ranges, option
 from sciqa.data.prompts import SETTINGS
 from sciqa.errors import SciqaError
 from sciqa.eval.metrics import check_prerequisites
-from sciqa.steps.generation import (
-    GenerationConfig,
-    check_inputs,
-    check_workdir,
-    generation_identity,
-    generation_run,
-    problem_inputs,
-)
+from sciqa.steps import generation as gen
 from sciqa.tracking import runs as tracking
 from sciqa.tracking.artifacts import fetch_artifact
 from sciqa.tracking.runs import StepRun
 
 
 @dataclass
-class ScoreConfig(GenerationConfig):
+class ScoreConfig(gen.GenerationConfig):
     """Generation with a trained adapter applied; the base model and setting default to the adapter's."""
 
     model: str = option("", "base model (default: the adapter's; must match it)")
@@ -38,16 +27,6 @@ class ScoreConfig(GenerationConfig):
     adapter: str = option("", "a registered adapter: models:/NAME/VERSION or models:/NAME@ALIAS")
     adapter_run: str = option("", "or: the training run whose adapter/ to use")
     adapter_dir: str = option("", "or: a local adapter folder")
-
-
-@dataclass(frozen=True)
-class Adapter:
-    """The adapter to score: its config, the training run's tags, and where its files are."""
-
-    config: dict
-    base_model: str
-    setting: str
-    run_tags: dict
 
 
 def _adapter_config_of_run(run_id: str) -> tuple[dict, dict]:
@@ -63,13 +42,13 @@ def _adapter_config_of_run(run_id: str) -> tuple[dict, dict]:
     return parse_adapter_config(text, f"run {run_id}: adapter/{CONFIG_FILE}"), run.data.tags
 
 
-def check(cfg: ScoreConfig):
-    """Every input error, with no side effects (no run, no files): the adapter and the problems."""
+def check(cfg: ScoreConfig) -> tuple[ScoreConfig, str, dict, gen.Inputs]:
+    """Every input error, with no side effects: (cfg on the adapter's model and setting, variant, tags, problems)."""
     check_ranges(cfg)
     check_prerequisites()
     if sum(map(bool, (cfg.adapter, cfg.adapter_run, cfg.adapter_dir))) != 1:
         raise SciqaError("give exactly one of --adapter models:/NAME/VERSION, --adapter-run or --adapter-dir")
-    check_inputs(cfg.dtype, cfg.workdir)
+    gen.check_workdir(cfg.workdir)
     if cfg.adapter or cfg.adapter_run:
         tracking.connect()
         acfg, tags = _adapter_config_of_run(adapter_run_of(cfg))
@@ -81,10 +60,10 @@ def check(cfg: ScoreConfig):
     check_variant(acfg["variant"])
     models.resolve(base)
     check_adapter(cfg.backend, acfg["variant"])
-    setting = cfg.setting or tags.get("sciqa.setting") or "QTCH"
-    backend_class(cfg.backend).check(replace(cfg, model=base, setting=setting))
-    inputs = problem_inputs(cfg.dataset, cfg.split, cfg.keep_all, cfg.limit, cfg.strict_images)
-    return Adapter(acfg, base, setting, tags), inputs
+    gen_cfg = replace(cfg, model=base, setting=cfg.setting or tags.get("sciqa.setting") or "QTCH")
+    backend_class(cfg.backend).check(gen_cfg)
+    inputs = gen.problem_inputs(cfg.dataset, cfg.split, cfg.keep_all, cfg.limit, cfg.strict_images)
+    return gen_cfg, acfg["variant"], tags, inputs
 
 
 def adapter_run_of(cfg: ScoreConfig) -> str:
@@ -108,19 +87,16 @@ def adapter_folder(cfg: ScoreConfig, workdir: Path) -> Path:
 
 def score(cfg: ScoreConfig, parent_run_id: str | None = None) -> StepRun:
     """Validate everything, then generate with the adapter (resuming by id) and evaluate, in one run."""
-    adapter, inputs = check(cfg)
+    gen_cfg, variant, run_tags, inputs = check(cfg)
     tracking.setup()
-    folder = adapter_folder(cfg, check_workdir(cfg.workdir))
-    split, variant, base = inputs.problems[0].split, adapter.config["variant"], adapter.base_model
+    folder = adapter_folder(cfg, gen.check_workdir(cfg.workdir))
     where = ("adapter", "adapter_run", "adapter_dir")  # where the adapter came from: its digest is what counts
-    params = {**generation_identity(cfg, ignore=where), "model": base, "setting": adapter.setting,
-              "split": split, "variant": variant, "data_digest": inputs.digest,
+    params = {**gen.generation_identity(gen_cfg, ignore=where), "variant": variant,
               "adapter_digest": files.folder_digest(folder)}
-    tags = {"sciqa.model": base, "sciqa.variant": variant, "sciqa.split": split,
-            "sciqa.setting": adapter.setting, "sciqa.backend": cfg.backend, "sciqa.adapter_run": adapter_run_of(cfg),
-            "sciqa.teacher": adapter.run_tags.get("sciqa.teacher", "")}
-    name = f"score-{variant}-{base.split('/')[-1]}-{split}-{adapter.setting}"
-    gen_cfg = replace(cfg, model=base, setting=adapter.setting)
-    return generation_run("score", gen_cfg, inputs, (params, tags, name, {k: getattr(cfg, k) for k in where}),
-                          lambda: backend_class(cfg.backend).from_config(gen_cfg, adapter=str(folder)),
-                          {"model": base, "adapter": cfg.adapter or cfg.adapter_run or str(folder)}, parent_run_id)
+    tags = {"sciqa.variant": variant, "sciqa.adapter_run": adapter_run_of(cfg),
+            "sciqa.teacher": run_tags.get("sciqa.teacher", "")}
+    run_info = (params, tags, f"score-{variant}-", {k: getattr(cfg, k) for k in where})
+    return gen.generation_run("score", gen_cfg, inputs, run_info,
+                              lambda: backend_class(cfg.backend).from_config(gen_cfg, adapter=str(folder)),
+                              {"model": gen_cfg.model, "adapter": cfg.adapter or cfg.adapter_run or str(folder)},
+                              parent_run_id)

@@ -1,17 +1,13 @@
-"""Train an adapter on golden or teacher (KD) targets: config -> data -> model -> loop -> log.
-
-    sciqa train-prefix --variant pkv --teacher true          # KD from tiny-llava's train benchmark
-    sciqa train-lora --teacher true --teacher-run RUN_ID
-"""
+"""Train an adapter on golden or teacher (KD) targets: config -> data -> model -> loop -> log."""
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from sciqa import models
 from sciqa.adapters import VARIANTS, AdapterOptions, attach, option_fields, save_adapter, variants_of_step
-from sciqa.backends.base import ANSWER_MODES
+from sciqa.backends import ANSWER_MODES
 from sciqa.config import DTYPE_CHOICES, as_param, check_ranges, identity, operational, option
 from sciqa.data import load_problems
 from sciqa.data.problems import problems_digest
@@ -19,7 +15,7 @@ from sciqa.data.prompts import SETTINGS, build_prompt, target_json
 from sciqa.errors import SciqaError
 from sciqa.files import digest
 from sciqa.steps.benchmark import BenchmarkConfig, benchmark
-from sciqa.steps.generation import check_inputs, problem_inputs
+from sciqa.steps.generation import check_workdir, problem_inputs
 from sciqa.tracking import runs
 from sciqa.tracking.artifacts import fetch_artifact, log_problems
 from sciqa.tracking.runs import StepRun, phase, step_run
@@ -64,8 +60,7 @@ class TrainConfig(AdapterOptions):  # + every adapter variant's options (adapter
     force: bool = option(False, "retrain even if a finished run matches", operational=True)
 
 
-# The options only one training command takes (the other command's --help does not list them):
-# its variants' options (the variant registry), plus what is inherent to the command.
+# The options only one training command takes (the other command's --help does not list them).
 STEP_FIELDS = {"train_prefix": ("variant", *option_fields("train_prefix")),
                "train_lora": (*option_fields("train_lora"), "gradient_checkpointing")}
 TEACHER_FIELDS = ("teacher_run", "teacher_csv", "teacher_model", "teacher_answer_mode", "teacher_max_new_tokens",
@@ -77,8 +72,7 @@ def step_of(cfg: TrainConfig) -> str:
 
 
 def params_of_config(cfg: TrainConfig) -> dict:
-    """The parameters that define the adapter: the other command's options and unused teacher
-    options are left out (they cannot change the result)."""
+    """The parameters that define the adapter: not the other command's options nor unused teacher options."""
     other = [f for step, fields in STEP_FIELDS.items() if step != step_of(cfg) for f in fields if f != "variant"]
     unused = TEACHER_FIELDS if not cfg.teacher and cfg.golden_on == "all" else ()
     return identity(cfg, ignore=(*other, *unused))
@@ -86,7 +80,6 @@ def params_of_config(cfg: TrainConfig) -> dict:
 
 @dataclass
 class TrainInputs:
-
     workdir: Path
     train: list
     val: list
@@ -111,7 +104,7 @@ def check(cfg: TrainConfig, step: str | None = None) -> TrainInputs:
         raise SciqaError("give either --teacher-run or --teacher-csv, not both")
     if (cfg.teacher_run or cfg.teacher_csv) and not (cfg.teacher or cfg.golden_on == "same"):
         raise SciqaError("--teacher-run/--teacher-csv need --teacher true (or --golden-on same)")
-    workdir = check_inputs(cfg.dtype, cfg.workdir)
+    workdir = check_workdir(cfg.workdir)
     models.resolve(cfg.model)
     train = problem_inputs(cfg.dataset, "train", False, cfg.limit, cfg.strict_images)
     val = problem_inputs(cfg.dataset, "validation", False, cfg.val_limit, cfg.strict_images)
@@ -140,10 +133,9 @@ def check_lora(cfg: TrainConfig) -> None:
 
 def teacher_benchmark_config(cfg: TrainConfig) -> BenchmarkConfig:
     """The train-split benchmark KD learns from without a run/CSV: one config for ``main`` and a standalone KD."""
-    return BenchmarkConfig(model=cfg.teacher_model, dataset=cfg.dataset, split="train", setting=cfg.setting,
-                           limit=cfg.limit, dtype=cfg.dtype, device=cfg.device, answer_mode=cfg.teacher_answer_mode,
-                           max_new_tokens=cfg.teacher_max_new_tokens, workdir=cfg.workdir,
-                           strict_images=cfg.strict_images)
+    same = ("dataset", "setting", "limit", "dtype", "device", "workdir", "strict_images")
+    return BenchmarkConfig(model=cfg.teacher_model, split="train", answer_mode=cfg.teacher_answer_mode,
+                           max_new_tokens=cfg.teacher_max_new_tokens, **{k: getattr(cfg, k) for k in same})
 
 
 def _teacher_rows(cfg: TrainConfig, inputs: TrainInputs) -> tuple[list, str, str]:
@@ -195,8 +187,7 @@ def train(cfg: TrainConfig, step: str | None = None, parent_run_id: str | None =
         run_dir = run.state_dir(inputs.workdir)
         with phase("load"):
             _log_inputs(cfg, inputs, targets)
-            examples, val = _examples(cfg, inputs, targets)
-            lm, adapted, examples, val = _model(cfg, run, inputs, targets, examples, val)
+            lm, adapted, examples, val = _model(cfg, run, inputs, targets)
         with phase("train"):
             history = _loop(cfg, run, run_dir, lm, adapted, examples, val)
         with phase("log"):
@@ -232,23 +223,16 @@ def _log_inputs(cfg: TrainConfig, inputs: TrainInputs, targets: Targets) -> None
         log_problems(used, "teacher", targets.digest, "teacher", cfg.setting, source=where)
 
 
-def _examples(cfg: TrainConfig, inputs: TrainInputs, targets: Targets) -> tuple[list, list]:
-    """Prompt and target of every train problem with a target, and of every validation problem (golden)."""
-    from sciqa.train.collate import Example
-
-    examples = [Example(p, build_prompt(p, cfg.setting), targets.by_id[p.id])
-                for p in inputs.train if p.id in targets.by_id]
-    val = [Example(p, build_prompt(p, cfg.setting), target_json(p.answer_text, p.solution)) for p in inputs.val]
-    return examples, val
-
-
-def _model(cfg: TrainConfig, run: StepRun, inputs: TrainInputs, targets: Targets, examples: list, val: list):
+def _model(cfg: TrainConfig, run: StepRun, inputs: TrainInputs, targets: Targets):
     """The model with a fresh adapter (its weights depend on the seed only), and the examples that fit."""
     import mlflow
     import torch
 
-    from sciqa.train.collate import fit_to_length
+    from sciqa.train.collate import Example, fit_to_length
 
+    examples = [Example(p, build_prompt(p, cfg.setting), targets.by_id[p.id])
+                for p in inputs.train if p.id in targets.by_id]
+    val = [Example(p, build_prompt(p, cfg.setting), target_json(p.answer_text, p.solution)) for p in inputs.val]
     lm = models.load(cfg.model, None, cfg.dtype, cfg.device)
     examples, fit = fit_to_length(lm, examples, cfg.max_length, "train")
     val, val_fit = fit_to_length(lm, val, cfg.max_length, "validation")
@@ -273,9 +257,8 @@ def _loop(cfg: TrainConfig, run: StepRun, run_dir: Path, lm, adapted, examples: 
     from sciqa.train.loop import LoopConfig
     from sciqa.train.loop import train as run_loop
 
-    loop = LoopConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                      warmup_ratio=cfg.warmup_ratio, max_length=cfg.max_length, seed=cfg.seed,
-                      log_every=cfg.log_every, bf16=lm.model.dtype == torch.bfloat16)
+    shared = {f.name: getattr(cfg, f.name) for f in fields(LoopConfig) if f.name != "bf16"}
+    loop = LoopConfig(**shared, bf16=lm.model.dtype == torch.bfloat16)
     return run_loop(adapted, lm, cfg.model, examples, val, loop, run_dir,
                     log_metrics=lambda m, s: mlflow.log_metrics(m, step=s),
                     log_checkpoint=lambda p: mlflow.log_artifacts(str(p), f"checkpoints/{p.name}"),
@@ -288,8 +271,7 @@ def _resume_point(run: StepRun, run_dir: Path) -> Path | None:
 
     from sciqa.train.loop import checkpoint_key, newest_checkpoint
 
-    local = newest_checkpoint(run_dir / "checkpoints")
-    if local is not None:
+    if local := newest_checkpoint(run_dir / "checkpoints"):
         return local
     for run_id in run.seeds:
         try:
@@ -297,16 +279,15 @@ def _resume_point(run: StepRun, run_dir: Path) -> Path | None:
                                                                                 artifact_path="checkpoints")]
         except Exception:  # noqa: BLE001 - a run without artifacts yet
             names = []
-        keyed = sorted((checkpoint_key(n), n) for n in names if checkpoint_key(n))
-        if keyed and fetch_artifact([run_id], f"checkpoints/{keyed[-1][1]}", run_dir / "checkpoints" / keyed[-1][1]):
-            print(f"train: downloaded checkpoint {keyed[-1][1]} from run {run_id}")
-            return run_dir / "checkpoints" / keyed[-1][1]
+        newest = max((n for n in names if checkpoint_key(n)), key=checkpoint_key, default=None)
+        if newest and fetch_artifact([run_id], f"checkpoints/{newest}", run_dir / "checkpoints" / newest):
+            print(f"train: downloaded checkpoint {newest} from run {run_id}")
+            return run_dir / "checkpoints" / newest
     return None
 
 
 def _log_adapter(cfg: TrainConfig, run: StepRun, adapted, history: list[dict], run_dir: Path) -> None:
-    """The final adapter (files and MLflow model, registered on request), the loss plot, and epochs run
-    before a resume into this run (from the checkpoint's history, so the curve is whole)."""
+    """The adapter (files, MLflow model), the loss plot, and epochs run before a resume (so the curve is whole)."""
     import mlflow
 
     from sciqa.adapters.mlflow_model import log_adapter_model, registered_name

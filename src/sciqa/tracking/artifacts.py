@@ -22,10 +22,8 @@ def log_problems(problems: list, dataset: str, digest_: str, context: str, setti
     from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
 
     split = problems[0].split
-    frame = pd.DataFrame({"id": [p.id for p in problems], "question": [p.question for p in problems],
-                          "choices": [" | ".join(p.choices) for p in problems],
-                          "answer": [str(p.answer) for p in problems],
-                          "has_image": [str(p.has_image).lower() for p in problems]})
+    frame = pd.DataFrame([{"id": p.id, "question": p.question, "choices": " | ".join(p.choices),
+                           "answer": str(p.answer), "has_image": str(p.has_image).lower()} for p in problems])
     folder = Path(dataset).expanduser()
     source = source or (str(SAMPLE_DIR) if dataset == "sample" else str(folder.resolve()) if folder.is_dir() else
                         HuggingFaceDatasetSource(path=dataset, split=split))

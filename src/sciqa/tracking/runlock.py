@@ -72,25 +72,24 @@ def key_lock(scope: str, key: str) -> Iterator[Callable[[str], None]]:
         lock.release()
 
 
-class Heartbeat:
-    """Refresh the run's owner/heartbeat tags every minute while the step works."""
+def heartbeat(client, run_id: str) -> Callable[[], None]:
+    """Refresh the run's owner/heartbeat tags every minute while the step works; returns what stops it."""
+    stop = threading.Event()
 
-    def __init__(self, client, run_id: str):
-        self.client, self.run_id = client, run_id
-        self._stop = threading.Event()
-        self._beat()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="sciqa-heartbeat")
-        self._thread.start()
+    def beat() -> None:
+        client.set_tag(run_id, OWNER_TAG, f"{socket.gethostname()}|{os.getpid()}|{current_job_id() or ''}")
+        client.set_tag(run_id, HEARTBEAT_TAG, str(int(time.time())))
 
-    def _beat(self) -> None:
-        self.client.set_tag(self.run_id, OWNER_TAG, f"{socket.gethostname()}|{os.getpid()}|{current_job_id() or ''}")
-        self.client.set_tag(self.run_id, HEARTBEAT_TAG, str(int(time.time())))
-
-    def _loop(self) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
+    def loop() -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
             with suppress(Exception):  # a missed beat only makes the run look idle sooner
-                self._beat()
+                beat()
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+    def end() -> None:
+        stop.set()
+        thread.join(timeout=5)
+
+    beat()
+    thread = threading.Thread(target=loop, daemon=True, name="sciqa-heartbeat")
+    thread.start()
+    return end

@@ -1,8 +1,5 @@
 """The MLflow run of a step: its key, and reuse (finished), resume (unfinished), attach (``mlflow run``) or create.
-
-A step's key hashes its entry point, the params that define its result (content digests included) and sciqa's
-own source. ``MLFLOW_RUN_ID`` names the outer step's run only (mlflow#15713): the CLI claims it at start.
-"""
+``MLFLOW_RUN_ID`` names the outer step's run only (mlflow#15713): the CLI claims it at start."""
 from __future__ import annotations
 
 import hashlib
@@ -75,11 +72,8 @@ def setup() -> str:
     uri = connect()
     prepare(uri)  # a fresh sqlite store is created and migrated under its file lock (concurrent jobs)
     exp_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
-    if exp_id:
-        mlflow.set_experiment(experiment_id=exp_id)
-    else:
-        exp_id = mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)).experiment_id
-    _EXPERIMENT["id"] = exp_id
+    name = None if exp_id else os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
+    _EXPERIMENT["id"] = mlflow.set_experiment(name, experiment_id=exp_id).experiment_id
     return uri
 
 
@@ -131,9 +125,7 @@ def release_outer(note: str, reused: str = "") -> None:
 
 
 def discard_run(run_id: str, note: str, reused: str = "") -> None:
-    """End a run made for this invocation (by ``mlflow run`` or a Slurm submission) that has nothing
-    new to hold: it stays as a FINISHED pointer, nested under the reused run so the UI folds it away
-    (MLflow cannot delete it: ``mlflow run`` ends the run itself after the command exits)."""
+    """End a run made for this invocation with nothing new to hold: a FINISHED pointer nested under ``reused``."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
@@ -264,16 +256,13 @@ def _open(client, key: str, run_name: str, attach: str | None, parent_run_id: st
 def _start(client, run: StepRun, step: str, tags: dict[str, str], run_name: str, logged: dict[str, str]) -> None:
     """Make the run active with its tags and the params it lacks (``mlflow run`` logged its own strings first)."""
     import mlflow
-    from mlflow.entities import Param
 
     metrics_on = os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true").lower() not in ("false", "0", "no")
     mlflow.start_run(run_id=run.run_id, nested=mlflow.active_run() is not None, log_system_metrics=metrics_on)
     mlflow.set_tags({**tags, "sciqa.step": step, "sciqa.key": run.key, "sciqa.code_version": code_version(),
                      "sciqa.git_commit": git_commit(), "mlflow.runName": run_name})
     have = client.get_run(run.run_id).data.params
-    new = [Param(k, v) for k, v in logged.items() if k not in have]  # MLflow refuses a changed value
-    for i in range(0, len(new), 100):
-        client.log_batch(run.run_id, params=new[i: i + 100])
+    mlflow.log_params({k: v for k, v in logged.items() if k not in have})  # MLflow refuses a changed value
     if in_slurm_job():  # restarts as a metric: params cannot change on requeue
         mlflow.set_tags({"sciqa.slurm_job_id": slurm.current_job_id() or "", "sciqa.slurm_status": "RUNNING"})
         mlflow.log_metric("slurm_restart_count", slurm.restart_count(), step=slurm.restart_count())
@@ -283,8 +272,7 @@ def _start(client, run: StepRun, step: str, tags: dict[str, str], run_name: str,
 def step_run(step: str, params: dict, tags: dict[str, str], run_name: str, force: bool = False,
              parent_run_id: str | None = None, settings: dict | None = None,
              reuse: bool = True) -> Iterator[StepRun]:
-    """Start, resume, attach to or reuse the step's run; end it FINISHED, FAILED or KILLED. ``params`` key it;
-    ``settings`` (batch size...) are logged but resume; ``reuse=False`` (``main``) only resumes."""
+    """The step's run, ended FINISHED, FAILED or KILLED; ``settings`` are logged, not keyed; ``reuse=False``: resume."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -301,7 +289,7 @@ def step_run(step: str, params: dict, tags: dict[str, str], run_name: str, force
             return
         note(run.run_id)
         _start(client, run, step, tags, run_name, logged)
-        heartbeat = runlock.Heartbeat(client, run.run_id)
+        stop_heartbeat = runlock.heartbeat(client, run.run_id)
         status, started = "FAILED", time.monotonic()
         try:
             yield run
@@ -317,7 +305,7 @@ def step_run(step: str, params: dict, tags: dict[str, str], run_name: str, force
             client.set_tag(run.run_id, "sciqa.error", error_reason(exc))
             raise
         finally:
-            heartbeat.stop()
+            stop_heartbeat()
             _end(status, time.monotonic() - started, nested=parent_run_id is not None)
             mlflow.end_run(status=status)
 
@@ -327,8 +315,7 @@ def _end(status: str, seconds: float, nested: bool) -> None:
     import mlflow
 
     try:
-        run_id = mlflow.active_run().info.run_id
-        seconds += mlflow.MlflowClient().get_run(run_id).data.metrics.get("wall_seconds", 0.0)  # earlier sessions
+        seconds += mlflow.get_run(mlflow.active_run().info.run_id).data.metrics.get("wall_seconds", 0.0)  # resumes
         gpus = slurm.allocated_gpus() if in_slurm_job() else 0
         mlflow.log_metrics({"wall_seconds": seconds, **({"gpu_hours": seconds / 3600 * gpus} if gpus else {})})
         if in_slurm_job():

@@ -1,8 +1,5 @@
-"""``sciqa server``: one ``mlflow server`` owning STORE/mlflow.db; beyond loopback with MLflow's basic-auth app.
-
-Credentials come the way MLflow's clients read them (MLFLOW_TRACKING_USERNAME/PASSWORD, else a private
-~/.mlflow/credentials) and reach the server through its environment, never its command line (``ps``).
-"""
+"""``sciqa server``: one ``mlflow server`` owning STORE/mlflow.db; beyond loopback with MLflow's basic-auth app,
+whose credentials reach it through its environment, never its command line (``ps``)."""
 from __future__ import annotations
 
 import contextlib
@@ -132,8 +129,7 @@ def _wait_until_up(proc: subprocess.Popen, url: str, creds: tuple[str, str] | No
 
 
 def _stop(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
-    """SIGTERM to the server's process group (uvicorn is a child; SIGINT makes job runners print tracebacks),
-    SIGKILL to whatever outlives ``grace_s``."""
+    """SIGTERM to the server's process group (SIGINT makes job runners print tracebacks), then SIGKILL."""
     with contextlib.suppress(psutil.NoSuchProcess):
         parent = psutil.Process(proc.pid)
         members = [parent, *parent.children(recursive=True)]

@@ -1,8 +1,4 @@
-"""The tracking store: which one, whether it can be used, and a sqlite file that concurrent jobs share safely.
-
-MLflow creates and migrates a missing sqlite schema in every process that opens it, unlocked (two jobs on a
-fresh mlflow.db crash in alembic): the first open happens under a file lock beside the database.
-"""
+"""The tracking store: which one, whether it can be used, and a sqlite file that concurrent jobs share safely."""
 from __future__ import annotations
 
 import contextlib
@@ -28,7 +24,6 @@ NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs"
                         "glusterfs", "panfs", "pvfs2", "orangefs", "afs", "sshfs", "gcsfuse", "s3fs", "juicefs",
                         "wekafs", "9p"})  # where sqlite's file locks fail (fuse.X counts as X)
 _PREPARED: set[str] = set()  # mlflow and sqlalchemy are imported inside functions: `sciqa --help` stays fast
-_WARNED: set[str] = set()
 
 
 def tracking_uri() -> str:
@@ -62,19 +57,6 @@ def unwritable_reason(folder: Path) -> str | None:
         return exc.strerror or type(exc).__name__
 
 
-def _check_sqlite(uri: str) -> None:
-    path = sqlite_path(uri)
-    if path is None:
-        return
-    if not path.parent.is_dir():  # MLflow would create every missing folder on the way
-        raise SciqaError(f"tracking store {uri}: folder '{path.parent}' does not exist; create it, or set "
-                         "MLFLOW_TRACKING_URI to a store in an existing folder")
-    why = unwritable_reason(path.parent)
-    if why:
-        raise SciqaError(f"tracking store {uri}: folder '{path.parent}' is not writable ({why}); run where you can "
-                         "write or set MLFLOW_TRACKING_URI")
-
-
 def check_uri(uri: str) -> None:
     """A store sciqa can use (a server that answers), or one line saying what to use instead."""
     scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
@@ -84,8 +66,13 @@ def check_uri(uri: str) -> None:
         except requests.RequestException as exc:
             raise SciqaError(f"MLflow server at {redact(uri)} cannot be reached ({type(exc).__name__}); start it, "
                              "or unset MLFLOW_TRACKING_URI to log to ./mlflow.db") from None
-    elif scheme == "sqlite":
-        _check_sqlite(uri)
+    elif scheme == "sqlite" and (path := sqlite_path(uri)) is not None:
+        if not path.parent.is_dir():  # MLflow would create every missing folder on the way
+            raise SciqaError(f"tracking store {uri}: folder '{path.parent}' does not exist; create it, or set "
+                             "MLFLOW_TRACKING_URI to a store in an existing folder")
+        if why := unwritable_reason(path.parent):
+            raise SciqaError(f"tracking store {uri}: folder '{path.parent}' is not writable ({why}); run where you "
+                             "can write or set MLFLOW_TRACKING_URI")
     elif scheme in _SQL_SCHEMES:
         import sqlalchemy
 
@@ -99,7 +86,7 @@ def check_uri(uri: str) -> None:
     elif scheme in ("", "file"):
         raise SciqaError(f"tracking URI '{redact(uri)}' is a file store, which MLflow has deprecated; use "
                          "sqlite:///mlflow.db (`mlflow migrate-filestore` converts old runs) or an http server")
-    elif scheme != "databricks":
+    elif scheme not in ("sqlite", "databricks"):
         raise SciqaError(f"tracking URI '{redact(uri)}': unknown scheme '{scheme}'; accepted: sqlite:///FILE, "
                          "http(s)://HOST:PORT, postgresql://…, mysql://…")
 
@@ -125,16 +112,13 @@ def prepare(uri: str) -> None:
     path = sqlite_path(uri)
     if path is None or uri in _PREPARED:
         return
-    if str(path) not in _WARNED:
-        _WARNED.add(str(path))
-        message = load_warning(path)
-        if message:
-            print(message, file=sys.stderr, flush=True)
+    if message := load_warning(path):
+        print(message, file=sys.stderr, flush=True)
     migrate(uri)
 
 
 def migrate(uri: str) -> None:
-    """Open the store once under ``mlflow.db.lock``: MLflow caches it per URI, so no migration is left to race."""
+    """Open the store once under ``mlflow.db.lock``: MLflow creates a missing schema in every process, unlocked."""
     from mlflow import MlflowClient
 
     lock = f"{sqlite_path(uri)}.lock"
@@ -165,14 +149,10 @@ def filesystem_type(path: Path) -> str:
     return max(reversed(mounts), key=lambda p: len(Path(p.mountpoint).parts)).fstype if mounts else ""
 
 
-def is_network_fs(kind: str) -> bool:
-    return kind.removeprefix("fuse.") in NETWORK_FS
-
-
 def load_warning(path: Path, env: Mapping[str, str] = os.environ) -> str | None:
     """Why the sqlite file ``path`` will not serve many jobs at once (one line), or None."""
     kind = filesystem_type(path)
-    if is_network_fs(kind):
+    if kind.removeprefix("fuse.") in NETWORK_FS:
         why = f"is on a network filesystem ({kind}), where sqlite's file locks are unreliable"
     elif env.get("SLURM_ARRAY_TASK_ID"):
         why = "is written by every task of a Slurm job array, and its one write lock makes them queue or fail"

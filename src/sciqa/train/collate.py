@@ -1,12 +1,6 @@
-"""Prompt + completion batches for training (TRL's ``_collate_prompt_completion``, with images).
-
-The prompt goes through the model's processor with its image; the completion is the target tokenised on its own
-plus the end-of-turn token. Labels are -100 on the prompt and on padding (the study padded the solution to the
-prompt length and its adapters learned to emit empty strings). Per-token inputs take the family's completion value
-on the completion (``Family.completion_value``) and 0 on padding. Each example is processed once per run
-(``encode_examples``) and every epoch's batches are cut from those tensors (``collate_encoded``): the result
-equals the processor's over the whole batch.
-"""
+"""Prompt + completion batches for training (TRL's ``_collate_prompt_completion``, with images), each example
+processed once per run. Labels are -100 on the prompt and on padding (the study padded the solution to the prompt
+length and its adapters learned to emit empty strings)."""
 from __future__ import annotations
 
 import hashlib
@@ -32,16 +26,12 @@ class Example:
 
 @dataclass(frozen=True)
 class Encoded:
-    """One example processed once per run: ``tokens`` its per-token rows (prompt + completion), ``images`` its
-    per-image inputs with a leading image or patch dimension (None: past the cache, processed per batch)."""
-
     example: Example
-    tokens: dict[str, torch.Tensor]
-    images: dict[str, torch.Tensor] | None
+    tokens: dict[str, torch.Tensor]  # per-token rows, prompt + completion
+    images: dict[str, torch.Tensor] | None  # per-image inputs (None: past the cache, processed per batch)
 
 
 def _process(lm: LoadedModel, examples: list[Example]):
-    """The processor over the examples' chat-templated prompts and images, right-padded."""
     texts = [lm.family.render_prompt(lm.processor, ex.prompt) for ex in examples]
     return lm.family.encode(lm.processor, texts, [ex.problem.image() for ex in examples], padding_side="right")
 
@@ -52,9 +42,8 @@ def _nbytes(tensors: dict[str, torch.Tensor]) -> int:
 
 def encode_examples(lm: LoadedModel, examples: list[Example], max_length: int = 0,
                     positions: bool = False) -> list[Encoded]:
-    """Each example through the processor on its own, its target through the tokenizer (``max_length`` > 0 cuts the
-    completion, never the prompt). ``positions``: also Qwen2-VL's rotary positions (``get_rope_index``, a Python
-    loop per row). Equal processed images (the placeholder) are kept once, others up to ``IMAGE_CACHE_BYTES``."""
+    """``max_length`` > 0 cuts the completion, never the prompt; ``positions``: also Qwen2-VL's rotary positions (a
+    Python loop per row). Equal processed images (the placeholder) are kept once, others up to the cache size."""
     eot = lm.family.end_of_turn_id(lm.tokenizer)
     kept: dict[bytes, dict[str, torch.Tensor]] = {}
     encoded, kept_bytes = [], 0
@@ -82,8 +71,8 @@ def encode_examples(lm: LoadedModel, examples: list[Example], max_length: int = 
 
 
 def collate_encoded(lm: LoadedModel, encoded: list[Encoded]) -> dict[str, torch.Tensor]:
-    """A right-padded batch equal to the processor's: pad token (input ids), -100 (labels) or 0; per-image inputs
-    joined along their first dimension, or from the processor again where not kept or of unequal shape (Pixtral)."""
+    """A right-padded batch equal to the processor's; images from the processor again where not kept or of unequal
+    shape (Pixtral)."""
     eot = lm.family.end_of_turn_id(lm.tokenizer)
     pad = {"input_ids": lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else eot, "labels": IGNORE}
     width = max(len(e.tokens["input_ids"]) for e in encoded)
@@ -101,7 +90,6 @@ def collate_encoded(lm: LoadedModel, encoded: list[Encoded]) -> dict[str, torch.
 
 
 def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over supervised tokens (next-token shift) and their count."""
     shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:].to(logits.device)
     loss = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
                                              shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
@@ -110,8 +98,7 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 
 def fit_to_length(lm: LoadedModel, examples: list[Example], max_length: int,
                   what: str) -> tuple[list[Example], dict[str, int]]:
-    """Examples that fit ``max_length``: a prompt that long leaves no room for a target (dropped); a longer target
-    is cut. Both are counted and warned about, never silent."""
+    """A prompt of ``max_length`` tokens leaves no room for a target (dropped); a longer target is cut. Both warned."""
     if not max_length or not examples:
         return examples, {"examples_truncated": 0, "examples_dropped": 0}
     targets = [len(lm.tokenizer(ex.target, add_special_tokens=False)["input_ids"]) + 1 for ex in examples]  # + eot

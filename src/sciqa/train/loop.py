@@ -1,12 +1,6 @@
-"""One training loop for every adapter variant: AdamW, linear schedule with warmup, gradient accumulation,
-per-epoch metrics and checkpoints, resume, and a clean stop on Slurm preemption.
-
-Checkpoints are ``checkpoints/epoch_N/`` (after N epochs) or ``epoch_N-step_K/`` (stopped by a signal K
-micro-batches into epoch N+1): the adapter plus ``state.pt`` (optimizer, scheduler, RNG states, counters, partial
-sums, history, config), also logged to the tracker so a restart elsewhere resumes. An epoch's batch order depends
-only on (seed, epoch), so a resumed run sees exactly the batches an uninterrupted one would. Every example goes
-through the processor once per run (``collate.encode_examples``): per batch it took a fifth of a step's CPU time.
-"""
+"""One training loop for every adapter variant: AdamW, linear warmup schedule, gradient accumulation, per-epoch
+checkpoints (``epoch_N``, or ``epoch_N-step_K`` when a signal stops it K micro-batches into epoch N+1, also logged to
+the tracker), resume, and a clean stop on Slurm preemption. Batch order depends only on (seed, epoch)."""
 from __future__ import annotations
 
 import math
@@ -51,8 +45,7 @@ def batches(examples: list, size: int, seed: int, epoch: int) -> list[list]:
 
 
 def linear_schedule(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """transformers' ``get_linear_schedule_with_warmup`` (same factors and state dict) without importing
-    ``transformers.optimization``, which pulls in peft (~0.7 s CPU per process)."""
+    """transformers' ``get_linear_schedule_with_warmup`` without importing peft with it (~0.7 s CPU)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_linear_factor, warmup=warmup_steps, total=total_steps))
 
 
@@ -63,7 +56,6 @@ def _linear_factor(step: int, *, warmup: int, total: int) -> float:
 
 
 def _loss(adapted, lm, batch: dict, bf16: bool) -> tuple[torch.Tensor, int]:
-    """Summed token loss of one collated batch and its target tokens."""
     batch = {k: v.to(lm.device) for k, v in batch.items()}
     labels = batch.pop("labels")
     lm.family.reset_state(lm.model)
@@ -74,7 +66,6 @@ def _loss(adapted, lm, batch: dict, bf16: bool) -> tuple[torch.Tensor, int]:
 
 @torch.no_grad()
 def evaluate_loss(adapted, lm, examples: list[Encoded], cfg: LoopConfig) -> float:
-    """Token-mean cross-entropy on supervised tokens over encoded examples."""
     adapted.eval()
     total, count = 0.0, 0
     for i in range(0, len(examples), cfg.batch_size):
@@ -89,29 +80,12 @@ def checkpoint_key(name: str) -> tuple[int, int] | None:
 
 
 def newest_checkpoint(folder: Path) -> Path | None:
-    found = [(checkpoint_key(p.name), p) for p in folder.glob("epoch_*") if (p / STATE_FILE).exists()]
-    found = [(k, p) for k, p in found if k is not None]
+    found = [(key, p) for p in folder.glob("epoch_*") if (key := checkpoint_key(p.name)) and (p / STATE_FILE).exists()]
     return max(found)[1] if found else None
 
 
-def save_checkpoint(folder: Path, name: str, adapted, base_model: str, state: dict,
-                    log_checkpoint: Callable[[Path], None] = lambda path: None) -> Path:
-    """Adapter + state staged as ``name`` and logged by the tracker under that name before the rename into place:
-    a local checkpoint is always one the tracker has too."""
-
-    def build(staging: Path) -> Path:
-        save_adapter(adapted, base_model, staging / name / "adapter")
-        torch.save(state, staging / name / STATE_FILE)
-        log_checkpoint(staging / name)
-        return staging / name
-
-    return build_folder(folder / name, build, STATE_FILE)
-
-
 @dataclass
-class _Run:
-    """What one training run carries between its parts: the recipe's state (torchtune-style)."""
-
+class _Run:  # what one training run carries between its parts (torchtune-style)
     adapted: object
     lm: object
     base_model: str
@@ -134,7 +108,14 @@ class _Run:
                  "global_step": self.global_step, "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "rng": rng, "history": self.history,
                  "seed": self.cfg.seed, "config": asdict(self.cfg)}
-        return save_checkpoint(self.ckpt_dir, name, self.adapted, self.base_model, state, self.log_checkpoint)
+
+        def build(staging: Path) -> Path:
+            save_adapter(self.adapted, self.base_model, staging / name / "adapter")
+            torch.save(state, staging / name / STATE_FILE)
+            self.log_checkpoint(staging / name)  # before the rename: a local checkpoint is one the tracker has too
+            return staging / name
+
+        return build_folder(self.ckpt_dir / name, build, STATE_FILE)
 
     def restore(self, checkpoint: Path) -> tuple[int, int, tuple]:
         """Returns (epoch, batch in it, partial sums) to continue from."""
@@ -168,9 +149,8 @@ class _Run:
 
 
 def _epoch(run: _Run, encoded: list[Encoded], epoch: int, first: int, partial_sums: tuple) -> tuple[float, int, float]:
-    """Micro-batches ``first``.. of one epoch; returns (loss sum, target tokens, seconds) over the epoch. Gradients
-    are divided by the accumulation window's target tokens (an exact token mean); a stop signal checkpoints at the
-    next optimizer-step boundary."""
+    """Micro-batches ``first``.. of one epoch -> (loss sum, target tokens, seconds); gradients are divided by the
+    accumulation window's target tokens (an exact token mean)."""
     cfg, lm = run.cfg, run.lm
     run.adapted.train()
     mbs = batches(encoded, cfg.batch_size, cfg.seed, epoch)
@@ -205,8 +185,8 @@ def _epoch(run: _Run, encoded: list[Encoded], epoch: int, first: int, partial_su
 def train(adapted, lm, base_model: str, train_set: list[Example], val_set: list[Example], cfg: LoopConfig,
           run_dir: Path, log_metrics: Callable[[dict, int], None], log_checkpoint: Callable[[Path], None],
           resume_from: Path | None = None) -> list[dict]:
-    """Train ``adapted`` in place; returns the per-epoch metric history (all epochs, resumed or not). A stop signal
-    (:mod:`sciqa.slurm.job`) saves a checkpoint at the next optimizer-step boundary and stops (exit 75)."""
+    """Train ``adapted`` in place -> the per-epoch metric history; a stop signal checkpoints at the next optimizer
+    step and exits 75."""
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     params = [p for p in adapted.parameters() if p.requires_grad]

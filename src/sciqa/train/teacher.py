@@ -8,7 +8,7 @@ from pathlib import Path
 from sciqa.data.problems import Problem
 from sciqa.data.prompts import target_json
 from sciqa.errors import SciqaError
-from sciqa.eval.outputs import UserCSV, parse_answer_index, read_user_csv
+from sciqa.eval.outputs import parse_answer_index, read_user_csv
 from sciqa.eval.parsing import parse_output
 from sciqa.files import digest
 from sciqa.tracking.artifacts import fetch_artifact
@@ -22,7 +22,6 @@ WARN_DROPPED = 0.05  # warn when more of the teacher's rows than this are droppe
 @dataclass(frozen=True)
 class TeacherRow:
     """One teacher answer: the choice it names (None: none), its explanation, whether it was cut."""
-
     id: str
     index: int | None
     solution: str
@@ -32,7 +31,6 @@ class TeacherRow:
 @dataclass
 class Targets:
     """id -> target JSON text, counts of what was dropped (metrics), and a warning to print."""
-
     by_id: dict[str, str]
     source: str
     teacher_run: str = ""
@@ -60,24 +58,6 @@ class TeacherRows(list):
         self.duplicate_ids = duplicate_ids
 
 
-def _read_rows(path: Path, where: str) -> tuple[UserCSV, str]:
-    """The CSV's records and their format (``ours`` or ``study``), tab or comma separated, read by the
-    outputs CSV's record-level reader: a damaged record is skipped and named by its line, never read
-    as ids; a repeated id keeps its last row. Both are said in one warning line."""
-    table = read_user_csv(path, "teacher CSV", keys=("id", "index"))
-    cols = table.columns
-    if "id" in cols and ("raw_output" in cols or "answer_text" in cols):
-        fmt = "ours"
-    else:
-        missing = [c for c in STUDY_COLUMNS if c not in cols]
-        if missing:
-            raise SciqaError(f"teacher CSV '{where}' lacks columns {', '.join(missing)}; expected our outputs CSV "
-                             "(id, raw_output, ...) or the study's format (index, input, answer, explanation)")
-        fmt = "study"
-    table.warn(f"teacher CSV '{where}'")
-    return table, fmt
-
-
 def _answer(r: dict, fmt: str, choices: tuple[str, ...]) -> tuple[int | None, str]:
     """(choice, explanation): our CSV's parsed columns, the raw text parsed only where they are missing."""
     if fmt == "study":
@@ -92,25 +72,26 @@ def _answer(r: dict, fmt: str, choices: tuple[str, ...]) -> tuple[int | None, st
     return index, (solution or "").strip()
 
 
-def teacher_rows(rows: list[dict], fmt: str, choices: dict[str, tuple[str, ...]], where: str,
-                 strict_ids: bool) -> list[TeacherRow]:
-    """Map rows to what the teacher said; unknown ids raise when ``strict_ids`` (a user's CSV)."""
-    key = "id" if fmt == "ours" else "index"
-    ids = [str(r.get(key) or "").strip() for r in rows]
+def from_csv(path: str, all_train: list[Problem], strict_ids: bool = True, where: str = "") -> TeacherRows:
+    """Teacher rows of our outputs CSV or the study's (last row per id); unknown ids raise when ``strict_ids``."""
+    file, where = Path(path).expanduser(), where or path
+    if not file.is_file():
+        raise SciqaError(f"teacher CSV '{path}' does not exist")
+    table = read_user_csv(file, "teacher CSV", keys=("id", "index"))
+    fmt = "ours" if "id" in table.columns and {"raw_output", "answer_text"} & set(table.columns) else "study"
+    missing = [c for c in STUDY_COLUMNS if c not in table.columns] if fmt == "study" else []
+    if missing:
+        raise SciqaError(f"teacher CSV '{where}' lacks columns {', '.join(missing)}; expected our outputs CSV "
+                         "(id, raw_output, ...) or the study's format (index, input, answer, explanation)")
+    table.warn(f"teacher CSV '{where}'")
+    choices = {q.id: q.choices for q in all_train}
+    ids = [str(r.get("id" if fmt == "ours" else "index") or "").strip() for r in table.rows]
     unknown = [i for i in ids if i not in choices]
     if unknown and strict_ids:
         raise SciqaError(f"teacher CSV '{where}' has {len(unknown)} ids not in the train split of the dataset "
                          f"(e.g. '{unknown[0]}'); it must come from the same dataset")
-    return [TeacherRow(pid, *_answer(r, fmt, choices[pid]), (r.get("finish_reason") or "").strip() == "length")
-            for pid, r in zip(ids, rows) if pid in choices]
-
-
-def from_csv(path: str, all_train: list[Problem], strict_ids: bool = True, where: str = "") -> TeacherRows:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise SciqaError(f"teacher CSV '{path}' does not exist")
-    table, fmt = _read_rows(p, where or path)
-    rows = teacher_rows(table.rows, fmt, {q.id: q.choices for q in all_train}, where or path, strict_ids)
+    rows = [TeacherRow(pid, *_answer(r, fmt, choices[pid]), (r.get("finish_reason") or "").strip() == "length")
+            for pid, r in zip(ids, table.rows) if pid in choices]
     return TeacherRows(rows, table.duplicate_ids)
 
 
@@ -141,8 +122,7 @@ def from_run(run_id: str, setting: str, all_train: list[Problem], workdir: Path)
 
 def kd_targets(rows: list[TeacherRow], problems: list[Problem], kd_filter: str, source: str,
                run_id: str = "") -> Targets:
-    """The usable teacher rows of ``problems`` as targets, every dropped row counted by reason (an empty
-    explanation is kept: its answer still teaches)."""
+    """The usable teacher rows of ``problems`` as targets, dropped ones counted (an empty explanation still teaches)."""
     by_problem = {p.id: p for p in problems}
     counts = dict.fromkeys(("teacher_rows", "teacher_rows_truncated", "teacher_rows_unmapped",
                             "teacher_rows_wrong", "teacher_missing", "teacher_rows_empty_explanation"), 0)
@@ -152,17 +132,14 @@ def kd_targets(rows: list[TeacherRow], problems: list[Problem], kd_filter: str, 
         if p is None or row.id in kept:
             continue
         counts["teacher_rows"] += 1
-        if row.truncated:
-            counts["teacher_rows_truncated"] += 1
-        elif row.index is None:
-            counts["teacher_rows_unmapped"] += 1
-        elif kd_filter == "correct" and row.index != p.answer:
-            counts["teacher_rows_wrong"] += 1
+        why = ("truncated" if row.truncated else "unmapped" if row.index is None
+               else "wrong" if kd_filter == "correct" and row.index != p.answer else "")
+        if why:
+            counts[f"teacher_rows_{why}"] += 1
         else:
             kept[row.id] = target_json(p.choices[row.index], row.solution)
             counts["teacher_rows_empty_explanation"] += int(not row.solution.strip())
-    answered = {r.id for r in rows}
-    counts["teacher_missing"] = sum(1 for p in problems if p.id not in answered)
+    counts["teacher_missing"] = len(by_problem.keys() - {r.id for r in rows})
     dropped = counts["teacher_rows"] - len(kept)
     if not kept:
         raise SciqaError(f"the teacher ({source}) has no usable answer for any training problem ({dropped} dropped: "
