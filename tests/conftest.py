@@ -1,5 +1,5 @@
 """Shared fixtures: a real ``mlflow server`` (sqlite backend) on 127.0.0.1, a persistent test cache
-for tiny models, the ONNX export and WordNet, and the ``sciqa`` CLI run in this process (``cli``)."""
+for tiny models and WordNet, and the ``sciqa`` CLI run in this process (``cli``)."""
 from __future__ import annotations
 
 import hashlib
@@ -28,7 +28,7 @@ def mlflow_server(tmp_path_factory) -> str:
     d = tmp_path_factory.mktemp("mlflow")
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    log = open(d / "server.log", "w")
+    log = open(d / "server.log", "w")  # noqa: SIM115 -- the server writes to it for the whole session
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{d}/mlflow.db", "--artifacts-destination", str(d / "artifacts"),
@@ -104,7 +104,7 @@ def _test_cache_folder() -> Path:
 @pytest.fixture(scope="session", autouse=True)
 def sciqa_test_cache() -> Path:
     """The tests' SCIQA_CACHE for the whole session (module fixtures too), kept between pytest runs:
-    the tiny models, the ONNX export and WordNet take ~25 s to build. ``$SCIQA_TEST_CACHE``, or
+    the tiny models and WordNet take seconds to build. ``$SCIQA_TEST_CACHE``, or
     ~/.cache/sciqa-test/<digest of what makes its files>, so an edit or an upgrade starts a new
     folder instead of reading a stale one; folders no session has used for a week are removed."""
     folder = _test_cache_folder()

@@ -39,7 +39,7 @@ class Proxy:
             def log_message(self, *args):
                 pass
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):  # noqa: N802 - the name http.server dispatches to
                 with proxy.lock:
                     proxy.inflight += 1
                 try:

@@ -190,7 +190,7 @@ def test_a_key_variable_named_by_the_user_is_redacted_whatever_its_name(monkeypa
 class _EchoAuth(http.server.BaseHTTPRequestHandler):
     """An API that refuses every request, echoing the Authorization header it got (as some do)."""
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):  # noqa: N802 - the name http.server dispatches to
         body = f"unauthorized: {self.headers.get('Authorization')}".encode()
         self.send_response(401)
         self.send_header("Content-Length", str(len(body)))

@@ -160,7 +160,7 @@ def test_server_beyond_loopback_logs_in_jobs_and_shuts_out_the_rest(tmp_path):
     port = free_port()
     creds = {"MLFLOW_TRACKING_USERNAME": "ada", "MLFLOW_TRACKING_PASSWORD": password}
     env = {**os.environ, **creds, "HOME": str(tmp_path)}
-    log = open(tmp_path / "server.log", "w+")
+    log = open(tmp_path / "server.log", "w+")  # noqa: SIM115 -- the server writes to it until the test ends
     proc = subprocess.Popen([sys.executable, "-m", "sciqa", "server", "--host", "0.0.0.0", "--port", str(port),
                              "--store", str(tmp_path / "store")], env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)

@@ -24,8 +24,8 @@ def slurm_cluster():
     if os.geteuid() != 0:
         pytest.skip("Slurm test cluster: slurm/testcluster/start.sh needs root")
     env = dict(os.environ, SLURM_TEST_DIR=STATE_DIR)
-    res = subprocess.run(["bash", str(SCRIPTS / "start.sh")], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, timeout=600)
+    res = subprocess.run(["bash", str(SCRIPTS / "start.sh")], env=env, capture_output=True, text=True,
+                         timeout=600)
     if res.returncode != 0:
         tail = " | ".join(res.stderr.strip().splitlines()[-5:])
         if not all(shutil.which(b) for b in ("slurmctld", "slurmd", "sbatch", "munged")):
