@@ -219,3 +219,11 @@ def test_topic_accuracy_table():
         "civics": (1, 0.0),
     }
     assert list(table.topic[:3]) == ["geography", "grammar", "physics"]  # largest first, then by name
+
+
+def test_a_new_explanation_metric_leaves_the_studys_overall_alone(monkeypatch):
+    rows = pd.DataFrame({"bleu1": [0.2], "bleu4": [0.1], "rougeL": [0.3], "meteor": [0.4], "cosine": [0.5]})
+    before = metrics.summarize_explanations(rows)["overall"]
+    monkeypatch.setattr(metrics, "EXPLANATION", (*metrics.EXPLANATION, "exact_match"))
+    after = metrics.summarize_explanations(rows.assign(exact_match=[1.0]))["overall"]
+    assert after == before == pytest.approx(100 * (0.2 + 0.1 + 0.3 + 0.4 + 0.0) / 5)

@@ -63,6 +63,7 @@ def names(group: str | None = None, *, headline: bool = False, scale: str | None
 
 
 EXPLANATION = names("explanation")  # the per-row explanation scores, in column order
+OVERALL = ("bleu1", "bleu4", "rougeL", "meteor", "cosine")  # the study's overall: a new metric does not change it
 
 METRIC_SETTINGS = {
     "bleu_tokens": "split on whitespace and '.'",
@@ -135,8 +136,8 @@ def explanation_scores(predictions: Sequence[str], references: Sequence[str]) ->
 def summarize_explanations(rows: pd.DataFrame) -> dict[str, float]:
     """Means (NaN skipped: ROUGE-L and METEOR of the non-empty rows; all empty: left out), overall, empty share."""
     summary = {name: float(rows[name].mean()) for name in EXPLANATION if rows[name].notna().any()}
-    if len(summary) == len(EXPLANATION):
-        parts = [summary[name] for name in EXPLANATION if name != "cosine"] + [2 * summary["cosine"] - 1]
+    if all(name in summary for name in OVERALL):
+        parts = [summary[name] for name in OVERALL if name != "cosine"] + [2 * summary["cosine"] - 1]
         summary["overall"] = 100.0 * sum(parts) / len(parts)
     if len(rows):
         summary["empty_explanation_rate"] = 100.0 * float(rows["rougeL"].isna().mean())

@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from scipy.stats import t as student_t
 
-from sciqa.eval.metrics import BY_NAME, EXPLANATION, LABELS, accuracy_groups
+from sciqa.eval.metrics import BY_NAME, EXPLANATION, LABELS, OVERALL, accuracy_groups
 
 ALPHA = 0.05
 CONFIDENCE = 1 - ALPHA
@@ -122,11 +122,11 @@ def _arm_values(frames: Sequence[pd.DataFrame], metric: str, mask: np.ndarray | 
         y = np.stack([100.0 * _truth(f["correct"]) for f in frames])
         return y if mask is None else y[:, mask]
     if metric == "overall":
-        parts = [_arm_values(frames, name) for name in EXPLANATION]
+        parts = [_arm_values(frames, name) for name in OVERALL]
         if any(p is None for p in parts):
             return None
-        weights = [2.0 if name == "cosine" else 1.0 for name in EXPLANATION]
-        return 100.0 * (sum(w * p for w, p in zip(weights, parts)) - 1.0) / len(EXPLANATION)
+        weights = [2.0 if name == "cosine" else 1.0 for name in OVERALL]
+        return 100.0 * (sum(w * p for w, p in zip(weights, parts)) - 1.0) / len(OVERALL)
     if not all(metric in f for f in frames):
         return None
     y = linearised(np.stack([f[metric].to_numpy(dtype=float) for f in frames]))
