@@ -339,7 +339,7 @@ def test_ctrl_c_says_where_the_run_stands_exits_130_and_resumes(cli, experiment,
 @pytest.mark.slow  # a real SIGINT to a real process
 def test_sigint_to_a_real_process_exits_130_naming_the_run(experiment, tmp_path):
     work = tmp_path / "w"
-    proc = subprocess.Popen([sys.executable, "-m", "sciqa", "benchmark", "--limit", "40", "--batch-size", "1",
+    proc = subprocess.Popen([sys.executable, "-m", "sciqa", "benchmark", "--limit", "200", "--batch-size", "1",
                              "--max-new-tokens", "32", "--workdir", str(work)], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     deadline = time.time() + 300
