@@ -180,10 +180,10 @@ def test_a_key_variable_named_by_the_user_is_redacted_whatever_its_name(monkeypa
     from sciqa.steps.benchmark import BenchmarkConfig
 
     monkeypatch.setattr(config, "_KEY_VARIABLES", set())
-    monkeypatch.setenv("MY_LAB_CREDENTIAL", "lab-credential-0042")
+    monkeypatch.setenv("MY_LAB_VAR", "lab-credential-0042")
     assert config.redact("sent lab-credential-0042") == "sent lab-credential-0042"  # not a secret-shaped name
     OpenAIBackend.from_config(BenchmarkConfig(backend="openai", model="m", max_new_tokens=8,
-                                              api_base="http://127.0.0.1:9/v1", api_key_env="MY_LAB_CREDENTIAL"))
+                                              api_base="http://127.0.0.1:9/v1", api_key_env="MY_LAB_VAR"))
     assert config.redact("sent lab-credential-0042") == "sent ***"
 
 

@@ -15,7 +15,8 @@ from sciqa.errors import SciqaError
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # models.base.DTYPES plus auto (no torch import here)
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
-_SECRET_NAME = re.compile(r"(^|_)(TOKEN|KEY|PASSWORD|PASS|SECRET)$|_USERNAME$")  # USERNAME: basic auth's half
+# a credential's variable (USERNAME: basic auth's half; CREDENTIALS: e.g. GOOGLE_APPLICATION_CREDENTIALS)
+_SECRET_NAME = re.compile(r"(^|_)(TOKEN|KEY|PASSWORD|PASS|SECRET|CREDENTIALS?|AUTH|COOKIE|PRIVATE)($|_)|_USERNAME$")
 _AUTH_HEADER = re.compile(r"\b(Basic|Bearer|Token)\s+[A-Za-z0-9._~+/=-]{6,}")  # an API echoing the header
 _BOUNDS = (("min", "at least", operator.lt), ("max", "at most", operator.gt), ("above", "greater than", operator.le))
 _KEY_VARIABLES: set[str] = set()  # variables a user named as holding a key (--api-key-env), whatever their name

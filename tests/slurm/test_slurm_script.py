@@ -124,6 +124,7 @@ def test_too_many_gpus_and_too_long_time():
 @pytest.mark.parametrize("key,value", [
     ("MLFLOW_TRACKING_TOKEN", "t"), ("MLFLOW_TRACKING_PASSWORD", "p"),
     ("MLFLOW_TRACKING_USERNAME", "u"), ("AWS_SECRET_ACCESS_KEY", "s"), ("HF_TOKEN", "h"),
+    ("GOOGLE_APPLICATION_CREDENTIALS", "c"), ("LAB_AUTH", "a"), ("SESSION_COOKIE", "k"), ("PRIVATE_KEY", "p"),
     ("MLFLOW_TRACKING_URI", "https://user:pw@mlflow.example.org"),
 ])
 def test_secrets_are_refused(key, value):
