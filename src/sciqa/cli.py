@@ -1,6 +1,4 @@
 """The ``sciqa`` command: one thin command per step, its options the step's config; steps are imported when run."""
-from __future__ import annotations
-
 import dataclasses
 import functools
 import re

@@ -1,6 +1,4 @@
 """Step config fields (default, help, range; *identity* keys the result, *operational* is logged) and redaction."""
-from __future__ import annotations
-
 import dataclasses
 import logging
 import math

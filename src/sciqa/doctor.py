@@ -1,6 +1,4 @@
 """``sciqa doctor``: what this machine has for sciqa and which steps it blocks; cheap checks, nothing loaded."""
-from __future__ import annotations
-
 import importlib.util
 import os
 import shutil

@@ -1,6 +1,4 @@
 """Files: sciqa's cache folder, atomic writes (temp file or folder renamed into place) and content digests."""
-from __future__ import annotations
-
 import hashlib
 import json
 import os

@@ -3,8 +3,6 @@
 
     python -m sciqa.mlproject > MLproject
 """
-from __future__ import annotations
-
 import yaml
 
 from sciqa.cli import main

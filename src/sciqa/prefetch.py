@@ -1,7 +1,5 @@
 """Fetch a model and a dataset on a machine with internet (into the HF caches, or ``--dest`` folders) so offline
 compute nodes can run them; then check they load in a fresh offline process."""
-from __future__ import annotations
-
 import json
 import os
 import shutil

@@ -1,6 +1,4 @@
 """What every adapted model provides: forward, generate, and its trainable state."""
-from __future__ import annotations
-
 import torch
 from torch import nn
 

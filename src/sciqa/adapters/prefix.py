@@ -1,7 +1,5 @@
 """The prefix of ``pkv`` and ``peft``: per-layer K/V of ``prefix_len`` virtual tokens as the cache, explicit position
 ids (Qwen2-VL's rotary ones from ``get_rope_index``, which a prefix-extended mask breaks), our own greedy loop."""
-from __future__ import annotations
-
 import torch
 from transformers import DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast

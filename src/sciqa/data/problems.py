@@ -1,6 +1,4 @@
 """The problem record, its content digest and the image checks."""
-from __future__ import annotations
-
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field

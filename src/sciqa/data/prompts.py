@@ -1,6 +1,4 @@
 """The four prompt settings and the study's prompt protocol, kept so numbers stay comparable."""
-from __future__ import annotations
-
 import json
 
 from sciqa.data.problems import Problem

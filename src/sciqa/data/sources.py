@@ -1,6 +1,4 @@
 """Where problems come from: the bundled sample, a hub dataset, a save_to_disk/parquet or original-layout folder."""
-from __future__ import annotations
-
 import json
 from functools import partial
 from pathlib import Path

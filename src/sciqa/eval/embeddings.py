@@ -1,6 +1,4 @@
 """Cosine of all-MiniLM-L6-v2 embeddings, each distinct text encoded once per process in length-sorted batches."""
-from __future__ import annotations
-
 from collections.abc import Sequence
 from functools import cache
 

@@ -1,6 +1,4 @@
 """The study's metrics, offline: each value equals the study's per-row library call, only the work is shared."""
-from __future__ import annotations
-
 import importlib.util
 import math
 import re

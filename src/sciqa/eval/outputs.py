@@ -1,7 +1,5 @@
 """The outputs CSV (append-only, resumable by id) and users' CSVs, read record by record: a damaged record (torn by
 ``kill -9``, garbage, a wrong field count, bad bytes) is dropped without losing the records after it."""
-from __future__ import annotations
-
 import csv
 import os
 import re

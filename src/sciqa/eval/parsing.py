@@ -2,8 +2,6 @@
 answer (broken JSON, other keys, labels, a sentence), strict in *mapping* it (an answer naming no choice or two, cut
 off, of function words only, negated or a question stays unmapped and is counted, never guessed)."""
 
-from __future__ import annotations
-
 import json
 import re
 from collections import Counter

@@ -1,7 +1,5 @@
 """Paired comparisons of arms (one run, or the seed means of one procedure's seed runs) on the problems they share;
 accuracy on all problems is primary (Holm over the table), every other row exploratory."""
-from __future__ import annotations
-
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path

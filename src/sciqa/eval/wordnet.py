@@ -1,6 +1,4 @@
 """WordNet for METEOR, never downloaded: nltk's own data, else Debian's files laid out as nltk reads them."""
-from __future__ import annotations
-
 import shutil
 from pathlib import Path
 

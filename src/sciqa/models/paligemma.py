@@ -1,6 +1,4 @@
 """PaliGemma (google/paligemma-3b-*): a prefix-LM without turns; whatever it answers is the causal suffix (type 1)."""
-from __future__ import annotations
-
 import torch
 
 from sciqa.models.base import Family

@@ -1,6 +1,4 @@
 """Qwen2-VL (e.g. Qwen/Qwen2-VL-2B-Instruct): ChatML turns, multimodal rotary positions."""
-from __future__ import annotations
-
 import json
 from pathlib import Path
 

@@ -1,7 +1,5 @@
 """Tiny models of the real architectures (2 layers, a BPE on the bundled sample, a fixed seed), built offline into a
 folder keyed by the recipe: no hub in tests or CI. Outputs are noise: they prove the machinery, not the science."""
-from __future__ import annotations
-
 import hashlib
 import json
 from pathlib import Path

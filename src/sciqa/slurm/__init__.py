@@ -2,8 +2,6 @@
 script, submission and job state. Profiles: ``$SCIQA_SLURM_PROFILE_DIR``, ``<checkout>/slurm/profiles``, then
 ``./slurm/profiles``, or a ``.toml`` path; no name: ``$SCIQA_SLURM_PROFILE``, else ``local``."""
 
-from __future__ import annotations
-
 import os
 import re
 import shlex

@@ -1,8 +1,6 @@
 """A grid on Slurm: per (GPU type, GPU count) one job array whose task i runs its cell's single command in
 the cell's child run (SCHEDULED under the grid's parent, attached as a ``--slurm-gpu`` job attaches), then
 a job ``--dependency=afterany:<arrays>`` running ``sciqa grid --collect GRID_RUN`` (the table, the parent's end)."""
-from __future__ import annotations
-
 import os
 from collections.abc import Callable
 

@@ -1,7 +1,5 @@
 """Slurm on the command line: ``--slurm-gpu`` & co. for any config command (:func:`slurm_options`), and
 ``sciqa slurm profiles|status``. Light at import: the submit side loads only when submitting."""
-from __future__ import annotations
-
 import dataclasses
 import functools
 import sys

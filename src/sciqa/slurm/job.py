@@ -1,7 +1,5 @@
 """Stop signals for every long loop: SIGUSR1 (Slurm: time limit near) and SIGTERM set one flag; loops
 call :func:`check` at safe points, which saves, requeues on SIGUSR1 and raises :class:`Stopped` (exit 75)."""
-from __future__ import annotations
-
 import os
 import signal
 import sys

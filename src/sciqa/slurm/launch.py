@@ -1,7 +1,5 @@
 """Any step as a Slurm job in the same MLflow run: validate first (a mistake leaves no run), submit in a run
 ended SCHEDULED, which the job re-opens through ``MLFLOW_RUN_ID``."""
-from __future__ import annotations
-
 import os
 import sys
 from collections.abc import Callable

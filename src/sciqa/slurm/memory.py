@@ -1,8 +1,6 @@
 """``--slurm-gpu auto``: a step's peak GPU memory estimated from the model's config (weights, KV cache or
 saved activations, optimizer, logits, CUDA reserve; ``tests/test_memory.py`` checks it within 25 % of tiny
 models' measured peak), and the idlest GPU type of the profile that holds it."""
-from __future__ import annotations
-
 import dataclasses
 import re
 from collections.abc import Callable

@@ -1,6 +1,4 @@
 """Benchmark a VLM on one split and prompt setting: the outputs CSV of every problem, evaluated in the run."""
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 from sciqa import models

@@ -1,7 +1,5 @@
 """``sciqa compare``: arms of evaluated runs (one run, or its seed runs) against a baseline arm, joined on the
 per-row scores they logged (``metrics/*_rows.csv``); ``main``'s report and grid tables share these pieces."""
-from __future__ import annotations
-
 import re
 import sys
 import tempfile

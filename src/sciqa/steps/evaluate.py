@@ -1,6 +1,4 @@
 """Score outputs the way the study did: accuracy breakdowns and explanation metrics, offline."""
-from __future__ import annotations
-
 import json
 import sys
 import tempfile

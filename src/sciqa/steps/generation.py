@@ -1,6 +1,4 @@
 """The generation run shared by ``benchmark`` and ``score``: resume by id, batches, CSV, metrics, evaluation."""
-from __future__ import annotations
-
 import sys
 import time
 from collections.abc import Callable

@@ -1,7 +1,5 @@
 r"""``sciqa grid``: the cross product of a step's comma-separated options (``'q_proj\,v_proj'``: one value), each
 cell the run the single command would make, as children of one parent run, here or as Slurm job arrays."""
-from __future__ import annotations
-
 import functools
 import itertools
 import json

@@ -1,7 +1,5 @@
 """A grid's table on its parent run: ``grid/table.csv|md``, ``grid/comparisons.csv`` (as ``sciqa compare``) and
 ``plots/grid.png``; per cell the accuracy with its Wilson interval, or the final ``val_loss_golden``."""
-from __future__ import annotations
-
 from pathlib import Path
 
 import numpy as np

@@ -1,6 +1,4 @@
 """The whole KD experiment (does KD beat golden training?) as one parent run with nested, cached children."""
-from __future__ import annotations
-
 from dataclasses import asdict, dataclass, replace
 
 from sciqa.adapters import VARIANTS

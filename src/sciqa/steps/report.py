@@ -1,7 +1,5 @@
 """``main``'s report: KD vs golden per variant (and every adapter vs the base), seeds as replicates, on the
 active parent run: ``compare/`` (runs, comparison, time tables and comparison.md), ``plots/``, ``d_*`` metrics."""
-from __future__ import annotations
-
 from pathlib import Path
 
 import mlflow

@@ -1,6 +1,4 @@
 """Score a split with a base model plus a trained adapter: ``benchmark``'s outputs CSV and evaluation."""
-from __future__ import annotations
-
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path

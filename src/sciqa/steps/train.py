@@ -1,6 +1,4 @@
 """Train an adapter on golden or teacher (KD) targets: config -> data -> model -> loop -> log."""
-from __future__ import annotations
-
 import sys
 from dataclasses import dataclass, fields, replace
 from pathlib import Path

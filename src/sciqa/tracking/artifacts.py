@@ -1,6 +1,4 @@
 """What runs read and hold: problems as dataset inputs, artifacts fetched for resume or analysis."""
-from __future__ import annotations
-
 import shutil
 import time
 import warnings

@@ -1,7 +1,5 @@
 """One writer per run (MLflow has no compare-and-set): a file lock per step key serialises invocations on one
 machine; owner and heartbeat tags on the run tell other nodes that a live process still writes it."""
-from __future__ import annotations
-
 import hashlib
 import os
 import socket

@@ -1,7 +1,5 @@
 """The MLflow run of a step: its key, and reuse (finished), resume (unfinished), attach (``mlflow run``) or create.
 ``MLFLOW_RUN_ID`` names the outer step's run only (mlflow#15713): the CLI claims it at start."""
-from __future__ import annotations
-
 import hashlib
 import json
 import os

@@ -1,7 +1,5 @@
 """``sciqa server``: one ``mlflow server`` owning STORE/mlflow.db; beyond loopback with MLflow's basic-auth app,
 whose credentials reach it through its environment, never its command line (``ps``)."""
-from __future__ import annotations
-
 import contextlib
 import errno
 import os

@@ -1,6 +1,4 @@
 """The tracking store: which one, whether it can be used, and a sqlite file that concurrent jobs share safely."""
-from __future__ import annotations
-
 import contextlib
 import os
 import sqlite3

@@ -1,8 +1,6 @@
 """Prompt + completion batches for training (TRL's ``_collate_prompt_completion``, with images), each example
 processed once per run. Labels are -100 on the prompt and on padding (the study padded the solution to the prompt
 length and its adapters learned to emit empty strings)."""
-from __future__ import annotations
-
 import hashlib
 import sys
 from dataclasses import dataclass

@@ -1,8 +1,6 @@
 """One training loop for every adapter variant: AdamW, linear warmup schedule, gradient accumulation, per-epoch
 checkpoints (``epoch_N``, or ``epoch_N-step_K`` when a signal stops it K micro-batches into epoch N+1, also logged to
 the tracker), resume, and a clean stop on Slurm preemption. Batch order depends only on (seed, epoch)."""
-from __future__ import annotations
-
 import math
 import random
 import re

@@ -1,6 +1,4 @@
 """Training targets: golden, or a teacher's rows (KD); a cut or choice-less teacher row is dropped, never repaired."""
-from __future__ import annotations
-
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
