@@ -115,7 +115,7 @@ def sciqa_test_cache() -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, sciqa_test_cache):
-    """The shared test cache; no run id, active run, outer-run claim or stop request leaks between tests."""
+    """The shared test cache; no run id, active run or stop request leaks between tests."""
     from sciqa.slurm import job
     from sciqa.tracking import runs as tracking
 
@@ -130,7 +130,6 @@ def _isolated_env(monkeypatch, sciqa_test_cache):
 
         while mlflow.active_run():
             mlflow.end_run()
-    tracking._OUTER.update(id=None, used=False)
     tracking._EXPERIMENT.clear()
     job.reset()
 

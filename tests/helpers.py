@@ -30,8 +30,7 @@ def run_cli(*args: str, cwd: Path, timeout: int = 600, check: bool = True, env: 
 @contextmanager
 def fresh_process(cwd: Path, env: dict | None = None) -> Iterator[None]:
     """What a new ``python -m sciqa`` process would see, in this one: the working folder, the
-    environment plus ``env`` (None removes a variable), sciqa's process-wide state (outer-run claim,
-    experiment, stop flag, embeddings in memory, stores prepared and warned about) and MLflow's (tracking URI, experiment, active run, cached stores) as at
+    environment plus ``env`` (None removes a variable), sciqa's process-wide state (experiment, stop flag, embeddings in memory, stores prepared and warned about) and MLflow's (tracking URI, experiment, active run, cached stores) as at
     start; afterwards everything is put back as it was, signal handlers included."""
     import mlflow
     import mlflow.tracking.fluent as fluent
@@ -44,7 +43,6 @@ def fresh_process(cwd: Path, env: dict | None = None) -> Iterator[None]:
     def reset() -> None:
         while mlflow.active_run():
             mlflow.end_run()  # what MLflow's atexit hook does when a process ends
-        runs._OUTER.update(id=None, used=False)
         runs._EXPERIMENT.clear()
         job.reset()
         embeddings._VECTORS.clear()  # a new process has encoded nothing yet
@@ -53,7 +51,7 @@ def fresh_process(cwd: Path, env: dict | None = None) -> Iterator[None]:
         tracking_utils._tracking_store_registry._get_store_with_resolved_uri.cache_clear()
 
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
-    saved_outer, saved_experiment = dict(runs._OUTER), dict(runs._EXPERIMENT)
+    saved_experiment = dict(runs._EXPERIMENT)
     saved_uri, saved_exp = tracking_utils._tracking_uri, fluent._active_experiment_id
     handlers = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
     reset()
@@ -68,7 +66,6 @@ def fresh_process(cwd: Path, env: dict | None = None) -> Iterator[None]:
         yield
     finally:
         reset()
-        runs._OUTER.update(saved_outer)
         runs._EXPERIMENT.update(saved_experiment)
         os.chdir(saved_cwd)
         tracking_utils._tracking_uri, fluent._active_experiment_id = saved_uri, saved_exp

@@ -32,13 +32,13 @@ def _help(f: dataclasses.Field) -> str:
     return meta.get("help", "") + (f" [{'; '.join(extra)}]" if extra else "")
 
 
-def _fail(message: str) -> None:
-    """One line on stderr, the run ``mlflow run`` made marked FAILED with the reason, exit 2."""
+def _fail(message: str, attach: str | None) -> None:
+    """One line on stderr, the run ``mlflow run`` made (``attach``) marked FAILED with the reason, exit 2."""
     from sciqa.tracking import runs as tracking
 
     message = redact(message)
     click.echo(f"sciqa: error: {message}", err=True)
-    tracking.fail_outer(message)
+    tracking.fail_attached(attach, message)
     sys.exit(2)
 
 
@@ -67,9 +67,9 @@ class Group(click.Group):
                 return super().invoke(ctx)
         except click.UsageError as exc:
             sub = f" (sciqa {ctx.invoked_subcommand} --help)" if ctx.invoked_subcommand else ""
-            _fail(exc.format_message().replace("\n", " ") + sub)
+            _fail(exc.format_message().replace("\n", " ") + sub, ctx.obj)
         except SciqaError as exc:
-            _fail(str(exc))
+            _fail(str(exc), ctx.obj)
         except KeyboardInterrupt as exc:
             _interrupted(exc)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
@@ -80,12 +80,13 @@ class Group(click.Group):
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """sciqa: ScienceQA experiments (benchmark, adapters, KD vs golden) tracked in MLflow."""
-    from sciqa.tracking.runs import claim_outer_run
+    from sciqa.tracking.runs import claim_mlflow_run
 
     redact_logging()
-    claim_outer_run()  # MLFLOW_RUN_ID is the outer step's only (mlflow#15713)
+    ctx.obj = claim_mlflow_run()  # the run `mlflow run` made: the command's own step attaches to it
 
 
 main.add_command(slurm_group)  # sciqa slurm profiles | status RUN_ID
@@ -101,7 +102,7 @@ def config_command(name: str, config: str, check: str = "", exclude: tuple[str, 
     def decorate(fn):
         @functools.wraps(fn)
         def command(**kwargs):
-            fn(cls(**kwargs))
+            fn(cls(**kwargs), click.get_current_context().obj)
 
         if check:
             command = slurm_options(name.replace("-", "_"), cls, check)(command)
@@ -116,20 +117,20 @@ def config_command(name: str, config: str, check: str = "", exclude: tuple[str, 
 
 
 @config_command("benchmark", "sciqa.steps.benchmark:BenchmarkConfig", "sciqa.steps.benchmark:check")
-def benchmark(cfg) -> None:
+def benchmark(cfg, attach: str | None) -> None:
     """Benchmark a model on one split and setting; writes outputs/<split>_<setting>.csv."""
     from sciqa.steps.benchmark import benchmark as run
 
-    click.echo(f"benchmark run: {run(cfg).run_id}")
+    click.echo(f"benchmark run: {run(cfg, attach=attach).run_id}")
 
 
 @config_command("main", "sciqa.steps.pipeline:MainConfig", "sciqa.steps.pipeline:check")
-def main_cmd(cfg) -> None:
+def main_cmd(cfg, attach: str | None) -> None:
     """The whole experiment as one parent MLflow run with nested child runs."""
     from sciqa.steps.pipeline import main as run_main
     from sciqa.tracking.store import tracking_uri
 
-    run_id, uri = run_main(cfg), tracking_uri()
+    run_id, uri = run_main(cfg, attach), tracking_uri()
     where = f"open {uri}" if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
     click.echo(f"main run: {run_id}\nlook at it: {where}")
 
@@ -144,27 +145,28 @@ def _other_options(step: str) -> tuple[str, ...]:
 
 
 @config_command("train-prefix", TRAIN, "sciqa.steps.train:check_prefix", _other_options("train_prefix"))
-def train_prefix(cfg) -> None:
+def train_prefix(cfg, attach: str | None) -> None:
     """Train a prefix adapter (--variant) on golden or teacher (KD) targets."""
     from sciqa.steps.train import train
 
-    click.echo(f"train_prefix run: {train(cfg, step='train_prefix').run_id}")
+    click.echo(f"train_prefix run: {train(cfg, step='train_prefix', attach=attach).run_id}")
 
 
 @config_command("train-lora", TRAIN, "sciqa.steps.train:check_lora", _other_options("train_lora"))
-def train_lora(cfg) -> None:
+def train_lora(cfg, attach: str | None) -> None:
     """Train a LoRA adapter on golden or teacher (KD) targets."""
     from sciqa.steps.train import train
 
-    click.echo(f"train_lora run: {train(replace(cfg, variant=variants_of_step('train_lora')[0])).run_id}")
+    cfg = replace(cfg, variant=variants_of_step("train_lora")[0])
+    click.echo(f"train_lora run: {train(cfg, attach=attach).run_id}")
 
 
 @config_command("score", "sciqa.steps.score:ScoreConfig", "sciqa.steps.score:check")
-def score_cmd(cfg) -> None:
+def score_cmd(cfg, attach: str | None) -> None:
     """Generate for a split with the base model plus a trained adapter (same CSV as benchmark)."""
     from sciqa.steps.score import score
 
-    click.echo(f"score run: {score(cfg).run_id}")
+    click.echo(f"score run: {score(cfg, attach=attach).run_id}")
 
 
 @main.command("grid", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -195,15 +197,16 @@ def grid_cmd(ctx, step: str, spec: str, collect: str, slurm_gpu: str, slurm_prof
     from sciqa.steps import grid as grid_step
 
     click.echo(grid_step.command(main.commands, step, spec, ctx.args, collect=collect, gpu=slurm_gpu,
-                                 profile=slurm_profile, time_limit=slurm_time, max_running=max_running))
+                                 profile=slurm_profile, time_limit=slurm_time, max_running=max_running,
+                                 attach=ctx.obj))
 
 
 @config_command("evaluate", "sciqa.steps.evaluate:EvaluateConfig")
-def evaluate(cfg) -> None:
+def evaluate(cfg, attach: str | None) -> None:
     """Accuracy breakdowns and explanation metrics (BLEU, ROUGE-L, METEOR, cosine) of outputs."""
     from sciqa.steps.evaluate import evaluate as run
 
-    click.echo(f"evaluate run: {run(cfg)}")
+    click.echo(f"evaluate run: {run(cfg, attach=attach)}")
 
 
 @main.command("compare")
@@ -213,7 +216,8 @@ def evaluate(cfg) -> None:
 @click.option("--baseline", default="", help="the arm the others are compared with, as given [default: the first]")
 @click.option("--by-group", type=click.BOOL, default=True, show_default=True,
               help="accuracy also per subject, context and grade (exploratory)")
-def compare_cmd(run_ids: tuple[str, ...], runs: str, baseline: str, by_group: bool) -> None:
+@click.pass_obj
+def compare_cmd(attach: str | None, run_ids: tuple[str, ...], runs: str, baseline: str, by_group: bool) -> None:
     """Paired statistics between arms of evaluated runs (benchmark, score, evaluate --csv). An arm is a
     run id, or the comma-joined ids of its seed runs (sciqa compare A1,A2,A3 B1,B2,B3): seeds are
     replicates. Each arm's accuracy vs the baseline is a primary test (Holm-adjusted), with 95 %
@@ -221,7 +225,7 @@ def compare_cmd(run_ids: tuple[str, ...], runs: str, baseline: str, by_group: bo
     from sciqa.steps.compare import compare_command
 
     ids = [*run_ids, *(r for r in re.split(r"[;\s]+", runs) if r)]
-    run_id, text = compare_command(ids, baseline, by_group)
+    run_id, text = compare_command(ids, baseline, by_group, attach=attach)
     click.echo(f"{text}\ncompare run: {run_id}")
 
 

@@ -43,8 +43,9 @@ def _child_runs(client, grid, exp: str, parent: str, cell_tags: dict[int, dict],
 
 
 def submit_grid(grid, gpu: str, check_fn: Callable, log_cells: Callable, *, profile: str | None = None,
-                time_limit: str | None = None, max_running: int = 0) -> str:
-    """Create the parent and child runs, submit the arrays and the collect job (``grid`` is checked); what to print."""
+                time_limit: str | None = None, max_running: int = 0, attach: str | None = None) -> str:
+    """Create the parent (``attach``: the run ``mlflow run`` made) and child runs, submit the arrays and the collect
+    job (``grid`` is checked); what to print."""
     prof = slurm.load_profile(profile)
     groups, cell_tags = place_cells(grid, gpu, prof, check_fn)
     log_dir = job_dir() / "logs"
@@ -59,7 +60,7 @@ def submit_grid(grid, gpu: str, check_fn: Callable, log_cells: Callable, *, prof
         sbatch_test_only(script(gpu_type, count, cells, {}, "http://127.0.0.1:5000", "0"))
     uri = shared_tracking_uri(tracking.setup())
     exp, client = tracking.experiment_id(), mlflow.MlflowClient()
-    parent = tracking.take_outer_run() or client.create_run(exp, run_name=f"grid-{grid.step}-slurm").info.run_id
+    parent = attach or client.create_run(exp, run_name=f"grid-{grid.step}-slurm").info.run_id
     try:
         runs = _child_runs(client, grid, exp, parent, cell_tags,
                            {"sciqa.slurm_profile": prof.name, "sciqa.slurm_gpu": gpu})

@@ -71,9 +71,9 @@ def slurm_options(step_name: str, config_cls, check_fn: Callable | str | None = 
                 return fn(*args, **kw)
             from sciqa.slurm.launch import submit_step  # lazy: MLflow and torch only when submitting
 
-            cfg = config_cls(**{k: v for k, v in kw.items() if k in fields})
-            code = submit_step(step_name, job_args(click.get_current_context().command, cfg), cfg, _resolve(check_fn),
-                               gpu=slurm_gpu, profile=slurm_profile, time_limit=slurm_time, gpus=slurm_gpus, wait=wait)
+            cfg, ctx = config_cls(**{k: v for k, v in kw.items() if k in fields}), click.get_current_context()
+            code = submit_step(step_name, job_args(ctx.command, cfg), cfg, _resolve(check_fn), gpu=slurm_gpu,
+                               profile=slurm_profile, time_limit=slurm_time, gpus=slurm_gpus, wait=wait, attach=ctx.obj)
             if code:
                 sys.exit(code)
 

@@ -54,8 +54,10 @@ def reraise(what: str, exc: BaseException) -> NoReturn:
 
 
 def submit_step(step: str, args: list[str], cfg, check_fn: Callable | None, *, gpu: str, profile: str | None = None,
-                time_limit: str | None = None, gpus: int | None = None, wait: bool = False) -> int:
-    """Validate (profile, GPU, time, ``sbatch --test-only``, the step's check), submit in a run; the exit code."""
+                time_limit: str | None = None, gpus: int | None = None, wait: bool = False,
+                attach: str | None = None) -> int:
+    """Validate (profile, GPU, time, ``sbatch --test-only``, the step's check), submit in a run (``attach``: the one
+    ``mlflow run`` made); the exit code."""
     prof = slurm.load_profile(profile or None)
     model = str(getattr(cfg, "model", "") or "")
     gpu, count, chosen = place(step, cfg, prof, gpu, check_fn) if gpu == "auto" else (gpu, prof.gpus_for(model), {})
@@ -74,7 +76,6 @@ def submit_step(step: str, args: list[str], cfg, check_fn: Callable | None, *, g
         check_fn(cfg)
     uri = shared_tracking_uri(tracking.setup())
     render(NO_RUN, "0", uri)  # a tracking URI with credentials in it is refused here
-    attach = tracking.take_outer_run()  # `mlflow run` made the run: use it, make no second one
     run = mlflow.start_run(run_id=attach, run_name=None if attach else f"{step}-{model.split('/')[-1] or step}-slurm")
     try:
         script = render(run.info.run_id, run.info.experiment_id, uri)

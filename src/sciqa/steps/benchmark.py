@@ -25,11 +25,11 @@ def check(cfg: BenchmarkConfig) -> gen.Inputs:
     return inputs
 
 
-def benchmark(cfg: BenchmarkConfig, parent_run_id: str | None = None) -> StepRun:
+def benchmark(cfg: BenchmarkConfig, parent_run_id: str | None = None, attach: str | None = None) -> StepRun:
     """Validate everything, then generate (resuming by id) and evaluate inside one MLflow run."""
     inputs = check(cfg)
     runs.setup()
     params = {**gen.generation_identity(cfg), "model_digest": models.fingerprint(cfg.model, cfg.revision or None)}
     return gen.generation_run("benchmark", cfg, inputs, (params, {"sciqa.teacher": "false"}, "benchmark-", {}),
                               lambda: backend_class(cfg.backend).from_config(cfg), {"model": cfg.model, "adapter": ""},
-                              parent_run_id)
+                              parent_run_id, attach)

@@ -131,7 +131,7 @@ def _summary(arms: list[list[str]], labels: dict, baseline: str, table: pd.DataF
 
 
 def compare_command(run_ids: list[str], baseline: str = "", by_group: bool = True,
-                    parent_run_id: str | None = None) -> tuple[str, str]:
+                    parent_run_id: str | None = None, attach: str | None = None) -> tuple[str, str]:
     """``sciqa compare``, logged as a ``compare`` run: (its id, the terminal text)."""
     arms = parse_arms(run_ids)
     keys = [",".join(arm) for arm in arms]
@@ -162,7 +162,8 @@ def compare_command(run_ids: list[str], baseline: str = "", by_group: bool = Tru
     params = {"runs": " ".join(keys), "baseline": baseline, "by_group": by_group, "rows_digest": digest(inputs)}
     tags = {"sciqa.compared_runs": ",".join(runs), "sciqa.compared_arms": " ".join(keys),
             "sciqa.baseline_run": baseline}
-    with step_run("compare", params, tags, f"compare-{len(arms)}-arms", parent_run_id=parent_run_id) as run:
+    with step_run("compare", params, tags, f"compare-{len(arms)}-arms", parent_run_id=parent_run_id,
+                  attach=attach) as run:
         if run.reused:
             print(f"compare: reusing finished run {run.run_id}")
             return run.run_id, text

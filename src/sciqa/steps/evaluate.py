@@ -9,8 +9,7 @@ import pandas as pd
 
 from sciqa import files
 from sciqa.config import check_ranges, option
-from sciqa.data import load_problems
-from sciqa.data.problems import Problem
+from sciqa.data import Problem, load_problems
 from sciqa.errors import SciqaError
 from sciqa.eval.metrics import (
     METRIC_SETTINGS,
@@ -151,7 +150,7 @@ def evaluate_run(run_id: str, force: bool = False, dataset: str = "", number_bas
     return run_id
 
 
-def evaluate(cfg: EvaluateConfig, parent_run_id: str | None = None) -> str:
+def evaluate(cfg: EvaluateConfig, parent_run_id: str | None = None, attach: str | None = None) -> str:
     """Evaluate a run's outputs (logged into that run) or a CSV (logged into its own evaluate run)."""
     import mlflow
 
@@ -164,7 +163,9 @@ def evaluate(cfg: EvaluateConfig, parent_run_id: str | None = None) -> str:
     if cfg.run:
         runs.connect()
         _finished_run(cfg.run)
-        runs.release_outer(f"metrics go into run {cfg.run}", cfg.run)
+        if attach:  # the run `mlflow run` made holds nothing new: it points to the evaluated run
+            runs.discard_run(runs.get_run(attach, "MLFLOW_RUN_ID: run").info.run_id, f"metrics go into run {cfg.run}",
+                             cfg.run)
         return evaluate_run(cfg.run, cfg.force, cfg.dataset, cfg.number_base)
     path = Path(cfg.csv).expanduser().resolve()
     dataset = cfg.dataset or "sample"
@@ -172,7 +173,7 @@ def evaluate(cfg: EvaluateConfig, parent_run_id: str | None = None) -> str:
     runs.setup()
     params = {"dataset": dataset, "number_base": cfg.number_base, "csv_digest": files.digest(path.read_bytes())}
     with step_run("evaluate", params, {}, f"evaluate-{path.stem}", cfg.force, parent_run_id,
-                  {"csv": str(path)}) as run:
+                  {"csv": str(path)}, attach=attach) as run:
         if run.reused:
             print(f"evaluate: reusing finished run {run.run_id}")
             return run.run_id

@@ -7,10 +7,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from sciqa.backends import ANSWER_MODES, BACKEND_OPTIONS, BACKENDS, CHOICE_SCORES, Backend
+from sciqa.backends import ANSWER_MODES, BACKENDS, CHOICE_SCORES, Backend
 from sciqa.config import DTYPE_CHOICES, identity, operational, option
-from sciqa.data import load_problems
-from sciqa.data.problems import Problem, check_images, problems_digest
+from sciqa.data import Problem, check_images, load_problems, problems_digest
 from sciqa.data.prompts import SETTINGS, build_prompt
 from sciqa.errors import SciqaError
 from sciqa.eval.outputs import OutputsCSV, read_outputs
@@ -68,7 +67,7 @@ class GenerationConfig:
 
 def generation_identity(cfg: GenerationConfig, ignore: tuple[str, ...] = ()) -> dict:
     """The config minus what cannot change an answer: operational, other backends' and (free mode) choice options."""
-    foreign = {name for other in BACKEND_OPTIONS.values() for name in other} - set(BACKEND_OPTIONS[cfg.backend])
+    foreign = {name for spec in BACKENDS.values() for name in spec.options} - set(BACKENDS[cfg.backend].options)
     free = ("choice_score",) if cfg.answer_mode == "free" else ()
     return identity(cfg, ignore=(*ignore, *foreign, *free))
 
@@ -111,7 +110,8 @@ def problem_inputs(dataset: str, split: str, keep_all: bool, limit: int, strict_
 
 
 def generation_run(step: str, cfg: GenerationConfig, inputs: Inputs, run_info: tuple[dict, dict, str, dict],
-                   make_backend: Callable[[], Backend], meta: dict[str, str], parent_run_id: str | None) -> StepRun:
+                   make_backend: Callable[[], Backend], meta: dict[str, str], parent_run_id: str | None,
+                   attach: str | None) -> StepRun:
     """One cached run (``run_info``: the step's own params, tags, name prefix, settings): generate, evaluate."""
     params, tags, prefix, settings = run_info
     split = inputs.problems[0].split
@@ -119,7 +119,8 @@ def generation_run(step: str, cfg: GenerationConfig, inputs: Inputs, run_info: t
     tags = {"sciqa.model": cfg.model, "sciqa.split": split, "sciqa.setting": cfg.setting, "sciqa.backend": cfg.backend,
             **tags}
     name = f"{prefix}{cfg.model.split('/')[-1]}-{split}-{cfg.setting}"
-    with step_run(step, params, tags, name, cfg.force, parent_run_id, {**operational(cfg), **settings}) as run:
+    with step_run(step, params, tags, name, cfg.force, parent_run_id, {**operational(cfg), **settings},
+                  attach=attach) as run:
         if run.reused:
             print(f"{step}: reusing finished run {run.run_id}")
             return run

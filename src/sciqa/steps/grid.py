@@ -156,14 +156,15 @@ def check(grid: Grid) -> None:
             raise SciqaError(f"grid cell {cell.label}: {exc}") from None
 
 
-def run_local(grid: Grid) -> str:
+def run_local(grid: Grid, attach: str | None = None) -> str:
     """Every cell, one after another, as a child of one parent run; then the table. Returns the parent id."""
     check(grid)
     tracking.setup()
     fn = resolve_name(STEPS[grid.step][1])
     fn = functools.partial(fn, step=grid.step) if grid.step.startswith("train") else fn
     tags = {"sciqa.grid_step": grid.step}
-    with step_run("grid", grid.params(), tags, f"grid-{grid.step}", settings=grid.settings, reuse=False) as parent:
+    with step_run("grid", grid.params(), tags, f"grid-{grid.step}", settings=grid.settings, reuse=False,
+                  attach=attach) as parent:
         runs: dict[int, str] = {}
         failed: list[str] = []
         for cell in tqdm(grid.cells, desc=f"grid {grid.cmd.name}", unit="cell"):
@@ -248,7 +249,8 @@ def collect_run(parent_id: str) -> str:
 
 
 def command(commands: Mapping[str, click.Command], step: str, spec: str, extra: list[str], *, collect: str = "",
-            gpu: str = "", profile: str = "", time_limit: str = "", max_running: int = 0) -> str:
+            gpu: str = "", profile: str = "", time_limit: str = "", max_running: int = 0,
+            attach: str | None = None) -> str:
     """``sciqa grid`` (``commands``: the CLI's): run here, submit as job arrays, or collect a submitted grid's table."""
     if collect:
         if step or spec or extra or gpu:
@@ -260,7 +262,7 @@ def command(commands: Mapping[str, click.Command], step: str, spec: str, extra: 
     if gpu:
         check(grid)
         return submit_grid(grid, gpu, _check_fn(grid), log_cells, profile=profile or None,
-                           time_limit=time_limit or None, max_running=max_running)
+                           time_limit=time_limit or None, max_running=max_running, attach=attach)
     if time_limit or max_running:
         raise SciqaError("--slurm-time and --slurm-max-running: only for a Slurm grid; add --slurm-gpu TYPE|auto")
-    return f"grid run: {run_local(grid)}"
+    return f"grid run: {run_local(grid, attach)}"

@@ -135,7 +135,7 @@ def _teacher(cfg: MainConfig, pid: str) -> tuple[str, str]:
     return run_id, run_id
 
 
-def main(cfg: MainConfig) -> str:
+def main(cfg: MainConfig, attach: str | None = None) -> str:
     """Run (or reuse) every step as a child of one parent run; returns the parent run id."""
     from sciqa.steps.report import compare  # imports mlflow: not at ``sciqa --help``, which reads MainConfig
 
@@ -143,7 +143,7 @@ def main(cfg: MainConfig) -> str:
     runs.setup()
     params = {**identity(cfg), "variants": ",".join(variants_of(cfg)), "seeds": ",".join(map(str, seeds_of(cfg)))}
     with step_run("main", params, {"sciqa.model": cfg.model}, "main", cfg.force, settings=operational(cfg),
-                  reuse=False) as parent:
+                  reuse=False, attach=attach) as parent:
         pid = parent.run_id
         teacher_run, teacher_scores = _teacher(cfg, pid)
         trained = {key: _child(pid, f"train {key[0]} {'kd' if key[1] else 'golden'} seed {key[2]}", training.train,

@@ -83,7 +83,7 @@ def adapter_folder(cfg: ScoreConfig, workdir: Path) -> Path:
     return dest
 
 
-def score(cfg: ScoreConfig, parent_run_id: str | None = None) -> StepRun:
+def score(cfg: ScoreConfig, parent_run_id: str | None = None, attach: str | None = None) -> StepRun:
     """Validate everything, then generate with the adapter (resuming by id) and evaluate, in one run."""
     gen_cfg, variant, run_tags, inputs = check(cfg)
     tracking.setup()
@@ -97,4 +97,4 @@ def score(cfg: ScoreConfig, parent_run_id: str | None = None) -> StepRun:
     return gen.generation_run("score", gen_cfg, inputs, run_info,
                               lambda: backend_class(cfg.backend).from_config(gen_cfg, adapter=str(folder)),
                               {"model": gen_cfg.model, "adapter": cfg.adapter or cfg.adapter_run or str(folder)},
-                              parent_run_id)
+                              parent_run_id, attach)

@@ -7,8 +7,7 @@ from sciqa import models
 from sciqa.adapters import VARIANTS, AdapterOptions, attach, option_fields, save_adapter, variants_of_step
 from sciqa.backends import ANSWER_MODES
 from sciqa.config import DTYPE_CHOICES, as_param, check_ranges, identity, operational, option
-from sciqa.data import load_problems
-from sciqa.data.problems import problems_digest
+from sciqa.data import load_problems, problems_digest
 from sciqa.data.prompts import SETTINGS, build_prompt, target_json
 from sciqa.errors import SciqaError
 from sciqa.files import digest
@@ -136,22 +135,23 @@ def teacher_benchmark_config(cfg: TrainConfig) -> BenchmarkConfig:
                            max_new_tokens=cfg.teacher_max_new_tokens, **{k: getattr(cfg, k) for k in same})
 
 
-def _teacher_rows(cfg: TrainConfig, inputs: TrainInputs) -> tuple[list, str, str]:
+def _teacher_rows(cfg: TrainConfig, inputs: TrainInputs, parent_run_id: str | None) -> tuple[list, str, str]:
     """(rows, source, run id): a CSV's rows, a finished run's, or the teacher benchmark's (run or reused)."""
     if cfg.teacher_csv:
         return inputs.teacher_rows, f"csv {cfg.teacher_csv}", ""
     run_id = cfg.teacher_run
     if not run_id:
         print(f"train: the teacher is the train-split benchmark of '{cfg.teacher_model}' (reused when it exists)")
-        run_id = benchmark(teacher_benchmark_config(cfg), parent_run_id=runs.outer_run_id()).run_id
+        run_id = benchmark(teacher_benchmark_config(cfg), parent_run_id=parent_run_id).run_id
     return teach.from_run(run_id, cfg.setting, inputs.all_train, inputs.workdir), f"run {run_id}", run_id
 
 
-def targets_of(cfg: TrainConfig, inputs: TrainInputs) -> Targets:
-    """Golden or KD targets; ``golden_on=same``: golden on exactly KD's problems (equal ``train_ids_digest``)."""
+def targets_of(cfg: TrainConfig, inputs: TrainInputs, parent_run_id: str | None = None) -> Targets:
+    """Golden or KD targets (a teacher benchmark nests under ``parent_run_id``); ``golden_on=same``: golden on
+    exactly KD's problems (equal ``train_ids_digest``)."""
     if not cfg.teacher and cfg.golden_on == "all":
         return teach.golden(inputs.train)
-    rows, source, run_id = _teacher_rows(cfg, inputs)
+    rows, source, run_id = _teacher_rows(cfg, inputs, parent_run_id)
     kd = teach.kd_targets(rows, inputs.train, cfg.kd_filter, source, run_id)
     if kd.warning:
         print(kd.warning, file=sys.stderr, flush=True)
@@ -163,12 +163,13 @@ def targets_of(cfg: TrainConfig, inputs: TrainInputs) -> Targets:
                    teacher_run=run_id, counts=kd.counts)
 
 
-def train(cfg: TrainConfig, step: str | None = None, parent_run_id: str | None = None) -> StepRun:
+def train(cfg: TrainConfig, step: str | None = None, parent_run_id: str | None = None,
+          attach: str | None = None) -> StepRun:
     """Config, data, model, loop, log: inside one MLflow run (reused when finished, resumed when not)."""
     step = step or step_of(cfg)
     inputs = check(cfg, step)
     runs.setup()
-    targets = targets_of(cfg, inputs)
+    targets = targets_of(cfg, inputs, attach or parent_run_id)
     params = {**params_of_config(cfg), "data_digest": inputs.data_digest, "targets_digest": targets.digest,
               "model_digest": models.fingerprint(cfg.model)}
     tags = {"sciqa.model": cfg.model, "sciqa.variant": cfg.variant, "sciqa.teacher": as_param(cfg.teacher),
@@ -176,7 +177,7 @@ def train(cfg: TrainConfig, step: str | None = None, parent_run_id: str | None =
     if targets.teacher_run:
         tags["sciqa.teacher_run"] = targets.teacher_run
     name = f"{step}-{cfg.variant}-{'kd' if cfg.teacher else 'golden'}-{cfg.model.split('/')[-1]}"
-    with step_run(step, params, tags, name, cfg.force, parent_run_id, operational(cfg)) as run:
+    with step_run(step, params, tags, name, cfg.force, parent_run_id, operational(cfg), attach=attach) as run:
         if run.reused:
             print(f"{step}: reusing finished run {run.run_id}")
             if cfg.register:

@@ -1,9 +1,8 @@
 """The MLflow run of a step: its key, and reuse (finished), resume (unfinished), attach (``mlflow run``) or create.
-``MLFLOW_RUN_ID`` names the outer step's run only (mlflow#15713): the CLI claims it at start."""
+``attach`` is the run ``mlflow run`` (or a Slurm submission) made: the CLI takes it out of ``MLFLOW_RUN_ID``."""
 import hashlib
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -17,7 +16,6 @@ from pathlib import Path
 
 from sciqa import slurm
 from sciqa.config import params_of, redact
-from sciqa.data.problems import SPLITS
 from sciqa.errors import SciqaError
 from sciqa.files import source_digest
 from sciqa.slurm.job import Stopped, in_slurm_job, job_log_path
@@ -26,29 +24,13 @@ from sciqa.tracking.store import check_uri, prepare, store_exists, store_identit
 
 # mlflow is imported inside functions: `sciqa --help` imports this module and must stay fast.
 DEFAULT_EXPERIMENT = "sciqa"
-_OUTER: dict[str, str | bool | None] = {"id": None, "used": False}
 _EXPERIMENT: dict[str, str] = {}
 _SLURM_STATUS = {"FINISHED": "COMPLETED", "FAILED": "FAILED", "KILLED": "STOPPED", "SCHEDULED": "REQUEUED"}
 
 
-def claim_outer_run() -> str | None:
-    """Take ``MLFLOW_RUN_ID`` out of the environment: only the outer step of this process uses it."""
-    run_id = os.environ.pop("MLFLOW_RUN_ID", None) or _OUTER["id"]
-    _OUTER.update(id=run_id or None)
-    return _OUTER["id"]  # type: ignore[return-value]
-
-
-def outer_run_id() -> str | None:
-    """The claimed run while no step has attached to it yet (the parent of an inner step)."""
-    return None if _OUTER["used"] else _OUTER["id"]  # type: ignore[return-value]
-
-
-def take_outer_run() -> str | None:
-    """The claimed run, for the one step that attaches to it (later calls get None)."""
-    run_id = outer_run_id()
-    if run_id:
-        _OUTER["used"] = True
-    return run_id
+def claim_mlflow_run() -> str | None:
+    """``MLFLOW_RUN_ID`` out of the environment: MLflow would also open it for nested runs (mlflow#15713)."""
+    return os.environ.pop("MLFLOW_RUN_ID", "") or None
 
 
 def connect() -> str:
@@ -99,9 +81,8 @@ def error_reason(exc: BaseException) -> str:
     return redact(text)[:5000]
 
 
-def fail_outer(message: str) -> None:
+def fail_attached(run_id: str | None, message: str) -> None:
     """Bad input under ``mlflow run``: mark the run it made FAILED with the reason as a tag."""
-    run_id = outer_run_id()
     if not run_id or not store_exists():
         return
     try:
@@ -112,14 +93,6 @@ def fail_outer(message: str) -> None:
         client.set_terminated(run_id, "FAILED")
     except Exception:  # noqa: BLE001 - the store itself may be what is wrong
         pass
-
-
-def release_outer(note: str, reused: str = "") -> None:
-    """The outer run was not needed (the result lives in ``reused``): see :func:`discard_run`."""
-    run_id = take_outer_run()
-    if run_id:
-        get_run(run_id, "MLFLOW_RUN_ID: run")
-        discard_run(run_id, note, reused)
 
 
 def discard_run(run_id: str, note: str, reused: str = "") -> None:
@@ -185,31 +158,11 @@ class StepRun:
         return folder
 
 
-def _agrees(typed: str, ours: str) -> bool:
-    """A value ``mlflow run`` logged (shell-quoted, typed, an alias, or "" for a default sciqa derives) agrees."""
-    try:
-        words = shlex.split(typed)  # mlflow run logs string parameters shell-quoted: '' for empty
-        typed = words[0] if len(words) == 1 else "" if not words else typed
-    except ValueError:
-        pass
-    low = {typed.lower(), ours.lower()}
-    if typed in ("", ours) or low <= {"true", "1"} or low <= {"false", "0"} or SPLITS.get(typed) == ours:
-        return True
-    try:
-        return float(typed) == float(ours)
-    except ValueError:
-        return False
-
-
-def _check_attach(run, key: str, logged: dict[str, str]) -> None:
-    """``MLFLOW_RUN_ID`` must name a run of this very step, not one made with other parameters."""
-    have = run.data.params
-    differ = [k for k, v in logged.items() if k in have and not _agrees(have[k], v)]
-    if differ or run.data.tags.get("sciqa.key", key) != key:
-        what = ", ".join(f"{k}={have[k]!r} there, {logged[k]!r} here" for k in differ[:3]) or \
-            "other parameters, data or code"
-        raise SciqaError(f"MLFLOW_RUN_ID names run {run.info.run_id}, made with {what}; unset MLFLOW_RUN_ID "
-                         "(or run with the same parameters)")
+def _check_attach(run, key: str) -> None:
+    """``MLFLOW_RUN_ID`` must name a fresh run or one of this very step, not one made with other parameters."""
+    if run.data.tags.get("sciqa.key", key) != key:
+        raise SciqaError(f"MLFLOW_RUN_ID names run {run.info.run_id}, made with other parameters, data or code; "
+                         "unset MLFLOW_RUN_ID (or run with the same parameters)")
 
 
 def _attach(client, attach: str, key: str, finished: list, unfinished: list, force: bool) -> StepRun:
@@ -268,9 +221,10 @@ def _start(client, run: StepRun, step: str, tags: dict[str, str], run_name: str,
 
 @contextmanager
 def step_run(step: str, params: dict, tags: dict[str, str], run_name: str, force: bool = False,
-             parent_run_id: str | None = None, settings: dict | None = None,
-             reuse: bool = True) -> Iterator[StepRun]:
-    """The step's run, ended FINISHED, FAILED or KILLED; ``settings`` are logged, not keyed; ``reuse=False``: resume."""
+             parent_run_id: str | None = None, settings: dict | None = None, reuse: bool = True,
+             attach: str | None = None) -> Iterator[StepRun]:
+    """The step's run (nested under ``parent_run_id``, or ``attach`` itself), ended FINISHED, FAILED or KILLED;
+    ``settings`` are logged, not keyed; ``reuse=False``: resume only."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -278,9 +232,8 @@ def step_run(step: str, params: dict, tags: dict[str, str], run_name: str, force
     key = step_key(step, params)
     logged = params_of({**(settings or {}), **params})
     with runlock.key_lock(f"{store_identity()}|{experiment_id()}", key) as note:
-        attach = take_outer_run() if parent_run_id is None else None
         if attach:
-            _check_attach(get_run(attach, "MLFLOW_RUN_ID: run"), key, logged)
+            _check_attach(get_run(attach, "MLFLOW_RUN_ID: run"), key)
         run = _open(client, key, run_name, attach, parent_run_id, force, reuse, note)
         if run.reused:
             yield run
