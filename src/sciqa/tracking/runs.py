@@ -82,13 +82,16 @@ def error_reason(exc: BaseException) -> str:
 
 
 def fail_attached(run_id: str | None, message: str) -> None:
-    """Bad input under ``mlflow run``: mark the run it made FAILED with the reason as a tag."""
+    """Bad input under ``mlflow run``: mark the run it made FAILED with the reason as a tag (a step's own run,
+    tagged with its key, is the step's to end: never another step's finished run that MLFLOW_RUN_ID named)."""
     if not run_id or not store_exists():
         return
     try:
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking_uri())
+        if "sciqa.key" in client.get_run(run_id).data.tags:
+            return
         client.set_tag(run_id, "sciqa.error", redact(message)[:5000])
         client.set_terminated(run_id, "FAILED")
     except Exception:  # noqa: BLE001 - the store itself may be what is wrong
