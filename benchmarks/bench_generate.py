@@ -26,6 +26,7 @@ from sciqa import models
 from sciqa.backends.hf import HFBackend
 from sciqa.data import load_problems
 from sciqa.data.prompts import build_prompt
+from sciqa.steps import BenchmarkConfig
 
 
 def rows_per_second(backend, problems, prompts, batch_size: int) -> tuple[float, list]:
@@ -59,17 +60,17 @@ def serve(path: str):
 def other_backend(backend: str, model: str, max_new_tokens: int, api_base: str, concurrency: int):
     """(backend, cleanup) for --backend openai|vllm."""
     if backend == "openai":
-        from sciqa.backends.openai import OpenAIBackend, output_cleaner
+        from sciqa.backends.openai import OpenAIBackend
 
         proc, name = None, model
         if not api_base:
-            name = models.resolve(model)[0]  # transformers serve knows its model by folder
+            name = str(models.resolve(model)[0])  # transformers serve knows its model by folder
             proc, api_base = serve(name)
-        b = OpenAIBackend(name, api_base, os.environ.get("OPENAI_API_KEY", ""), max_new_tokens=max_new_tokens,
-                          concurrency=concurrency, clean=output_cleaner(model))
+        key_env = "OPENAI_API_KEY" if os.environ.get("OPENAI_API_KEY") else ""
+        b = OpenAIBackend(BenchmarkConfig(model=name, backend="openai", api_base=api_base, api_key_env=key_env,
+                                          max_new_tokens=max_new_tokens, concurrency=concurrency))
         return b, (lambda: os.killpg(proc.pid, signal.SIGTERM)) if proc else (lambda: None)
     from sciqa.backends.vllm import VLLMBackend
-    from sciqa.steps.benchmark import BenchmarkConfig
 
     cfg = BenchmarkConfig(model=model, backend="vllm", max_new_tokens=max_new_tokens, gpu_memory_utilization=0.6)
     return VLLMBackend.from_config(cfg), lambda: None

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sciqa.data.sources import SAMPLE_DIR
+from sciqa.data import SAMPLE_DIR
 
 
 def write_dataset(folder: Path, rows: int) -> Path:

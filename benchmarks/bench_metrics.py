@@ -7,7 +7,9 @@ per row. sciqa shares that work across rows. Both must give the same numbers.
 The cosine, nearly all of the time, is measured two ways: cold (nothing encoded yet, as a new
 process starts: every distinct text is encoded) and warm (the split's references already encoded by
 an earlier evaluation in the process, as when `main` scores its next run: only the predictions are
-encoded). The totals add BLEU, ROUGE-L and METEOR, measured once.
+encoded). The totals add BLEU, ROUGE-L and METEOR, measured once. The ratios depend on load: a busy
+machine slows the study's batches of two far more than sciqa's batches of 32; the last line gives the
+ratio at equal speed per token (the tokens each way runs through the model), about what a quiet machine shows.
 
     PYTHONPATH=src python benchmarks/bench_metrics.py [--rows 3216] [--study-every N]
 """
@@ -23,7 +25,7 @@ import warnings
 
 import numpy as np
 
-from sciqa.data.sources import SAMPLE_DIR
+from sciqa.data import SAMPLE_DIR
 from sciqa.eval import embeddings, metrics
 
 
@@ -63,6 +65,16 @@ def cosine(predictions: list[str], references: list[str], known: dict) -> tuple[
     embeddings._VECTORS.clear()
     embeddings._VECTORS.update(known)
     return timed(lambda: embeddings.cosine(predictions, references))
+
+
+def token_ratio(predictions: list[str], references: list[str], known: set[str]) -> float:
+    """Tokens through the model: the study's pairs (each padded to its longer text) over sciqa's new distinct texts."""
+    model = embeddings.model()
+    texts = list(dict.fromkeys([*predictions, *references]))
+    ids = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"]
+    tokens = dict(zip(texts, map(len, ids)))
+    study = sum(2 * max(tokens[p], tokens[r]) for p, r in zip(predictions, references))
+    return study / sum(n for text, n in tokens.items() if text not in known)
 
 
 def timed(step) -> tuple[object, tuple[float, float]]:
@@ -143,6 +155,9 @@ def main() -> None:
     if n > 1:
         print(f"study way run on every {n}th row ({len(predictions[::n])} rows); its times are scaled by {n}")
     report(rows, text_times, runs, study_values, study_times, n)
+    print(f"tokens through the model, study / sciqa (the ratio at equal speed per token): "
+          f"cold {token_ratio(predictions, references, set()):.1f}x, "
+          f"warm {token_ratio(predictions, references, set(references)):.1f}x")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 

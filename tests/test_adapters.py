@@ -6,7 +6,7 @@ import torch
 
 from helpers import collate, encode_prompts
 from sciqa import models
-from sciqa.adapters import attach, check_variant, load_adapter, save_adapter
+from sciqa.adapters import attach, check_variant, load_adapter
 from sciqa.data import load_problems
 from sciqa.data.prompts import build_prompt, target_json
 from sciqa.errors import SciqaError
@@ -122,7 +122,7 @@ def test_save_load_round_trip(variant, problems, tmp_path):
     with torch.no_grad():
         for p in adapted.trainable_state().values():
             p.add_(torch.randn_like(p) * 0.5)
-    save_adapter(adapted, "tiny-qwen2-vl", tmp_path / "a")
+    adapted.save(tmp_path / "a", "tiny-qwen2-vl")
     inputs = encode_prompts(lm, problems, [build_prompt(p, "QTCH") for p in problems])
     kw = dict(max_new_tokens=6, do_sample=False, eos_token_id=-1, pad_token_id=lm.tokenizer.pad_token_id)
     want = adapted.eval().generate(**inputs, **kw)
@@ -140,7 +140,7 @@ def test_refusals(tmp_path):
         check_variant("nope")
     with pytest.raises(ValueError, match="gradient checkpointing"):
         attach(lm, "pkv", {"prefix_len": 2}).enable_gradient_checkpointing()
-    save_adapter(attach(_lm("tiny-qwen2-vl"), "pkv", {"prefix_len": 2}), "tiny-qwen2-vl", tmp_path / "a")
+    attach(_lm("tiny-qwen2-vl"), "pkv", {"prefix_len": 2}).save(tmp_path / "a", "tiny-qwen2-vl")
     with pytest.raises(SciqaError, match="trained on 'tiny-qwen2-vl'"):
         load_adapter(_lm("tiny-llava"), tmp_path / "a")
 

@@ -17,7 +17,7 @@ import pytest
 from helpers import free_port, invoke_cli
 from sciqa.errors import SciqaError
 from sciqa.eval import metrics, wordnet
-from sciqa.tracking import server
+from sciqa.tracking import store
 
 PREDICTIONS = ["the dog ran quickly to the big house", "a hound sprinted home", "plants need light to grow", ""]
 REFERENCES = ["the hound ran fast to the large home", "the dog ran quickly to the house",
@@ -200,8 +200,8 @@ def no_credentials(tmp_path, monkeypatch):
 
 
 def test_server_beyond_loopback_runs_mlflow_basic_auth(tmp_path):
-    assert server.server_command(tmp_path, "0.0.0.0", 5000, 1)[-2:] == ["--app-name", "basic-auth"]
-    assert "--app-name" not in server.server_command(tmp_path, "127.0.0.1", 5000, 1)
+    assert store.server_command(tmp_path, "0.0.0.0", 5000, 1)[-2:] == ["--app-name", "basic-auth"]
+    assert "--app-name" not in store.server_command(tmp_path, "127.0.0.1", 5000, 1)
 
 
 @pytest.mark.parametrize("case, needle", [
@@ -223,7 +223,7 @@ def test_server_beyond_loopback_refuses_to_start_without_usable_credentials(no_c
 
 
 def test_server_config_file_is_private_and_holds_no_password(tmp_path):
-    env = server.server_env(tmp_path, "ada", PASSWORD)
+    env = store.server_env(tmp_path, "ada", PASSWORD)
     config = Path(env["MLFLOW_AUTH_CONFIG_PATH"])
     assert config.stat().st_mode & 0o777 == 0o600 and PASSWORD not in config.read_text()
     assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == PASSWORD and len(env["MLFLOW_FLASK_SERVER_SECRET_KEY"]) == 64

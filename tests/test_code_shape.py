@@ -11,7 +11,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 50
-MAX_SRC_LINES = 8000  # a ratchet: lower it as code goes (the aim is 7,000)
+MAX_SRC_LINES = 7000  # the limit; a ratchet: lower it as code goes
 
 
 def modules() -> dict[str, Path]:

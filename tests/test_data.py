@@ -6,8 +6,7 @@ import datasets
 import pytest
 from PIL import Image
 
-from sciqa.data import load_problems
-from sciqa.data.sources import SAMPLE_DIR
+from sciqa.data import SAMPLE_DIR, load_problems
 from sciqa.errors import SciqaError
 
 FIELDS = ["question", "choices", "answer", "hint", "task", "grade", "subject", "topic", "category", "skill",

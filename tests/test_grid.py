@@ -134,14 +134,14 @@ def test_bad_grid_is_one_line_and_leaves_no_run(experiment, tmp_path, args, need
 
 
 def test_training_table_marks_the_lowest_loss_and_keeps_axis_values_as_given():
-    from sciqa.steps.grid_table import mark_best, markdown
+    from sciqa.steps.compare import grid_markdown, mark_best
 
     frame = mark_best("train_prefix", pd.DataFrame({
         "lr": ["0.001", "0.01", "0.001", "0.01"], "prefix_len": ["10", "10", "50", "50"],
         "run_id": ["a", "b", "c", ""], "status": ["FINISHED", "FINISHED", "FINISHED", "FAILED"],
         "val_loss_golden": [2.5, 1.25, 3.0, float("nan")]}))
     assert list(frame["best"]) == ["", "*", "", ""]
-    text = markdown("train_prefix", frame, ["lr", "prefix_len"], None)
+    text = grid_markdown("train_prefix", frame, ["lr", "prefix_len"], pd.DataFrame())
     # the last axis across, the others down; a failed cell shows its status
     assert "| lr    | 10      | 50     |" in text and "| 0.01  | 1.2500* | FAILED |" in text
     assert "| 0.001 | 10           | a        | FINISHED | 2.5000 " in text  # axis values as given

@@ -179,7 +179,7 @@ def test_a_key_variable_named_by_the_user_is_redacted_whatever_its_name(monkeypa
     from sciqa.backends.openai import OpenAIBackend
     from sciqa.steps.benchmark import BenchmarkConfig
 
-    monkeypatch.setattr(config, "_KEY_VARIABLES", set())
+    config.KEY_VARIABLES.discard("MY_LAB_VAR")  # the backend adds to this very set
     monkeypatch.setenv("MY_LAB_VAR", "lab-credential-0042")
     assert config.redact("sent lab-credential-0042") == "sent lab-credential-0042"  # not a secret-shaped name
     OpenAIBackend.from_config(BenchmarkConfig(backend="openai", model="m", max_new_tokens=8,
@@ -319,13 +319,13 @@ def test_empty_or_unusable_teacher_csv_touches_no_store(cli, content, tmp_path):
 # ---------------------------------------------------------------- 9. Ctrl-C
 
 def test_ctrl_c_says_where_the_run_stands_exits_130_and_resumes(cli, experiment, tmp_path, monkeypatch):
-    import sciqa.steps.generation
+    import sciqa.steps.benchmark
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(sciqa.steps.generation, "parse_output", interrupt)  # Ctrl-C while the first batch is handled
+        m.setattr(sciqa.steps.benchmark, "parse_output", interrupt)  # Ctrl-C while the first batch is handled
         proc = cli("benchmark", *TINY, cwd=tmp_path, check=False)
     (run,) = runs_of(experiment)
     assert proc.returncode == 130, proc.stderr[-2000:]
@@ -358,7 +358,7 @@ def test_sigint_to_a_real_process_exits_130_naming_the_run(experiment, tmp_path)
 def test_step_state_defaults_to_the_cache_not_the_working_folder(cli, experiment, tmp_path):
     cli("benchmark", *TINY, cwd=tmp_path)
     assert list(tmp_path.iterdir()) == []  # nothing in the folder it ran in (under `mlflow run`: the checkout)
-    from sciqa.steps.generation import workdir_path
+    from sciqa.steps.benchmark import workdir_path
 
     (run,) = runs_of(experiment)
     key = run.data.tags["sciqa.key"]

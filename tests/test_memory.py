@@ -141,14 +141,14 @@ def test_real_models_from_published_configs_pick_the_gpus_that_hold_them():
         shape = memory.shape_of(config, family(fam))
         assert shape.params == pytest.approx(params, rel=0.01)
         gb = (sum(memory.generation_bytes(shape, 2, 8, 512).values()) / memory.GB) + memory.CUDA_OVERHEAD_GB
-        picked[name] = choose(profile, gb, idle=idle).gpu
+        picked[name] = choose(profile, gb, idle=idle)[0]
         assert gb > shape.params * 2 / memory.GB  # at least the bf16 weights
     # 2B and 7B fit a V100-32GB (8 idle); Pixtral-12B in bf16 needs an A100/H100: the idler A100
     assert picked == {"Qwen2-VL-2B": "v100", "LLaVA-1.5-7B": "v100", "Pixtral-12B": "a100"}
     with pytest.raises(SciqaError, match=r"needs about 500.0 GB, the largest GPU is h100 with 94 GB"):
         choose(profile, 500.0, idle=idle)
-    tie = choose(profile, 10.0, idle={"v100": 1, "v100-dev": 1, "a100": 1, "h100": 1})
-    assert tie.gpu in ("v100", "v100-dev") and tie.candidates == {"v100": 1, "v100-dev": 1, "a100": 1, "h100": 1}
+    tie, candidates = choose(profile, 10.0, idle={"v100": 1, "v100-dev": 1, "a100": 1, "h100": 1})
+    assert tie in ("v100", "v100-dev") and candidates == {"v100": 1, "v100-dev": 1, "a100": 1, "h100": 1}
 
 
 def test_profile_gpu_memory_must_be_a_positive_number(tmp_path):
@@ -159,7 +159,7 @@ def test_profile_gpu_memory_must_be_a_positive_number(tmp_path):
     path.write_text(text)
     with pytest.raises(SciqaError, match=r"\[gpus.a100\]: memory_gb must be a positive number"):
         slurm.load_profile(str(path))
-    assert slurm.load_profile("local").gpu_memory_gb == {"h100": 80.0, "a100": 40.0}
+    assert {t: g.memory_gb for t, g in slurm.load_profile("local").gpus.items()} == {"h100": 80.0, "a100": 40.0}
 
 
 def test_offload_places_what_fits_on_the_gpu_and_the_rest_on_cpu(monkeypatch):

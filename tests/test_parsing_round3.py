@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from sciqa.data.sources import SAMPLE_DIR
+from sciqa.data import SAMPLE_DIR
 from sciqa.eval.parsing import CONFLICT, FUZZY_RULES, RULES, UNMAPPED, parse_output, rule_counts
 from sciqa.steps.evaluate import _rule_table, score_frame
 

@@ -11,8 +11,7 @@ import pytest
 
 def test_local_folders_copied_and_load_offline(cli, tmp_path):
     from sciqa import models
-    from sciqa.data import load_problems
-    from sciqa.data.sources import SAMPLE_DIR
+    from sciqa.data import SAMPLE_DIR, load_problems
 
     model_src = Path(models.resolve("tiny-qwen2-vl")[0])
     data_src = tmp_path / "scienceqa-orig"
@@ -35,8 +34,7 @@ def test_hub_ids(tmp_path, monkeypatch):
     import huggingface_hub
 
     from sciqa import prefetch
-    from sciqa.data import load_problems
-    from sciqa.data.sources import SAMPLE_DIR
+    from sciqa.data import SAMPLE_DIR, load_problems
 
     calls = []
 
@@ -50,7 +48,7 @@ def test_hub_ids(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     monkeypatch.setattr(datasets, "load_dataset", lambda name, revision=None: fake_hub)
     m = prefetch.prefetch_model("Qwen/Qwen2-VL-2B-Instruct", None, "main")
-    assert calls[0]["repo_type"] == "model" and calls[0]["revision"] == "main" and "local_dir" not in calls[0]
+    assert calls[0]["repo_type"] == "model" and calls[0]["revision"] == "main" and calls[0]["local_dir"] is None
     assert "*.safetensors" in calls[0]["allow_patterns"] and "*.jinja" in calls[0]["allow_patterns"]
     assert m.use_as == "Qwen/Qwen2-VL-2B-Instruct"  # from the cache: the same --model on the node
     m = prefetch.prefetch_model("mistralai/Pixtral-12B-2409", tmp_path / "dest")

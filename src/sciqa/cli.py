@@ -1,75 +1,69 @@
 """The ``sciqa`` command: one thin command per step, its options the step's config; steps are imported when run."""
 import dataclasses
-import functools
 import re
 import sys
 import traceback
 import typing
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from pkgutil import resolve_name
 
 import click
 
+from sciqa import slurm
 from sciqa.adapters import variants_of_step
 from sciqa.config import cli_name, redact, redact_logging
 from sciqa.doctor import STEPS
 from sciqa.errors import SciqaError
-from sciqa.slurm.cli import STATUS_BY_STEP, slurm_group, slurm_options
+from sciqa.slurm import job
 
 CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING, bool: click.BOOL}
-EXIT_INTERRUPTED = 130  # 128 + SIGINT: what shells and schedulers expect after Ctrl-C
+SLURM_HELP = (
+    "Run as a requeue-able Slurm job in the same MLflow run (MLFLOW_RUN_ID is exported; under `mlflow run` it "
+    "attaches to that run). TYPE: a GPU type of the profile (`sciqa slurm profiles`), or auto: the idlest type "
+    "whose memory holds the step's estimated peak. Secrets never enter the job script: the job inherits the "
+    "environment (sbatch --export=ALL) or the profile's setup lines source them. Use an http(s) "
+    "MLFLOW_TRACKING_URI the nodes reach; a local sqlite store works on one node only (warns).")
 
 
 def _help(f: dataclasses.Field) -> str:
     """The field's help plus what it accepts (choices, bounds), so --help tells the whole contract."""
-    meta, extra = f.metadata, []
-    if meta.get("choices"):
-        extra.append("one of " + ", ".join(map(str, meta["choices"])))
-    for key, sign in (("min", ">="), ("above", ">"), ("max", "<=")):
-        if meta.get(key) is not None:
-            extra.append(f"{sign} {meta[key]}")
+    meta = f.metadata
+    extra = ["one of " + ", ".join(map(str, meta["choices"]))] if meta.get("choices") else []
+    extra += [f"{sign} {meta[key]}" for key, sign in (("min", ">="), ("above", ">"), ("max", "<="))
+              if meta.get(key) is not None]
     return meta.get("help", "") + (f" [{'; '.join(extra)}]" if extra else "")
-
-
-def _fail(message: str, attach: str | None) -> None:
-    """One line on stderr, the run ``mlflow run`` made (``attach``) marked FAILED with the reason, exit 2."""
-    from sciqa.tracking import runs as tracking
-
-    message = redact(message)
-    click.echo(f"sciqa: error: {message}", err=True)
-    tracking.fail_attached(attach, message)
-    sys.exit(2)
 
 
 def _interrupted(exc: KeyboardInterrupt) -> None:
     """Ctrl-C: say where the run stands (``tracking.step_run`` marked it KILLED and named it), exit 130."""
     runs = getattr(exc, "sciqa_runs", [])  # innermost first
+    where = "no run was started; nothing to resume"
     if runs:
-        step, run_id = runs[0]
         inside = f", inside run {runs[-1][1]} ({runs[-1][0]})" if len(runs) > 1 else ""
-        where = (f"run {run_id} ({step}{inside}) is marked KILLED and resumable: the same command continues it "
-                 "from what it saved")
-    else:
-        where = "no run was started; nothing to resume"
+        where = (f"run {runs[0][1]} ({runs[0][0]}{inside}) is marked KILLED and resumable: the same command "
+                 "continues it from what it saved")
     click.echo(f"\nsciqa: interrupted: {where}", err=True)
-    sys.exit(EXIT_INTERRUPTED)
+    sys.exit(130)  # 128 + SIGINT: what shells and schedulers expect after Ctrl-C
 
 
 class Group(click.Group):
     """Bad input: one line on stderr, exit 2; Ctrl-C: where the run stands, exit 130; a crash: redacted traceback."""
 
     def invoke(self, ctx):
-        from sciqa.slurm import job
-
         try:
             with job.watch():  # SIGUSR1/SIGTERM: every long loop stops at a safe point, state saved, exit 75
                 return super().invoke(ctx)
-        except click.UsageError as exc:
+        except (click.UsageError, SciqaError) as exc:  # the run `mlflow run` made (ctx.obj) FAILED with the reason
             sub = f" (sciqa {ctx.invoked_subcommand} --help)" if ctx.invoked_subcommand else ""
-            _fail(exc.format_message().replace("\n", " ") + sub, ctx.obj)
-        except SciqaError as exc:
-            _fail(str(exc), ctx.obj)
+            message = redact(str(exc) if isinstance(exc, SciqaError) else exc.format_message().replace("\n", " ") + sub)
+            click.echo(f"sciqa: error: {message}", err=True)
+            if ctx.obj:  # imports MLflow: not for a usage error outside `mlflow run`
+                from sciqa.tracking.runs import fail_attached
+
+                fail_attached(ctx.obj, message)
+            sys.exit(2)
         except KeyboardInterrupt as exc:
             _interrupted(exc)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
@@ -83,90 +77,127 @@ class Group(click.Group):
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """sciqa: ScienceQA experiments (benchmark, adapters, KD vs golden) tracked in MLflow."""
-    from sciqa.tracking.runs import claim_mlflow_run
+    from sciqa.tracking import claim_mlflow_run
 
     redact_logging()
     ctx.obj = claim_mlflow_run()  # the run `mlflow run` made: the command's own step attaches to it
 
 
-main.add_command(slurm_group)  # sciqa slurm profiles | status RUN_ID
-STATUS_BY_STEP["grid"] = "sciqa.steps.grid:status_lines"  # a grid run's status: one line per cell
+def _empty_to_none(_ctx, _param, value):
+    return value or None  # MLproject passes '' for "not set"
 
 
-def config_command(name: str, config: str, check: str = "", exclude: tuple[str, ...] = ()):
-    """A command taking ``config``'s fields but ``exclude`` as options (booleans take a value: MLproject's
-    ``--force false``); ``check`` ("module:function"): also --slurm-* options, checked before submitting."""
+SLURM_PROFILE = click.option("--slurm-profile", "slurm_profile", default=None, callback=_empty_to_none,
+                             envvar="SCIQA_SLURM_PROFILE", metavar="NAME|PATH",
+                             help="cluster profile: a name in slurm/profiles or a .toml path "
+                                  "[env SCIQA_SLURM_PROFILE; default: local]")
+SLURM_OPTIONS = [
+    click.option("--slurm-gpu", "slurm_gpu", default=None, callback=_empty_to_none, metavar="TYPE", help=SLURM_HELP),
+    SLURM_PROFILE,
+    click.option("--slurm-time", "slurm_time", default=None, callback=_empty_to_none, metavar="HH:MM:SS",
+                 help="job time limit (default: the partition's default from the profile)"),
+    click.option("--slurm-gpus", "slurm_gpus", default=None, type=click.IntRange(min=1), metavar="N",
+                 help="GPUs for the job (default: the profile's count for --model, else 1)"),
+    click.option("--wait", "wait", is_flag=True, default=False, help="with --slurm-gpu: wait for the job to end; "
+                 "print its final state and the run's MLflow status; exit 1 if it failed"),
+]
+
+
+@main.group("slurm")
+def slurm_group() -> None:
+    """Slurm cluster profiles and the state of submitted runs."""
+
+
+@slurm_group.command("profiles")
+@SLURM_PROFILE
+def profiles_cmd(slurm_profile: str | None) -> None:
+    """GPU types, partitions and limits of a cluster profile (what --slurm-gpu accepts)."""
+    profile = slurm.load_profile(slurm_profile or None)
+    click.echo(slurm.describe_profile(profile))
+    click.echo("profiles: " + ", ".join(f"{n}{' (shown)' if p == profile.path else ''}"
+                                       for n, p in sorted(slurm.list_profiles().items())))
+
+
+@slurm_group.command("status")
+@click.argument("run_id")
+def status_cmd(run_id: str) -> None:
+    """Slurm state of a submitted run (job id from its tags) and its MLflow status."""
+    from sciqa.slurm.launch import status_lines
+
+    click.echo("\n".join(status_lines(run_id, {"grid": resolve_name("sciqa.steps.grid:status_lines")})))
+
+
+def config_command(name: str, config: str, run: str, doc: str, check: str = "", exclude: tuple[str, ...] = (),
+                   fixed: dict | None = None, then: Callable[[], str] | None = None, **call) -> None:
+    """``sciqa <name>``: ``config``'s fields but ``exclude`` as options (a bool takes a value: ``--force false``), runs
+    ``run`` (+ ``call``) on it with ``fixed`` set, prints its run id; ``check``: also --slurm-* options (a job)."""
     cls = resolve_name(config)
     hints = typing.get_type_hints(cls)
 
-    def decorate(fn):
-        @functools.wraps(fn)
-        def command(**kwargs):
-            fn(cls(**kwargs), click.get_current_context().obj)
+    def command(slurm_gpu=None, slurm_profile=None, slurm_time=None, slurm_gpus=None, wait=False, **kwargs) -> None:
+        given = [n for n, v in (("--slurm-time", slurm_time), ("--slurm-gpus", slurm_gpus), ("--wait", wait)) if v]
+        if given and not slurm_gpu:
+            raise SciqaError(f"{', '.join(given)}: only for a Slurm job; add --slurm-gpu TYPE "
+                             "(`sciqa slurm profiles` lists the types)")
+        ctx, cfg = click.get_current_context(), replace(cls(**kwargs), **(fixed or {}))
+        if not slurm_gpu:
+            result = resolve_name(run)(cfg, attach=ctx.obj, **call)
+            click.echo(f"{name.replace('-', '_')} run: {getattr(result, 'run_id', result)}")
+            if then:
+                click.echo(then())
+            return
+        from sciqa.slurm.launch import job_args, submit_step  # lazy: MLflow and torch only when submitting
 
-        if check:
-            command = slurm_options(name.replace("-", "_"), cls, check)(command)
-        for f in reversed(dataclasses.fields(cls)):
-            if f.name not in exclude:
-                flag = {"is_flag": False, "flag_value": True} if hints[f.name] is bool else {}
-                command = click.option(cli_name(f.name), f.name, default=f.default, show_default=True, help=_help(f),
-                                       type=CLICK_TYPES[hints[f.name]], **flag)(command)
-        return main.command(name)(command)
+        code = submit_step(name.replace("-", "_"), job_args(ctx.command, cfg), cfg, resolve_name(check),
+                           gpu=slurm_gpu, profile=slurm_profile, time_limit=slurm_time, gpus=slurm_gpus, wait=wait,
+                           attach=ctx.obj)
+        if code:
+            sys.exit(code)
 
-    return decorate
-
-
-@config_command("benchmark", "sciqa.steps.benchmark:BenchmarkConfig", "sciqa.steps.benchmark:check")
-def benchmark(cfg, attach: str | None) -> None:
-    """Benchmark a model on one split and setting; writes outputs/<split>_<setting>.csv."""
-    from sciqa.steps.benchmark import benchmark as run
-
-    click.echo(f"benchmark run: {run(cfg, attach=attach).run_id}")
+    if check:
+        command.__sciqa_slurm__ = (name.replace("-", "_"), cls, check)  # grid and tests read these
+        for opt in reversed(SLURM_OPTIONS):  # innermost: these options come last in --help
+            command = opt(command)
+    for f in reversed(dataclasses.fields(cls)):
+        if f.name not in exclude:
+            flag = {"is_flag": False, "flag_value": True} if hints[f.name] is bool else {}
+            command = click.option(cli_name(f.name), f.name, default=f.default, show_default=True, help=_help(f),
+                                   type=CLICK_TYPES[hints[f.name]], **flag)(command)
+    main.command(name, help=doc)(command)
 
 
-@config_command("main", "sciqa.steps.pipeline:MainConfig", "sciqa.steps.pipeline:check")
-def main_cmd(cfg, attach: str | None) -> None:
-    """The whole experiment as one parent MLflow run with nested child runs."""
-    from sciqa.steps.pipeline import main as run_main
+def _look_at_it() -> str:
+    """Where to see a main run: its server, or the `mlflow ui` command for a local store."""
     from sciqa.tracking.store import tracking_uri
 
-    run_id, uri = run_main(cfg, attach), tracking_uri()
-    where = f"open {uri}" if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
-    click.echo(f"main run: {run_id}\nlook at it: {where}")
-
-
-TRAIN = "sciqa.steps.train:TrainConfig"
+    uri = tracking_uri()
+    return "look at it: " + (f"open {uri}" if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}")
 
 
 def _other_options(step: str) -> tuple[str, ...]:
     """The other training command's options: train-lora has no --prefix-len, train-prefix no --lora-r."""
-    fields = resolve_name("sciqa.steps.train:STEP_FIELDS")
+    fields = resolve_name("sciqa.steps:STEP_FIELDS")
     return tuple(f for name, names in fields.items() if name != step for f in names)
 
 
-@config_command("train-prefix", TRAIN, "sciqa.steps.train:check_prefix", _other_options("train_prefix"))
-def train_prefix(cfg, attach: str | None) -> None:
-    """Train a prefix adapter (--variant) on golden or teacher (KD) targets."""
-    from sciqa.steps.train import train
-
-    click.echo(f"train_prefix run: {train(cfg, step='train_prefix', attach=attach).run_id}")
-
-
-@config_command("train-lora", TRAIN, "sciqa.steps.train:check_lora", _other_options("train_lora"))
-def train_lora(cfg, attach: str | None) -> None:
-    """Train a LoRA adapter on golden or teacher (KD) targets."""
-    from sciqa.steps.train import train
-
-    cfg = replace(cfg, variant=variants_of_step("train_lora")[0])
-    click.echo(f"train_lora run: {train(cfg, attach=attach).run_id}")
-
-
-@config_command("score", "sciqa.steps.score:ScoreConfig", "sciqa.steps.score:check")
-def score_cmd(cfg, attach: str | None) -> None:
-    """Generate for a split with the base model plus a trained adapter (same CSV as benchmark)."""
-    from sciqa.steps.score import score
-
-    click.echo(f"score run: {score(cfg, attach=attach).run_id}")
+TRAIN = "sciqa.steps:TrainConfig"
+config_command("benchmark", "sciqa.steps:BenchmarkConfig", "sciqa.steps.benchmark:benchmark",
+               "Benchmark a model on one split and setting; writes outputs/<split>_<setting>.csv.",
+               "sciqa.steps.benchmark:check")
+config_command("main", "sciqa.steps:MainConfig", "sciqa.steps.pipeline:main",
+               "The whole experiment as one parent MLflow run with nested child runs.", "sciqa.steps.pipeline:check",
+               then=_look_at_it)
+config_command("train-prefix", TRAIN, "sciqa.steps.train:train",
+               "Train a prefix adapter (--variant) on golden or teacher (KD) targets.",
+               "sciqa.steps.train:check_prefix", _other_options("train_prefix"), step="train_prefix")
+config_command("train-lora", TRAIN, "sciqa.steps.train:train",
+               "Train a LoRA adapter on golden or teacher (KD) targets.", "sciqa.steps.train:check_lora",
+               _other_options("train_lora"), fixed={"variant": variants_of_step("train_lora")[0]}, step="train_lora")
+config_command("score", "sciqa.steps:ScoreConfig", "sciqa.steps.score:score",
+               "Generate for a split with the base model plus a trained adapter (same CSV as benchmark).",
+               "sciqa.steps.score:check")
+config_command("evaluate", "sciqa.steps:EvaluateConfig", "sciqa.steps.evaluate:evaluate",
+               "Accuracy breakdowns and explanation metrics (BLEU, ROUGE-L, METEOR, cosine) of outputs.")
 
 
 @main.command("grid", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -178,13 +209,12 @@ def score_cmd(cfg, attach: str | None) -> None:
 @click.option("--slurm-gpu", "slurm_gpu", default="", metavar="TYPE|auto",
               help="submit the cells as one Slurm job array per GPU type; auto: the idlest type whose memory "
                    "holds each cell's estimated peak (see `sciqa slurm profiles`)")
-@click.option("--slurm-profile", "slurm_profile", default="", envvar="SCIQA_SLURM_PROFILE", metavar="NAME|PATH",
-              help="cluster profile [env SCIQA_SLURM_PROFILE; default: local]")
+@SLURM_PROFILE
 @click.option("--slurm-time", "slurm_time", default="", metavar="HH:MM:SS", help="time limit of each task")
 @click.option("--slurm-max-running", "max_running", default=0, type=click.IntRange(min=0), metavar="K",
               help="at most K tasks of an array at once (sbatch --array=0-N%K; 0 = no limit)")
 @click.pass_context
-def grid_cmd(ctx, step: str, spec: str, collect: str, slurm_gpu: str, slurm_profile: str, slurm_time: str,
+def grid_cmd(ctx, step: str, spec: str, collect: str, slurm_gpu: str, slurm_profile: str | None, slurm_time: str,
              max_running: int) -> None:
     """Cross product of a step's comma-separated options (benchmark, score, train-prefix, train-lora) as
     child runs of one parent, then the table (grid/table.csv|md, plots/grid.png, paired comparisons).
@@ -199,14 +229,6 @@ def grid_cmd(ctx, step: str, spec: str, collect: str, slurm_gpu: str, slurm_prof
     click.echo(grid_step.command(main.commands, step, spec, ctx.args, collect=collect, gpu=slurm_gpu,
                                  profile=slurm_profile, time_limit=slurm_time, max_running=max_running,
                                  attach=ctx.obj))
-
-
-@config_command("evaluate", "sciqa.steps.evaluate:EvaluateConfig")
-def evaluate(cfg, attach: str | None) -> None:
-    """Accuracy breakdowns and explanation metrics (BLEU, ROUGE-L, METEOR, cosine) of outputs."""
-    from sciqa.steps.evaluate import evaluate as run
-
-    click.echo(f"evaluate run: {run(cfg, attach=attach)}")
 
 
 @main.command("compare")
@@ -248,9 +270,7 @@ def prefetch(model: str, dataset: str, dest: str, revision: str, verify: bool) -
     if not model and not dataset:
         raise SciqaError("prefetch needs --model and/or --dataset")
     target = Path(dest).expanduser().resolve() if dest else None
-    fetched = []
-    if model:
-        fetched.append(pf.prefetch_model(model, target, revision or None))
+    fetched = [pf.prefetch_model(model, target, revision or None)] if model else []
     if dataset:
         fetched.append(pf.prefetch_dataset(dataset, target))
     if verify:
@@ -271,8 +291,7 @@ def doctor(step: str, slurm: bool) -> None:
 
     results = checks.diagnose(STEPS if step == "all" else (step,), slurm)
     click.echo(checks.table(results))
-    missing = checks.blocking(results)
-    if missing:
+    if missing := checks.blocking(results):
         raise SciqaError(f"missing: {missing}")
 
 
@@ -301,6 +320,6 @@ def server(port: int, host: str, store: str, workers: int) -> None:
     For many jobs at once (a Slurm array, several terminals): they log to it over HTTP instead of
     sharing one sqlite file. Prints the `export MLFLOW_TRACKING_URI=...` line to use in the jobs.
     """
-    from sciqa.tracking.server import serve
+    from sciqa.tracking.store import serve
 
     sys.exit(serve(store, host, port, workers))

@@ -6,60 +6,48 @@ import operator
 import os
 import re
 from contextlib import suppress
-from dataclasses import field
+from functools import cache
 from typing import Any
 
 from sciqa.errors import SciqaError
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # models.base.DTYPES plus auto (no torch import here)
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")  # a URL with credentials in it
 # a credential's variable (USERNAME: basic auth's half; CREDENTIALS: e.g. GOOGLE_APPLICATION_CREDENTIALS)
 _SECRET_NAME = re.compile(r"(^|_)(TOKEN|KEY|PASSWORD|PASS|SECRET|CREDENTIALS?|AUTH|COOKIE|PRIVATE)($|_)|_USERNAME$")
 _AUTH_HEADER = re.compile(r"\b(Basic|Bearer|Token)\s+[A-Za-z0-9._~+/=-]{6,}")  # an API echoing the header
 _BOUNDS = (("min", "at least", operator.lt), ("max", "at most", operator.gt), ("above", "greater than", operator.le))
-_KEY_VARIABLES: set[str] = set()  # variables a user named as holding a key (--api-key-env), whatever their name
-_SHORTEST_SECRET = 6  # shorter values ("1", "true") are settings, and redacting them would garble text
+KEY_VARIABLES: set[str] = set()  # variables a user named as holding a key (--api-key-env), whatever their name
 
 
 def option(default: Any, help: str, *, min: float | None = None, max: float | None = None,
            above: float | None = None, choices: tuple | None = None, operational: bool = False) -> Any:
     """A config field: ``min``/``max`` are inclusive bounds, ``above`` an exclusive lower bound."""
     meta = {"help": help, "min": min, "max": max, "above": above, "choices": choices, "operational": operational}
-    return field(default=default, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 def cli_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def treat_as_secret(variable: str) -> None:
-    """Redact this environment variable's value too: ``--api-key-env MYVAR`` need not end in ``_KEY``."""
-    _KEY_VARIABLES.add(variable)
-
-
 def is_secret_name(name: str) -> bool:
     """A variable holding a credential: its value is redacted and never written into a Slurm job file."""
-    return bool(_SECRET_NAME.search(name.upper())) or name in _KEY_VARIABLES
-
-
-def has_userinfo(value: str) -> bool:
-    """A URL with credentials in it (``https://user:pass@host``)."""
-    return _USERINFO.search(value) is not None
+    return bool(_SECRET_NAME.search(name.upper())) or name in KEY_VARIABLES
 
 
 def redact(value: str) -> str:
     """The one redaction (params, tags, errors, logs): URL userinfo, secret variables' values, auth headers."""
-    found = {v for k, v in os.environ.items() if is_secret_name(k) and len(v) >= _SHORTEST_SECRET}
+    found = {v for k, v in os.environ.items() if is_secret_name(k) and len(v) >= 6}  # "1", "true": settings
     for secret in sorted(found, key=len, reverse=True):  # a key inside a longer one
         value = value.replace(secret, "***")
-    return _AUTH_HEADER.sub(r"\1 ***", _USERINFO.sub(r"\g<scheme>***@", value))
+    return _AUTH_HEADER.sub(r"\1 ***", USERINFO.sub(r"\g<scheme>***@", value))
 
 
+@cache
 def redact_logging() -> None:
-    """Every log record (MLflow's, urllib3's: they name URLs) goes through :func:`redact`. Idempotent."""
+    """Every log record (MLflow's, urllib3's: they name URLs) goes through :func:`redact`; once per process."""
     make = logging.getLogRecordFactory()
-    if getattr(make, "redacts", False):
-        return
 
     def factory(*args, **kwargs) -> logging.LogRecord:
         record = make(*args, **kwargs)
@@ -67,7 +55,6 @@ def redact_logging() -> None:
             record.msg, record.args = redact(record.getMessage()), ()
         return record
 
-    factory.redacts = True  # type: ignore[attr-defined]
     logging.setLogRecordFactory(factory)
 
 

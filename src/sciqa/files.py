@@ -5,7 +5,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from functools import cache, lru_cache
+from functools import cache
 from pathlib import Path
 
 
@@ -47,7 +47,7 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         raise
 
 
-@lru_cache(maxsize=1)
+@cache
 def source_digest() -> str:
     """Digest of sciqa's own source: any edit, committed or not, changes every step's key."""
     return folder_digest(Path(__file__).parent, "*.py")

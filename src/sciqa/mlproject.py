@@ -1,11 +1,9 @@
-"""MLproject, generated from the commands' options (the step configs) so it never drifts from ``sciqa <step>
---help`` (a test checks the committed file is current).
-
-    python -m sciqa.mlproject > MLproject
-"""
-import yaml
+"""MLproject from the commands' options, so it never drifts from them: ``python -m sciqa.mlproject > MLproject``."""
+import json
+from textwrap import wrap
 
 from sciqa.cli import main
+from sciqa.config import as_param
 
 HEADER = """\
 name: sciqa
@@ -17,74 +15,40 @@ conda_env: conda.yaml
 
 entry_points:
 """
-COMMANDS = ("main", "benchmark", "train-prefix", "train-lora", "score", "evaluate")  # one entry point each
-SLURM = ("slurm_gpu", "slurm_profile", "slurm_time")  # of the command's --slurm-* options, those MLproject passes
-SLURM_COMMENT = '      # Slurm: a GPU type of the profile submits the step as a job in this very run ("" = here)'
-# How every entry point starts: the environment MLflow builds holds the dependencies, not sciqa
-# (a src/ layout is importable only when installed or on the path); MLflow runs commands in the project.
-PYTHON = "PYTHONPATH=$PWD/src:$PYTHONPATH python -m sciqa"
-TYPES = {"integer": "int", "float": "float", "text": "string", "boolean": "string"}  # click type -> MLproject
-
-
-def _yaml(value) -> str:
-    if isinstance(value, bool):
-        return f'"{str(value).lower()}"'
-    if isinstance(value, str):
-        plain = value != "" and not any(c in value for c in ",:#{}[]") and yaml.safe_load(value) == value
-        return value if plain else f'"{value}"'
-    return repr(value)
+PYTHON = "PYTHONPATH=$PWD/src:$PYTHONPATH python -m sciqa"  # MLflow's env holds the dependencies, not sciqa
+COMMANDS = {  # one entry point each, with its comment
+    "main": "", "benchmark": "", "train-prefix": "", "train-lora": "", "score": "", "evaluate": "",
+    "compare": "Paired statistics between arms of evaluated runs: runs='A1,A2;B1,B2' (';' between arms, ',' "
+               "between an arm's seed runs; the first arm is the baseline unless given)",
+    "grid": "A step over option lists as one parent run with a child run per cell, then the table (grid/table.md): "
+            "step=benchmark grid='model=a,b;setting=QTCH,QTCHS;limit=8' (a single value: the same in every cell)",
+}
+SKIPPED = ("slurm_gpus", "wait", "run_ids", "collect")  # CLI-only: a job's GPU count, blocking, internal plumbing
+REQUIRED = ("runs", "grid")  # no default: `mlflow run` asks for them
+DEFAULTS = {"step": "benchmark"}  # MLproject's default where the CLI has none
+STEP_SLURM = 'a GPU type of the profile submits the step as a job in this very run ("" = here)'
+SLURM = {"grid": "one job array per GPU type (auto: the idlest type that holds the estimated memory)"}
+TYPES = {"integer": "int", "integer range": "int", "float": "float", "text": "string", "boolean": "string"}
 
 
 def entry(command: str) -> str:
-    """The entry point of a config command: its options (the config fields it takes, then Slurm's)."""
-    params = [p for p in main.commands[command].params if not p.name.startswith(("slurm", "wait")) or p.name in SLURM]
-    lines = [f"  {command.replace('-', '_')}:", "    parameters:"]
-    for p in params:
-        if p.name == SLURM[0]:
-            lines.append(SLURM_COMMENT)
-        default = _yaml("" if p.default is None else p.default)
-        lines.append(f"      {p.name}: {{type: {TYPES[p.type.name]}, default: {default}}}")
-    wrapped, line = [], f"{PYTHON} {command}"
-    for arg in (f"--{p.name.replace('_', '-')} {{{p.name}}}" for p in params):
-        if len(line) + len(arg) > 110:
-            wrapped.append(line)
-            line = ""
-        line = f"{line} {arg}".strip()
-    wrapped.append(line)
-    lines += ["    command: >-", *[f"      {w}" for w in wrapped]]
-    return "\n".join(lines)
-
-
-COMPARE = """\
-  compare:
-    # Paired statistics between arms of evaluated runs: runs='A1,A2;B1,B2' (';' between arms, ',' between
-    # an arm's seed runs; the first arm is the baseline unless given)
-    parameters:
-      runs: {type: string}
-      baseline: {type: string, default: ""}
-      by_group: {type: string, default: "true"}
-    command: """ + PYTHON + """ compare --runs {runs} --baseline {baseline} --by-group {by_group}"""
-
-
-GRID = """\
-  grid:
-    # A step over option lists as one parent run with a child run per cell, then the table (grid/table.md):
-    # step=benchmark grid='model=a,b;setting=QTCH,QTCHS;limit=8' (a single value: the same in every cell)
-    parameters:
-      step: {type: string, default: benchmark}
-      grid: {type: string}
-      # Slurm: one job array per GPU type (auto: the idlest type that holds the estimated memory)
-      slurm_gpu: {type: string, default: ""}
-      slurm_profile: {type: string, default: ""}
-      slurm_time: {type: string, default: ""}
-      slurm_max_running: {type: int, default: 0}
-    command: >-
-      """ + PYTHON + """ grid {step} --grid {grid} --slurm-gpu {slurm_gpu}
-      --slurm-profile {slurm_profile} --slurm-time {slurm_time} --slurm-max-running {slurm_max_running}"""
+    """The entry point of a command: every option (named by its flag) and argument, Slurm's with a comment."""
+    comment = [f"    # {line}" for line in wrap(COMMANDS[command], 110)]
+    lines = [f"  {command.replace('-', '_')}:", *comment, "    parameters:"]
+    args = [f"{PYTHON} {command}"]
+    for p in (p for p in main.commands[command].params if p.name not in SKIPPED):
+        name, kind = p.opts[0].lstrip("-").replace("-", "_"), TYPES[p.type.name]
+        if name == "slurm_gpu":
+            lines.append(f"      # Slurm: {SLURM.get(command, STEP_SLURM)}")
+        value = as_param(DEFAULTS.get(name, p.default))
+        default = "" if name in REQUIRED else f", default: {json.dumps(value) if kind == 'string' else value}"
+        lines.append(f"      {name}: {{type: {kind}{default}}}")
+        args.append(f"{{{name}}}" if p.param_type_name == "argument" else f"{p.opts[0]} {{{name}}}")
+    return "\n".join([*lines, "    command: >-", *(f"      {a}" for a in args)])
 
 
 def render() -> str:
-    return HEADER + "\n\n".join([*map(entry, COMMANDS), COMPARE, GRID]) + "\n"
+    return HEADER + "\n\n".join(map(entry, COMMANDS)) + "\n"
 
 
 if __name__ == "__main__":

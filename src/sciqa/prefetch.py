@@ -1,6 +1,4 @@
-"""Fetch a model and a dataset on a machine with internet (into the HF caches, or ``--dest`` folders) so offline
-compute nodes can run them; then check they load in a fresh offline process."""
-import json
+"""Fetch a model and a dataset where there is internet, for offline compute nodes; then check they load offline."""
 import os
 import shutil
 import subprocess
@@ -55,10 +53,9 @@ def prefetch_model(model: str, dest: Path | None = None, revision: str | None = 
         raise SciqaError(f"'{model}' is a tiny model built offline: there is nothing to prefetch")
     if copied := _local_copy("model", model, dest):
         return copied
-    kw = dict(repo_id=model, repo_type="model", revision=revision, allow_patterns=MODEL_PATTERNS)
-    if dest is not None:
-        kw["local_dir"] = str(dest / "models" / model.replace("/", "--"))
-    path = Path(_download("model", model, lambda: huggingface_hub.snapshot_download(**kw)))
+    local_dir = str(dest / "models" / model.replace("/", "--")) if dest else None  # None: the HF cache
+    path = Path(_download("model", model, lambda: huggingface_hub.snapshot_download(
+        repo_id=model, repo_type="model", revision=revision, allow_patterns=MODEL_PATTERNS, local_dir=local_dir)))
     return Fetched("model", model, path, model if dest is None else str(path))
 
 
@@ -69,9 +66,8 @@ def prefetch_dataset(dataset: str, dest: Path | None = None, revision: str | Non
         return copied
     dd = _download("dataset", dataset, lambda: datasets.load_dataset(dataset, revision=revision))
     if dest is None:
-        files = [f["filename"] for split in dd.values() for f in split.cache_files]
-        return Fetched("dataset", dataset, Path(files[0]).parent if files else Path(datasets.config.HF_DATASETS_CACHE),
-                       dataset)
+        folders = [Path(f["filename"]).parent for split in dd.values() for f in split.cache_files]
+        return Fetched("dataset", dataset, folders[0] if folders else datasets.config.HF_DATASETS_CACHE, dataset)
     target = dest / "datasets" / dataset.replace("/", "--")
     dd.save_to_disk(str(target))
     return Fetched("dataset", dataset, target, str(target))
@@ -79,17 +75,16 @@ def prefetch_dataset(dataset: str, dest: Path | None = None, revision: str | Non
 
 def verify_offline(fetched: list[Fetched]) -> None:
     """In a fresh process: HF_HUB_OFFLINE is read at import."""
-    items = [[f.what, f.use_as] for f in fetched]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    code = f"from sciqa.prefetch import check_loads; check_loads({json.dumps(items)!r})"
+    code = f"from sciqa.prefetch import check_loads; check_loads({[(f.what, f.use_as) for f in fetched]!r})"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or ["no error output"]
         raise SciqaError(f"the prefetched files do not load offline: {lines[-1]}")
 
 
-def check_loads(items_json: str) -> None:
-    for what, name in json.loads(items_json):
+def check_loads(items: list[tuple[str, str]]) -> None:
+    for what, name in items:
         if what == "model":
             path, family = models.resolve(name)
             family.load_processor(path, None)

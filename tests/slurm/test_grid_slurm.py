@@ -103,7 +103,8 @@ def test_auto_gpu_takes_the_type_that_fits_then_the_idler_one(slurm_env, tmp_pat
     from sciqa.slurm import memory
     from sciqa.steps.benchmark import BenchmarkConfig
 
-    est = memory.estimate("benchmark", BenchmarkConfig(model="tiny-llava", batch_size=1, max_new_tokens=8), "cuda")
+    parts = memory.estimate("benchmark", BenchmarkConfig(model="tiny-llava", batch_size=1, max_new_tokens=8))
+    est_gb = sum(parts.values()) / memory.GB
     args = ["grid", "benchmark", "--model", "tiny-llava", "--setting", "QTCH,QTCHS", "--limit", "2",
             "--max-new-tokens", "8", "--batch-size", "1", "--slurm-gpu", "auto"]
 
@@ -114,15 +115,15 @@ def test_auto_gpu_takes_the_type_that_fits_then_the_idler_one(slurm_env, tmp_pat
         assert len(arrays) == 1, proc.stdout
         subprocess.run(["scancel", arrays[0][0], re.search(r"slurm job (\d+): collects", proc.stdout).group(1)])
         cell = mlflow.MlflowClient().get_run(_cells(parent_id)[0]["run_id"])
-        assert float(cell.data.tags["sciqa.gpu_estimate_gb"]) == pytest.approx(est.total_gb, abs=1e-3)
+        assert float(cell.data.tags["sciqa.gpu_estimate_gb"]) == pytest.approx(est_gb, abs=1e-3)
         assert "estimated peak" in proc.stdout
         return arrays[0][1], cell.data.tags["sciqa.gpu_candidates"]
 
     # only the larger type holds the estimate
-    gpu, candidates = submitted(_profile(tmp_path, 2 * est.total_gb, 0.5 * est.total_gb))
+    gpu, candidates = submitted(_profile(tmp_path, 2 * est_gb, 0.5 * est_gb))
     assert gpu == "h100" and candidates == "h100:4"
     # both hold it and both are idle: the smaller; the smaller busy: the idler one
-    both = _profile(tmp_path, 3 * est.total_gb, 1.5 * est.total_gb)
+    both = _profile(tmp_path, 3 * est_gb, 1.5 * est_gb)
     assert submitted(both) == ("a100", "a100:4,h100:4")
     single = run_cli("benchmark", "--model", "tiny-llava", "--limit", "2", "--max-new-tokens", "8", "--batch-size", "1",
                      "--slurm-gpu", "auto", "--slurm-profile", str(both), cwd=tmp_path)  # one step: the same choice
@@ -143,11 +144,11 @@ def test_auto_gpu_takes_the_type_that_fits_then_the_idler_one(slurm_env, tmp_pat
         subprocess.run(["scancel", hog_id])
 
     # nothing fits: one line naming the estimate and the largest GPU, no run
-    proc = run_cli(*args, "--slurm-profile", str(_profile(tmp_path, 0.5 * est.total_gb, 0.25 * est.total_gb)),
+    proc = run_cli(*args, "--slurm-profile", str(_profile(tmp_path, 0.5 * est_gb, 0.25 * est_gb)),
                    cwd=tmp_path, check=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-    assert "no GPU type fits" in lines[0] and f"{est.total_gb:.1f} GB" in lines[0] and "largest GPU is h100" in lines[0]
+    assert "no GPU type fits" in lines[0] and f"{est_gb:.1f} GB" in lines[0] and "largest GPU is h100" in lines[0]
 
 
 @pytest.mark.timeout(300)

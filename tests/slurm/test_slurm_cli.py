@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+from pkgutil import resolve_name
 
 import pytest
 from click.testing import CliRunner
 
 from sciqa.cli import main
-from sciqa.slurm.cli import _resolve, job_args
-from sciqa.slurm.launch import shared_tracking_uri
+from sciqa.slurm.launch import job_args, shared_tracking_uri
 
 SLURM_OPTIONS = {"--slurm-gpu", "--slurm-profile", "--slurm-time", "--slurm-gpus", "--wait"}
 
@@ -24,7 +24,7 @@ def test_benchmark_has_the_options_and_every_check_resolves():
         opts = {o for p in cmd.params for o in p.opts}
         assert opts >= SLURM_OPTIONS, name
         step, config_cls, check_fn = cmd.callback.__sciqa_slurm__
-        assert check_fn is None or callable(_resolve(check_fn)), (name, check_fn)
+        assert check_fn is None or callable(resolve_name(check_fn)), (name, check_fn)
         from sciqa.steps.train import STEP_FIELDS
 
         other = {f for step_name, fields in STEP_FIELDS.items() if step_name != step for f in fields}

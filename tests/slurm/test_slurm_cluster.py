@@ -15,7 +15,7 @@ from sciqa import slurm
 pytestmark = pytest.mark.slurm
 
 SRC = Path(slurm.__file__).resolve().parents[1]
-EXPORTS = slurm.mlflow_exports("run0123", "http://127.0.0.1:5999", "42")
+EXPORTS = {"MLFLOW_RUN_ID": "run0123", "MLFLOW_TRACKING_URI": "http://127.0.0.1:5999", "MLFLOW_EXPERIMENT_ID": "42"}
 GPU_IDS = {"h100": {"0", "1", "2", "3"}, "a100": {"4", "5", "6", "7"}}  # start.sh's global indices
 
 # The job's workload: logs each start, waits for a forwarded signal; on SIGUSR1 it

@@ -17,7 +17,8 @@ from sciqa.errors import SciqaError
 
 GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("SCIQA_REGEN_GOLDEN") == "1"
-EXPORTS = slurm.mlflow_exports("0123456789abcdef", "http://mlflow.example.org:5000", "7")
+EXPORTS = {"MLFLOW_RUN_ID": "0123456789abcdef", "MLFLOW_TRACKING_URI": "http://mlflow.example.org:5000",
+           "MLFLOW_EXPERIMENT_ID": "7"}
 COMMAND = ["python", "-m", "sciqa", "train-prefix", "--teacher", "true", "--model", "Qwen/Qwen2-VL-2B-Instruct"]
 
 # (profile, gpu type, GPUs, expected partition, expected gres, expected time)
@@ -45,7 +46,7 @@ def sbatch_options(script: str) -> dict[str, str]:
 def test_every_gpu_type_has_a_golden_case():
     for name in ("local", "bwunicluster"):
         covered = {c[1] for c in CASES if c[0] == name}
-        assert covered == set(slurm.load_profile(name).gpu_types)
+        assert covered == set(slurm.load_profile(name).gpus)
 
 
 @pytest.mark.parametrize("profile_name,gpu,gpus,partition,gres,time", CASES)
@@ -141,7 +142,8 @@ def test_profile_selection(monkeypatch, tmp_path):
     own = tmp_path / "mine.toml"
     own.write_text('[partitions.p]\ngpus_per_node = 2\ncpus_per_gpu = 1\nmem_per_gpu_mb = 10\n'
                    'time = "10"\nmax_time = "20"\n[gpus.l4]\npartitions = ["p"]\n')
-    assert slurm.load_profile(str(own)).gpu("l4", 2).gres == "gpu:l4:2"
+    script = slurm.build_job(slurm.load_profile(str(own)), "l4", ["true"], "x", None, "/tmp/l", {}, "/tmp", gpus=2)
+    assert sbatch_options(script)["gres"] == "gpu:l4:2"
     monkeypatch.setenv(slurm.PROFILE_DIR_ENV, str(tmp_path))
     assert "mine" in slurm.list_profiles() and slurm.load_profile("mine").path == own
 

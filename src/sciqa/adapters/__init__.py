@@ -1,5 +1,4 @@
-"""Adapter variants: the registry (torch-free: ``sciqa --help`` reads it) and the adapter folder's save/load:
-``adapter_config.json`` (variant, base model, options) and ``adapter.safetensors`` (trainable weights only)."""
+"""Adapter variants: the registry (torch-free: ``sciqa --help`` reads it) and the adapter folder's config."""
 from __future__ import annotations
 
 import dataclasses
@@ -48,8 +47,8 @@ VARIANTS: dict[str, Variant] = {
     "peft": Variant("sciqa.adapters.peft_prefix:PeftPrefix", PeftOptions),
     "lora": Variant("sciqa.adapters.lora:Lora", LoraOptions, step="train_lora", vllm=True),
 }
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter.safetensors"
+CONFIG_FILE = "adapter_config.json"  # variant, base model, options
+WEIGHTS_FILE = "adapter.safetensors"  # trainable weights only
 SERVING_FOLDER = "peft"  # the adapter as serving engines load it (LoRA for vLLM), where the variant has one
 
 
@@ -68,10 +67,9 @@ AdapterOptions = dataclasses.make_dataclass("AdapterOptions", [
 
 
 def options_of(variant: str, values: Any) -> dict[str, Any]:
-    """The options of ``variant`` from ``values`` (a dict, or a config with them as fields): unknown ones
-    dropped, missing ones at their defaults."""
-    get = values.get if isinstance(values, dict) else lambda k, d: getattr(values, k, d)
-    return {f.name: get(f.name, f.default) for f in dataclasses.fields(VARIANTS[check_variant(variant)].options)}
+    """The options of ``variant`` from a dict or a config: others dropped, missing ones at their defaults."""
+    values = values if isinstance(values, dict) else vars(values)
+    return {f.name: values.get(f.name, f.default) for f in dataclasses.fields(VARIANTS[check_variant(variant)].options)}
 
 
 def check_variant(name: str) -> str:
@@ -85,33 +83,19 @@ def attach(lm: LoadedModel, variant: str, options: dict[str, Any]):
     opts = VARIANTS[check_variant(variant)].options(**options_of(variant, options))
     for p in lm.model.parameters():
         p.requires_grad_(False)
-    adapted = resolve_name(VARIANTS[variant].impl).build(lm, opts)
+    adapted = resolve_name(VARIANTS[variant].impl)(lm, opts)
     adapted.variant, adapted.options = variant, dataclasses.asdict(opts)
     return adapted
 
 
-def save_adapter(adapted, base_model: str, folder: str | Path) -> Path:
-    """Write the adapter weights (trainable parameters only) and its config into ``folder``."""
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in adapted.trainable_state().items()}
-    save_file(state, str(folder / WEIGHTS_FILE))
-    adapted.export_for_serving(folder / SERVING_FOLDER)
-    (folder / CONFIG_FILE).write_text(json.dumps(
-        {"variant": adapted.variant, "base_model": base_model, "options": adapted.options}, indent=2))
-    return folder
-
-
 def read_adapter_config(folder: str | Path) -> dict:
-    path = Path(folder).expanduser() / CONFIG_FILE
-    if not path.exists():
+    path = Path(folder).expanduser()
+    if not (path / CONFIG_FILE).exists():
         raise SciqaError(f"'{folder}' is not an adapter folder (no {CONFIG_FILE}); pass a training run's "
                          "adapter/ folder or --adapter-run")
-    if not (Path(folder).expanduser() / WEIGHTS_FILE).exists():
+    if not (path / WEIGHTS_FILE).exists():
         raise SciqaError(f"'{folder}' lacks the adapter weights {WEIGHTS_FILE}")
-    return parse_adapter_config(path.read_bytes(), str(path))
+    return parse_adapter_config((path / CONFIG_FILE).read_bytes(), str(path / CONFIG_FILE))
 
 
 def parse_adapter_config(raw: bytes | str, where: str) -> dict:
@@ -125,19 +109,6 @@ def parse_adapter_config(raw: bytes | str, where: str) -> dict:
     return cfg
 
 
-def load_into(adapted, folder: str | Path) -> None:
-    """Load saved trainable weights into a freshly attached adapter; every trainable tensor must match."""
-    from safetensors.torch import load_file
-
-    state = load_file(str(Path(folder) / WEIGHTS_FILE))
-    own = adapted.trainable_state()
-    missing, unexpected = set(own) - set(state), set(state) - set(own)
-    if missing or unexpected:
-        raise SciqaError(f"adapter weights in '{folder}' do not fit the {adapted.variant} adapter "
-                         f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
-    adapted.load_trainable_state(state)
-
-
 def load_adapter(lm: LoadedModel, folder: str | Path) -> LoadedModel:
     """The loaded model with the adapter in ``folder`` applied (``.model.generate`` uses it)."""
     cfg = read_adapter_config(folder)
@@ -145,6 +116,5 @@ def load_adapter(lm: LoadedModel, folder: str | Path) -> LoadedModel:
         raise SciqaError(f"adapter in '{folder}' was trained on '{cfg['base_model']}', not '{lm.name}'; "
                          f"score it with --model {cfg['base_model']}")
     adapted = attach(lm, cfg["variant"], cfg["options"])
-    load_into(adapted, folder)
-    adapted.eval()
-    return replace(lm, model=adapted)
+    adapted.load_weights(folder)
+    return replace(lm, model=adapted.eval())

@@ -1,5 +1,4 @@
-"""A trained adapter as an MLflow ``pyfunc`` model (the transformers flavour cannot hold ``pkv``): the adapter folder
-as its artifact, the sciqa package (on no index) as its ``code_paths``, sciqa's dependencies as its requirements."""
+"""An adapter as an MLflow pyfunc model (the transformers flavour cannot hold ``pkv``); sciqa, on no index, as code."""
 from __future__ import annotations
 
 import json
@@ -16,7 +15,7 @@ from mlflow.models import infer_signature
 from sciqa import models
 from sciqa.adapters import load_adapter, read_adapter_config
 from sciqa.backends.hf import HFBackend
-from sciqa.data.problems import Problem
+from sciqa.data import from_record
 from sciqa.data.prompts import build_prompt
 from sciqa.errors import SciqaError
 from sciqa.tracking.runs import store_exists, tracking_uri
@@ -36,9 +35,7 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None) -> list[str]:
         rows = model_input.to_dict("records")
-        problems = [Problem(id=str(r.get("id") or i), split="", question=r["question"],
-                            choices=tuple(json.loads(r["choices"])), answer=0, hint=r.get("hint") or "",
-                            task=r.get("task") or "", lecture=r.get("lecture") or "", solution=r.get("solution") or "")
+        problems = [from_record(r.get("id") or i, "", {**r, "choices": json.loads(r["choices"]), "answer": 0}, None)
                     for i, r in enumerate(rows)]
         if params and params.get("max_new_tokens"):
             self.backend.max_new_tokens = int(params["max_new_tokens"])
@@ -60,8 +57,7 @@ def requirements() -> list[str]:
 
 def log_adapter_model(folder: Path, base_model: str, variant: str, registered_name: str = "") -> str:
     """Log ``folder`` as the active run's model ``adapter_model`` (registered when named); returns its URI."""
-    with warnings.catch_warnings():  # hints about input examples and type hints: the signature is explicit
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(action="ignore"):  # hints on input examples and type hints: the signature is given
         signature = infer_signature(pd.DataFrame([EXAMPLE]), ['{"answer": "cat", "solution": "..."}'],
                                     params={"max_new_tokens": 256})
         info = mlflow.pyfunc.log_model(name="adapter_model", python_model=AdapterModel(),
@@ -83,12 +79,10 @@ def run_of_model(uri: str) -> str:
         raise SciqaError(f"--adapter takes models:/NAME/VERSION or models:/NAME@ALIAS, got '{uri}'")
     if not store_exists():  # reading a sqlite store that is not there would create it
         raise SciqaError(f"registered adapter '{uri}' not found: the store {tracking_uri()} has no models yet")
-    rest = uri[len("models:/"):]
+    rest, client = uri[len("models:/"):], MlflowClient()
     try:
-        if "@" in rest:
-            version = MlflowClient().get_model_version_by_alias(*rest.split("@", 1))
-        else:
-            version = MlflowClient().get_model_version(*rest.rsplit("/", 1))
+        version = (client.get_model_version_by_alias(*rest.split("@", 1)) if "@" in rest
+                   else client.get_model_version(*rest.rsplit("/", 1)))
     except Exception as exc:  # noqa: BLE001 - unknown names/versions come as several exception types
         raise SciqaError(f"registered adapter '{uri}' not found ({str(exc).splitlines()[0][:200]})") from None
     if not version.run_id:

@@ -1,5 +1,4 @@
-"""The backend interface and registry: name -> class (imported lazily), the config fields it reads and the adapters
-it applies."""
+"""The backend interface and registry: name -> class (imported lazily), the config fields it reads, its adapters."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -7,14 +6,14 @@ from dataclasses import dataclass
 from pkgutil import resolve_name
 
 from sciqa.adapters import VARIANTS
-from sciqa.data.problems import Problem
+from sciqa.data import Problem
 from sciqa.errors import SciqaError
 
 
 @dataclass(frozen=True)
 class BackendSpec:
     impl: str  # "module:Class"
-    options: tuple[str, ...]  # the GenerationConfig fields it reads beyond the common ones
+    options: tuple[str, ...]  # the BenchmarkConfig fields it reads beyond the common ones
     adapters: str  # "all", "vllm" (the variants vLLM serves) or "none"
 
 
@@ -25,26 +24,20 @@ BACKENDS: dict[str, BackendSpec] = {
     "openai": BackendSpec("sciqa.backends.openai:OpenAIBackend", ("api_base", "api_key_env", "concurrency", "timeout",
                           "max_retries", "prompt_cost_per_1k", "completion_cost_per_1k"), adapters="none"),
 }
-BACKEND_OPTIONS = {name: spec.options for name, spec in BACKENDS.items()}
 
 
-def backend_class(name: str):
-    if name not in BACKENDS:
-        raise SciqaError(f"unknown backend '{name}'; accepted: {', '.join(BACKENDS)}")
+def backend_class(name: str):  # names checked by check_ranges (the config's choices) before any step calls this
     return resolve_name(BACKENDS[name].impl)
 
 
 def check_adapter(backend: str, variant: str) -> None:
     spec = BACKENDS[backend]
-    if spec.adapters == "all" or (spec.adapters == "vllm" and VARIANTS[variant].vllm):
-        return
-    raise SciqaError(f"backend '{backend}' cannot apply a '{variant}' adapter "
-                     f"({'vLLM serves LoRA adapters only' if spec.adapters == 'vllm' else 'an API has no adapters'}); "
-                     "score it with --backend hf")
+    if spec.adapters == "none" or (spec.adapters == "vllm" and not VARIANTS[variant].vllm):
+        why = "vLLM serves LoRA adapters only" if spec.adapters == "vllm" else "an API has no adapters"
+        raise SciqaError(f"backend '{backend}' cannot apply a '{variant}' adapter ({why}); score it with --backend hf")
 
 
-# free: the study's free generation; choice: the likeliest choice, then the explanation (loglikelihood backends)
-ANSWER_MODES = ("free", "choice")
+ANSWER_MODES = ("free", "choice")  # choice: the likeliest choice, then the explanation (loglikelihood backends)
 CHOICE_SCORES = ("sum", "mean")  # choice mode: summed or per-token mean log-probability of a choice's tokens
 
 
@@ -56,7 +49,6 @@ class Generation:
 
 
 class Backend(ABC):
-    name: str = ""
     loglikelihood: bool = False  # scores texts with the model's own log-probabilities: answer mode "choice"
 
     @classmethod
@@ -64,12 +56,12 @@ class Backend(ABC):
         """Validate the config before any run starts (raise SciqaError); loads nothing heavy."""
         if cfg.answer_mode == "choice" and not cls.loglikelihood:
             able = ", ".join(name for name in BACKENDS if backend_class(name).loglikelihood)
-            raise SciqaError(f"unknown answer mode 'choice' for backend '{cls.name}'; accepted: free, "
+            raise SciqaError(f"unknown answer mode 'choice' for backend '{cfg.backend}'; accepted: free, "
                              f"choice ({able} backend only)")
 
     @classmethod
-    @abstractmethod
-    def from_config(cls, cfg, adapter: str | None = None) -> Backend: ...  # adapter: a trained adapter folder
+    def from_config(cls, cfg, adapter: str | None = None) -> Backend:  # adapter: a trained adapter folder
+        return cls(cfg, adapter)
 
     @abstractmethod
     def generate(self, problems: list[Problem], prompts: list[str]) -> list[Generation]: ...

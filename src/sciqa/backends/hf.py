@@ -1,10 +1,4 @@
-"""Batched Hugging Face generation: left padding, greedy, stop at the end-of-turn token.
-
-Choice mode forces the likeliest choice, then generates the explanation: a weak teacher's KD targets all map to a
-choice. Only scored positions get vocabulary logits (all of them: tens of GB for Qwen2-VL at batch 16).
-"""
-from __future__ import annotations
-
+"""Batched HF generation, greedy; choice mode forces the likeliest choice, then explains (KD targets map to one)."""
 import json
 
 import torch
@@ -12,7 +6,7 @@ import torch
 from sciqa import models
 from sciqa.adapters import load_adapter
 from sciqa.backends import CHOICE_SCORES, Backend, Generation
-from sciqa.data.problems import Problem
+from sciqa.data import Problem
 from sciqa.errors import SciqaError
 from sciqa.models.base import LoadedModel
 
@@ -36,17 +30,7 @@ def encode_texts(lm: LoadedModel, problems: list[Problem], texts: list[str], con
     return inputs.to(lm.device)
 
 
-def last_token_logprobs(lm: LoadedModel, inputs, n: int) -> torch.Tensor:
-    """(rows, n) log-probabilities of each row's last ``n`` tokens; log-softmax as logit - logsumexp (no copy)."""
-    lm.family.reset_state(lm.model)
-    logits = lm.model(**inputs, logits_to_keep=n + 1).logits[:, :-1].float()
-    lm.family.reset_state(lm.model)
-    targets = inputs["input_ids"][:, -n:, None].to(logits.device)
-    return logits.gather(-1, targets)[..., 0] - logits.logsumexp(-1)
-
-
 class HFBackend(Backend):
-    name = "hf"
     loglikelihood = True
 
     @classmethod
@@ -55,7 +39,7 @@ class HFBackend(Backend):
         models.resolve(cfg.model, cfg.revision or None)
 
     @classmethod
-    def from_config(cls, cfg, adapter: str | None = None) -> HFBackend:
+    def from_config(cls, cfg, adapter: str | None = None) -> Backend:
         lm = models.load(cfg.model, cfg.revision or None, cfg.dtype, cfg.device, cfg.gpu_memory_gb)
         return cls(load_adapter(lm, adapter) if adapter else lm, cfg.max_new_tokens, cfg.answer_mode, cfg.choice_score)
 
@@ -64,8 +48,7 @@ class HFBackend(Backend):
         if choice_score not in CHOICE_SCORES:
             raise SciqaError(f"unknown choice score '{choice_score}'; accepted: {', '.join(CHOICE_SCORES)}")
         self.lm, self.answer_mode, self.choice_score = lm, answer_mode, choice_score
-        self.max_new_tokens = max_new_tokens
-        self.eot = lm.family.end_of_turn_id(lm.tokenizer)
+        self.max_new_tokens, self.eot = max_new_tokens, lm.family.end_of_turn_id(lm.tokenizer)
 
     @torch.inference_mode()
     def generate(self, problems: list[Problem], prompts: list[str]) -> list[Generation]:
@@ -88,14 +71,19 @@ class HFBackend(Backend):
 
     @torch.inference_mode()
     def choice_scores(self, problems: list[Problem], texts: list[str]) -> list[list[float]]:
-        """Per problem and choice, the score of the tokens that spell ``"<choice>"``, in one forward."""
+        """Each problem's choice scores in one forward, vocabulary logits only where scored (all: tens of GB)."""
         lm = self.lm
         pairs = [(i, j) for i, p in enumerate(problems) for j in range(len(p.choices))]
         starts = [answer_start(problems[i].choices[j]) for i, j in pairs]
         n_scored = [lm.family.continuation_tokens(lm.tokenizer, texts[i], s, len(ANSWER_HEAD))
                     for (i, _), s in zip(pairs, starts)]
         inputs = encode_texts(lm, [problems[i] for i, _ in pairs], [texts[i] for i, _ in pairs], starts)
-        logp = last_token_logprobs(lm, inputs, max(n_scored))
+        width = max(n_scored)
+        lm.family.reset_state(lm.model)
+        logits = lm.model(**inputs, logits_to_keep=width + 1).logits[:, :-1].float()
+        lm.family.reset_state(lm.model)
+        targets = inputs["input_ids"][:, -width:, None].to(logits.device)
+        logp = logits.gather(-1, targets)[..., 0] - logits.logsumexp(-1)  # log-softmax without a copy
         scores: list[list[float]] = [[] for _ in problems]
         for k, ((i, _), n) in enumerate(zip(pairs, n_scored)):
             scores[i].append(float(logp[k, -n:].sum()) / (n if self.choice_score == "mean" else 1))

@@ -1,6 +1,4 @@
 """Any OpenAI-compatible chat-completions API, greedy; the key is read from the environment only, never logged."""
-from __future__ import annotations
-
 import base64
 import io
 import os
@@ -16,8 +14,8 @@ from urllib3.util.retry import Retry
 
 from sciqa import models
 from sciqa.backends import Backend, Generation
-from sciqa.config import treat_as_secret
-from sciqa.data.problems import Problem
+from sciqa.config import KEY_VARIABLES
+from sciqa.data import Problem
 from sciqa.errors import SciqaError
 
 RETRY_STATUS = (408, 409, 429, 500, 502, 503, 504, 520, 521, 522, 524, 529)
@@ -47,8 +45,6 @@ def output_cleaner(model: str, revision: str | None = None):
 
 
 class OpenAIBackend(Backend):
-    name = "openai"
-
     @classmethod
     def check(cls, cfg) -> None:
         super().check(cfg)
@@ -61,17 +57,9 @@ class OpenAIBackend(Backend):
             raise SciqaError(f"API key missing: set the environment variable {cfg.api_key_env} "
                              "(or name another one with --api-key-env; --api-key-env '' sends no key)")
 
-    @classmethod
-    def from_config(cls, cfg, adapter: str | None = None) -> OpenAIBackend:
-        if adapter:
-            raise SciqaError("backend 'openai' cannot apply a local adapter; score adapters with --backend hf")
-        cls.check(cfg)
-        return cls(cfg)
-
-    def __init__(self, cfg):
-        if cfg.api_key_env:
-            treat_as_secret(cfg.api_key_env)
-        key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
+    def __init__(self, cfg, adapter: None = None):  # no adapter: check_adapter refuses them for an API
+        KEY_VARIABLES.add(cfg.api_key_env)  # redacted too, whatever its name
+        key = os.environ.get(cfg.api_key_env, "")  # api_key_env "": no key
         self.model, self.url = cfg.model, cfg.api_base.rstrip("/") + "/chat/completions"
         self._headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
         self.max_new_tokens, self.timeout = cfg.max_new_tokens, cfg.timeout
@@ -79,22 +67,18 @@ class OpenAIBackend(Backend):
                            status_forcelist=RETRY_STATUS, allowed_methods=None, raise_on_status=False)
         self.prices = (cfg.prompt_cost_per_1k, cfg.completion_cost_per_1k)
         self.clean = output_cleaner(cfg.model, cfg.revision or None)
-        self.counters = dict.fromkeys(COUNTERS, 0.0)
-        if run := mlflow.active_run():  # a resumed run's totals add up
-            logged = mlflow.get_run(run.info.run_id).data.metrics
-            self.counters.update({name: float(logged.get(name, 0.0)) for name in COUNTERS})
-        self._lock, self._local = threading.Lock(), threading.local()
+        run = mlflow.active_run()  # a resumed run's totals add up
+        logged = mlflow.get_run(run.info.run_id).data.metrics if run else {}
+        self.counters = {name: float(logged.get(name, 0.0)) for name in COUNTERS}
+        self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="sciqa-api")
-
-    def __repr__(self) -> str:  # never show the headers (the key)
-        return f"OpenAIBackend(model={self.model!r}, url={self.url!r})"
+        self._session = requests.Session()  # shared by the workers (a pool as large), retrying through urllib3
+        self._session.mount(self.url, HTTPAdapter(max_retries=self.retry, pool_maxsize=cfg.concurrency))
 
     def metrics(self) -> dict[str, float]:
-        out = dict(self.counters)
-        if any(self.prices):
-            out["api_cost"] = (out["api_prompt_tokens"] * self.prices[0]
-                               + out["api_completion_tokens"] * self.prices[1]) / 1000
-        return out
+        (prompt, completion), n = self.prices, self.counters
+        cost = (n["api_prompt_tokens"] * prompt + n["api_completion_tokens"] * completion) / 1000
+        return {**n, "api_cost": cost} if prompt or completion else dict(n)
 
     def generate(self, problems: list[Problem], prompts: list[str]) -> list[Generation]:
         bodies = [chat_request(self.model, p.image(), text, self.max_new_tokens) for p, text in zip(problems, prompts)]
@@ -106,12 +90,8 @@ class OpenAIBackend(Backend):
                 self.counters[k] += v
 
     def _complete(self, body: dict) -> Generation:
-        if not hasattr(self._local, "session"):  # one session per thread, retrying through urllib3
-            self._local.session = requests.Session()
-            for scheme in ("http://", "https://"):
-                self._local.session.mount(scheme, HTTPAdapter(max_retries=self.retry))
         try:
-            resp = self._local.session.post(self.url, json=body, headers=self._headers, timeout=self.timeout)
+            resp = self._session.post(self.url, json=body, headers=self._headers, timeout=self.timeout)
         except requests.RequestException as exc:
             self._count(api_requests=1 + self.retry.total, api_retries=self.retry.total)
             raise SciqaError(f"API request to {self.url} failed after {self.retry.total} retries "

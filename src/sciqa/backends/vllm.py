@@ -1,7 +1,4 @@
-"""Offline batched inference with vLLM, sampling as the HF backend: HF-format models get the prompt text the HF backend
-renders, Mistral's own format (``params.json``) goes through ``LLM.chat``; LoRA adapters only."""
-from __future__ import annotations
-
+"""vLLM offline batches, greedy: the prompt text the HF backend renders (Mistral format: ``LLM.chat``); LoRA only."""
 import importlib.util
 import json
 from pathlib import Path
@@ -12,7 +9,7 @@ from sciqa import models
 from sciqa.adapters import SERVING_FOLDER
 from sciqa.backends import Backend, Generation
 from sciqa.backends.openai import chat_messages
-from sciqa.data.problems import Problem
+from sciqa.data import Problem
 from sciqa.errors import SciqaError
 
 INSTALL_HINT = "backend 'vllm' needs vLLM, which is not installed: pip install -e '.[vllm]' (CUDA machines only)"
@@ -21,15 +18,13 @@ INSTALL_HINT = "backend 'vllm' needs vLLM, which is not installed: pip install -
 def lora_folder(adapter: str) -> tuple[Path, int]:
     """The PEFT LoRA folder vLLM loads (the folder itself or a sciqa adapter's ``peft/`` export) and its rank."""
     folder = Path(adapter).expanduser()
-    if (folder / SERVING_FOLDER / "adapter_config.json").exists():
-        folder = folder / SERVING_FOLDER
-    kind = ""
-    if (folder / "adapter_config.json").exists():
-        conf = json.loads((folder / "adapter_config.json").read_text())
-        kind = str(conf.get("peft_type") or conf.get("variant") or "").upper()
-        if kind == "LORA" and "peft_type" in conf:
-            return folder.resolve(), int(conf.get("r", 8))
-    what = f" (it is {kind.lower()})" if kind and kind != "LORA" else ""
+    folder = folder / SERVING_FOLDER if (folder / SERVING_FOLDER / "adapter_config.json").exists() else folder
+    conf_file = folder / "adapter_config.json"
+    conf = json.loads(conf_file.read_text()) if conf_file.exists() else {}
+    if str(conf.get("peft_type")).upper() == "LORA":
+        return folder.resolve(), int(conf.get("r", 8))
+    kind = str(conf.get("peft_type") or conf.get("variant") or "lora").lower()
+    what = "" if kind == "lora" else f" (it is {kind})"
     raise SciqaError(f"backend 'vllm' serves LoRA adapters only; '{adapter}' is not a LoRA adapter vLLM can "
                      f"load{what}: score prefix adapters with --backend hf")
 
@@ -40,38 +35,17 @@ def is_mistral_format(model: str, revision: str | None = None) -> bool:
     if path.is_dir():
         return (path / "params.json").exists() and not (path / "config.json").exists()
     try:
-        hf_hub_download(model, "params.json", revision=revision)
-        return True
+        return bool(hf_hub_download(model, "params.json", revision=revision))
     except Exception:  # noqa: BLE001 - missing file, offline, unknown repo: not Mistral format
         return False
 
 
-def _llm_options(cfg, family, mistral: bool, rank: int) -> dict:
-    kwargs = dict(tensor_parallel_size=cfg.tensor_parallel, gpu_memory_utilization=cfg.gpu_memory_utilization,
-                  limit_mm_per_prompt={"image": cfg.max_images}, dtype=cfg.dtype, seed=0)
-    kwargs |= {k: v for k, v in (("max_model_len", cfg.max_model_len), ("cpu_offload_gb", cfg.cpu_offload_gb)) if v}
-    if family.processor_kwargs:  # the same pixel budget as the HF backend
-        kwargs["mm_processor_kwargs"] = dict(family.processor_kwargs)
-    if mistral:
-        kwargs.update(tokenizer_mode="mistral", config_format="mistral", load_format="mistral")
-    if rank:
-        kwargs.update(enable_lora=True, max_lora_rank=max(8, 1 << (rank - 1).bit_length()), max_loras=1)
-    return kwargs
-
-
 class VLLMBackend(Backend):
-    name = "vllm"
-
     @classmethod
     def check(cls, cfg) -> None:
         super().check(cfg)
         if importlib.util.find_spec("vllm") is None:
             raise SciqaError(INSTALL_HINT)
-
-    @classmethod
-    def from_config(cls, cfg, adapter: str | None = None) -> VLLMBackend:
-        cls.check(cfg)
-        return cls(cfg, adapter)
 
     def __init__(self, cfg, adapter: str | None = None):
         lora_path, rank = lora_folder(adapter) if adapter else (None, 0)
@@ -80,19 +54,25 @@ class VLLMBackend(Backend):
             from vllm.lora.request import LoRARequest
         except ImportError as exc:
             raise SciqaError(f"{INSTALL_HINT} ({exc})") from None
+        kwargs = dict(tensor_parallel_size=cfg.tensor_parallel, gpu_memory_utilization=cfg.gpu_memory_utilization,
+                      limit_mm_per_prompt={"image": cfg.max_images}, dtype=cfg.dtype, seed=0)
+        kwargs |= {k: v for k, v in (("max_model_len", cfg.max_model_len), ("cpu_offload_gb", cfg.cpu_offload_gb)) if v}
+        if rank:
+            kwargs.update(enable_lora=True, max_lora_rank=max(8, 1 << (rank - 1).bit_length()), max_loras=1)
         revision = cfg.revision or None
-        mistral = is_mistral_format(cfg.model, revision)
-        if mistral:  # no HF processor: LLM.chat renders the prompts
+        if mistral := is_mistral_format(cfg.model, revision):  # no HF processor: LLM.chat renders the prompts
             path, self.family, self.processor = cfg.model, models.family("pixtral"), None
+            kwargs.update(tokenizer_mode="mistral", config_format="mistral", load_format="mistral")
         else:
             path, self.family = models.resolve(cfg.model, revision)
             self.processor = self.family.load_processor(path, revision)
-        self.llm = vllm.LLM(model=path, revision=revision, **_llm_options(cfg, self.family, mistral, rank))
+        if self.family.processor_kwargs:  # the same pixel budget as the HF backend
+            kwargs["mm_processor_kwargs"] = dict(self.family.processor_kwargs)
+        self.llm = vllm.LLM(model=path, revision=revision, **kwargs)
         self.lora = LoRARequest("adapter", 1, str(lora_path)) if adapter else None
         stop_ids = None if mistral else [self.family.end_of_turn_id(self.processor.tokenizer)]
-        # skip_special_tokens=False: keep markers in the text so clean_output can cut them, as in HF
         self.params = vllm.SamplingParams(temperature=0.0, max_tokens=cfg.max_new_tokens, stop_token_ids=stop_ids,
-                                          skip_special_tokens=False)
+                                          skip_special_tokens=False)  # markers kept for clean_output, as in HF
 
     def generate(self, problems: list[Problem], prompts: list[str]) -> list[Generation]:
         kw = {"lora_request": self.lora} if self.lora is not None else {}

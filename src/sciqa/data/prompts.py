@@ -1,12 +1,11 @@
 """The four prompt settings and the study's prompt protocol, kept so numbers stay comparable."""
 import json
 
-from sciqa.data.problems import Problem
+from sciqa.data import Problem
 from sciqa.errors import SciqaError
 
 # QTCH = question, task, choices, hint; L adds the lecture, S the solution
-SETTINGS: dict[str, tuple[str, ...]] = {"QTCH": (), "QTCHL": ("lecture",), "QTCHLS": ("lecture", "solution"),
-                                        "QTCHS": ("solution",)}
+SETTINGS = {"QTCH": (), "QTCHL": ("lecture",), "QTCHLS": ("lecture", "solution"), "QTCHS": ("solution",)}
 INSTRUCTION = (
     'Instruction: Answer in JSON style with two fields: "answer", one of the choices written exactly as '
     'given, and "solution", a short explanation. For example: {"answer": "<choice>", "solution": "<explanation>"}'

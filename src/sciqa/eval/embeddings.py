@@ -4,22 +4,18 @@ from functools import cache
 
 import numpy as np
 
-BATCH = 16  # ``encode`` sorts texts by length; on CPU larger batches of 256-token texts run slower
+BATCH = 32  # ``encode`` sorts texts by length; measured on 2 busy cores: 32 beats 16 on short texts, ties on long
 # text -> normalised vector for the life of the process: `main` scores every run on one split's references
 _VECTORS: dict[str, np.ndarray] = {}
 
 
 def cosine(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
     """Cosine of each pair's normalised embeddings; texts this process has already encoded are not encoded again."""
-    if not predictions:
-        return []
     new = [text for text in dict.fromkeys([*predictions, *references]) if text not in _VECTORS]
     if new:
         _VECTORS.update(zip(new, model().encode(new, batch_size=BATCH, normalize_embeddings=True,
                                                 convert_to_numpy=True)))
-    pred = np.stack([_VECTORS[text] for text in predictions])
-    ref = np.stack([_VECTORS[text] for text in references])
-    return (pred * ref).sum(axis=1).astype(float).tolist()
+    return [float(_VECTORS[pred] @ _VECTORS[ref]) for pred, ref in zip(predictions, references)]
 
 
 @cache

@@ -171,6 +171,5 @@ def _meteor(predictions: Sequence[str], references: Sequence[str]) -> list[float
 @lru_cache(maxsize=1)
 def _meteor_helpers():
     """A WordNet and a Porter stemmer that remember answers: METEOR asks the same words row after row."""
-    wordnet = wordnet_reader()
-    synsets = lru_cache(maxsize=None)(lambda word: tuple(wordnet.synsets(word)))
-    return SimpleNamespace(synsets=synsets), SimpleNamespace(stem=lru_cache(maxsize=None)(PorterStemmer().stem))
+    return (SimpleNamespace(synsets=lru_cache(maxsize=None)(wordnet_reader().synsets)),
+            SimpleNamespace(stem=lru_cache(maxsize=None)(PorterStemmer().stem)))

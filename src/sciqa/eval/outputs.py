@@ -5,8 +5,8 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -22,8 +22,7 @@ _UNDECODABLE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of no
 
 
 def _record_at(text: str, pos: int, ncols: int, key: int, delimiter: str, resync: bool) -> tuple[list, int] | None:
-    """The fields of a well-formed record at ``pos`` (ending a line) and its end; after damage (``resync``) only
-    one our writer could have written, its id without spaces."""
+    """Fields and end of a well-formed record at ``pos``; after damage (``resync``) only one our writer could write."""
     fields: list[str] = []
     for i in range(ncols):  # ncols fields at most: a run-away field costs one record's worth of text
         if i and not text.startswith(delimiter, pos):
@@ -67,11 +66,8 @@ class OutputsCSV:
             return
         text = self.path.read_bytes().decode("utf-8", errors="surrogateescape")  # bad bytes mark their records
         header = ",".join(self.columns) + "\r\n"
-        if header.startswith(text):  # empty, or killed while the header was written
-            self.repaired = text not in ("", header)
-            if self.repaired:
-                write_atomic(self.path, header)
-            return
+        torn = text not in ("", header) and header.startswith(text)  # killed while the header was written
+        text = header if header.startswith(text) else text
         head = _record_at(text, 0, len(self.columns), 0, ",", False)
         if head is None or head[0] != self.columns:
             raise SciqaError(f"{self.path} is not a sciqa outputs CSV (its first line is not the expected header); "
@@ -83,9 +79,9 @@ class OutputsCSV:
             else:
                 kept[fields[0]] = raw
         self.done = set(kept)
-        if self.dropped:
+        self.repaired = bool(self.dropped) or torn
+        if self.repaired:
             write_atomic(self.path, text[: head[1]] + "".join(kept.values()))
-            self.repaired = True
 
     def append(self, rows: Iterable[dict]) -> int:
         """Write rows whose id is new; flush to disk before returning (nothing computed is lost)."""
@@ -121,14 +117,13 @@ def parse_answer_index(cell: object, n_choices: int, base: int = 0) -> int | Non
     return int(number) if number.is_integer() and 0 <= number < n_choices else None
 
 
-@dataclass
-class UserCSV:
+class UserCSV(NamedTuple):
     """A user's CSV: its columns, the well-formed rows (of a repeated id, the last), where damaged records start."""
 
     columns: list[str]
-    rows: list[dict[str, str]] = field(default_factory=list)
-    damaged_lines: list[int] = field(default_factory=list)
-    duplicate_ids: int = 0
+    rows: list[dict[str, str]]
+    damaged_lines: list[int]
+    duplicate_ids: int
 
     def warn(self, where: str) -> None:
         """One warning line on stderr for what was skipped or overridden, if anything was."""
@@ -140,8 +135,7 @@ class UserCSV:
 
 
 def read_user_csv(path: Path, what: str, keys: tuple[str, ...] = ("id",), required: Iterable[str] = ()) -> UserCSV:
-    """A user's CSV (tab- or comma-separated, the id in the first of ``keys`` it has), read record by record;
-    a repeated id keeps its last row (a rerun appended to the file), counted."""
+    """A tab- or comma-separated CSV by record, id in the first of ``keys`` it has; a repeated id: its last row wins."""
     try:
         text = path.read_bytes().decode("utf-8-sig")  # -sig: a spreadsheet's byte-order mark
     except UnicodeDecodeError:
@@ -154,16 +148,15 @@ def read_user_csv(path: Path, what: str, keys: tuple[str, ...] = ("id",), requir
     columns = [c.strip() for c in next(csv.reader([first], delimiter=delimiter), [])]
     if missing := [c for c in required if c not in columns]:
         raise SciqaError(f"{what} '{path.name}' lacks column(s) {', '.join(missing)}; it has: {', '.join(columns)}")
-    key, by_id, out = next((columns.index(k) for k in keys if k in columns), 0), {}, UserCSV(columns)
+    key, by_id, damaged, duplicates = next((columns.index(k) for k in keys if k in columns), 0), {}, [], 0
     for pos, fields, _ in _records(text, len(first), len(columns), key, delimiter) if columns else ():
         if fields is None:
-            out.damaged_lines.append(len(_EOL.findall(text, 0, pos)) + 1)
+            damaged.append(len(_EOL.findall(text, 0, pos)) + 1)
             continue
-        out.duplicate_ids += fields[key] in by_id
+        duplicates += fields[key] in by_id
         by_id.pop(fields[key], None)
         by_id[fields[key]] = dict(zip(columns, fields))
-    out.rows = list(by_id.values())
-    return out
+    return UserCSV(columns, list(by_id.values()), damaged, duplicates)
 
 
 def read_frame(path: Path) -> pd.DataFrame:

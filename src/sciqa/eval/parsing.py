@@ -1,6 +1,5 @@
-"""Map a raw model output to a choice index, the answer as written, and the explanation: tolerant in *finding* the
-answer (broken JSON, other keys, labels, a sentence), strict in *mapping* it (an answer naming no choice or two, cut
-off, of function words only, negated or a question stays unmapped and is counted, never guessed)."""
+"""Raw output -> (choice index, answer as written, explanation): tolerant in *finding* the answer, strict in *mapping*
+it (naming no choice or two, cut off, function words only, negated or a question: unmapped, counted, not guessed)."""
 
 import json
 import re
@@ -9,14 +8,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
-# Which rule mapped an answer (``Parsed.rule``): "json" to "contained" on the whole answer, in this order; "mention",
-# "ordinal" on a sentence; then JSON without an answer field; "conflict" (a label and its text disagree) maps nothing.
+# Which rule mapped an answer (``Parsed.rule``), in the order tried; "conflict" (label and text disagree) maps nothing.
 RULES = ("json", "text", "normalized_text", "label", "number", "unknown_label", "boolean", "head", "prefix",
          "contained", "mention", "ordinal", "choice_key", "key_value", "nested", "other_key", "conflict")
 # Rules that read the answer rather than match a choice's text or label (they keep their name under "nested").
 FUZZY_RULES: frozenset[str] = frozenset({"unknown_label", "prefix", "contained", "mention", "ordinal", "choice_key"})
-CONFLICT = "conflict"
-UNMAPPED = "unmapped"
+CONFLICT, UNMAPPED = "conflict", "unmapped"
 # Keys read as the answer when there is no "answer" key; the first one in the output wins.
 OTHER_ANSWER_KEYS = ("final_answer", "correct_answer", "choice", "selected_choice", "option",
                      "selected_option", "correct_option", "response", "prediction", "output")
@@ -85,25 +82,24 @@ _NEGATION = re.compile(
     re.IGNORECASE)
 # A question names no answer: "Is a pair of jeans a solid?" restates what was asked.
 _QUESTION = re.compile(r"(?:is|are|was|were|do|does|did|which|what)\b|.*\?\s*\Z", re.IGNORECASE | re.DOTALL)
-_EXPLANATION_KEYS = frozenset({"solution", "explanation"})  # keys that hold the explanation, never the answer
 _FALSY = frozenset({"", "false", "no", "null", "none", "0"})
 
 Found = tuple[set[int], str] | None  # the candidate choices and the rule; None: the rule does not apply
 
 
 def parse_output(raw: str, choices: Sequence[str], number_base: int = 0) -> Parsed:
-    """Parse one output: JSON fields win, free text ("The answer is B. BECAUSE: ...") is the fallback; ``number_base``
-    says how bare numbers count choices (0 for this project's prompt, 1 for external CSVs)."""
+    """JSON fields win, free text is the fallback; bare numbers count from ``number_base`` (1 for external CSVs)."""
     text = (raw or "").strip()
-    answer, source = _answer_field(text)
-    solution = _SOLUTION_FIELD.search(text)
+    answer, source = _ANSWER_FIELD.search(text), "json"
     if answer is None:
-        keyed = _keyed_answer(text, choices)
-        if keyed is not None:
-            index, answer_text, value, rule = keyed
-            return Parsed(index, answer_text, _field(solution) or value, rule)
-        if solution is None:
-            return _parse_free_text(text, choices, number_base)
+        answer, source = _OTHER_FIELD.search(text), "other_key"
+    while answer and answer.group("nested") and (inner := _FIRST_FIELD.match(text, answer.end())):
+        answer, source = inner, "nested" if source == "json" else source  # an object: its first field
+    solution = _SOLUTION_FIELD.search(text)
+    if answer is None and (keyed := _keyed_answer(text, choices, _field(solution))) is not None:
+        return keyed
+    if answer is None and solution is None:
+        return _parse_free_text(text, choices, number_base)
     answer_text = _field(answer)
     if answer is not None and answer.groupdict().get("text") is not None and answer.group("closed") is None:
         return Parsed(None, answer_text, _field(solution), UNMAPPED)  # cut off: "The" could have gone on anyhow
@@ -118,41 +114,29 @@ def rule_counts(rules: Iterable[str]) -> dict[str, int]:
     return dict.fromkeys((*RULES, UNMAPPED), 0) | Counter(rule or UNMAPPED for rule in rules)
 
 
-def _answer_field(text: str) -> tuple[re.Match | None, str]:
-    """The answer field and where it was ("json", "other_key", "nested" when its value is an object)."""
-    match, source = _ANSWER_FIELD.search(text), "json"
-    if match is None:
-        match, source = _OTHER_FIELD.search(text), "other_key"
-    while match and match.group("nested") and (inner := _FIRST_FIELD.match(text, match.end())):
-        match, source = inner, "nested" if source == "json" else source
-    return match, source
-
-
-def _keyed_answer(text: str, choices: Sequence[str]) -> tuple[int | None, str, str, str] | None:
-    """No answer key: (index, answer, explanation, rule) from choices as keys ({"solid": false, "gas": "because"}:
-    exactly one truthy) or another key's value naming one choice ({"direction": "away from it"}); else None."""
+def _keyed_answer(text: str, choices: Sequence[str], solution: str) -> Parsed | None:
+    """No answer key: the one truthy choice key ({"solid": false, "gas": true}), or a value naming one choice."""
     start = text.find("{")
     if start < 0:
         return None
     fields = [(_unescape(m.group("key")).strip(), _field(m)) for m in _ANY_FIELD.finditer(text, start)]
-    fields = [(key, value) for key, value in fields if key.lower() not in _EXPLANATION_KEYS]
+    fields = [(key, value) for key, value in fields if key.lower() not in ("solution", "explanation")]  # never answers
     by_key = [(index, key, value) for key, value in fields if (index := _named_by_text(key, choices)) is not None]
     if len({index for index, _, _ in by_key}) >= 2:
         chosen = [(index, key, value) for index, key, value in by_key if _norm(value) not in _FALSY]
         if len({index for index, _, _ in chosen}) != 1:
-            return None, "", "", UNMAPPED
+            return Parsed(None, "", solution, UNMAPPED)
         index, key, value = chosen[0]
-        return index, key, "" if _norm(value) in ("true", "yes", "1") else value, "choice_key"
+        return Parsed(index, key, solution or ("" if _norm(value) in ("true", "yes", "1") else value), "choice_key")
     named = [(found[0], value) for _, value in fields if (found := _as_text(value, choices))]
     indices = {index for found, _ in named for index in found}
     if len(indices) != 1:
         return None
-    return min(indices), named[0][1], "", "key_value"
+    return Parsed(min(indices), named[0][1], solution, "key_value")
 
 
 def _parse_free_text(text: str, choices: Sequence[str], number_base: int) -> Parsed:
-    """Answer = the span after an answer marker, else the first sentence; solution = the rest, or the reasoning
-    before the marker when nothing follows ("... so the answer is B.")."""
+    """Answer: after the marker, else the first sentence; solution: the rest, else the reasoning before the marker."""
     marker = _MARKER.search(text)
     before, rest = (text[: marker.start()], text[marker.end() :]) if marker else ("", text)
     end = _span_end(rest, choices)
@@ -262,25 +246,21 @@ def _named_in_sentence(span: str, choices: Sequence[str]) -> tuple[set[int], str
     ("The first option, apostrophe" with apostrophe second names two); none beyond the choices, none in a question."""
     if _QUESTION.match(span.strip()):
         return set(), UNMAPPED
-    named = _mentioned(span, choices) or _mentions(_norm(span), [_norm(head) for head in _heads(choices)])
-    positions = _ordinals(span, choices)
+    named = _mentions(_norm(span), [_norm(c) for c in choices])
+    for fold in (_unpunctuated, _exact):  # variants of one text (case, quotes vs italics): the stricter fold decides
+        if len(named) > 1 and len({_norm(choices[i]) for i in named}) == 1:
+            named = _mentions(fold(span), [fold(c) if i in named else "" for i, c in enumerate(choices)])
+    named = named or _mentions(_norm(span), [_norm(head) for head in _heads(choices)])
+    positions: set[int] = set()  # "the first sentence" = 0; none when a choice has an ordinal word itself
+    if _ORDINAL_REF.search(_norm(span)) and not any(_ORDINAL_WORD.search(c.lower()) for c in choices):
+        positions = {_ORDINALS[word] for word in _ORDINAL_WORD.findall(_norm(span))}
     if named:
         return named | {p for p in positions if p < len(choices)}, "mention"
     return (positions if all(p < len(choices) for p in positions) else set()), "ordinal"
 
 
-def _mentioned(span: str, choices: Sequence[str]) -> set[int]:
-    """The choices named as whole words; case and markup decide only between variants ("A Breath of Fresh Air")."""
-    found = _mentions(_norm(span), [_norm(c) for c in choices])
-    for fold in (_unpunctuated, _exact):  # variants of one text (case, quotes vs italics): stricter decides
-        if len(found) > 1 and len({_norm(choices[i]) for i in found}) == 1:
-            found = _mentions(fold(span), [fold(c) if i in found else "" for i, c in enumerate(choices)])
-    return found
-
-
 def _mentions(span: str, choices: list[str]) -> set[int]:
-    """Choices as whole words in the span, less those only inside a longer one ("New York" in "New York City") or
-    after a negation ("Yes, not no")."""
+    """Choices as whole words, less those inside a longer one ("New York" of "New York City") or negated."""
     hits = [(m.start(), m.end(), index) for index, choice in enumerate(choices) if choice
             for m in re.finditer(rf"(?<!\w){re.escape(choice)}(?!\w)", span)]
     return {index for start, end, index in hits
@@ -290,13 +270,6 @@ def _mentions(span: str, choices: list[str]) -> set[int]:
 
 def _heads(choices: Sequence[str]) -> list[str]:  # each head before ": ", " - " or "—", or ""; "1:3" has none
     return [m.group("head") if (m := _HEAD.match(choice)) else "" for choice in choices]
-
-
-def _ordinals(span: str, choices: Sequence[str]) -> set[int]:
-    """Positions ("the first sentence" = 0, "first and second ones"); none when a choice has an ordinal word."""
-    if not _ORDINAL_REF.search(_norm(span)) or any(_ORDINAL_WORD.search(c.lower()) for c in choices):
-        return set()
-    return {_ORDINALS[word] for word in _ORDINAL_WORD.findall(_norm(span))}
 
 
 def _exact(text: str) -> str:  # one space between words, straight quotes (never what tells choices apart)

@@ -1,9 +1,8 @@
 """Paired comparisons of arms (one run, or the seed means of one procedure's seed runs) on the problems they share;
 accuracy on all problems is primary (Holm over the table), every other row exploratory."""
+from collections import namedtuple
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -20,33 +19,14 @@ COLUMNS = ["run", "baseline", "family", "metric", "group", "n", "seeds_a", "seed
            "ci_high", "df", "p_value", "p_holm", "significant", "per_seed"]
 PRIMARY, EXPLORATORY = "primary", "exploratory"
 GOLD = ("answer", "reference")  # what must agree between runs for a common id to be the same problem
+POINTS = {name for name, metric in BY_NAME.items() if metric.scale == "points"}  # the rest are on a 0-1 scale
 NONE = "No comparisons (no runs besides the baseline, or no common problems)."
+# Arm B vs arm A on n problems: diff = b - a with its interval, df and p; per_seed: b - a seed by seed (same seeds).
+Paired = namedtuple("Paired", "n seeds_a seeds_b a b diff ci_low ci_high df p_value per_seed")
 
 
-class Joined(NamedTuple):
-    frames: dict[Hashable, pd.DataFrame]
-    dropped: dict[Hashable, int]  # per run: its ids missing from some other run
-    n: int
-
-
-@dataclass(frozen=True)
-class Paired:
-    """Arm B vs arm A on n problems: both values, diff = b - a, its interval, df and p."""
-    n: int
-    seeds_a: int
-    seeds_b: int
-    a: float
-    b: float
-    diff: float
-    ci_low: float
-    ci_high: float
-    df: float
-    p_value: float
-    per_seed: str = ""  # seed s of b minus seed s of a, where both arms have the same seeds (several)
-
-
-def join_rows(frames: Mapping[Hashable, pd.DataFrame]) -> Joined:
-    """Inner-join runs by problem id; a common id whose gold answer or reference differs is refused."""
+def join_rows(frames: Mapping[Hashable, pd.DataFrame]) -> dict[Hashable, pd.DataFrame]:
+    """Each run's rows of the common problem ids, sorted; a common id with another gold answer or reference: refused."""
     ids = {label: frame["id"].astype(str) for label, frame in frames.items()}  # CSV may give numbers
     for label, s in ids.items():
         if s.duplicated().any():
@@ -63,7 +43,7 @@ def join_rows(frames: Mapping[Hashable, pd.DataFrame]) -> Joined:
             if differ.any():
                 raise ValueError(f"problem {head['id'].iloc[int(np.argmax(differ))]!r} has a different gold "
                                  f"{column} in runs {first!r} and {label!r}: they were scored on different data")
-    return Joined(joined, {label: len(ids[label]) - len(common) for label in frames}, len(common))
+    return joined
 
 
 def linearised(values: np.ndarray) -> np.ndarray:
@@ -76,28 +56,21 @@ def linearised(values: np.ndarray) -> np.ndarray:
         return mean + np.where(known, values - mean, 0.0) * values.shape[1] / kept
 
 
-def _seed_terms(y: np.ndarray) -> tuple[float, float]:
-    """One arm's (variance of its per-seed values, seed x problem residual mean square MSE)."""
-    s, n = y.shape
-    per_seed = y.mean(axis=1)
-    resid = y - per_seed[:, None] - y.mean(axis=0)[None, :] + y.mean()
-    mse = float((resid ** 2).sum()) / ((s - 1) * (n - 1)) if n > 1 else 0.0
-    return float(per_seed.var(ddof=1)), mse
-
-
 def arm_difference(a, b, confidence: float = CONFIDENCE) -> Paired:
     """B - A from (seeds, n) per-row values of the same problems: problems x seeds crossed random effects by the
     method of moments (a seed term per arm with S > 1, a problem term net of seed x problem noise), Satterthwaite df."""
     a, b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"paired arms need the same problems, got {a.shape[1]} and {b.shape[1]}")
     n = a.shape[1]
     per_problem = b.mean(axis=0) - a.mean(axis=0)
     diff = float(b.mean() - a.mean())  # = mean of per_problem, without its rounding
-    seeds = [(len(y),) + _seed_terms(y) for y in (a, b) if len(y) > 1]
-    parts = [(v / s, s - 1) for s, v, _ in seeds]
-    if n > 1:  # the problem term, without the seed x problem noise the seed terms already hold
-        noise = sum(mse / s for s, _, mse in seeds)
+    parts, noise = [], 0.0
+    for y in (a, b):
+        s, per_seed = len(y), y.mean(axis=1)
+        if s > 1:  # a seed term, and the seed x problem noise (residual mean square / S) it already holds
+            parts.append((float(per_seed.var(ddof=1)) / s, s - 1))
+            resid = y - per_seed[:, None] - y.mean(axis=0)[None, :] + y.mean()
+            noise += float((resid ** 2).sum()) / ((s - 1) * (n - 1)) / s if n > 1 else 0.0
+    if n > 1:  # the problem term, net of that noise
         parts.append((max(0.0, float(per_problem.var(ddof=1)) - noise) / n, n - 1))
     var = sum(c for c, _ in parts)
     if not parts:
@@ -117,7 +90,8 @@ def arm_difference(a, b, confidence: float = CONFIDENCE) -> Paired:
 def _arm_values(frames: Sequence[pd.DataFrame], metric: str, mask: np.ndarray | None = None) -> np.ndarray | None:
     """(seeds, n) values of one metric for an arm (None: undefined for some seed run)."""
     if metric == "acc":
-        y = np.stack([100.0 * _truth(f["correct"]) for f in frames])
+        truth = [f["correct"].astype(str).str.strip().str.lower().isin(["true", "1", "1.0"]) for f in frames]
+        y = 100.0 * np.stack(truth).astype(float)  # as read back from a CSV or built in memory; missing = wrong
         return y if mask is None else y[:, mask]
     if metric == "overall":
         parts = [_arm_values(frames, name) for name in OVERALL]
@@ -131,11 +105,6 @@ def _arm_values(frames: Sequence[pd.DataFrame], metric: str, mask: np.ndarray | 
     return None if np.isnan(y).any() else y
 
 
-def _truth(column: pd.Series) -> np.ndarray:
-    """A yes/no column as read back from a CSV or built in memory; missing = no (an unmapped answer is wrong)."""
-    return column.astype(str).str.strip().str.lower().isin(["true", "1", "1.0"]).to_numpy(dtype=float)
-
-
 def compare_runs(arms: Mapping[str, pd.DataFrame | Sequence[pd.DataFrame]], baseline: str, *,
                  by_group: bool = True, primary: bool = True, confidence: float = CONFIDENCE) -> pd.DataFrame:
     """One row per (arm vs baseline, metric, group) on the common problems; a metric undefined for a run: no row."""
@@ -144,7 +113,7 @@ def compare_runs(arms: Mapping[str, pd.DataFrame | Sequence[pd.DataFrame]], base
     arms = {label: [arm] if isinstance(arm, pd.DataFrame) else list(arm) for label, arm in arms.items()}
     names = {(label, i): label if len(arm) == 1 else f"{label} (seed run {i + 1})"
              for label, arm in arms.items() for i in range(len(arm))}
-    joined = join_rows({names[label, i]: f for label, arm in arms.items() for i, f in enumerate(arm)}).frames
+    joined = join_rows({names[label, i]: f for label, arm in arms.items() for i, f in enumerate(arm)})
     frames = {label: [joined[names[label, i]] for i in range(len(arm))] for label, arm in arms.items()}
     base = frames[baseline]
     groups = {"all": None, **({BY_NAME[key].where: mask.to_numpy() for key, mask in accuracy_groups(base[0]).items()
@@ -158,7 +127,7 @@ def compare_runs(arms: Mapping[str, pd.DataFrame | Sequence[pd.DataFrame]], base
             if a is None or b is None or not a.shape[1]:
                 continue
             family = PRIMARY if primary and (metric, group) == ("acc", "all") else EXPLORATORY
-            rows.append({**asdict(arm_difference(a, b, confidence)), "run": run, "baseline": baseline,
+            rows.append({**arm_difference(a, b, confidence)._asdict(), "run": run, "baseline": baseline,
                          "metric": metric, "group": group, "family": family})
     return decide(pd.DataFrame(rows, columns=COLUMNS))
 
@@ -174,9 +143,8 @@ def holm(p: np.ndarray) -> np.ndarray:
 
 def decide(table: pd.DataFrame) -> pd.DataFrame:
     """``p_holm`` over the primary rows with a p, and the one significance rule."""
-    table = table.copy()
+    table = table.assign(p_holm=np.nan)
     primary = (table["family"] == PRIMARY).to_numpy() & table["p_value"].notna().to_numpy()
-    table["p_holm"] = np.nan
     table.loc[primary, "p_holm"] = holm(table.loc[primary, "p_value"].to_numpy(dtype=float))
     decided = np.where(primary, table["p_holm"], table["p_value"]).astype(float)
     table["significant"] = np.nan_to_num(decided, nan=1.0) < ALPHA
@@ -189,13 +157,9 @@ def n_tests(table: pd.DataFrame) -> tuple[int, int]:
     return primary, len(table) - primary
 
 
-def _points(metric: str) -> bool:
-    return BY_NAME[metric].scale == "points"
-
-
 def _num(value: float, metric: str, signed: bool = False) -> str:
     """Points with one decimal, 0-1 metrics with three; a real minus sign for prose."""
-    return f"{value:{'+' if signed else ''}.{1 if _points(metric) else 3}f}".replace("-", "\u2212")
+    return f"{value:{'+' if signed else ''}.{1 if metric in POINTS else 3}f}".replace("-", "\u2212")
 
 
 def p_text(p: float) -> str:
@@ -211,15 +175,11 @@ def p_text(p: float) -> str:
     return f"{p:.6g}"
 
 
-def _pair(r, labels: Mapping[str, str] | None) -> str:
-    name = dict(labels or {})
-    return f"{name.get(r.run, r.run)} vs {name.get(r.baseline, r.baseline)}"
-
-
 def _display(table: pd.DataFrame, labels: Mapping[str, str] | None) -> pd.DataFrame:
-    """Every row as strings: the markdown table, and what the terminal table picks from."""
+    """Every row as strings: the markdown table, and what the terminal table and the plot pick from."""
+    name = dict(labels or {})
     return pd.DataFrame([{
-        "comparison": _pair(r, labels), "family": r.family,
+        "comparison": f"{name.get(r.run, r.run)} vs {name.get(r.baseline, r.baseline)}", "family": r.family,
         "metric": r.metric, "group": r.group, "n": str(r.n), "seeds": f"{r.seeds_a}/{r.seeds_b}",
         "a": _num(r.a, r.metric), "b": _num(r.b, r.metric), "diff": _num(r.diff, r.metric, True),
         "95% CI": f"[{_num(r.ci_low, r.metric, True)}, {_num(r.ci_high, r.metric, True)}]", "p": p_text(r.p_value),
@@ -265,7 +225,7 @@ def to_markdown(table: pd.DataFrame, labels: Mapping[str, str] | None = None) ->
         seeds = f", {r.seeds_a}/{r.seeds_b} seeds" if max(r.seeds_a, r.seeds_b) > 1 else ""
         verdict = ("cannot tell apart at 5 %" if not r.significant else "significant at 5 %"
                    + (" (Holm-adjusted)" if r.family == PRIMARY else " (exploratory, unadjusted)"))
-        unit = " points" if _points(r.metric) else ""
+        unit = " points" if r.metric in POINTS else ""
         lines.append(f"- {s['comparison']}: {what} {s['diff']}{unit} {s['95% CI']}{p}, n = {r.n}{seeds} "
                      f"\u2014 {verdict}.")
     lines += [f"- {pair}: cannot tell apart at 5 % (exploratory) for {', '.join(w)}." for pair, w in quiet.items()]
@@ -275,7 +235,7 @@ def to_markdown(table: pd.DataFrame, labels: Mapping[str, str] | None = None) ->
 def forest_plot(table: pd.DataFrame, path: str | Path, labels: Mapping[str, str] | None = None) -> Path:
     """Differences with intervals per comparison and metric (red: significant): a points panel and a 0-1 panel."""
     rows = table[table["group"] == "all"]
-    points = rows["metric"].map(_points).astype(bool)
+    points = rows["metric"].isin(POINTS)
     panels = [(t, part) for t, part in (("accuracy, overall (points)", rows[points]),
                                         ("explanation metrics (0\u20131 scale)", rows[~points])) if len(part)]
     if not panels:
@@ -288,7 +248,7 @@ def forest_plot(table: pd.DataFrame, path: str | Path, labels: Mapping[str, str]
         ax.errorbar(d, y, xerr=np.clip([d - low, high - d], 0, None), fmt="none", ecolor="tab:gray", capsize=3)
         ax.scatter(d, y, c=np.where(part["significant"], "tab:red", "tab:gray"), zorder=3)
         ax.axvline(0, color="black", linestyle="--", linewidth=1)
-        ticks = [f"{_pair(r, labels)}: {LABELS[r.metric]}" for r in part.itertuples()]
+        ticks = [f"{pair}: {LABELS[m]}" for pair, m in zip(_display(part, labels)["comparison"], part["metric"])]
         ax.set_yticks(y, [t if len(t) <= 70 else f"{t[:40]}\u2026{t[-29:]}" for t in ticks])
         ax.set(title=title, xlabel=f"run \u2212 baseline, {CONFIDENCE:.0%} interval (red: significant)")
         ax.grid(axis="x", alpha=0.3)

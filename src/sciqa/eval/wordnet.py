@@ -1,5 +1,6 @@
 """WordNet for METEOR, never downloaded: nltk's own data, else Debian's files laid out as nltk reads them."""
 import shutil
+from contextlib import suppress
 from pathlib import Path
 
 import nltk
@@ -14,69 +15,51 @@ _CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 _WORDNET_FILES = (*(f"{kind}.{pos}" for kind in ("index", "data") for pos in _CATEGORY),
                   *(f"{pos}.exc" for pos in _CATEGORY), "cntlist.rev", "index.sense")
 # WordNet 3.0's 45 lexicographer files in file-number order (lexnames(5WN)): Debian ships only the man page.
-_LEXNAMES = [
-    "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact", "noun.attribute",
-    "noun.body", "noun.cognition", "noun.communication", "noun.event", "noun.feeling", "noun.food", "noun.group",
-    "noun.location", "noun.motive", "noun.object", "noun.person", "noun.phenomenon", "noun.plant", "noun.possession",
-    "noun.process", "noun.quantity", "noun.relation", "noun.shape", "noun.state", "noun.substance", "noun.time",
-    "verb.body", "verb.change", "verb.cognition", "verb.communication", "verb.competition", "verb.consumption",
-    "verb.contact", "verb.creation", "verb.emotion", "verb.motion", "verb.perception", "verb.possession",
-    "verb.social", "verb.stative", "verb.weather", "adj.ppl"]
+_LEXNAMES = ["adj.all", "adj.pert", "adv.all", *(f"noun.{name}" for name in [
+    "Tops", "act", "animal", "artifact", "attribute", "body", "cognition", "communication", "event", "feeling", "food",
+    "group", "location", "motive", "object", "person", "phenomenon", "plant", "possession", "process", "quantity",
+    "relation", "shape", "state", "substance", "time"]), *(f"verb.{name}" for name in [
+    "body", "change", "cognition", "communication", "competition", "consumption", "contact", "creation", "emotion",
+    "motion", "perception", "possession", "social", "stative", "weather"]), "adj.ppl"]
 NO_WORDNET = ("WordNet not found (METEOR needs it): put nltk's in ~/nltk_data or $NLTK_DATA "
               "(`python -m nltk.downloader -d ~/nltk_data wordnet` where there is internet), or install Debian's "
               f"into {_DEBIAN_WORDNET} (`apt-get install wordnet-base wordnet-sense-index`, or .ci/setup.sh)")
 _OWN_NLTK_ROOTS: set[str] = set()  # sciqa's copies put on nltk.data.path: not "nltk's own data"
 
 
-def _wordnet_root() -> Path:
-    return cache_root() / "nltk_data"
+def _copy_folder() -> Path:  # sciqa's copy of Debian's files, in an nltk data root of its own
+    return cache_root() / "nltk_data" / "corpora" / "wordnet"
 
 
 def _find_wordnet(paths: list[str] | None = None):
     """nltk's pointer to WordNet, looked up as ``nltk.corpus`` does (the folder, then inside the zip)."""
     for name in ("corpora/wordnet", "corpora/wordnet.zip/wordnet/"):
-        try:
+        with suppress(LookupError):
             return nltk.data.find(name, paths=paths)
-        except LookupError:
-            continue
     return None
 
 
-def _nltk_wordnet() -> Path | None:
-    """nltk's own WordNet (folder or the downloader's zip) where nltk looks; sciqa's copy is not one."""
-    own = _OWN_NLTK_ROOTS | {str(_wordnet_root())}
-    found = _find_wordnet([p for p in nltk.data.path if p not in own])
-    if found is None:
-        return None
-    zipped = getattr(found, "zipfile", None)
-    return Path(zipped.filename if zipped is not None else found.path)
-
-
-def _debian_complete() -> bool:
-    return all((_DEBIAN_WORDNET / name).is_file() for name in _WORDNET_FILES)
-
-
 def wordnet_source() -> tuple[str, Path] | None:
-    """Which WordNet METEOR reads: nltk's data, Debian's files, sciqa's earlier copy of them; None if none."""
-    found = _nltk_wordnet()
-    if found is not None:
-        return "nltk data", found
-    if _debian_complete():
+    """Which WordNet METEOR reads: nltk's own (folder or zip, not sciqa's copy), Debian's, sciqa's copy; or None."""
+    own = _OWN_NLTK_ROOTS | {str(_copy_folder().parents[1])}
+    if (found := _find_wordnet([p for p in nltk.data.path if p not in own])) is not None:
+        return "nltk data", Path(found.zipfile.filename if hasattr(found, "zipfile") else found)
+    if all((_DEBIAN_WORDNET / name).is_file() for name in _WORDNET_FILES):
         return "debian", _DEBIAN_WORDNET
-    copy = _wordnet_root() / "corpora" / "wordnet"
+    copy = _copy_folder()
     return ("debian (cached copy)", copy) if (copy / "lexnames").is_file() else None
 
 
 def ensure_wordnet() -> Path:
     """nltk's own WordNet, else a private copy of Debian's (NLTK 3.10's pathsec refuses links) on ``nltk.data.path``."""
-    found = _nltk_wordnet()
-    if found is not None:
-        return found
-    root = _wordnet_root()
-    target = root / "corpora" / "wordnet"
+    source = wordnet_source()
+    if source is None:
+        raise SciqaError(NO_WORDNET)
+    if source[0] == "nltk data":
+        return source[1]
+    target = _copy_folder()
+    root = target.parents[1]
     if not (target / "lexnames").is_file():
-        if not _debian_complete():
-            raise SciqaError(NO_WORDNET)
         for folder in (root, target.parent):
             folder.mkdir(parents=True, exist_ok=True)
             folder.chmod(0o755)  # pathsec refuses folders others can write

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from sciqa.errors import SciqaError
 from sciqa.files import digest
-from sciqa.models import gguf, tiny
+from sciqa.models import gguf
 
 if TYPE_CHECKING:
     from sciqa.models.base import Family, LoadedModel
@@ -23,12 +23,9 @@ FAMILIES: dict[str, str] = {  # the first whose ``matches`` accepts a config win
 }
 # Tiny models of the real architectures, built offline from a fixed seed (tests, embedded default).
 TINY_MODELS: dict[str, str] = {"tiny-qwen2-vl": "qwen2_vl", "tiny-llava": "llava", "tiny-paligemma": "paligemma"}
-TINY_TURN_TOKENS = 32  # random weights never choose the end-of-turn token: their turns end after this many tokens
 
 
-def family(name: str) -> Family:
-    if name not in FAMILIES:
-        raise SciqaError(f"unknown model family '{name}'; supported families: {', '.join(FAMILIES)}")
+def family(name: str) -> Family:  # names from FAMILIES and sciqa's own code, never from the command line
     return importlib.import_module(FAMILIES[name]).FAMILY
 
 
@@ -41,10 +38,12 @@ def family_of(config) -> Family:
 def resolve(name: str, revision: str | None = None) -> tuple[str, Family]:
     """(path or hub id, family) without loading weights; tiny models keep the processor settings of their build."""
     if name in TINY_MODELS:
-        fam = replace(family(TINY_MODELS[name]), processor_kwargs={}, turn_tokens=TINY_TURN_TOKENS)
+        from sciqa.models import tiny  # builds with torch: not at `sciqa --help`
+
+        fam = replace(family(TINY_MODELS[name]), processor_kwargs={}, turn_tokens=32)  # random weights never end one
         return str(tiny.tiny_model_path(name)), fam
     if name in gguf.MODELS:
-        return str(gguf.model_path(name)), family(gguf.MODELS[name].family)
+        return str(gguf.model_path(name)), family("causal_lm")
     return name, family_of(_config(name, revision))
 
 
@@ -70,15 +69,14 @@ def _config(name: str, revision: str | None):
                f"({', '.join(gguf.MODELS)}), a local folder, or a hub id in the local Hugging Face cache")
     try:
         return AutoConfig.from_pretrained(name, revision=revision, local_files_only=True)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError):
         if not _hub_reachable():
             raise SciqaError(f"{unknown} (the hub cannot be reached from here; `sciqa prefetch --model {name}` "
                              "on a machine with internet)") from None
-        local_error = exc
     try:
         return AutoConfig.from_pretrained(name, revision=revision)
     except (OSError, ValueError) as exc:
-        raise SciqaError(f"{unknown} ({str(exc or local_error).splitlines()[0]})") from None
+        raise SciqaError(f"{unknown} ({str(exc).splitlines()[0]})") from None
 
 
 def load(name: str, revision: str | None = None, dtype: str = "auto", device: str = "auto",
@@ -90,6 +88,8 @@ def load(name: str, revision: str | None = None, dtype: str = "auto", device: st
 def fingerprint(name: str, revision: str | None = None) -> str:
     """What the weights are, for cache keys; a local folder's large files count by size and head."""
     if name in TINY_MODELS:
+        from sciqa.models import tiny
+
         return "tiny:" + tiny.tiny_recipe(name)
     if name in gguf.MODELS:
         return gguf.fingerprint(name)

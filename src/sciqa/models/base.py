@@ -13,15 +13,6 @@ from sciqa.errors import SciqaError
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # sciqa.config.DTYPE_CHOICES
 
 
-def pick_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    """``auto`` = CUDA + bf16 when a GPU is present, else CPU + float32 (CPU bf16 is slow and lossy)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    return torch.device(device), DTYPES[dtype]
-
-
 def placement(device: torch.device, gpu_memory_gb: float) -> dict:
     """With a GPU memory cap, accelerate's ``device_map="auto"`` keeps the rest in CPU memory (as the study did)."""
     if gpu_memory_gb <= 0:
@@ -71,7 +62,9 @@ class Family:
 
     def load(self, name: str, path: str, revision: str | None, dtype: str, device: str,
              gpu_memory_gb: float = 0.0) -> LoadedModel:
-        dev, dt = pick_device_dtype(device, dtype)
+        """``auto``: CUDA + bf16 when a GPU is present, else CPU + float32 (CPU bf16 is slow and lossy)."""
+        dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+        dt = DTYPES[("bfloat16" if dev.type == "cuda" else "float32") if dtype == "auto" else dtype]
         kwargs = placement(dev, gpu_memory_gb)
         model = getattr(transformers, self.model_class).from_pretrained(path, revision=revision, dtype=dt, **kwargs)
         model = (model if kwargs else model.to(dev)).eval()
@@ -96,9 +89,8 @@ class Family:
 
     def continuation_tokens(self, tokenizer, text: str, continuation: str, start: int = 0) -> int:
         """Tokens at the end of ``text + continuation`` that cover ``continuation[start:]`` (a boundary one counts)."""
-        offsets = tokenizer(text + continuation, add_special_tokens=False,
-                            return_offsets_mapping=True)["offset_mapping"]
-        return sum(1 for _, end in offsets if end > len(text) + start)
+        enc = tokenizer(text + continuation, add_special_tokens=False, return_offsets_mapping=True)
+        return sum(1 for _, end in enc["offset_mapping"] if end > len(text) + start)
 
     def completion_value(self, key: str) -> int:
         """A per-token input's value on completion tokens: attended, else the family's own or 0 (text)."""

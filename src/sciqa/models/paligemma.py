@@ -15,11 +15,9 @@ class PaliGemmaFamily(Family):
         enc = processor(text=texts, images=images, suffix=continuations, padding=True, padding_side=padding_side,
                         return_tensors="pt")
         enc.pop("labels", None)
+        width = enc["input_ids"].shape[1]
         if continuations is not None:
-            width = enc["input_ids"].shape[1]
-            for key, value in enc.items():
-                if value.ndim == 2 and value.shape[1] == width:
-                    enc[key] = value[:, :-1]
+            enc.update({k: v[:, :-1] for k, v in enc.items() if v.ndim == 2 and v.shape[1] == width})
         return enc
 
     def continuation_tokens(self, tokenizer, text, continuation, start=0):
@@ -33,11 +31,5 @@ class PaliGemmaFamily(Family):
         return {**inputs, "token_type_ids": torch.cat([types.new_zeros(types.shape[0], prefix_len), types], 1)}
 
 
-FAMILY = PaliGemmaFamily(
-    name="paligemma",
-    model_class="PaliGemmaForConditionalGeneration",
-    end_of_turn="<eos>",
-    turn_markers=(),
-    completion_inputs={"token_type_ids": 1},
-    first_position=1,
-)
+FAMILY = PaliGemmaFamily(name="paligemma", model_class="PaliGemmaForConditionalGeneration", end_of_turn="<eos>",
+                         turn_markers=(), completion_inputs={"token_type_ids": 1}, first_position=1)

@@ -1,15 +1,16 @@
-"""Tiny models of the real architectures (2 layers, a BPE on the bundled sample, a fixed seed), built offline into a
-folder keyed by the recipe: no hub in tests or CI. Outputs are noise: they prove the machinery, not the science."""
-import hashlib
+"""Tiny models of the real architectures (2 layers, a sample BPE, a fixed seed), built offline: noise to test code."""
 import json
 from pathlib import Path
 
-from sciqa.data.sources import SAMPLE_DIR
-from sciqa.files import build_folder, cache_root
+import torch
+import transformers as tf
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-SEED = 1234
+from sciqa.data import SAMPLE_DIR
+from sciqa.files import build_folder, cache_root, digest
+from sciqa.models.qwen2_vl import Qwen2VLImageOnlyProcessor
+
 VOCAB = 1000
-RECIPE_VERSION = "1"
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             max_position_embeddings=4096)
 VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28,
@@ -32,13 +33,11 @@ LLAVA_TEMPLATE = (
 )
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                  "<|image_pad|>", "<|video_pad|>"]
-LLAVA_SPECIALS = ["<unk>", "<s>", "</s>", "<image>", "<pad>"]
-PALIGEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<image>"]  # Gemma's ids 0-4
 
 
 def tiny_recipe(name: str) -> str:
-    src = Path(__file__).read_bytes() + (SAMPLE_DIR / "problems.json").read_bytes()
-    return hashlib.sha256(src + name.encode() + RECIPE_VERSION.encode()).hexdigest()[:12]
+    """Any edit of this file or of the sample is a new recipe."""
+    return digest(Path(__file__).read_bytes(), (SAMPLE_DIR / "problems.json").read_bytes(), name)[:12]
 
 
 def tiny_model_path(name: str) -> Path:
@@ -47,8 +46,6 @@ def tiny_model_path(name: str) -> Path:
 
 def _train_bpe(specials: list[str], metaspace: bool = False):
     """BPE on the sample's text: byte-level (Qwen) or metaspace with byte fallback (Llama, Gemma)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     texts = ['{"answer": "", "solution": ""}', "Question: Task: Choices: Hint: Lecture: Solution: Instruction:"]
     for p in json.loads((SAMPLE_DIR / "problems.json").read_text()).values():
         texts += [p["question"], " ".join(p["choices"]), p["hint"], p["lecture"], p["solution"]]
@@ -67,24 +64,11 @@ def _train_bpe(specials: list[str], metaspace: bool = False):
     return tok.get_vocab(), [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in merges]
 
 
-def _save(folder: Path, model_class, config, processor, ids: dict) -> None:
-    """The processor is saved part by part where it cannot save itself whole (no video processor)."""
-    import torch
-
-    torch.manual_seed(SEED)
-    model = model_class(config).eval()
-    model.generation_config.eos_token_id = ids["eos_token_id"]
-    model.generation_config.pad_token_id = ids["pad_token_id"]
-    model.save_pretrained(folder)
-    if processor.chat_template is None:
-        processor.save_pretrained(folder)
-        return
-    processor.tokenizer.save_pretrained(folder)
-    processor.image_processor.save_pretrained(folder)
-    (folder / "chat_template.jinja").write_text(processor.chat_template)
-    keys = ("patch_size", "vision_feature_select_strategy", "num_additional_image_tokens")
-    if extra := {k: getattr(processor, k) for k in keys if hasattr(processor, k)}:
-        (folder / "processor_config.json").write_text(json.dumps(dict(extra, processor_class=type(processor).__name__)))
+def _save(folder: Path, model_class, config, processor) -> None:
+    """Random weights from the fixed seed; the generation config takes its token ids from ``config``."""
+    torch.manual_seed(1234)
+    model_class(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
 
 
 def _ids(tok, bos: str, eos: str, pad: str) -> dict[str, int]:
@@ -92,15 +76,9 @@ def _ids(tok, bos: str, eos: str, pad: str) -> dict[str, int]:
 
 
 def build_qwen2_vl(folder: Path) -> None:
-    import transformers as tf
-
-    from sciqa.models.qwen2_vl import Qwen2VLImageOnlyProcessor
-
     vocab, merges = _train_bpe(QWEN_SPECIALS)
     tok = tf.Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|im_end|>",
-                            pad_token="<|endoftext|>")
-    tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS[1:]})
-    tok.chat_template = QWEN_TEMPLATE
+                            pad_token="<|endoftext|>", additional_special_tokens=QWEN_SPECIALS[1:])
     image_processor = tf.Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=56 * 56)
     processor = Qwen2VLImageOnlyProcessor(image_processor=image_processor, tokenizer=tok, chat_template=QWEN_TEMPLATE)
     ids, token = _ids(tok, "<|endoftext|>", "<|im_end|>", "<|endoftext|>"), tok.convert_tokens_to_ids
@@ -111,16 +89,13 @@ def build_qwen2_vl(folder: Path) -> None:
                            spatial_merge_size=2, temporal_patch_size=2),
         image_token_id=token("<|image_pad|>"), video_token_id=token("<|video_pad|>"),
         vision_start_token_id=token("<|vision_start|>"), vision_end_token_id=token("<|vision_end|>"), **ids)
-    _save(folder, tf.Qwen2VLForConditionalGeneration, config, processor, ids)
+    _save(folder, tf.Qwen2VLForConditionalGeneration, config, processor)
 
 
 def build_llava(folder: Path) -> None:
-    import transformers as tf
-
-    vocab, merges = _train_bpe(LLAVA_SPECIALS, metaspace=True)
+    vocab, merges = _train_bpe(["<unk>", "<s>", "</s>", "<image>", "<pad>"], metaspace=True)
     tok = tf.LlamaTokenizer(vocab=vocab, merges=merges, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                            pad_token="<pad>", add_bos_token=True)
-    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+                            pad_token="<pad>", add_bos_token=True, additional_special_tokens=["<image>"])
     image_processor = tf.CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
     processor = tf.LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
                                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
@@ -131,14 +106,12 @@ def build_llava(folder: Path) -> None:
         text_config=dict(TEXT, model_type="llama", vocab_size=len(tok), num_key_value_heads=2, **ids),
         image_token_index=tok.convert_tokens_to_ids("<image>"), image_seq_length=4, vision_feature_layer=-1,
         pad_token_id=ids["pad_token_id"])
-    _save(folder, tf.LlavaForConditionalGeneration, config, processor, ids)
+    _save(folder, tf.LlavaForConditionalGeneration, config, processor)
 
 
 def build_paligemma(folder: Path) -> None:
     """The processor adds PaliGemma's location and segmentation tokens: the config is sized after it."""
-    import transformers as tf
-
-    vocab, merges = _train_bpe(PALIGEMMA_SPECIALS, metaspace=True)
+    vocab, merges = _train_bpe(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<image>"], metaspace=True)  # Gemma's 0-4
     tok = tf.GemmaTokenizer(vocab=vocab, merges=merges)
     image_processor = tf.SiglipImageProcessorPil(size={"height": 28, "width": 28}, image_seq_length=4)
     processor = tf.PaliGemmaProcessor(image_processor=image_processor, tokenizer=tok)
@@ -151,7 +124,7 @@ def build_paligemma(folder: Path) -> None:
         vocab_size=len(tok), **ids,
         # Gemma scales embeddings by sqrt(hidden): tied 0.02-wide random weights make greedy outputs ignore the prompt.
         tie_word_embeddings=False)
-    _save(folder, tf.PaliGemmaForConditionalGeneration, config, processor, ids)
+    _save(folder, tf.PaliGemmaForConditionalGeneration, config, processor)
 
 
 BUILDERS = {"tiny-qwen2-vl": build_qwen2_vl, "tiny-llava": build_llava, "tiny-paligemma": build_paligemma}

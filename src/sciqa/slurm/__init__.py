@@ -1,7 +1,5 @@
-"""Slurm: cluster profiles (a GPU type -> partition, GRES, CPUs, memory, time limits), the requeue-able sbatch
-script, submission and job state. Profiles: ``$SCIQA_SLURM_PROFILE_DIR``, ``<checkout>/slurm/profiles``, then
-``./slurm/profiles``, or a ``.toml`` path; no name: ``$SCIQA_SLURM_PROFILE``, else ``local``."""
-
+"""Slurm: cluster profiles (GPU type -> partition, GRES, CPUs, memory, time limits; from $SCIQA_SLURM_PROFILE_DIR,
+<checkout>/slurm/profiles, ./slurm/profiles), the requeue-able sbatch script, submission and job state."""
 import os
 import re
 import shlex
@@ -15,13 +13,11 @@ from pathlib import Path
 
 from simple_slurm import Slurm
 
-from sciqa.config import has_userinfo, is_secret_name
+from sciqa.config import USERINFO, is_secret_name
 from sciqa.errors import SciqaError
 
-DEFAULT_PROFILE = "local"
 PROFILE_ENV = "SCIQA_SLURM_PROFILE"
 PROFILE_DIR_ENV = "SCIQA_SLURM_PROFILE_DIR"
-DEFAULT_SIGNAL_SECONDS = 120
 # states after which a job never runs again (a requeued job passes through REQUEUED/PENDING instead)
 TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
                              "PREEMPTED", "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED"})
@@ -45,18 +41,6 @@ class GpuType:  # the partitions that have it (tried in order), its GRES name an
 
 
 @dataclass(frozen=True)
-class GpuSpec:  # what a job of ``count`` GPUs of one type asks Slurm for
-    type: str
-    count: int
-    partition: str
-    gres: str
-    cpus: int
-    mem: str
-    time: str
-    max_time: str
-
-
-@dataclass(frozen=True)
 class Profile:  # a cluster: GPU types -> partitions, set-up lines, GPUs per model (field names = the TOML keys)
     name: str
     path: Path
@@ -65,33 +49,22 @@ class Profile:  # a cluster: GPU types -> partitions, set-up lines, GPUs per mod
     description: str = ""
     setup: tuple[str, ...] = ()
     python: str = "python"
-    signal_seconds: int = DEFAULT_SIGNAL_SECONDS
+    signal_seconds: int = 120  # SIGUSR1 this long before the time limit: time to checkpoint
     models: dict[str, int] = field(default_factory=dict)
 
-    @property
-    def gpu_types(self) -> list[str]:
-        return sorted(self.gpus)
-
-    @property
-    def gpu_memory_gb(self) -> dict[str, float]:
-        return {t: g.memory_gb for t, g in self.gpus.items() if g.memory_gb}
-
-    def gpu(self, gpu_type: str, count: int = 1) -> GpuSpec:
-        """Resources for ``count`` GPUs of ``gpu_type``: the first listed partition whose nodes hold them."""
+    def gpu(self, gpu_type: str, count: int = 1) -> Partition:
+        """The partition for ``count`` GPUs of ``gpu_type``: the first listed one whose nodes hold them."""
         if gpu_type not in self.gpus:
             raise SciqaError(f"unknown GPU type {gpu_type!r} for profile {self.name!r}; "
-                             f"accepted: {', '.join(self.gpu_types)}")
+                             f"accepted: {', '.join(sorted(self.gpus))}")
         if count < 1:
             raise SciqaError(f"GPU count must be at least 1, got {count}")
         names = self.gpus[gpu_type].partitions
-        fits = [self.partitions[n] for n in names if self.partitions[n].gpus_per_node >= count]
-        if not fits:
+        if not (fits := [self.partitions[n] for n in names if self.partitions[n].gpus_per_node >= count]):
             most = max(self.partitions[n].gpus_per_node for n in names)
             raise SciqaError(f"{count} {gpu_type} GPUs do not fit one node of profile {self.name!r} "
                              f"(partitions {', '.join(names)}); accepted: 1-{most}")
-        p = fits[0]
-        return GpuSpec(gpu_type, count, p.name, f"{self.gpus[gpu_type].gres}:{count}", p.cpus_per_gpu * count,
-                       f"{p.mem_per_gpu_mb * count}M", p.time, p.max_time)
+        return fits[0]
 
     def gpus_for(self, model: str) -> int:  # GPUs a model needs: the profile's [models], else 1
         return self.models.get(model, 1)
@@ -111,17 +84,13 @@ def profile_dirs() -> list[Path]:
 
 
 def list_profiles() -> dict[str, Path]:
-    """Profile name -> file, the first found per name winning."""
-    found: dict[str, Path] = {}
-    for d in profile_dirs():
-        for f in sorted(d.glob("*.toml")):
-            found.setdefault(f.stem, f)
-    return found
+    """Profile name -> file, the first found per name winning (later dirs are read first, then overwritten)."""
+    return {f.stem: f for d in reversed(profile_dirs()) for f in sorted(d.glob("*.toml"))}
 
 
 def load_profile(name_or_path: str | None = None) -> Profile:
     """Load a profile by name or path; ``None`` means ``$SCIQA_SLURM_PROFILE`` or ``local``."""
-    ref = name_or_path or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
+    ref = name_or_path or os.environ.get(PROFILE_ENV) or "local"
     if ref.endswith(".toml") or os.sep in ref:
         path = Path(ref).expanduser()
         if not path.is_file():
@@ -134,10 +103,9 @@ def load_profile(name_or_path: str | None = None) -> Profile:
                              f"or a .toml path (searched: {where}; add dirs with ${PROFILE_DIR_ENV})")
         path = found[ref]
     try:
-        data = tomllib.loads(path.read_text())
+        return _parse_profile(path, tomllib.loads(path.read_text()))
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise SciqaError(f"cannot read Slurm profile {path}: {e}".replace("\n", " ")) from e
-    return _parse_profile(path, data)
 
 
 def _checked(where: str, got, cls: type, required: set[str]) -> dict:
@@ -145,9 +113,8 @@ def _checked(where: str, got, cls: type, required: set[str]) -> dict:
     allowed = {f.name for f in fields(cls)} - {"name", "path"}
     if not isinstance(got, dict):
         raise SciqaError(f"{where}: expected a table with keys {', '.join(sorted(allowed))}")
-    problems = [f"{what} keys {', '.join(keys)}" for what, keys in
-                (("unknown", sorted(set(got) - allowed)), ("missing", sorted(required - set(got)))) if keys]
-    if problems:
+    if problems := [f"{what} keys {', '.join(keys)}" for what, keys in
+                    (("unknown", sorted(set(got) - allowed)), ("missing", sorted(required - set(got)))) if keys]:
         raise SciqaError(f"{where}: {'; '.join(problems)}; accepted: {', '.join(sorted(allowed))}")
     return got
 
@@ -184,19 +151,17 @@ def describe_profile(profile: Profile) -> str:  # for `sciqa slurm profiles`
               str(p.cpus_per_gpu), f"{p.mem_per_gpu_mb}M", p.time, p.max_time)
              for t, g in sorted(profile.gpus.items()) for p in (profile.partitions[n] for n in g.partitions)]
     fmt = "  ".join(f"{{:<{max(len(r[i]) for r in rows)}}}" for i in range(len(rows[0])))
-    lines = [f"{profile.name}: {profile.description}".rstrip(": "), f"  file: {profile.path}",
-             *("  " + fmt.format(*r).rstrip() for r in rows),
-             "  setup: " + ("; ".join(profile.setup) or "(none)"),
-             f"  python: {profile.python}   SIGUSR1 {profile.signal_seconds} s before the time limit"]
-    if profile.models:
-        lines.append("  GPUs per model: " + ", ".join(f"{m}={n}" for m, n in sorted(profile.models.items())))
-    return "\n".join(lines)
+    return "\n".join([f"{profile.name}: {profile.description}".rstrip(": "), f"  file: {profile.path}",
+                      *("  " + fmt.format(*r).rstrip() for r in rows),
+                      "  setup: " + ("; ".join(profile.setup) or "(none)"),
+                      f"  python: {profile.python}   SIGUSR1 {profile.signal_seconds} s before the time limit",
+                      *(["  GPUs per model: " + ", ".join(f"{m}={n}" for m, n in sorted(profile.models.items()))]
+                        if profile.models else [])])
 
 
 def parse_time(value: str) -> int:
     """Seconds in a Slurm time (``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S``)."""
-    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", str(value).strip())
-    if not m:
+    if not (m := re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", str(value).strip())):
         raise SciqaError(f"bad Slurm time {value!r}; accepted: MINUTES, H:M:S, D-H:M:S")
     days, a, b, c = (None if x is None else int(x) for x in m.groups())
     if days is not None:
@@ -204,18 +169,14 @@ def parse_time(value: str) -> int:
     return (a * 60 + b) * 60 + c if c is not None else a * 60 + (b or 0)
 
 
-def check_env_exports(env_exports: dict[str, str]) -> None:
+def check_env_exports(*exports: dict[str, str]) -> None:
     """Refuse names that look like credentials and values that carry one (the job file is an artifact)."""
-    for key, value in env_exports.items():
+    for key, value in (item for e in exports for item in e.items()):
         if not (key.isidentifier() and key.isascii()):
             raise SciqaError(f"bad environment variable name {key!r} for the job")
-        if is_secret_name(key) or has_userinfo(str(value)):
+        if is_secret_name(key) or USERINFO.search(str(value)):
             raise SciqaError(f"refusing to write {key} into the job file: it looks like a secret; set it in the "
                              "cluster's environment (sbatch exports it) or source a file in the profile's setup")
-
-
-def mlflow_exports(run_id: str, tracking_uri: str, experiment_id: str) -> dict[str, str]:  # as `mlflow run` sets
-    return {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_EXPERIMENT_ID": experiment_id}
 
 
 _RUN_BLOCK = """\
@@ -243,38 +204,31 @@ def _exports(exports: dict[str, str]) -> list[str]:
     return [f"export {k}={shlex.quote(str(v))}" for k, v in exports.items()]
 
 
-def _check_time(spec: GpuSpec, time: str, signal_seconds: int) -> None:
-    seconds = parse_time(time)
-    if seconds > parse_time(spec.max_time):
-        raise SciqaError(f"time {time} exceeds the {spec.max_time} limit of partition {spec.partition}; "
-                         f"accepted: at most {spec.max_time}")
-    if not 0 < signal_seconds < seconds:
-        raise SciqaError(f"time {time} leaves no room to checkpoint {signal_seconds} s before the limit; "
-                         f"accepted: a time longer than {signal_seconds} s or a smaller signal_seconds")
-
-
 def build_job(profile: Profile, gpu: str, command: list[str], job_name: str, time: str | None,
               log_dir: str | Path, env_exports: dict[str, str], workdir: str | Path, *,
               gpus: int = 1, signal_seconds: int | None = None, tasks: list[tuple[dict[str, str], list[str]]] = (),
               max_running: int = 0, dependency: str = "") -> str:
     """The sbatch script; ``tasks``: a job array whose task i exports ``tasks[i][0]`` and runs ``tasks[i][1]``."""
-    spec = profile.gpu(gpu, gpus)
-    time = time or spec.time
+    part = profile.gpu(gpu, gpus)
+    time = time or part.time
     signal_seconds = profile.signal_seconds if signal_seconds is None else signal_seconds
-    _check_time(spec, time, signal_seconds)
-    for exports in [env_exports, *(t[0] for t in tasks)]:
-        check_env_exports(exports)
-    if not command and not tasks:
-        raise SciqaError("empty command for the Slurm job")
+    if (seconds := parse_time(time)) > parse_time(part.max_time):
+        raise SciqaError(f"time {time} exceeds the {part.max_time} limit of partition {part.name}; "
+                         f"accepted: at most {part.max_time}")
+    if not 0 < signal_seconds < seconds:
+        raise SciqaError(f"time {time} leaves no room to checkpoint {signal_seconds} s before the limit; "
+                         f"accepted: a time longer than {signal_seconds} s or a smaller signal_seconds")
+    check_env_exports(env_exports, *(t[0] for t in tasks))
     workdir = os.path.abspath(Path(workdir).expanduser())  # abspath: keep the user's symlinked paths
     log_dir = Path(os.path.abspath(Path(log_dir).expanduser()))
     extra = {"array": f"0-{len(tasks) - 1}" + (f"%{max_running}" if max_running else "")} if tasks else {}
-    job = Slurm(job_name=re.sub(r"\s+", "_", job_name.strip()) or "sciqa", partition=spec.partition,
-                gres=spec.gres, cpus_per_task=spec.cpus, mem=spec.mem, time=time, output=str(log_dir / "%j.out"),
+    job = Slurm(job_name=re.sub(r"\s+", "_", job_name.strip()) or "sciqa", partition=part.name,
+                gres=f"{profile.gpus[gpu].gres}:{gpus}", cpus_per_task=part.cpus_per_gpu * gpus,
+                mem=f"{part.mem_per_gpu_mb * gpus}M", time=time, output=str(log_dir / "%j.out"),
                 open_mode="append", requeue=True, signal=f"B:USR1@{signal_seconds}", chdir=workdir,
                 **extra, **({"dependency": dependency} if dependency else {}))  # a fresh Slurm per job: cmds pile up
     job.set_shell("/bin/bash")
-    lines = [f"# sciqa job: profile {profile.name}, {spec.count} x {spec.type}",
+    lines = [f"# sciqa job: profile {profile.name}, {gpus} x {gpu}",
              'echo "sciqa: job $SLURM_JOB_ID start (restart ${SLURM_RESTART_COUNT:-0}) on '
              '$(hostname) partition $SLURM_JOB_PARTITION GPUs ${CUDA_VISIBLE_DEVICES:-none}"']
     if profile.setup:
@@ -297,8 +251,7 @@ def build_job(profile: Profile, gpu: str, command: list[str], job_name: str, tim
 
 def run(cmd: list[str], what: str, stdin: str | None = None, check: bool = False) -> subprocess.CompletedProcess:
     """A Slurm client command, or one line saying it is missing, hangs or (``check``) fails."""
-    exe = shutil.which(cmd[0])
-    if exe is None:
+    if (exe := shutil.which(cmd[0])) is None:
         raise SciqaError(f"{cmd[0]} not found on PATH: {what} needs the Slurm client tools "
                          "(run on the cluster's login node, or drop --slurm-gpu to run here)")
     try:
@@ -381,8 +334,7 @@ def restart_count() -> int:  # how often Slurm has restarted this job (0 on the 
 
 
 def requeue_self() -> None:  # after a checkpoint; Slurm then sends TERM to the job
-    job_id = current_job_id()
-    if not job_id:
+    if not (job_id := current_job_id()):
         raise SciqaError("requeue_self() works only inside a Slurm job (SLURM_JOB_ID is not set)")
     if shutil.which("scontrol") is None:
         raise SciqaError(f"scontrol not found on PATH inside job {job_id}: cannot requeue it; add the "

@@ -11,16 +11,15 @@ from pathlib import Path
 from sciqa import slurm
 from sciqa.errors import SciqaError
 
-EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped by a signal at a safe point, state saved
 LOG_ENV = "SCIQA_SLURM_LOG"  # exported into a Slurm job: its log file, %j = job id
 _SIGNAL: dict[str, str] = {}  # "name": the stop signal received, when one was
 
 
 class Stopped(SystemExit):
-    """A stop signal ended a step at a safe point; ``requeued``: the job put itself back in the queue."""
+    """Exit 75 (EX_TEMPFAIL): a stop signal ended a step at a safe point; ``requeued``: the job is back in the queue."""
 
     def __init__(self, signal_name: str, requeued: bool, what: str):
-        super().__init__(EXIT_STOPPED)
+        super().__init__(75)
         self.signal, self.requeued, self.what = signal_name, requeued, what
 
 
@@ -31,21 +30,16 @@ def in_slurm_job() -> bool:
 @contextmanager
 def watch() -> Iterator[None]:
     """Route SIGUSR1/SIGTERM to the stop flag while the block runs (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {s: signal.signal(s, lambda signum, _frame: request_stop(signal.Signals(signum).name))
-           for s in (signal.SIGUSR1, signal.SIGTERM)}
-    stopped = False
+    signals = (signal.SIGUSR1, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+    old = {s: signal.signal(s, lambda signum, _frame: request_stop(signal.Signals(signum).name)) for s in signals}
     try:
         yield
     except Stopped:
-        stopped = True  # handlers stay: the TERM that follows a requeue must not cut the run's clean-up short
+        old.clear()  # handlers stay: the TERM that follows a requeue must not cut the run's clean-up short
         raise
     finally:
-        if not stopped:
-            for sig, previous in old.items():
-                signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        for sig, previous in old.items():
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
 
 
 def requested() -> bool:
@@ -66,10 +60,6 @@ def signal_name() -> str:
     return _SIGNAL.get("name", "SIGTERM")
 
 
-def _say(text: str) -> None:
-    print(f"sciqa: {text}", file=sys.stderr, flush=True)
-
-
 def check(what: Callable[[], str], save: Callable[[], None] | None = None) -> None:
     """At a safe point: nothing, or (a stop was requested) save, requeue on SIGUSR1, raise Stopped."""
     if not requested():
@@ -79,17 +69,18 @@ def check(what: Callable[[], str], save: Callable[[], None] | None = None) -> No
         try:
             save()
         except Exception as exc:  # noqa: BLE001 - still stop: the local state may be enough
-            _say(f"warning: could not save before stopping: {type(exc).__name__}: {exc}")
+            print(f"sciqa: warning: could not save before stopping: {type(exc).__name__}: {exc}", file=sys.stderr)
     if name == "SIGUSR1" and in_job:
         try:
             slurm.requeue_self()
             requeued = True
         except SciqaError as exc:
-            _say(f"cannot requeue: {exc}")
+            print(f"sciqa: cannot requeue: {exc}", file=sys.stderr)
     then = "requeued itself; the restarted job resumes" if requeued else \
         "the job resumes here if Slurm requeues it" if in_job else "run the same command again to resume"
     done = what()
-    _say(f"{f'job {slurm.current_job_id()}' if in_job else 'sciqa'} stopped by {name} after {done}; {then}")
+    who = f"job {slurm.current_job_id()}" if in_job else "sciqa"
+    print(f"sciqa: {who} stopped by {name} after {done}; {then}", file=sys.stderr)
     raise Stopped(name, requeued, done)
 
 

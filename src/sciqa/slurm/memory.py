@@ -1,10 +1,8 @@
-"""``--slurm-gpu auto``: a step's peak GPU memory estimated from the model's config (weights, KV cache or
-saved activations, optimizer, logits, CUDA reserve; ``tests/test_memory.py`` checks it within 25 % of tiny
-models' measured peak), and the idlest GPU type of the profile that holds it."""
-import dataclasses
+"""``--slurm-gpu auto``: a step's peak GPU memory from the model's config (weights, KV cache or saved activations,
+optimizer, logits, CUDA reserve; within 25 % of tiny models' measured peak), and the idlest GPU type that holds it."""
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import torch
 import transformers
@@ -15,12 +13,10 @@ from sciqa.errors import SciqaError
 
 PROMPT_TOKENS = 384  # a long ScienceQA prompt (question, choices, hint, lecture) in text tokens
 CUDA_OVERHEAD_GB = 0.6  # CUDA context + caching allocator slack
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 GB = 1024 ** 3
 # activation tensors kept per token and layer, in units of hidden and intermediate size (as PyTorch saves them)
 SAVED_PER_HIDDEN, SAVED_PER_INTERMEDIATE = 16, 3
 LIVE_PER_HIDDEN, LIVE_PER_INTERMEDIATE = 6, 3  # inference: one layer's tensors alive at once
-LOGIT_COPIES_TRAIN = 3  # float32 logits, their log-softmax, and its gradient
 MARGIN = 0.9  # use at most 90 % of a GPU's memory: fragmentation, estimate error
 _GRES = re.compile(r"gpu(?::(?P<type>[^:,(]+))?:(?P<count>\d+)")
 _DOWN = ("down", "drain", "fail", "maint", "inval", "unk", "futr", "power")
@@ -32,36 +28,18 @@ class Shape:  # what the estimate needs from a config (the language model's size
     layers: int
     hidden: int
     intermediate: int
-    heads: int
     kv_heads: int
     head_dim: int
     vocab: int
     image_tokens: int
 
 
-@dataclass(frozen=True)
-class Estimate:
-    step: str
-    model: str
-    parts: dict[str, float] = field(default_factory=dict)  # bytes
-
-    @property
-    def total_gb(self) -> float:
-        return sum(self.parts.values()) / GB
-
-    def describe(self) -> str:
-        detail = ", ".join(f"{k} {v / GB:.2f}" for k, v in self.parts.items() if v)
-        return f"{self.step} {self.model}: {self.total_gb:.1f} GB ({detail})"
-
-
 def image_tokens(config, family) -> int:
     """Image tokens per prompt: Qwen2-VL's pixel budget / (patch x merge)^2, else the tower's grid."""
-    vision = getattr(config, "vision_config", None)
-    if vision is None:
+    if (vision := getattr(config, "vision_config", None)) is None:
         return 0
     merge, patch = getattr(vision, "spatial_merge_size", 1), getattr(vision, "patch_size", 14)
-    max_pixels = (family.processor_kwargs or {}).get("max_pixels") if family is not None else None
-    if max_pixels:
+    if family is not None and (max_pixels := (family.processor_kwargs or {}).get("max_pixels")):
         return int(max_pixels // (patch * merge) ** 2)
     return int((getattr(vision, "image_size", 224) // patch) ** 2 // merge ** 2)
 
@@ -74,7 +52,7 @@ def shape_of(config, family=None) -> Shape:
     text = getattr(config, "text_config", None) or config
     heads = text.num_attention_heads
     return Shape(params=sum(p.numel() for p in model.parameters()), layers=text.num_hidden_layers,
-                 hidden=text.hidden_size, intermediate=text.intermediate_size, heads=heads,
+                 hidden=text.hidden_size, intermediate=text.intermediate_size,
                  kv_heads=getattr(text, "num_key_value_heads", None) or heads,
                  head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
                  vocab=text.vocab_size, image_tokens=image_tokens(config, family))
@@ -95,7 +73,7 @@ def training_bytes(s: Shape, dtype_bytes: int, batch: int, length: int, trainabl
     per_layer = batch * length * (SAVED_PER_HIDDEN * s.hidden + SAVED_PER_INTERMEDIATE * s.intermediate) * dtype_bytes
     saved = per_layer + batch * length * s.hidden * dtype_bytes * s.layers if checkpointing else per_layer * s.layers
     return {"weights": s.params * dtype_bytes, "adapter_and_optimizer": 16 * trainable,  # fp32 copy, grad, 2 moments
-            "activations": saved, "logits": LOGIT_COPIES_TRAIN * batch * length * s.vocab * 4}
+            "activations": saved, "logits": 3 * batch * length * s.vocab * 4}  # float32: logits, log-softmax, grad
 
 
 def trainable_params(s: Shape, variant: str, options: dict) -> int:
@@ -107,28 +85,18 @@ def trainable_params(s: Shape, variant: str, options: dict) -> int:
     return n * kv if variant == "pkv" else n * s.hidden + s.hidden * kv  # peft: embedding + projection
 
 
-def estimate(step: str, cfg, device: str = "cuda") -> Estimate:
-    """The peak of ``step`` run with ``cfg`` (a benchmark/score/train config) on ``device``."""
+def estimate(step: str, cfg) -> dict[str, float]:
+    """The peak of ``step`` run with ``cfg`` (a benchmark/score/train config) on a GPU: bytes per part."""
     path, fam = models.resolve(cfg.model, getattr(cfg, "revision", "") or None)
     s = shape_of(transformers.AutoConfig.from_pretrained(path, local_files_only=True), fam)
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
-    b = DTYPE_BYTES[dtype]
+    b = getattr(torch, "bfloat16" if cfg.dtype == "auto" else cfg.dtype).itemsize  # bytes per weight
     if step.startswith("train"):
         length = min(cfg.max_length, PROMPT_TOKENS + s.image_tokens + 256)
         trainable = trainable_params(s, cfg.variant, options_of(cfg.variant, cfg))
         parts = training_bytes(s, b, cfg.batch_size, length, trainable, bool(getattr(cfg, "gradient_checkpointing", 0)))
     else:
         parts = generation_bytes(s, b, cfg.batch_size, cfg.max_new_tokens)
-    if device.startswith("cuda"):
-        parts["cuda_overhead"] = CUDA_OVERHEAD_GB * GB
-    return Estimate(step, cfg.model, parts)
-
-
-@dataclass(frozen=True)
-class Choice:
-    gpu: str
-    estimate_gb: float
-    candidates: dict[str, int]  # type that fits -> its idle GPUs now
+    return {**parts, "cuda_overhead": CUDA_OVERHEAD_GB * GB}
 
 
 def _count(gres: str, gpu_type: str | None) -> int:
@@ -140,23 +108,19 @@ def idle_gpus(profile: slurm.Profile) -> dict[str, int]:
     """Idle GPUs per type of the profile, from one ``sinfo`` call (a node counted once per type)."""
     res = slurm.run(["sinfo", "-h", "-N", "-O", "NodeList:300,Partition:300,Gres:500,GresUsed:500,StateCompact:60"],
                     "reading idle GPUs", check=True)
-    nodes: dict[str, dict] = {}
-    for node, partition, gres, used, state, *_ in (line.split() for line in res.stdout.splitlines()
-                                                   if len(line.split()) >= 5):
-        nodes.setdefault(node, {"partitions": set(), "gres": gres, "used": used, "state": state})
-        nodes[node]["partitions"].add(partition.rstrip("*"))
+    rows = [r for r in map(str.split, res.stdout.splitlines()) if len(r) >= 5]  # node, partition, gres, used, state
     idle = {}
     for gpu_type, g in profile.gpus.items():
         typed = g.gres.split(":")[1] if ":" in g.gres else None
-        idle[gpu_type] = sum(max(0, _count(n["gres"], typed) - _count(n["used"], typed)) for n in nodes.values()
-                             if n["partitions"] & set(g.partitions) and not n["state"].lower().startswith(_DOWN))
+        nodes = {r[0]: r for r in rows if r[1].rstrip("*") in g.partitions and not r[4].lower().startswith(_DOWN)}
+        idle[gpu_type] = sum(max(0, _count(r[2], typed) - _count(r[3], typed)) for r in nodes.values())
     return idle
 
 
-def choose(profile: slurm.Profile, estimate_gb: float, gpus: int = 1, idle: dict[str, int] | None = None) -> Choice:
-    """The type for a job of ``estimate_gb`` on ``gpus`` GPUs (most idle, then smallest), or one line why none."""
-    sized = profile.gpu_memory_gb
-    if not sized:
+def choose(profile: slurm.Profile, estimate_gb: float, gpus: int = 1,
+           idle: dict[str, int] | None = None) -> tuple[str, dict[str, int]]:
+    """The type for ``estimate_gb`` on ``gpus`` GPUs (most idle, then smallest) and each fitting type's idle GPUs."""
+    if not (sized := {t: g.memory_gb for t, g in profile.gpus.items() if g.memory_gb}):
         raise SciqaError(f"--slurm-gpu auto needs each GPU type's memory in profile {profile.name!r} "
                          f"({profile.path}): add e.g. `memory_gb = 80` under [gpus.TYPE]")
     fits = sorted((t for t, gb in sized.items() if gb * gpus * MARGIN >= estimate_gb), key=lambda t: (sized[t], t))
@@ -167,7 +131,7 @@ def choose(profile: slurm.Profile, estimate_gb: float, gpus: int = 1, idle: dict
                          "--batch-size, use bf16, or list the model under [models] with more GPUs")
     idle = idle_gpus(profile) if idle is None else idle
     candidates = {t: idle.get(t, 0) for t in fits}
-    return Choice(max(fits, key=lambda t: (candidates[t], -sized[t])), estimate_gb, candidates)
+    return max(fits, key=lambda t: (candidates[t], -sized[t])), candidates
 
 
 def place(step: str, cfg, profile: slurm.Profile, gpu: str, check_fn: Callable | None = None,
@@ -181,10 +145,12 @@ def place(step: str, cfg, profile: slurm.Profile, gpu: str, check_fn: Callable |
     if gpu != "auto":
         profile.gpu(gpu, count)  # unknown type / too many GPUs: the accepted values
         return gpu, count, {"sciqa.slurm_gpu": gpu}
-    est = estimate(step, dataclasses.replace(cfg, model=model), "cuda")
-    choice = choose(profile, est.total_gb, count, idle)
-    print(f"sciqa: {label or step}: estimated peak {est.describe()}; fits "
-          f"{', '.join(f'{t} ({n} idle)' for t, n in choice.candidates.items())}; chose {choice.gpu}")
-    return choice.gpu, count, {"sciqa.gpu_estimate_gb": f"{choice.estimate_gb:.3f}", "sciqa.slurm_gpu_choice": "auto",
-                               "sciqa.gpu_candidates": ",".join(f"{t}:{n}" for t, n in choice.candidates.items()),
-                               "sciqa.slurm_gpu": choice.gpu}
+    parts = estimate(step, replace(cfg, model=model))
+    total = sum(parts.values()) / GB
+    chosen, candidates = choose(profile, total, count, idle)
+    print(f"sciqa: {label or step}: estimated peak {step} {model}: {total:.1f} GB "
+          f"({', '.join(f'{k} {v / GB:.2f}' for k, v in parts.items() if v)}); fits "
+          f"{', '.join(f'{t} ({n} idle)' for t, n in candidates.items())}; chose {chosen}")
+    return chosen, count, {"sciqa.gpu_estimate_gb": f"{total:.3f}", "sciqa.slurm_gpu_choice": "auto",
+                           "sciqa.gpu_candidates": ",".join(f"{t}:{n}" for t, n in candidates.items()),
+                           "sciqa.slurm_gpu": chosen}

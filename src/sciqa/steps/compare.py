@@ -1,5 +1,7 @@
-"""``sciqa compare``: arms of evaluated runs (one run, or its seed runs) against a baseline arm, joined on the
-per-row scores they logged (``metrics/*_rows.csv``); ``main``'s report and grid tables share these pieces."""
+"""``sciqa compare`` (arms of evaluated runs, one run or its seed runs, vs a baseline arm, joined on the per-row
+scores they logged) and a grid's table (``grid/``, ``plots/grid.png``); ``main``'s report shares these pieces."""
+import io
+import numbers
 import re
 import sys
 import tempfile
@@ -9,13 +11,16 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from mlflow import MlflowClient
+from scipy.stats import binomtest
 
 from sciqa.errors import SciqaError
-from sciqa.eval.metrics import EXPLANATION
+from sciqa.eval.metrics import EXPLANATION, names
 from sciqa.eval.parsing import FUZZY_RULES
-from sciqa.eval.stats import METHOD, compare_runs, forest_plot, n_tests, to_markdown, to_text
+from sciqa.eval.stats import CONFIDENCE, METHOD, compare_runs, forest_plot, n_tests, to_markdown, to_text
 from sciqa.files import digest
+from sciqa.steps.evaluate import evaluate_run
 from sciqa.tracking import runs as tracking
 from sciqa.tracking.runs import step_run
 
@@ -41,10 +46,9 @@ def run_rows(run_id: str) -> pd.DataFrame:
     if len(found) != 1:
         raise SciqaError(f"run '{run_id}' has {'no' if not found else len(found)} per-row score file(s) "
                          f"(metrics/*_rows.csv); make them with `sciqa evaluate --run {run_id}`")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=found[0], dst_path=tmp)
-        return pd.read_csv(path, dtype={"id": str}, keep_default_na=False,
-                           na_values={k: [""] for k in (*EXPLANATION, "answer_index")})
+    text = mlflow.artifacts.load_text(f"runs:/{run_id}/{found[0]}")
+    return pd.read_csv(io.StringIO(text), dtype={"id": str}, keep_default_na=False,
+                       na_values={k: [""] for k in (*EXPLANATION, "answer_index")})
 
 
 def row_rates(frame: pd.DataFrame) -> dict[str, float]:
@@ -54,6 +58,24 @@ def row_rates(frame: pd.DataFrame) -> dict[str, float]:
 
     return {"empty_explanation_rate": share("prediction", lambda s: s.str.strip().eq("")),
             "fuzzy_mapped_rate": share("rule", lambda s: s.isin(FUZZY_RULES))}
+
+
+def paired(arms: dict, baseline: str, what: str, **options) -> pd.DataFrame:
+    """``compare_runs`` of per-row score frames; what it refuses (no common ids, other gold) as one line."""
+    try:
+        return compare_runs(arms, baseline, **options)
+    except ValueError as exc:
+        raise SciqaError(f"cannot compare {what}: {exc}") from None
+
+
+def to_md(frame: pd.DataFrame, decimals: Callable[[str], int]) -> str:
+    """A markdown table for people: floats with ``decimals(column)`` places, blanks for NaN, the rest as given."""
+    def cell(column: str, value) -> str:
+        if isinstance(value, str | numbers.Integral):
+            return str(value)
+        return "" if value is None or value != value else f"{value:.{decimals(column)}f}"
+
+    return frame.apply(lambda col: [cell(col.name, v) for v in col]).to_markdown(index=False, disable_numparse=True)
 
 
 def slug(text: str) -> str:
@@ -73,16 +95,14 @@ def delta_metrics(deltas: pd.DataFrame) -> dict[str, float]:
 def log_report(files: dict[str, pd.DataFrame | str], plots: dict[str, Callable[[Path], Path]], folder: str = "compare",
                run_id: str = "") -> None:
     """``<folder>/<name>`` (a frame as CSV, else text) and ``plots/<name>`` on run ``run_id`` (default: the active)."""
+    client, run_id = MlflowClient(), run_id or mlflow.active_run().info.run_id
     with tempfile.TemporaryDirectory() as tmp:
-        for sub in (folder, "plots"):
-            (Path(tmp) / sub).mkdir()
+        drawn = [draw(Path(tmp) / name) for name, draw in plots.items()]  # a plot that fails: nothing logged
         for name, content in files.items():
-            path = Path(tmp) / folder / name
-            frame = isinstance(content, pd.DataFrame)
-            content.to_csv(path, index=False) if frame else path.write_text(content, encoding="utf-8")
-        for name, draw in plots.items():
-            draw(Path(tmp) / "plots" / name)
-        MlflowClient().log_artifacts(run_id or mlflow.active_run().info.run_id, tmp)
+            client.log_text(run_id, content.to_csv(index=False) if isinstance(content, pd.DataFrame) else content,
+                            f"{folder}/{name}")
+        for path in drawn:
+            client.log_artifact(run_id, str(path), "plots")
 
 
 def run_fields(run_id: str) -> dict[str, str]:
@@ -144,10 +164,7 @@ def compare_command(run_ids: list[str], baseline: str = "", by_group: bool = Tru
     fields = {r: run_fields(r) for r in runs}
     labels, differ = arm_labels(arms, fields)
     rows = {r: run_rows(r) for r in runs}
-    try:
-        table = compare_runs({k: [rows[r] for r in arm] for k, arm in zip(keys, arms)}, baseline, by_group=by_group)
-    except ValueError as exc:
-        raise SciqaError(f"cannot compare these runs: {exc}") from None
+    table = paired({k: [rows[r] for r in arm] for k, arm in zip(keys, arms)}, baseline, "these runs", by_group=by_group)
     for f in differ:
         print(f"sciqa: warning: the compared runs differ in {f}: "
               + ", ".join(f"{r[:8]} {fields[r][f] or '-'}" for r in runs), file=sys.stderr)
@@ -172,8 +189,139 @@ def compare_command(run_ids: list[str], baseline: str = "", by_group: bool = Tru
         named = table.assign(run_label=table["run"].map(labels), baseline_label=table["baseline"].map(labels))
         log_report({"comparison.csv": named, "runs.csv": info, "comparison.md": markdown},
                     {"deltas.png": lambda p: forest_plot(table, p, labels)})
-        short = {k: arm[0][:8] for k, arm in zip(keys, arms)}
-        everything = table[table["group"] == "all"]
-        mlflow.log_metrics(delta_metrics(everything.assign(run=everything["run"].map(short),
-                                                           baseline=everything["baseline"].map(short))))
+        short = {k: arm[0][:8] for k, arm in zip(keys, arms)}  # metric names: the arms' first runs
+        mlflow.log_metrics(delta_metrics(table[table["group"] == "all"].replace({"run": short, "baseline": short})))
     return run.run_id, text
+
+
+# step -> (the metric of its table and heatmap, lower is better)
+GRID_METRIC = {"benchmark": ("acc", False), "score": ("acc", False), "train_prefix": ("val_loss_golden", True),
+               "train_lora": ("val_loss_golden", True)}
+GROUPS = names("accuracy")[1:]  # acc_natural ... acc_g7_12
+TRAINED = ("val_loss_golden", "train_loss", "acc", "overall")
+
+
+def effective_run(run_id: str):
+    """The run that holds a cell's result: a cell run that only records a reuse points at it."""
+    run = MlflowClient().get_run(run_id)
+    reused = run.data.tags.get("sciqa.reused_run", "")
+    return MlflowClient().get_run(reused) if len(reused) == 32 and reused.isalnum() and reused != run_id else run
+
+
+def _cell_row(step: str, cell: dict) -> dict:
+    """A cell's row; a finished benchmark cell is evaluated first (once: a run with ``acc`` is left as it is)."""
+    run = effective_run(cell["run_id"])
+    if step == "benchmark" and run.info.status == "FINISHED" and "acc" not in run.data.metrics:
+        evaluate_run(run.info.run_id, dataset=run.data.params.get("dataset", ""))
+        run = effective_run(cell["run_id"])
+    m = run.data.metrics
+    row = {**cell["values"], "run_id": run.info.run_id, "status": run.info.status}
+    if step not in ("benchmark", "score"):
+        return {**row, **{k: m[k] for k in TRAINED if k in m}}
+    n, low, high = int(m.get("n", 0)), np.nan, np.nan
+    if n and "acc" in m:
+        ci = binomtest(round(m["acc"] * n / 100), n).proportion_ci(CONFIDENCE, method="wilson")
+        low, high = 100 * ci.low, 100 * ci.high
+    return {**row, "n": n, "acc": m.get("acc"), "ci_low": low, "ci_high": high, "unmapped_rate": m.get("unmapped_rate"),
+            **{g: m.get(g) for g in GROUPS}}
+
+
+def grid_table(step: str, cells: list[dict]) -> pd.DataFrame:
+    """One row per cell (missing cells: status only); the best finished cell marked."""
+    return mark_best(step, pd.DataFrame([_cell_row(step, c) if c.get("run_id") else
+                                         {**c["values"], "run_id": "", "status": "MISSING"} for c in cells]))
+
+
+def mark_best(step: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """Column ``best``: ``*`` on the best cell(s) by the step's metric (highest accuracy, lowest loss)."""
+    metric, lower = GRID_METRIC[step]
+    frame["best"] = ""
+    if metric in frame and frame[metric].notna().any():
+        best = frame[metric].min() if lower else frame[metric].max()
+        frame.loc[frame[metric] == best, "best"] = "*"  # ties: every best cell
+    return frame
+
+
+def grid_layout(axes: list[str]) -> tuple[str, list[str]]:
+    """(the axis shown across: settings, as in the study's table, else the last one; the axes shown down)."""
+    across = "setting" if "setting" in axes else axes[-1]
+    return across, [a for a in axes if a != across]
+
+
+def grid_comparisons(frame: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    """Per combination of the other axes: each value of the column axis vs its first, on the problems all share."""
+    across, others = grid_layout(axes)
+    done = frame[frame["status"] == "FINISHED"]
+    out = []
+    for key, group in (done.groupby(others, sort=False) if others else [((), done)]):
+        group = group.set_index(across)
+        order = [v for v in frame[across].unique() if v in group.index]
+        if len(order) < 2:
+            continue
+        rows = paired({v: run_rows(group.loc[v, "run_id"]) for v in order}, order[0], "grid cells", by_group=False)
+        where = dict(zip(others, key if isinstance(key, tuple) else (key,)))
+        out.append(rows.assign(**where)[[*others, *(c for c in rows.columns if c not in others)]])
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
+def _fmt(value, digits: int = 1) -> str:
+    return "" if pd.isna(value) else f"{value:.{digits}f}"
+
+
+def grid_markdown(step: str, frame: pd.DataFrame, axes: list[str], compared: pd.DataFrame) -> str:
+    """The table as the study printed it (models down, settings across), then every column."""
+    metric = GRID_METRIC[step][0]
+    if metric == "acc" and "acc" in frame:
+        cell = [f"{_fmt(a)} [{_fmt(lo)}, {_fmt(hi)}]{b}" if _fmt(a) else s for a, lo, hi, b, s in
+                zip(frame["acc"], frame["ci_low"], frame["ci_high"], frame["best"], frame["status"])]
+        title = f"Accuracy (%) with {CONFIDENCE:.0%} Wilson CI; * best"
+    else:
+        cell = [f"{_fmt(v, 4)}{b}" if _fmt(v) else s
+                for v, b, s in zip(frame.get(metric, [None] * len(frame)), frame["best"], frame["status"])]
+        title = f"{metric} (final); * best"
+    across, down = grid_layout(axes)
+    shown = frame.assign(cell=cell)
+    pivot = (shown.pivot_table(index=down, columns=across, values="cell", aggfunc="first", sort=False) if down
+             else shown.set_index(across)[["cell"]].T.rename(index={"cell": metric}))
+    lines = [f"## Grid: {step}", "", title, "", pivot.to_markdown(disable_numparse=True), "", "## Every cell", "",
+             to_md(frame, lambda c: 4 if "loss" in c else 2), ""]  # axis values as given
+    if len(compared):
+        narrow = compared.drop(columns=["family", "seeds_a", "seeds_b", "df", "per_seed"], errors="ignore")
+        lines += [f"## Paired comparisons ({across})", "",
+                  "run \u2212 baseline on the problems both answered, as `sciqa compare` reports it.", "",
+                  narrow.to_markdown(index=False, floatfmt=".3g"), ""]
+    return "\n".join(lines)
+
+
+def grid_heatmap(step: str, frame: pd.DataFrame, axes: list[str], path: Path) -> Path:
+    """``plots/grid.png``: the step's metric, axes as in the markdown table."""
+    metric, lower = GRID_METRIC[step]
+    across, down = grid_layout(axes)
+    if metric not in frame or frame[metric].isna().all():
+        raise SciqaError(f"no finished cell has {metric}: nothing to plot")
+    values = frame.assign(_row=frame[down].astype(str).agg(" ".join, axis=1) if down else metric).pivot_table(
+        index="_row", columns=across, values=metric, aggfunc="first", sort=False)
+    fig = Figure(figsize=(1.6 + 1.3 * values.shape[1], 1.2 + 0.6 * values.shape[0]), layout="tight")
+    ax = fig.subplots()
+    image = ax.imshow(values.to_numpy(dtype=float), cmap="viridis_r" if lower else "viridis", aspect="auto")
+    ax.set_xticks(range(values.shape[1]), list(values.columns))
+    ax.set_yticks(range(values.shape[0]), list(values.index))
+    for (i, j), v in np.ndenumerate(values.to_numpy(dtype=float)):
+        ax.text(j, i, _fmt(v, 1 if metric == "acc" else 3), ha="center", va="center", color="white")
+    fig.colorbar(image, ax=ax, label=metric)
+    ax.set(xlabel=across, title=f"grid {step}: {metric}")
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def collect_grid(parent_id: str, step: str, cells: list[dict]) -> tuple[str, pd.DataFrame]:
+    """Evaluate what needs it, log the table, heatmap and comparisons to the parent; (the markdown, the table)."""
+    axes = list(cells[0]["values"])
+    frame = grid_table(step, cells)
+    compared = grid_comparisons(frame, axes) if step in ("benchmark", "score") else pd.DataFrame()
+    text = grid_markdown(step, frame, axes, compared)
+    finished = int((frame["status"] == "FINISHED").sum())
+    files = {"table.csv": frame, "table.md": text, **({"comparisons.csv": compared} if len(compared) else {})}
+    log_report(files, {"grid.png": lambda p: grid_heatmap(step, frame, axes, p)} if finished else {}, "grid", parent_id)
+    MlflowClient().log_metric(parent_id, "grid_cells_finished", finished)
+    return text, frame

@@ -1,14 +1,15 @@
 """Score outputs the way the study did: accuracy breakdowns and explanation metrics, offline."""
-import json
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
 
 from sciqa import files
-from sciqa.config import check_ranges, option
+from sciqa.config import check_ranges
 from sciqa.data import Problem, load_problems
 from sciqa.errors import SciqaError
 from sciqa.eval.metrics import (
@@ -22,18 +23,9 @@ from sciqa.eval.metrics import (
 from sciqa.eval.outputs import parse_answer_index, read_frame
 from sciqa.eval.parsing import FUZZY_RULES, UNMAPPED, parse_output, rule_counts
 from sciqa.eval.wordnet import ensure_wordnet
+from sciqa.steps import EvaluateConfig
 from sciqa.tracking import runs
 from sciqa.tracking.runs import phase, step_run
-
-
-@dataclass
-class EvaluateConfig:
-    run: str = option("", "a finished benchmark or score run id (reads its outputs/*.csv)")
-    csv: str = option("", "or any CSV with id and raw_output columns")
-    dataset: str = option("", "problems to join by id (default: the run's, else sample)")
-    number_base: int = option(0, "how bare numbers in answers (and an answer_index column) count choices",
-                              choices=(0, 1))
-    force: bool = option(False, "re-evaluate a run that already has metrics", operational=True)
 
 
 def _finished_run(run_id: str):
@@ -97,22 +89,15 @@ def evaluate_paths(paths: list[Path], dataset: str, number_base: int) -> dict:
 
 def log_results(run_id: str, results: dict) -> None:
     """Metrics and ``metrics/`` artifacts into ``run_id`` (through the client: its status stays); prints a line each."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param
-
     client = MlflowClient()
     metrics = []
     for stem, (summary, topics, per_row, counts, rules) in results.items():
         prefix = "" if len(results) == 1 else f"{stem}/"
         values = {**summary, **counts}
         metrics += [Metric(prefix + k, float(v), 0, 0) for k, v in values.items()]
-        with tempfile.TemporaryDirectory() as tmp:
-            d = Path(tmp)
-            (d / f"{stem}.json").write_text(json.dumps({"metrics": values, "settings": METRIC_SETTINGS}, indent=2))
-            topics.to_csv(d / f"{stem}_topics.csv", index=False)
-            per_row.to_csv(d / f"{stem}_rows.csv", index=False)
-            _rule_table(rules).to_csv(d / f"{stem}_parse_rules.csv", index=False)
-            client.log_artifacts(run_id, tmp, "metrics")
+        client.log_dict(run_id, {"metrics": values, "settings": METRIC_SETTINGS}, f"metrics/{stem}.json")
+        for name, table in (("topics", topics), ("rows", per_row), ("parse_rules", _rule_table(rules))):
+            client.log_text(run_id, table.to_csv(index=False), f"metrics/{stem}_{name}.csv")
     have = client.get_run(run_id).data.params
     params = [Param(f"eval_{k}", str(v)) for k, v in METRIC_SETTINGS.items() if f"eval_{k}" not in have]
     client.log_batch(run_id, metrics=metrics, params=params)
@@ -123,18 +108,14 @@ def log_results(run_id: str, results: dict) -> None:
 
 def _rule_table(rules: list[str]):
     """Answers per parsing rule, zeros too: how much the accuracy relies on fuzzy matching."""
-    counts = rule_counts(rules)
-    return pd.DataFrame({"rule": list(counts), "answers": list(counts.values()),
-                         "share": [n / max(len(rules), 1) for n in counts.values()],
-                         "fuzzy": [rule in FUZZY_RULES for rule in counts]})
+    table = pd.Series(rule_counts(rules), name="answers").rename_axis("rule").reset_index()
+    return table.assign(share=table["answers"] / max(len(rules), 1), fuzzy=table["rule"].isin(FUZZY_RULES))
 
 
 def evaluate_run(run_id: str, force: bool = False, dataset: str = "", number_base: int = 0) -> str:
     """Evaluate a finished run, or the step's own active run, into itself (its status unchanged)."""
-    import mlflow
-
     active = mlflow.active_run()
-    run = active and active.info.run_id == run_id and mlflow.MlflowClient().get_run(run_id) or _finished_run(run_id)
+    run = active and active.info.run_id == run_id and MlflowClient().get_run(run_id) or _finished_run(run_id)
     if "acc" in run.data.metrics and not force:
         print(f"evaluate: run {run_id} already has metrics (acc {run.data.metrics['acc']:.1f})")
         return run_id
@@ -152,8 +133,6 @@ def evaluate_run(run_id: str, force: bool = False, dataset: str = "", number_bas
 
 def evaluate(cfg: EvaluateConfig, parent_run_id: str | None = None, attach: str | None = None) -> str:
     """Evaluate a run's outputs (logged into that run) or a CSV (logged into its own evaluate run)."""
-    import mlflow
-
     check_ranges(cfg)
     check_prerequisites()
     if bool(cfg.run) == bool(cfg.csv):

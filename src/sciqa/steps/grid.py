@@ -4,10 +4,8 @@ import functools
 import itertools
 import json
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from pkgutil import resolve_name
 from typing import Any
 
@@ -21,10 +19,8 @@ from sciqa.adapters import variants_of_step
 from sciqa.config import as_param
 from sciqa.errors import SciqaError
 from sciqa.slurm import job
-from sciqa.slurm.array import submit_grid
-from sciqa.slurm.cli import job_args
-from sciqa.steps import grid_table
-from sciqa.steps.grid_table import effective_run
+from sciqa.slurm.launch import job_args, submit_grid
+from sciqa.steps.compare import collect_grid, effective_run
 from sciqa.steps.pipeline import _child
 from sciqa.tracking import runs as tracking
 from sciqa.tracking.runs import step_run
@@ -47,7 +43,7 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return " ".join(f"{k}={v}" for k, v in self.values.items())
+        return label(self.values)
 
 
 @dataclass(frozen=True)
@@ -96,22 +92,19 @@ def _axes(cmd: click.Command, spec: str, extra: list[str]) -> tuple[dict[str, li
     """(axes: options with several values, fixed: options with one), checked against the command's options."""
     options = {p.name: p for p in cmd.params if p.name not in _NOT_AXES}
     bools = {n for n, p in options.items() if getattr(p.type, "name", "") == "boolean"}
-    axes: dict[str, list[str]] = {}
-    fixed: dict[str, str] = {}
+    given: dict[str, list[str]] = {}
     for raw, value in _pairs(spec, extra, bools):
         name = raw.replace("-", "_")
         if name not in options:
             raise SciqaError(f"grid {cmd.name}: unknown option '{raw}'; accepted: "
                              f"{', '.join(sorted(o.replace('_', '-') for o in options))}")
-        if name in axes or name in fixed:
+        if name in given:
             raise SciqaError(f"grid option '{raw}' is given twice; list its values once, comma-separated")
-        values = [v.strip().replace(_ESCAPED_COMMA, ",") for v in re.split(r"(?<!\\),", value)]  # "a\,b": one value
-        if len(set(values)) != len(values) or "" in values:
+        given[name] = [v.strip().replace(_ESCAPED_COMMA, ",") for v in re.split(r"(?<!\\),", value)]  # "a\,b": one
+        if len(set(given[name])) != len(given[name]) or "" in given[name]:
             raise SciqaError(f"grid option '{raw}': values must be non-empty and each given once, got '{value}'")
-        if len(values) > 1:
-            axes[name] = values
-        else:
-            fixed[name] = values[0]
+    axes = {name: values for name, values in given.items() if len(values) > 1}
+    fixed = {name: values[0] for name, values in given.items() if len(values) == 1}
     if not axes:
         raise SciqaError("a grid needs at least one option with several comma-separated values, "
                          "e.g. --setting QTCH,QTCHS")
@@ -124,7 +117,7 @@ def parse(commands: Mapping[str, click.Command], step: str, spec: str = "", extr
         raise SciqaError(f"unknown grid step '{step}'; accepted: {', '.join(c for c, _ in STEPS.values())}")
     step = step.replace("-", "_")
     cmd = commands[STEPS[step][0]]
-    config_cls = cmd.callback.__sciqa_slurm__[1]  # (step, config class, check) of slurm_options
+    config_cls = cmd.callback.__sciqa_slurm__[1]  # (step, config class, check) of cli.config_command
     variant = {"variant": variants_of_step("train_lora")[0]} if step == "train_lora" else {}
     axes, fixed = _axes(cmd, spec, list(extra))
     cells = []
@@ -175,35 +168,33 @@ def run_local(grid: Grid, attach: str | None = None) -> str:
                 raise  # state saved: the same command resumes the parent and this cell
             except Exception as exc:  # noqa: BLE001 - the other cells still run; the re-run retries this one
                 failed.append(f"{cell.label} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
-        log_cells(parent.run_id, grid, runs)
+        cells = log_cells(parent.run_id, grid, runs)
         if failed:
             raise SciqaError(f"{len(failed)} of {len(grid.cells)} grid cells failed: {'; '.join(failed)}; "
                              "run the same command again to retry them (finished cells are reused)")
-        text = grid_table.collect(parent.run_id, grid.step, cells_of(parent.run_id))
+        text, _ = collect_grid(parent.run_id, grid.step, cells)
     print(text)
     return parent.run_id
 
 
-def log_cells(parent_id: str, grid: Grid, runs: dict[int, str], jobs: dict[int, str] | None = None) -> None:
-    """``grid/cells.json`` on the parent: per cell its values, run, command and (Slurm) array task."""
+def log_cells(parent_id: str, grid: Grid, runs: dict[int, str], jobs: dict[int, str] | None = None) -> list[dict]:
+    """``grid/cells.json`` on the parent (and returned): per cell its values, run, command and (Slurm) array task."""
     cells = [{"index": c.index, "values": c.values, "run_id": runs.get(c.index, ""), "args": list(c.args),
               **({"job": jobs[c.index]} if jobs and c.index in jobs else {})} for c in grid.cells]
     MlflowClient().log_text(parent_id, json.dumps(cells, indent=2), "grid/cells.json")
+    return cells
 
 
 def cells_of(parent_id: str) -> list[dict]:
     """The parent's ``grid/cells.json``, or one line saying the run is not a grid."""
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(run_id=parent_id, artifact_path="grid/cells.json",
-                                                       dst_path=tmp)
-        except Exception:  # noqa: BLE001 - "not found" comes as several exception types
-            raise SciqaError(f"run '{parent_id}' is not a grid run (no grid/cells.json)") from None
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        return json.loads(mlflow.artifacts.load_text(f"runs:/{parent_id}/grid/cells.json"))
+    except Exception:  # noqa: BLE001 - "not found" comes as several exception types
+        raise SciqaError(f"run '{parent_id}' is not a grid run (no grid/cells.json)") from None
 
 
-def _label(cell: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in cell["values"].items())
+def label(values: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in values.items())
 
 
 def status_lines(parent_id: str, parent) -> list[str]:
@@ -219,7 +210,7 @@ def status_lines(parent_id: str, parent) -> list[str]:
         except SciqaError as exc:
             state = f"unknown ({exc})"
         restarts = run.data.metrics.get("slurm_restart_count") if run else None
-        lines.append(f"  cell {cell['index']} {_label(cell)}: run {run.info.run_id if run else '-'} "
+        lines.append(f"  cell {cell['index']} {label(cell['values'])}: run {run.info.run_id if run else '-'} "
                      f"{run.info.status if run else 'MISSING'}, slurm {job_id or '-'} {state}"
                      + (f", restarts {int(restarts)}" if restarts else ""))
     return lines
@@ -234,9 +225,9 @@ def collect_run(parent_id: str) -> str:
         raise SciqaError(f"run '{parent_id}' is not a grid run (tag sciqa.step is "
                          f"'{run.data.tags.get('sciqa.step', '')}')")
     cells = cells_of(parent_id)
-    text = grid_table.collect(parent_id, run.data.params["grid_step"], cells)
-    states = {_label(c): effective_run(c["run_id"]).info.status if c.get("run_id") else "MISSING" for c in cells}
-    missing = [f"{label} ({state})" for label, state in states.items() if state != "FINISHED"]
+    text, frame = collect_grid(parent_id, run.data.params["grid_step"], cells)
+    states = dict(zip((label(c["values"]) for c in cells), frame["status"]))
+    missing = [f"{cell} ({state})" for cell, state in states.items() if state != "FINISHED"]
     if not missing:
         MlflowClient().set_terminated(parent_id, "FINISHED")
         return text + f"\ngrid run: {parent_id}"

@@ -1,52 +1,21 @@
 """The whole KD experiment (does KD beat golden training?) as one parent run with nested, cached children."""
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
+
+import mlflow
 
 from sciqa.adapters import VARIANTS
-from sciqa.backends import ANSWER_MODES, CHOICE_SCORES
-from sciqa.config import check_ranges, identity, operational, option
-from sciqa.data.prompts import SETTINGS
+from sciqa.config import check_ranges, identity, operational
 from sciqa.errors import SciqaError
 from sciqa.eval.metrics import check_prerequisites
 from sciqa.slurm import job
+from sciqa.steps import MainConfig
 from sciqa.steps import benchmark as bench
 from sciqa.steps import train as training
 from sciqa.steps.evaluate import EvaluateConfig, evaluate, evaluate_run
+from sciqa.steps.report import compare
 from sciqa.steps.score import ScoreConfig, score
 from sciqa.tracking import runs
 from sciqa.tracking.runs import step_run
-from sciqa.train.teacher import KD_FILTERS
-
-
-@dataclass
-class MainConfig:
-    model: str = option("tiny-qwen2-vl", "student model (tiny name, hub id, folder)")
-    teacher_model: str = option("tiny-llava", "teacher benchmarked on train for KD")
-    teacher_run: str = option("", "use this finished benchmark run on train as the teacher")
-    teacher_csv: str = option("", "or a teacher CSV (ours, or index,input,answer,explanation)")
-    teacher_answer_mode: str = option("choice", "the teacher benchmark's answer mode", choices=ANSWER_MODES)
-    teacher_max_new_tokens: int = option(512, "the teacher benchmark's budget (rows cut at it are dropped)", min=1)
-    kd_filter: str = option("all", "KD on all usable teacher rows or only the correct ones", choices=KD_FILTERS)
-    golden_on: str = option("same", "golden adapters train on exactly KD's problems, or on all train problems",
-                            choices=tuple(reversed(training.GOLDEN_ON)))
-    dataset: str = option("sample", "sample, a hub dataset id, or a local folder")
-    setting: str = option("QTCH", "prompt setting for teacher, training and scoring", choices=tuple(SETTINGS))
-    eval_split: str = option("validation", "split the adapters are scored on")
-    variants: str = option("pkv,peft", "comma-separated: " + ", ".join(VARIANTS))
-    epochs: int = option(3, "training epochs per adapter", min=1)
-    lr: float = option(5e-3, "peak learning rate", above=0)
-    train_batch_size: int = option(8, "training micro-batch", min=1)
-    prefix_len: int = option(50, "virtual tokens of prefix adapters", min=1)
-    batch_size: int = option(16, "prompts per generate() call", min=1, operational=True)
-    max_new_tokens: int = option(512, "generation budget per answer on eval_split", min=1)
-    answer_mode: str = option("choice", "base and adapters on eval_split: choice or free (the study's)",
-                              choices=ANSWER_MODES)
-    choice_score: str = option("sum", "choice mode: a choice's summed or per-token mean log-probability",
-                               choices=CHOICE_SCORES)
-    limit: int = option(0, "first N train problems (0 = all)", min=0)
-    eval_limit: int = option(0, "first N evaluation problems (0 = all)", min=0)
-    seeds: str = option("0", "comma-separated training seeds: every adapter is trained and scored once per seed")
-    workdir: str = option("", "local folder for outputs and checkpoints; '' = $SCIQA_CACHE/work", operational=True)
-    force: bool = option(False, "recompute every step", operational=True)
 
 
 def variants_of(cfg: MainConfig) -> list[str]:
@@ -69,8 +38,6 @@ def seeds_of(cfg: MainConfig) -> list[int]:
 
 def _child(parent_id: str, name: str, fn, *args, **kwargs):
     """Run one step; a failure tags the parent with the step's name before it propagates."""
-    import mlflow
-
     try:
         return fn(*args, parent_run_id=parent_id, **kwargs)
     except job.Stopped:
@@ -94,16 +61,14 @@ def base_config(cfg: MainConfig) -> bench.BenchmarkConfig:
 
 def train_configs(cfg: MainConfig, teacher_run: str) -> dict:
     """(variant, kd, seed) -> the training config of that adapter; both learn from ``teacher_run``/the CSV."""
-    same = cfg.golden_on == "same"
+    same = {k: getattr(cfg, k) for k in ("model", "dataset", "setting", "teacher_model", "teacher_answer_mode",
+                                         "teacher_max_new_tokens", "kd_filter", "golden_on", "epochs", "lr",
+                                         "prefix_len", "limit", "workdir", "force")}
+    taught = cfg.golden_on == "same"  # golden needs the teacher too: to train on KD's problems
     return {(variant, kd, seed): training.TrainConfig(
-        model=cfg.model, dataset=cfg.dataset, setting=cfg.setting, variant=variant, teacher=kd,
-        teacher_run=teacher_run if kd or same else "", teacher_csv=cfg.teacher_csv if kd or same else "",
-        teacher_model=cfg.teacher_model,
-        teacher_answer_mode=cfg.teacher_answer_mode, teacher_max_new_tokens=cfg.teacher_max_new_tokens,
-        kd_filter=cfg.kd_filter, golden_on=cfg.golden_on, epochs=cfg.epochs,
-        lr=cfg.lr, batch_size=cfg.train_batch_size, prefix_len=cfg.prefix_len, limit=cfg.limit,
-        val_limit=cfg.eval_limit, seed=seed, workdir=cfg.workdir, force=cfg.force)
-        for seed in seeds_of(cfg) for variant in variants_of(cfg) for kd in (False, True)}
+        **same, variant=variant, teacher=kd, teacher_run=teacher_run if kd or taught else "",
+        teacher_csv=cfg.teacher_csv if kd or taught else "", batch_size=cfg.train_batch_size, val_limit=cfg.eval_limit,
+        seed=seed) for seed in seeds_of(cfg) for variant in variants_of(cfg) for kd in (False, True)}
 
 
 def score_config(cfg: MainConfig, train_run: str) -> ScoreConfig:
@@ -137,8 +102,6 @@ def _teacher(cfg: MainConfig, pid: str) -> tuple[str, str]:
 
 def main(cfg: MainConfig, attach: str | None = None) -> str:
     """Run (or reuse) every step as a child of one parent run; returns the parent run id."""
-    from sciqa.steps.report import compare  # imports mlflow: not at ``sciqa --help``, which reads MainConfig
-
     check(cfg)
     runs.setup()
     params = {**identity(cfg), "variants": ",".join(variants_of(cfg)), "seeds": ",".join(map(str, seeds_of(cfg)))}

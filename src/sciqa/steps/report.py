@@ -1,5 +1,6 @@
 """``main``'s report: KD vs golden per variant (and every adapter vs the base), seeds as replicates, on the
 active parent run: ``compare/`` (runs, comparison, time tables and comparison.md), ``plots/``, ``d_*`` metrics."""
+import contextlib
 from pathlib import Path
 
 import mlflow
@@ -11,12 +12,13 @@ from mlflow import MlflowClient
 from sciqa.errors import SciqaError
 from sciqa.eval.metrics import BY_NAME, LABELS, names
 from sciqa.eval.parsing import FUZZY_RULES
-from sciqa.eval.stats import METHOD, compare_runs, decide, forest_plot, n_tests, to_markdown, to_text
-from sciqa.steps.compare import READING, YARDSTICKS, delta_metrics, log_report, row_rates, run_rows, slug
+from sciqa.eval.stats import METHOD, decide, forest_plot, n_tests, to_markdown, to_text
+from sciqa.steps.compare import READING, YARDSTICKS, delta_metrics, log_report, paired, row_rates, run_rows, slug, to_md
 
 SHOWN = names(headline=True)  # the runs table's metric columns
 BARS = tuple(name for name in SHOWN if BY_NAME[name].group != "rate")  # the bar plot's groups
 TEACHER_COUNTS = [f"teacher_rows_{k}" for k in ("truncated", "unmapped", "wrong", "empty_explanation")]
+COUNTS = {"seeds", "train_examples", "wall_seconds", *TEACHER_COUNTS}  # as integers; other numbers: 3 decimals
 COST = {"wall_seconds": "wall_seconds", "gpu_hours": "gpu_hours", "cost_usd": "api_cost"}  # column: step metric
 PHASES = ("load", "generate", "train", "evaluate", "log")
 TEACHER = "teacher (train split)"
@@ -24,6 +26,14 @@ TEACHER = "teacher (train split)"
 
 def _label(variant: str, kd: bool) -> str:
     return f"{variant} {'kd' if kd else 'golden'}"
+
+
+def _arms(keys) -> dict[str, list[tuple]]:
+    """Arm label -> its (variant, kd, seed) keys in seed order; the arms in the order ``main`` trained them."""
+    arms: dict[str, list] = {}
+    for key in sorted(keys, key=lambda k: k[2]):
+        arms.setdefault(_label(*key[:2]), []).append(key)
+    return arms
 
 
 def _metrics(run_id: str) -> dict:
@@ -45,21 +55,18 @@ def _row(model: str, split: str, answer_mode: str, scores: list[str], rows: dict
             **({k: float(np.mean([r[k] for r in rates])) for k in rates[0]} if rates else {}), **runs_cost(cost)}
 
 
-def runs_table(base: str, trained: dict, scored: dict, teacher_run: str, answer_mode: str,
-               teacher_answer_mode: str = "", rows: dict | None = None) -> pd.DataFrame:
+def runs_table(base: str, trained: dict, scored: dict, teacher_run: str, cfg, rows: dict) -> pd.DataFrame:
     """One row per (variant, target), seeds averaged, plus the base model and the teacher (on train)."""
-    rows = rows or {}
-    out = [_row(TEACHER, "train", teacher_answer_mode, [teacher_run], rows, [teacher_run])] if teacher_run else []
-    out.append(_row("base", "eval", answer_mode, [base], rows, [base]))
-    for variant, kd in dict.fromkeys((v, k) for v, k, _ in scored):
-        seeds = sorted(s for v, k, s in scored if (v, k) == (variant, kd))
-        scores, trains = [scored[variant, kd, s] for s in seeds], [trained[variant, kd, s] for s in seeds]
+    out = [_row(TEACHER, "train", cfg.teacher_answer_mode, [teacher_run], rows, [teacher_run])] if teacher_run else []
+    out.append(_row("base", "eval", cfg.answer_mode, [base], rows, [base]))
+    for label, keys in _arms(scored).items():
+        scores, trains, kd = [scored[k] for k in keys], [trained[k] for k in keys], keys[0][1]
         cost = [*trains, *scores, teacher_run if kd else ""]  # for KD, the teacher it learned from
-        row = _row(_label(variant, kd), "eval", answer_mode, scores, rows, cost)
+        row = _row(label, "eval", cfg.answer_mode, scores, rows, cost)
         params, train = MlflowClient().get_run(trains[0]).data.params, _metrics(trains[0])
-        row.update(seeds=len(seeds), train_examples=params.get("train_examples"), train_ids=params.get(
+        row.update(seeds=len(keys), train_examples=params.get("train_examples"), train_ids=params.get(
             "train_ids_digest"), **({k: train.get(k) for k in TEACHER_COUNTS} if kd else {}))
-        if len(seeds) > 1:
+        if len(keys) > 1:
             row["acc_sd"] = float(np.std([_metrics(r).get("acc", np.nan) for r in scores], ddof=1))
         out.append(row)
     return pd.DataFrame(out)
@@ -67,18 +74,13 @@ def runs_table(base: str, trained: dict, scored: dict, teacher_run: str, answer_
 
 def deltas_table(base: str, scored: dict, rows: dict) -> pd.DataFrame:
     """Per variant: KD − golden (primary), golden − base and KD − base (exploratory); Holm over variants."""
-    arms: dict[str, list] = {"base": [rows[base]]}
-    for (variant, kd, _), run_id in sorted(scored.items()):
-        arms.setdefault(_label(variant, kd), []).append(rows[run_id])
-    parts = []
-    try:
-        for variant in dict.fromkeys(v for v, _, _ in scored):
-            golden, kd = _label(variant, False), _label(variant, True)
-            parts.append(compare_runs({golden: arms[golden], kd: arms[kd]}, golden, by_group=False))
-            parts.append(compare_runs({"base": arms["base"], golden: arms[golden], kd: arms[kd]}, "base",
-                                      by_group=False, primary=False))
-    except ValueError as exc:
-        raise SciqaError(f"cannot compare the runs of this experiment: {exc}") from None
+    arms = {"base": [rows[base]], **{label: [rows[scored[k]] for k in keys] for label, keys in _arms(scored).items()}}
+    what, parts = "the runs of this experiment", []
+    for variant in dict.fromkeys(v for v, _, _ in scored):
+        golden, kd = _label(variant, False), _label(variant, True)
+        parts += [paired({golden: arms[golden], kd: arms[kd]}, golden, what, by_group=False),
+                  paired({"base": arms["base"], golden: arms[golden], kd: arms[kd]}, "base", what, by_group=False,
+                         primary=False)]
     return decide(pd.concat(parts, ignore_index=True))
 
 
@@ -89,21 +91,6 @@ def time_table(run_ids) -> pd.DataFrame:
                           "wall_seconds": r.data.metrics.get("wall_seconds"),
                           **{p: r.data.metrics.get(f"time_{p}_seconds") for p in PHASES}, "run_id": r.info.run_id}
                          for r in runs])
-
-
-def runs_markdown(runs: pd.DataFrame) -> str:
-    """The runs table for people: counts as integers, metrics with 3 decimals, blanks where nothing applies."""
-    counts = {"seeds", "train_examples", "wall_seconds", *TEACHER_COUNTS}
-
-    def cell(col: str, value) -> str:
-        if isinstance(value, str):
-            return value
-        if value is None or value != value:
-            return ""
-        return str(int(value)) if col in counts else f"{value:.3f}"
-
-    shown = runs.drop(columns=["runs", "train_ids"], errors="ignore")
-    return shown.apply(lambda col: [cell(col.name, v) for v in col]).to_markdown(index=False, disable_numparse=True)
 
 
 def plot_losses(panels: dict[str, dict[str, list[tuple[int, float]]]], path: Path) -> Path:
@@ -133,7 +120,7 @@ def _loss_panels(trained: dict) -> dict:
 
 def plot_metrics(table: pd.DataFrame, path: Path) -> Path:
     """Grouped bars of the headline metrics per evaluation-split row (not the teacher's, scored on train)."""
-    table = table[table["split"] != "train"] if "split" in table else table
+    table = table[table["split"] != "train"]
     scale = {k: 1 if BY_NAME[k].scale == "points" else 100 for k in BARS}
     bars = table.set_index("model")[list(BARS)].astype(float).fillna(0.0).mul(scale)
     bars.columns = [LABELS[k] + ("" if scale[k] == 1 else " x100") for k in BARS]
@@ -215,32 +202,24 @@ def headers(cfg, runs: pd.DataFrame, deltas: pd.DataFrame, teacher: str, dropped
     return markdown, terminal
 
 
-def _rows_of(runs: list[str], labels: dict[str, str]) -> tuple[dict, dict[str, int]]:
-    """Per-row scores of the runs (a run without them: left out), and per run its ids missing elsewhere."""
-    rows = {}
-    for r in dict.fromkeys(runs):
-        try:
-            rows[r] = run_rows(r)
-        except SciqaError:
-            if r in labels:
-                raise
-    ids = {r: set(rows[r]["id"].astype(str)) for r in labels}
-    common = set.intersection(*ids.values())
-    return rows, {labels[r]: len(i) - len(common) for r, i in ids.items() if len(i) > len(common)}
-
-
 def compare(base: str, trained: dict, scored: dict, teacher_run: str, cfg) -> str:
     """``main``'s KD vs golden comparison, logged to the active parent run; returns the terminal text."""
     digests = check_same_problems(trained, cfg.golden_on)
     labels = {base: "base", **{r: f"{_label(v, k)} seed {s}" for (v, k, s), r in scored.items()}}
-    rows, dropped = _rows_of([base, *scored.values(), teacher_run], labels)  # a teacher without rows: no rates
-    runs = runs_table(base, trained, scored, teacher_run, cfg.answer_mode, cfg.teacher_answer_mode, rows)
+    rows = {r: run_rows(r) for r in labels}
+    with contextlib.suppress(SciqaError):  # a teacher without per-row scores: no rates in its row
+        rows[teacher_run] = run_rows(teacher_run)
+    ids = {r: set(rows[r]["id"].astype(str)) for r in labels}
+    common = set.intersection(*ids.values())
+    dropped = {labels[r]: len(i) - len(common) for r, i in ids.items() if len(i) > len(common)}  # by the join
+    runs = runs_table(base, trained, scored, teacher_run, cfg, rows)
     deltas = deltas_table(base, scored, rows)
     kd_empty = {f"{_label(v, True)} seed {s}": _metrics(r).get("teacher_rows_empty_explanation", np.nan)
                 for (v, kd, s), r in sorted(trained.items()) if kd}
     head, terminal = headers(cfg, runs, deltas, _teacher_words(cfg, teacher_run), dropped, digests, kd_empty)
     times = time_table([teacher_run, base, *trained.values(), *scored.values()])
-    markdown = "\n\n".join([head, runs_markdown(runs), to_markdown(deltas), READING, "Where the time went "
+    shown = to_md(runs.drop(columns=["runs", "train_ids"], errors="ignore"), lambda c: 0 if c in COUNTS else 3)
+    markdown = "\n\n".join([head, shown, to_markdown(deltas), READING, "Where the time went "
                             "(seconds; a reused step shows the time it took when it ran):",
                             times.drop(columns=["run_id"]).to_markdown(index=False, floatfmt=".1f", missingval="")])
     plots = {"loss_curves.png": lambda p: plot_losses(_loss_panels(trained), p),

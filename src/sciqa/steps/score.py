@@ -1,36 +1,25 @@
 """Score a split with a base model plus a trained adapter: ``benchmark``'s outputs CSV and evaluation."""
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
+
+import mlflow
 
 from sciqa import files, models
 from sciqa.adapters import CONFIG_FILE, WEIGHTS_FILE, check_variant, parse_adapter_config, read_adapter_config
 from sciqa.backends import backend_class, check_adapter
-from sciqa.config import check_ranges, option
-from sciqa.data.prompts import SETTINGS
+from sciqa.config import check_ranges
 from sciqa.errors import SciqaError
 from sciqa.eval.metrics import check_prerequisites
-from sciqa.steps import generation as gen
+from sciqa.steps import ScoreConfig
+from sciqa.steps import benchmark as bench
 from sciqa.tracking import runs as tracking
 from sciqa.tracking.artifacts import fetch_artifact
 from sciqa.tracking.runs import StepRun
 
 
-@dataclass
-class ScoreConfig(gen.GenerationConfig):
-    """Generation with a trained adapter applied; the base model and setting default to the adapter's."""
-
-    model: str = option("", "base model (default: the adapter's; must match it)")
-    setting: str = option("", "prompt setting ('' = the training run's, else QTCH)", choices=("", *SETTINGS))
-    adapter: str = option("", "a registered adapter: models:/NAME/VERSION or models:/NAME@ALIAS")
-    adapter_run: str = option("", "or: the training run whose adapter/ to use")
-    adapter_dir: str = option("", "or: a local adapter folder")
-
-
 def _adapter_config_of_run(run_id: str) -> tuple[dict, dict]:
     """The training run's adapter config and tags, read without writing anything."""
-    import mlflow
-
     run = tracking.get_run(run_id, "adapter run")
     names = {Path(a.path).name for a in mlflow.artifacts.list_artifacts(run_id=run_id, artifact_path="adapter")}
     if not {CONFIG_FILE, WEIGHTS_FILE} <= names:
@@ -40,13 +29,13 @@ def _adapter_config_of_run(run_id: str) -> tuple[dict, dict]:
     return parse_adapter_config(text, f"run {run_id}: adapter/{CONFIG_FILE}"), run.data.tags
 
 
-def check(cfg: ScoreConfig) -> tuple[ScoreConfig, str, dict, gen.Inputs]:
+def check(cfg: ScoreConfig) -> tuple[ScoreConfig, str, dict, bench.Inputs]:
     """Every input error, with no side effects: (cfg on the adapter's model and setting, variant, tags, problems)."""
     check_ranges(cfg)
     check_prerequisites()
     if sum(map(bool, (cfg.adapter, cfg.adapter_run, cfg.adapter_dir))) != 1:
         raise SciqaError("give exactly one of --adapter models:/NAME/VERSION, --adapter-run or --adapter-dir")
-    gen.check_workdir(cfg.workdir)
+    bench.check_workdir(cfg.workdir)
     if cfg.adapter or cfg.adapter_run:
         tracking.connect()
         acfg, tags = _adapter_config_of_run(adapter_run_of(cfg))
@@ -60,14 +49,14 @@ def check(cfg: ScoreConfig) -> tuple[ScoreConfig, str, dict, gen.Inputs]:
     check_adapter(cfg.backend, acfg["variant"])
     gen_cfg = replace(cfg, model=base, setting=cfg.setting or tags.get("sciqa.setting") or "QTCH")
     backend_class(cfg.backend).check(gen_cfg)
-    inputs = gen.problem_inputs(cfg.dataset, cfg.split, cfg.keep_all, cfg.limit, cfg.strict_images)
+    inputs = bench.problem_inputs(cfg.dataset, cfg.split, cfg.keep_all, cfg.limit, cfg.strict_images)
     return gen_cfg, acfg["variant"], tags, inputs
 
 
 def adapter_run_of(cfg: ScoreConfig) -> str:
     """The training run of ``--adapter-run``, or the one behind a registered ``--adapter`` model."""
     with warnings.catch_warnings(record=True):  # defining its PythonModel makes MLflow print a 2-line hint
-        from sciqa.adapters.mlflow_model import run_of_model  # imports mlflow: not at ``sciqa --help``
+        from sciqa.adapters.mlflow_model import run_of_model
 
     return run_of_model(cfg.adapter) if cfg.adapter else cfg.adapter_run
 
@@ -87,14 +76,12 @@ def score(cfg: ScoreConfig, parent_run_id: str | None = None, attach: str | None
     """Validate everything, then generate with the adapter (resuming by id) and evaluate, in one run."""
     gen_cfg, variant, run_tags, inputs = check(cfg)
     tracking.setup()
-    folder = adapter_folder(cfg, gen.check_workdir(cfg.workdir))
+    folder = adapter_folder(cfg, bench.check_workdir(cfg.workdir))
     where = ("adapter", "adapter_run", "adapter_dir")  # where the adapter came from: its digest is what counts
-    params = {**gen.generation_identity(gen_cfg, ignore=where), "variant": variant,
+    params = {**bench.generation_identity(gen_cfg, ignore=where), "variant": variant,
               "adapter_digest": files.folder_digest(folder)}
     tags = {"sciqa.variant": variant, "sciqa.adapter_run": adapter_run_of(cfg),
             "sciqa.teacher": run_tags.get("sciqa.teacher", "")}
     run_info = (params, tags, f"score-{variant}-", {k: getattr(cfg, k) for k in where})
-    return gen.generation_run("score", gen_cfg, inputs, run_info,
-                              lambda: backend_class(cfg.backend).from_config(gen_cfg, adapter=str(folder)),
-                              {"model": gen_cfg.model, "adapter": cfg.adapter or cfg.adapter_run or str(folder)},
-                              parent_run_id, attach)
+    return bench.generation_run("score", gen_cfg, inputs, run_info, parent_run_id, attach, str(folder),
+                                cfg.adapter or cfg.adapter_run or str(folder))

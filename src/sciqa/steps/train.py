@@ -1,76 +1,36 @@
 """Train an adapter on golden or teacher (KD) targets: config -> data -> model -> loop -> log."""
 import sys
 from dataclasses import dataclass, fields, replace
+from functools import partial
 from pathlib import Path
 
+import mlflow
+import torch
+
 from sciqa import models
-from sciqa.adapters import VARIANTS, AdapterOptions, attach, option_fields, save_adapter, variants_of_step
-from sciqa.backends import ANSWER_MODES
-from sciqa.config import DTYPE_CHOICES, as_param, check_ranges, identity, operational, option
+from sciqa.adapters import VARIANTS, attach, variants_of_step
+from sciqa.config import as_param, check_ranges, identity, operational
 from sciqa.data import load_problems, problems_digest
-from sciqa.data.prompts import SETTINGS, build_prompt, target_json
+from sciqa.data.prompts import build_prompt, target_json
 from sciqa.errors import SciqaError
 from sciqa.files import digest
-from sciqa.steps.benchmark import BenchmarkConfig, benchmark
-from sciqa.steps.generation import check_workdir, problem_inputs
+from sciqa.steps import STEP_FIELDS, TEACHER_FIELDS, TrainConfig
+from sciqa.steps.benchmark import BenchmarkConfig, benchmark, check_workdir, problem_inputs
+from sciqa.steps.report import plot_losses
 from sciqa.tracking import runs
 from sciqa.tracking.artifacts import fetch_artifact, log_problems
 from sciqa.tracking.runs import StepRun, phase, step_run
 from sciqa.train import teacher as teach
-from sciqa.train.teacher import KD_FILTERS, Targets
-
-GOLDEN_ON = ("all", "same")  # golden on every train problem, or on exactly the problems KD trains on
-
-
-@dataclass
-class TrainConfig(AdapterOptions):  # + every adapter variant's options (adapters.VARIANTS)
-    model: str = option("tiny-qwen2-vl", "student: tiny model name, hub id or local folder")
-    dataset: str = option("sample", "sample, a hub dataset id, or a local folder")
-    setting: str = option("QTCH", "prompt setting", choices=tuple(SETTINGS))
-    variant: str = option("pkv", "the adapter variant (lora: train-lora)", choices=tuple(VARIANTS))
-    teacher: bool = option(False, "train on teacher outputs (KD) instead of golden")
-    teacher_run: str = option("", "a finished benchmark run on the train split to learn from")
-    teacher_csv: str = option("", "teacher CSV: ours, or index,input,answer,explanation")
-    teacher_model: str = option("tiny-llava", "teacher without a run/CSV: its train-split benchmark (reused or run)")
-    teacher_answer_mode: str = option("choice", "the teacher benchmark's answer mode", choices=ANSWER_MODES)
-    teacher_max_new_tokens: int = option(512, "the teacher benchmark's budget (rows cut at it are dropped)", min=1)
-    kd_filter: str = option("all", "KD on all usable teacher rows, or only those whose answer is correct",
-                            choices=KD_FILTERS)
-    golden_on: str = option("all", "golden training on all train problems, or on exactly those KD trains on (same)",
-                            choices=GOLDEN_ON)
-    epochs: int = option(3, "training epochs", min=1)
-    lr: float = option(5e-3, "peak learning rate (AdamW, linear decay)", above=0)
-    warmup_ratio: float = option(0.1, "fraction of steps of linear warm-up", min=0, max=0.99)
-    batch_size: int = option(4, "examples per micro-batch", min=1)
-    grad_accum: int = option(1, "micro-batches per optimizer step", min=1)
-    max_length: int = option(2048, "max tokens per example: targets cut, longer prompts dropped (0 = no limit)", min=0)
-    seed: int = option(0, "random seed (init, batch order)")
-    limit: int = option(0, "first N train problems only (0 = all)", min=0)
-    val_limit: int = option(0, "first N validation problems only (0 = all)", min=0)
-    log_every: int = option(10, "log train_loss_step every N optimizer steps (0 = never)", min=0, operational=True)
-    gradient_checkpointing: bool = option(False, "LoRA only (prefix refuses it)")
-    dtype: str = option("auto", "auto (bf16 on GPU), float32 or bfloat16", choices=DTYPE_CHOICES)
-    device: str = option("auto", "auto, cpu or cuda[:N]")
-    strict_images: bool = option(False, "refuse problems whose image file is missing", operational=True)
-    register: bool = option(False, "register the adapter as sciqa-<model>-<variant>-<kd|golden>", operational=True)
-    workdir: str = option("", "local folder for checkpoints and adapters; '' = $SCIQA_CACHE/work", operational=True)
-    force: bool = option(False, "retrain even if a finished run matches", operational=True)
-
-
-# The options only one training command takes (the other command's --help does not list them).
-STEP_FIELDS = {"train_prefix": ("variant", *option_fields("train_prefix")),
-               "train_lora": (*option_fields("train_lora"), "gradient_checkpointing")}
-TEACHER_FIELDS = ("teacher_run", "teacher_csv", "teacher_model", "teacher_answer_mode", "teacher_max_new_tokens",
-                  "kd_filter")
-
-
-def step_of(cfg: TrainConfig) -> str:
-    return VARIANTS[cfg.variant].step
+from sciqa.train.collate import Example, fit_to_length
+from sciqa.train.loop import LoopConfig, checkpoint_key, newest_checkpoint
+from sciqa.train.loop import train as run_loop
+from sciqa.train.teacher import Targets
 
 
 def params_of_config(cfg: TrainConfig) -> dict:
     """The parameters that define the adapter: not the other command's options nor unused teacher options."""
-    other = [f for step, fields in STEP_FIELDS.items() if step != step_of(cfg) for f in fields if f != "variant"]
+    other = [f for step, names in STEP_FIELDS.items() if step != VARIANTS[cfg.variant].step for f in names
+             if f != "variant"]
     unused = TEACHER_FIELDS if not cfg.teacher and cfg.golden_on == "all" else ()
     return identity(cfg, ignore=(*other, *unused))
 
@@ -88,7 +48,7 @@ class TrainInputs:
 
 def check(cfg: TrainConfig, step: str | None = None) -> TrainInputs:
     """Every input error before any run starts (reads, never writes): also the Slurm submit check."""
-    step = step or step_of(cfg)
+    step = step or VARIANTS[cfg.variant].step
     if cfg.variant not in variants_of_step(step):  # the registry says which command trains which variant
         where = f" ({cfg.variant}: {VARIANTS[cfg.variant].step.replace('_', '-')})" if cfg.variant in VARIANTS else ""
         raise SciqaError(f"unknown {step.removeprefix('train_')} variant '{cfg.variant}'; accepted: "
@@ -120,12 +80,11 @@ def check(cfg: TrainConfig, step: str | None = None) -> TrainInputs:
                        train.images_missing + val.images_missing)
 
 
-def check_prefix(cfg: TrainConfig) -> None:
-    check(cfg, "train_prefix")
+check_prefix = partial(check, step="train_prefix")
 
 
-def check_lora(cfg: TrainConfig) -> None:
-    check(replace(cfg, variant=variants_of_step("train_lora")[0]), "train_lora")
+def check_lora(cfg: TrainConfig) -> TrainInputs:
+    return check(replace(cfg, variant=variants_of_step("train_lora")[0]), "train_lora")
 
 
 def teacher_benchmark_config(cfg: TrainConfig) -> BenchmarkConfig:
@@ -147,8 +106,7 @@ def _teacher_rows(cfg: TrainConfig, inputs: TrainInputs, parent_run_id: str | No
 
 
 def targets_of(cfg: TrainConfig, inputs: TrainInputs, parent_run_id: str | None = None) -> Targets:
-    """Golden or KD targets (a teacher benchmark nests under ``parent_run_id``); ``golden_on=same``: golden on
-    exactly KD's problems (equal ``train_ids_digest``)."""
+    """Golden or KD targets (a teacher benchmark nests under ``parent_run_id``); or golden on KD's problems."""
     if not cfg.teacher and cfg.golden_on == "all":
         return teach.golden(inputs.train)
     rows, source, run_id = _teacher_rows(cfg, inputs, parent_run_id)
@@ -166,7 +124,7 @@ def targets_of(cfg: TrainConfig, inputs: TrainInputs, parent_run_id: str | None 
 def train(cfg: TrainConfig, step: str | None = None, parent_run_id: str | None = None,
           attach: str | None = None) -> StepRun:
     """Config, data, model, loop, log: inside one MLflow run (reused when finished, resumed when not)."""
-    step = step or step_of(cfg)
+    step = step or VARIANTS[cfg.variant].step
     inputs = check(cfg, step)
     runs.setup()
     targets = targets_of(cfg, inputs, attach or parent_run_id)
@@ -198,9 +156,7 @@ def train(cfg: TrainConfig, step: str | None = None, parent_run_id: str | None =
 
 def _register_reused(run_id: str, cfg: TrainConfig) -> None:
     """``--register true`` on a reused run: register the adapter model it logged, once."""
-    import mlflow
-
-    from sciqa.adapters.mlflow_model import registered_name
+    from sciqa.adapters.mlflow_model import registered_name  # lazy: defining its PythonModel prints an MLflow hint
 
     name = registered_name(cfg.model, cfg.variant, cfg.teacher)
     if mlflow.MlflowClient().search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
@@ -224,11 +180,6 @@ def _log_inputs(cfg: TrainConfig, inputs: TrainInputs, targets: Targets) -> None
 
 def _model(cfg: TrainConfig, run: StepRun, inputs: TrainInputs, targets: Targets):
     """The model with a fresh adapter (its weights depend on the seed only), and the examples that fit."""
-    import mlflow
-    import torch
-
-    from sciqa.train.collate import Example, fit_to_length
-
     examples = [Example(p, build_prompt(p, cfg.setting), targets.by_id[p.id])
                 for p in inputs.train if p.id in targets.by_id]
     val = [Example(p, build_prompt(p, cfg.setting), target_json(p.answer_text, p.solution)) for p in inputs.val]
@@ -250,12 +201,6 @@ def _model(cfg: TrainConfig, run: StepRun, inputs: TrainInputs, targets: Targets
 
 def _loop(cfg: TrainConfig, run: StepRun, run_dir: Path, lm, adapted, examples: list, val: list) -> list[dict]:
     """The training loop, resumed from the newest checkpoint; metrics and checkpoints logged as it goes."""
-    import mlflow
-    import torch
-
-    from sciqa.train.loop import LoopConfig
-    from sciqa.train.loop import train as run_loop
-
     shared = {f.name: getattr(cfg, f.name) for f in fields(LoopConfig) if f.name != "bf16"}
     loop = LoopConfig(**shared, bf16=lm.model.dtype == torch.bfloat16)
     return run_loop(adapted, lm, cfg.model, examples, val, loop, run_dir,
@@ -266,10 +211,6 @@ def _loop(cfg: TrainConfig, run: StepRun, run_dir: Path, lm, adapted, examples: 
 
 def _resume_point(run: StepRun, run_dir: Path) -> Path | None:
     """This run's newest checkpoint (or that of the unfinished run it continues): local, else downloaded."""
-    import mlflow
-
-    from sciqa.train.loop import checkpoint_key, newest_checkpoint
-
     if local := newest_checkpoint(run_dir / "checkpoints"):
         return local
     for run_id in run.seeds:
@@ -287,16 +228,13 @@ def _resume_point(run: StepRun, run_dir: Path) -> Path | None:
 
 def _log_adapter(cfg: TrainConfig, run: StepRun, adapted, history: list[dict], run_dir: Path) -> None:
     """The adapter (files, MLflow model), the loss plot, and epochs run before a resume (so the curve is whole)."""
-    import mlflow
-
     from sciqa.adapters.mlflow_model import log_adapter_model, registered_name
-    from sciqa.steps.report import plot_losses
 
     have = {m.step for m in mlflow.MlflowClient().get_metric_history(run.run_id, "train_loss")}
     for h in history:
         if h["epoch"] not in have:
             mlflow.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"])
-    folder = save_adapter(adapted, cfg.model, run_dir / "adapter")
+    folder = adapted.save(run_dir / "adapter", cfg.model)
     mlflow.log_artifacts(str(folder), "adapter")
     log_adapter_model(folder, cfg.model, cfg.variant, registered_name(cfg.model, cfg.variant, cfg.teacher)
                       if cfg.register else "")

@@ -1,6 +1,4 @@
-"""One writer per run (MLflow has no compare-and-set): a file lock per step key serialises invocations on one
-machine; owner and heartbeat tags on the run tell other nodes that a live process still writes it."""
-import hashlib
+"""One writer per run (MLflow has no compare-and-set): a lock file per step key here, owner/heartbeat tags elsewhere."""
 import os
 import socket
 import sys
@@ -12,13 +10,12 @@ from contextlib import contextmanager, suppress
 import psutil
 from filelock import FileLock, Timeout
 
-from sciqa.files import cache_root
+from sciqa.files import cache_root, digest
 from sciqa.slurm import current_job_id
 
 OWNER_TAG = "sciqa.owner"  # host|pid|Slurm job
 HEARTBEAT_TAG = "sciqa.heartbeat"
 HEARTBEAT_SECONDS = 60.0
-STALE_SECONDS = 3 * HEARTBEAT_SECONDS
 POLL_SECONDS = float(os.environ.get("SCIQA_LOCK_POLL_SECONDS", "5"))
 
 
@@ -32,7 +29,7 @@ def live_owner(tags: dict[str, str], status: str) -> str | None:
         age = time.time() - float(tags.get(HEARTBEAT_TAG, "0"))
     except ValueError:
         age = float("inf")
-    if age > STALE_SECONDS or (job and job == (current_job_id() or "")):
+    if age > 3 * HEARTBEAT_SECONDS or (job and job == (current_job_id() or "")):
         return None  # silent too long, or an earlier incarnation of this very Slurm job
     if host == socket.gethostname() and (int(pid) == os.getpid() or not psutil.pid_exists(int(pid))):
         return None
@@ -52,22 +49,18 @@ def wait_for_owner(client, run_id: str) -> None:
 @contextmanager
 def key_lock(scope: str, key: str) -> Iterator[Callable[[str], None]]:
     """Hold the machine-wide lock of one step key; yields ``note(run_id)``, which tells waiters what it works on."""
-    folder = cache_root() / "locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    name = hashlib.sha256(f"{scope}|{key}".encode()).hexdigest()[:24]
-    lock, holder = FileLock(str(folder / f"{name}.lock")), folder / f"{name}.holder"
+    name = cache_root() / "locks" / digest(scope, key)
+    lock, holder = FileLock(name.with_suffix(".lock")), name.with_suffix(".holder")  # FileLock makes the folder
     try:
-        lock.acquire(timeout=0)
+        held = lock.acquire(timeout=0)
     except Timeout:
         what = holder.read_text().strip() if holder.exists() else "the same step"
         print(f"sciqa: {what} with the same parameters is in progress here; waiting for it to end",
               file=sys.stderr, flush=True)
-        lock.acquire()
-    try:
+        held = lock.acquire()
+    with held:  # released on the way out
         holder.write_text(f"run (starting) (pid {os.getpid()})")
         yield lambda run_id: holder.write_text(f"run {run_id} (pid {os.getpid()})")
-    finally:
-        lock.release()
 
 
 def heartbeat(client, run_id: str) -> Callable[[], None]:

@@ -1,5 +1,4 @@
-"""The MLflow run of a step: its key, and reuse (finished), resume (unfinished), attach (``mlflow run``) or create.
-``attach`` is the run ``mlflow run`` (or a Slurm submission) made: the CLI takes it out of ``MLFLOW_RUN_ID``."""
+"""The MLflow run of a step: its key; reuse (finished), resume (unfinished), attach (``mlflow run``'s) or create."""
 import hashlib
 import json
 import os
@@ -14,6 +13,10 @@ from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import RunTag
+
 from sciqa import slurm
 from sciqa.config import params_of, redact
 from sciqa.errors import SciqaError
@@ -22,21 +25,13 @@ from sciqa.slurm.job import Stopped, in_slurm_job, job_log_path
 from sciqa.tracking import runlock
 from sciqa.tracking.store import check_uri, prepare, store_exists, store_identity, tracking_uri, wait_for_locks
 
-# mlflow is imported inside functions: `sciqa --help` imports this module and must stay fast.
 DEFAULT_EXPERIMENT = "sciqa"
 _EXPERIMENT: dict[str, str] = {}
 _SLURM_STATUS = {"FINISHED": "COMPLETED", "FAILED": "FAILED", "KILLED": "STOPPED", "SCHEDULED": "REQUEUED"}
 
 
-def claim_mlflow_run() -> str | None:
-    """``MLFLOW_RUN_ID`` out of the environment: MLflow would also open it for nested runs (mlflow#15713)."""
-    return os.environ.pop("MLFLOW_RUN_ID", "") or None
-
-
 def connect() -> str:
     """Point MLflow at the store once it answers; creates nothing (no db, no experiment)."""
-    import mlflow
-
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = tracking_uri()
     check_uri(uri)
@@ -47,8 +42,6 @@ def connect() -> str:
 
 def setup() -> str:
     """Connect and make the experiment current (creating store and experiment if needed)."""
-    import mlflow
-
     uri = connect()
     prepare(uri)  # a fresh sqlite store is created and migrated under its file lock (concurrent jobs)
     exp_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
@@ -63,8 +56,6 @@ def experiment_id() -> str:
 
 def get_run(run_id: str, what: str = "run"):
     """A run by id, or one line saying it does not exist in this store."""
-    from mlflow import MlflowClient
-
     if not store_exists():
         raise SciqaError(f"{what} '{run_id}' does not exist: the store {tracking_uri()} has no runs yet")
     try:
@@ -82,13 +73,10 @@ def error_reason(exc: BaseException) -> str:
 
 
 def fail_attached(run_id: str | None, message: str) -> None:
-    """Bad input under ``mlflow run``: mark the run it made FAILED with the reason as a tag (a step's own run,
-    tagged with its key, is the step's to end: never another step's finished run that MLFLOW_RUN_ID named)."""
+    """Bad input under ``mlflow run``: its run FAILED with the reason (a keyed run is its step's to end, not ours)."""
     if not run_id or not store_exists():
         return
     try:
-        from mlflow import MlflowClient
-
         client = MlflowClient(tracking_uri())
         if "sciqa.key" in client.get_run(run_id).data.tags:
             return
@@ -100,14 +88,9 @@ def fail_attached(run_id: str | None, message: str) -> None:
 
 def discard_run(run_id: str, note: str, reused: str = "") -> None:
     """End a run made for this invocation with nothing new to hold: a FINISHED pointer nested under ``reused``."""
-    from mlflow import MlflowClient
-
     client = MlflowClient()
-    tags = {"sciqa.reused_run": reused or note, "mlflow.note.content": f"sciqa: {note}"}
-    if reused:
-        tags["mlflow.parentRunId"] = reused
-    for k, v in tags.items():
-        client.set_tag(run_id, k, v)
+    tags = {"sciqa.reused_run": reused or note, "mlflow.note.content": f"sciqa: {note}", "mlflow.parentRunId": reused}
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items() if v])
     client.set_terminated(run_id, "FINISHED")
     print(f"sciqa: {note}; run {run_id} only records that" + (" (nested under it)" if reused else ""))
 
@@ -161,16 +144,12 @@ class StepRun:
         return folder
 
 
-def _check_attach(run, key: str) -> None:
-    """``MLFLOW_RUN_ID`` must name a fresh run or one of this very step, not one made with other parameters."""
-    if run.data.tags.get("sciqa.key", key) != key:
-        raise SciqaError(f"MLFLOW_RUN_ID names run {run.info.run_id}, made with other parameters, data or code; "
-                         "unset MLFLOW_RUN_ID (or run with the same parameters)")
-
-
 def _attach(client, attach: str, key: str, finished: list, unfinished: list, force: bool) -> StepRun:
-    """The run ``mlflow run`` made: it holds the step, unless an identical finished run exists (then reused)."""
-    attached = client.get_run(attach)
+    """The run ``mlflow run`` made (fresh, or of this very step): it holds the step, unless a finished one exists."""
+    attached = get_run(attach, "MLFLOW_RUN_ID: run")
+    if attached.data.tags.get("sciqa.key", key) != key:
+        raise SciqaError(f"MLFLOW_RUN_ID names run {attach}, made with other parameters, data or code; "
+                         "unset MLFLOW_RUN_ID (or run with the same parameters)")
     if attached.data.tags.get("sciqa.key") == key or not (finished or unfinished):
         return StepRun(attach, key, reused=attached.info.status == "FINISHED" and not force)
     if finished:
@@ -209,8 +188,6 @@ def _open(client, key: str, run_name: str, attach: str | None, parent_run_id: st
 
 def _start(client, run: StepRun, step: str, tags: dict[str, str], run_name: str, logged: dict[str, str]) -> None:
     """Make the run active with its tags and the params it lacks (``mlflow run`` logged its own strings first)."""
-    import mlflow
-
     metrics_on = os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true").lower() not in ("false", "0", "no")
     mlflow.start_run(run_id=run.run_id, nested=mlflow.active_run() is not None, log_system_metrics=metrics_on)
     mlflow.set_tags({**tags, "sciqa.step": step, "sciqa.key": run.key, "sciqa.code_version": code_version(),
@@ -226,17 +203,12 @@ def _start(client, run: StepRun, step: str, tags: dict[str, str], run_name: str,
 def step_run(step: str, params: dict, tags: dict[str, str], run_name: str, force: bool = False,
              parent_run_id: str | None = None, settings: dict | None = None, reuse: bool = True,
              attach: str | None = None) -> Iterator[StepRun]:
-    """The step's run (nested under ``parent_run_id``, or ``attach`` itself), ended FINISHED, FAILED or KILLED;
-    ``settings`` are logged, not keyed; ``reuse=False``: resume only."""
-    import mlflow
-    from mlflow import MlflowClient
-
+    """The step's run (``attach``, or nested under ``parent_run_id``); ``settings``: logged, not keyed;
+    ``reuse=False``: resume only."""
     client = MlflowClient()
     key = step_key(step, params)
     logged = params_of({**(settings or {}), **params})
     with runlock.key_lock(f"{store_identity()}|{experiment_id()}", key) as note:
-        if attach:
-            _check_attach(get_run(attach, "MLFLOW_RUN_ID: run"), key)
         run = _open(client, key, run_name, attach, parent_run_id, force, reuse, note)
         if run.reused:
             yield run
@@ -266,8 +238,6 @@ def step_run(step: str, params: dict, tags: dict[str, str], run_name: str, force
 
 def _end(status: str, seconds: float, nested: bool) -> None:
     """What the step cost (``wall_seconds`` summed over sessions; ``gpu_hours`` in a job), the job's state and log."""
-    import mlflow
-
     try:
         seconds += mlflow.get_run(mlflow.active_run().info.run_id).data.metrics.get("wall_seconds", 0.0)  # resumes
         gpus = slurm.allocated_gpus() if in_slurm_job() else 0
@@ -284,14 +254,12 @@ def _end(status: str, seconds: float, nested: bool) -> None:
 @contextmanager
 def phase(name: str, run_id: str | None = None) -> Iterator[None]:
     """Time one phase of a step as ``time_<name>_seconds`` of the active run (or ``run_id``)."""
-    import mlflow
-
     started = time.perf_counter()
     try:
         yield
     finally:
         seconds = time.perf_counter() - started
         if run_id:
-            mlflow.MlflowClient().log_metric(run_id, f"time_{name}_seconds", seconds)
+            MlflowClient().log_metric(run_id, f"time_{name}_seconds", seconds)
         elif mlflow.active_run() is not None:
             mlflow.log_metric(f"time_{name}_seconds", seconds)

@@ -1,32 +1,19 @@
-"""Prompt + completion batches for training (TRL's ``_collate_prompt_completion``, with images), each example
-processed once per run. Labels are -100 on the prompt and on padding (the study padded the solution to the prompt
-length and its adapters learned to emit empty strings)."""
-import hashlib
+"""Prompt + completion training batches (TRL's ``_collate_prompt_completion``, with images), each example processed
+once per run; labels are -100 on prompt and padding (the study's padded solutions taught adapters to emit nothing)."""
 import sys
-from dataclasses import dataclass
+from collections import namedtuple
 
 import torch
 
 from sciqa.adapters.prefix import real_positions
-from sciqa.data.problems import Problem
+from sciqa.files import digest
 from sciqa.models.base import LoadedModel
 
 IGNORE = -100
 IMAGE_CACHE_BYTES = 512 * 2**20  # processed images kept per run; past it a batch goes through the processor again
-
-
-@dataclass(frozen=True)
-class Example:
-    problem: Problem  # for its image
-    prompt: str
-    target: str
-
-
-@dataclass(frozen=True)
-class Encoded:
-    example: Example
-    tokens: dict[str, torch.Tensor]  # per-token rows, prompt + completion
-    images: dict[str, torch.Tensor] | None  # per-image inputs (None: past the cache, processed per batch)
+Example = namedtuple("Example", "problem prompt target")  # the problem: for its image
+# tokens: per-token rows, prompt + completion; images: per-image inputs (None: past the cache, processed per batch).
+Encoded = namedtuple("Encoded", "example tokens images")
 
 
 def _process(lm: LoadedModel, examples: list[Example]):
@@ -34,16 +21,12 @@ def _process(lm: LoadedModel, examples: list[Example]):
     return lm.family.encode(lm.processor, texts, [ex.problem.image() for ex in examples], padding_side="right")
 
 
-def _nbytes(tensors: dict[str, torch.Tensor]) -> int:
-    return sum(v.numel() * v.element_size() for v in tensors.values())
-
-
 def encode_examples(lm: LoadedModel, examples: list[Example], max_length: int = 0,
                     positions: bool = False) -> list[Encoded]:
     """``max_length`` > 0 cuts the completion, never the prompt; ``positions``: also Qwen2-VL's rotary positions (a
     Python loop per row). Equal processed images (the placeholder) are kept once, others up to the cache size."""
     eot = lm.family.end_of_turn_id(lm.tokenizer)
-    kept: dict[bytes, dict[str, torch.Tensor]] = {}
+    kept: dict[str, dict[str, torch.Tensor]] = {}
     encoded, kept_bytes = [], 0
     for ex in examples:
         enc = _process(lm, [ex])
@@ -56,10 +39,10 @@ def encode_examples(lm: LoadedModel, examples: list[Example], max_length: int = 
             if k != "input_ids" and torch.is_tensor(v) and v.shape == enc["input_ids"].shape:
                 tokens[k] = torch.cat([v[0, :n], v.new_full((len(c),), lm.family.completion_value(k))])
         images = {k: v for k, v in enc.items() if k not in tokens}
-        key = b"".join(hashlib.sha1(v.numpy().tobytes()).digest() + str(tuple(v.shape)).encode()
-                       for v in images.values())
-        if key not in kept and kept_bytes + _nbytes(images) <= IMAGE_CACHE_BYTES:
-            kept[key], kept_bytes = images, kept_bytes + _nbytes(images)
+        key = digest(*[x for v in images.values() for x in (v.numpy().tobytes(), v.shape)])
+        size = sum(v.numel() * v.element_size() for v in images.values())
+        if key not in kept and kept_bytes + size <= IMAGE_CACHE_BYTES:
+            kept[key], kept_bytes = images, kept_bytes + size
         if positions and hasattr(getattr(lm.model, "model", None), "get_rope_index") and "mm_token_type_ids" in tokens:
             row = {k: v[None] for k, v in tokens.items() if k != "labels"}
             tokens["position_ids"] = real_positions(lm.model, row["input_ids"], row["attention_mask"],
@@ -69,8 +52,7 @@ def encode_examples(lm: LoadedModel, examples: list[Example], max_length: int = 
 
 
 def collate_encoded(lm: LoadedModel, encoded: list[Encoded]) -> dict[str, torch.Tensor]:
-    """A right-padded batch equal to the processor's; images from the processor again where not kept or of unequal
-    shape (Pixtral)."""
+    """A right-padded batch equal to the processor's; images processed anew unless kept and equal in shape (Pixtral)."""
     eot = lm.family.end_of_turn_id(lm.tokenizer)
     pad = {"input_ids": lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else eot, "labels": IGNORE}
     width = max(len(e.tokens["input_ids"]) for e in encoded)
@@ -88,10 +70,10 @@ def collate_encoded(lm: LoadedModel, encoded: list[Encoded]) -> dict[str, torch.
 
 
 def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:].to(logits.device)
-    loss = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
-                                             shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
-    return loss, int((shift_labels != IGNORE).sum())
+    labels = labels[:, 1:].to(logits.device)  # token t predicts token t + 1
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels.flatten(),
+                                             ignore_index=IGNORE, reduction="sum")
+    return loss, int((labels != IGNORE).sum())
 
 
 def fit_to_length(lm: LoadedModel, examples: list[Example], max_length: int,

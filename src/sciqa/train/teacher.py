@@ -1,9 +1,12 @@
 """Training targets: golden, or a teacher's rows (KD); a cut or choice-less teacher row is dropped, never repaired."""
 import json
+from collections import namedtuple
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sciqa.data.problems import Problem
+import mlflow
+
+from sciqa.data import Problem
 from sciqa.data.prompts import target_json
 from sciqa.errors import SciqaError
 from sciqa.eval.outputs import parse_answer_index, read_user_csv
@@ -12,18 +15,9 @@ from sciqa.files import digest
 from sciqa.tracking.artifacts import fetch_artifact
 from sciqa.tracking.runs import get_run
 
-STUDY_COLUMNS = ("index", "answer", "explanation")
-KD_FILTERS = ("all", "correct")
 WARN_DROPPED = 0.05  # warn when more of the teacher's rows than this are dropped
-
-
-@dataclass(frozen=True)
-class TeacherRow:
-    """One teacher answer: the choice it names (None: none), its explanation, whether it was cut."""
-    id: str
-    index: int | None
-    solution: str
-    truncated: bool
+# One teacher answer: the choice it names (None: none), its explanation, whether it was cut.
+TeacherRow = namedtuple("TeacherRow", "id index solution truncated")
 
 
 @dataclass
@@ -49,19 +43,15 @@ def golden(problems: list[Problem]) -> Targets:
 
 
 class TeacherRows(list):
-    """Teacher rows as read (a repeated id: its last row) and how many rows repeated an id."""
+    """Teacher rows as read (a repeated id: its last row); ``duplicate_ids``: how many rows repeated an id."""
 
-    def __init__(self, rows=(), duplicate_ids: int = 0):
-        super().__init__(rows)
-        self.duplicate_ids = duplicate_ids
+    duplicate_ids = 0
 
 
 def _answer(r: dict, fmt: str, choices: tuple[str, ...]) -> tuple[int | None, str]:
-    """(choice, explanation): our CSV's parsed columns, the raw text parsed only where they are missing."""
+    """(choice, explanation): our CSV's parsed columns, the raw text (the study's two columns) parsed where missing."""
     if fmt == "study":
-        parsed = parse_output(json.dumps({"answer": r.get("answer") or "", "solution": r.get("explanation") or ""}),
-                              choices)
-        return parsed.answer_index, (parsed.solution or "").strip()
+        r = {"raw_output": json.dumps({"answer": r.get("answer") or "", "solution": r.get("explanation") or ""})}
     index, solution = parse_answer_index(r.get("answer_index"), len(choices)), r.get("solution")
     if index is None or solution is None:
         parsed = parse_output(r.get("raw_output") or "", choices)
@@ -72,13 +62,9 @@ def _answer(r: dict, fmt: str, choices: tuple[str, ...]) -> tuple[int | None, st
 
 def from_csv(path: str, all_train: list[Problem], strict_ids: bool = True, where: str = "") -> TeacherRows:
     """Teacher rows of our outputs CSV or the study's (last row per id); unknown ids raise when ``strict_ids``."""
-    file, where = Path(path).expanduser(), where or path
-    if not file.is_file():
-        raise SciqaError(f"teacher CSV '{path}' does not exist")
-    table = read_user_csv(file, "teacher CSV", keys=("id", "index"))
+    table, where = read_user_csv(Path(path).expanduser(), "teacher CSV", keys=("id", "index")), where or path
     fmt = "ours" if "id" in table.columns and {"raw_output", "answer_text"} & set(table.columns) else "study"
-    missing = [c for c in STUDY_COLUMNS if c not in table.columns] if fmt == "study" else []
-    if missing:
+    if missing := [c for c in ("index", "answer", "explanation") if c not in table.columns] if fmt == "study" else []:
         raise SciqaError(f"teacher CSV '{where}' lacks columns {', '.join(missing)}; expected our outputs CSV "
                          "(id, raw_output, ...) or the study's format (index, input, answer, explanation)")
     table.warn(f"teacher CSV '{where}'")
@@ -88,15 +74,14 @@ def from_csv(path: str, all_train: list[Problem], strict_ids: bool = True, where
     if unknown and strict_ids:
         raise SciqaError(f"teacher CSV '{where}' has {len(unknown)} ids not in the train split of the dataset "
                          f"(e.g. '{unknown[0]}'); it must come from the same dataset")
-    rows = [TeacherRow(pid, *_answer(r, fmt, choices[pid]), (r.get("finish_reason") or "").strip() == "length")
-            for pid, r in zip(ids, table.rows) if pid in choices]
-    return TeacherRows(rows, table.duplicate_ids)
+    rows = TeacherRows(TeacherRow(pid, *_answer(r, fmt, choices[pid]), r.get("finish_reason", "").strip() == "length")
+                       for pid, r in zip(ids, table.rows) if pid in choices)
+    rows.duplicate_ids = table.duplicate_ids
+    return rows
 
 
 def run_train_csv(run_id: str, setting: str) -> str:
     """Artifact path of a finished run's train-split outputs CSV (the setting's if there are several)."""
-    import mlflow
-
     run = get_run(run_id, "teacher run")
     if run.info.status != "FINISHED":
         raise SciqaError(f"teacher run '{run_id}' is {run.info.status}, not finished: its outputs are partial; "
@@ -106,8 +91,7 @@ def run_train_csv(run_id: str, setting: str) -> str:
     if not train:
         raise SciqaError(f"teacher run '{run_id}' has no train-split outputs (outputs/train_*.csv); "
                          "benchmark the teacher with --split train")
-    preferred = [a for a in train if Path(a).name == f"train_{setting}.csv"]
-    return (preferred or train)[0]
+    return next((a for a in train if Path(a).name == f"train_{setting}.csv"), train[0])
 
 
 def from_run(run_id: str, setting: str, all_train: list[Problem], workdir: Path) -> TeacherRows:
@@ -121,13 +105,13 @@ def from_run(run_id: str, setting: str, all_train: list[Problem], workdir: Path)
 def kd_targets(rows: list[TeacherRow], problems: list[Problem], kd_filter: str, source: str,
                run_id: str = "") -> Targets:
     """The usable teacher rows of ``problems`` as targets, dropped ones counted (an empty explanation still teaches)."""
-    by_problem = {p.id: p for p in problems}
+    by_id = {row.id: row for row in reversed(rows)}  # the first row of an id
     counts = dict.fromkeys(("teacher_rows", "teacher_rows_truncated", "teacher_rows_unmapped",
                             "teacher_rows_wrong", "teacher_missing", "teacher_rows_empty_explanation"), 0)
     kept: dict[str, str] = {}
-    for row in rows:
-        p = by_problem.get(row.id)
-        if p is None or row.id in kept:
+    for p in problems:
+        if (row := by_id.get(p.id)) is None:
+            counts["teacher_missing"] += 1
             continue
         counts["teacher_rows"] += 1
         why = ("truncated" if row.truncated else "unmapped" if row.index is None
@@ -135,18 +119,14 @@ def kd_targets(rows: list[TeacherRow], problems: list[Problem], kd_filter: str, 
         if why:
             counts[f"teacher_rows_{why}"] += 1
         else:
-            kept[row.id] = target_json(p.choices[row.index], row.solution)
-            counts["teacher_rows_empty_explanation"] += int(not row.solution.strip())
-    counts["teacher_missing"] = len(by_problem.keys() - {r.id for r in rows})
+            kept[p.id] = target_json(p.choices[row.index], row.solution)
+            counts["teacher_rows_empty_explanation"] += int(not row.solution)
     dropped = counts["teacher_rows"] - len(kept)
+    why = (f"{counts['teacher_rows_truncated']} cut at the generation budget: raise teacher_max_new_tokens; "
+           f"{counts['teacher_rows_unmapped']} naming no choice; {counts['teacher_rows_wrong']} wrong")
     if not kept:
         raise SciqaError(f"the teacher ({source}) has no usable answer for any training problem ({dropped} dropped: "
-                         f"{counts['teacher_rows_truncated']} cut at the budget, {counts['teacher_rows_unmapped']} "
-                         f"naming no choice, {counts['teacher_rows_wrong']} wrong; "
-                         f"{counts['teacher_missing']} missing)")
+                         f"{why}; {counts['teacher_missing']} missing)")
     warning = "" if dropped <= WARN_DROPPED * max(counts["teacher_rows"], 1) else (
-        f"sciqa: warning: {dropped} of {counts['teacher_rows']} teacher rows dropped "
-        f"({counts['teacher_rows_truncated']} cut at the generation budget: raise teacher_max_new_tokens; "
-        f"{counts['teacher_rows_unmapped']} naming no choice; {counts['teacher_rows_wrong']} wrong)")
-    ordered = {p.id: kept[p.id] for p in problems if p.id in kept}
-    return Targets(ordered, source=source, teacher_run=run_id, counts=counts, warning=warning)
+        f"sciqa: warning: {dropped} of {counts['teacher_rows']} teacher rows dropped ({why})")
+    return Targets(kept, source=source, teacher_run=run_id, counts=counts, warning=warning)
