@@ -162,8 +162,11 @@ def test_mlflow_run_id_of_a_run_with_other_parameters_is_refused(cli, experiment
     proc = cli("benchmark", *TINY, "--setting", "QTCHS", "--workdir", str(tmp_path / "w"), cwd=tmp_path,
                check=False, env={"MLFLOW_RUN_ID": first})
     assert_one_error(proc, f"MLFLOW_RUN_ID names run {first}")
+    proc = cli("evaluate", "--run", first, cwd=tmp_path, check=False, env={"MLFLOW_RUN_ID": first})
+    assert_one_error(proc, f"MLFLOW_RUN_ID names run {first}")  # evaluate never turns a step's run into a pointer
     run = mlflow.get_run(first)
     assert run.data.tags["sciqa.setting"] == "QTCH" and run.info.status == "FINISHED"
+    assert "sciqa.reused_run" not in run.data.tags and "mlflow.parentRunId" not in run.data.tags
 
 
 @pytest.mark.slow  # two real processes race for the same run

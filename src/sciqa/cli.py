@@ -1,5 +1,6 @@
 """The ``sciqa`` command: one thin command per step, its options the step's config; steps are imported when run."""
 import dataclasses
+import os
 import re
 import sys
 import traceback
@@ -77,10 +78,10 @@ class Group(click.Group):
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """sciqa: ScienceQA experiments (benchmark, adapters, KD vs golden) tracked in MLflow."""
-    from sciqa.tracking import claim_mlflow_run
-
     redact_logging()
-    ctx.obj = claim_mlflow_run()  # the run `mlflow run` made: the command's own step attaches to it
+    # the run `mlflow run` made: only the command's own step attaches to it (left in the environment, MLflow
+    # would also open it for nested runs, mlflow#15713)
+    ctx.obj = os.environ.pop("MLFLOW_RUN_ID", "") or None
 
 
 def _empty_to_none(_ctx, _param, value):

@@ -142,9 +142,8 @@ def evaluate(cfg: EvaluateConfig, parent_run_id: str | None = None, attach: str 
     if cfg.run:
         runs.connect()
         _finished_run(cfg.run)
-        if attach:  # the run `mlflow run` made holds nothing new: it points to the evaluated run
-            runs.discard_run(runs.get_run(attach, "MLFLOW_RUN_ID: run").info.run_id, f"metrics go into run {cfg.run}",
-                             cfg.run)
+        if attach:  # the run `mlflow run` made holds nothing new: it points to the evaluated run (never another step's)
+            runs.discard_run(runs.attached_run(attach).info.run_id, f"metrics go into run {cfg.run}", cfg.run)
         return evaluate_run(cfg.run, cfg.force, cfg.dataset, cfg.number_base)
     path = Path(cfg.csv).expanduser().resolve()
     dataset = cfg.dataset or "sample"

@@ -144,12 +144,18 @@ class StepRun:
         return folder
 
 
-def _attach(client, attach: str, key: str, finished: list, unfinished: list, force: bool) -> StepRun:
-    """The run ``mlflow run`` made (fresh, or of this very step): it holds the step, unless a finished one exists."""
+def attached_run(attach: str, key: str = ""):
+    """The run ``MLFLOW_RUN_ID`` names if fresh (``mlflow run``'s) or this very step's (``key``); else one line."""
     attached = get_run(attach, "MLFLOW_RUN_ID: run")
     if attached.data.tags.get("sciqa.key", key) != key:
         raise SciqaError(f"MLFLOW_RUN_ID names run {attach}, made with other parameters, data or code; "
                          "unset MLFLOW_RUN_ID (or run with the same parameters)")
+    return attached
+
+
+def _attach(client, attach: str, key: str, finished: list, unfinished: list, force: bool) -> StepRun:
+    """The run ``mlflow run`` made (fresh, or of this very step): it holds the step, unless a finished one exists."""
+    attached = attached_run(attach, key)
     if attached.data.tags.get("sciqa.key") == key or not (finished or unfinished):
         return StepRun(attach, key, reused=attached.info.status == "FINISHED" and not force)
     if finished:
